@@ -1,0 +1,229 @@
+"""Convert located YAML data into frozen dataclasses, collecting every problem.
+
+Supported field types: str, int, float, bool, None unions, Literal, list/tuple,
+dict[str, X], nested dataclasses, Path (relative to the file that names it), date,
+datetime (made timezone-aware), Duration, and any class with a
+``from_config(value) -> instance`` classmethod that raises ValueError with a message.
+A dataclass may define ``check(self) -> Iterable[tuple[str, str]]`` returning
+(relative key, message) pairs for cross-field rules. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import types
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from zoneinfo import ZoneInfo
+
+from auditd.config.located import Doc, PathKey, Problems
+
+MISSING: Any = dataclasses.MISSING
+DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class Duration:
+    """A span of time written as '15m', '4h', '90d', '30s' or a number of seconds."""
+
+    seconds: float
+
+    _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    @classmethod
+    def from_config(cls, value: Any) -> "Duration":
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as '15m', '4h' or '90d'")
+        if isinstance(value, (int, float)):
+            return cls(float(value))
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", str(value))
+        if not m:
+            raise ValueError(f"expected a duration such as '15m', '4h' or '90d', got {value!r}")
+        return cls(float(m.group(1)) * cls._UNITS[m.group(2)])
+
+    @property
+    def timedelta(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.seconds)
+
+
+@lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
+    """Convert value to tp; on failure record a problem and return MISSING."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return convert(rest[0], value, doc, path, problems)
+        for alt in rest:  # first alternative that converts without problems wins
+            trial = Problems()
+            out = convert(alt, value, doc, path, trial)
+            if not trial:
+                return out
+        problems.add(doc, path, f"expected {' or '.join(_type_name(a) for a in rest)}")
+        return MISSING
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        problems.add(doc, path, f"expected {_type_name(tp)}, got {value!r}")
+        return MISSING
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, doc, path, problems)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            problems.add(doc, path, f"expected a list, got {_describe(value)}")
+            return MISSING
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [convert(item_tp, v, doc, path + (i,), problems) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.add(doc, path, f"expected a mapping, got {_describe(value)}")
+            return MISSING
+        _, value_tp = get_args(tp) or (str, Any)
+        return {k: convert(value_tp, v, doc, path + (k,), problems) for k, v in value.items()}
+    return _convert_scalar(tp, value, doc, path, problems)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # ids such as 10086 are often written unquoted
+    elif tp is Path:
+        if isinstance(value, str) and value:
+            p = Path(value)
+            return p if p.is_absolute() else (doc.folder / p)
+    elif tp is dt.datetime:
+        return _to_datetime(value, doc, path, problems)
+    elif tp is dt.date:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+    elif hasattr(tp, "from_config"):
+        try:
+            return tp.from_config(value)
+        except ValueError as exc:
+            problems.add(doc, path, str(exc))
+            return MISSING
+    else:  # pragma: no cover - a programming error in a settings class
+        raise TypeError(f"unsupported config type {tp!r}")
+    problems.add(doc, path, f"expected {_type_name(tp)}, got {_describe(value)}")
+    return MISSING
+
+
+def _to_datetime(value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
+    if isinstance(value, dt.datetime):
+        out = value
+    elif isinstance(value, dt.date):
+        out = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            out = dt.datetime.fromisoformat(value)
+        except ValueError:
+            problems.add(doc, path, f"expected an ISO 8601 time, got {value!r}")
+            return MISSING
+    else:
+        problems.add(doc, path, f"expected a time, got {_describe(value)}")
+        return MISSING
+    if out.tzinfo is None:  # the company's zone unless the file says otherwise
+        out = out.replace(tzinfo=DEFAULT_ZONE)
+    return out.astimezone(dt.timezone.utc)
+
+
+def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.add(doc, path, f"expected a mapping, got {_describe(value)}")
+        return MISSING
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    known = {_key_of(f): f for f in fields.values()}
+    for key in value:
+        if key not in known:
+            valid = ", ".join(sorted(known))
+            problems.add(doc, path + (key,), f"unknown key '{key}' (valid keys: {valid})")
+    kwargs: dict[str, Any] = {}
+    broken = False
+    for key, f in known.items():
+        if key in value:
+            out = convert(hints[f.name], value[key], doc, path + (key,), problems)
+            if out is MISSING:
+                broken = True
+            else:
+                kwargs[f.name] = out
+        elif f.default is MISSING and f.default_factory is MISSING:
+            problems.add(doc, path + (key,), f"missing required key '{key}'")
+            broken = True
+    if broken:
+        return MISSING
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        for rel_key, message in check():
+            rel: PathKey = tuple(rel_key) if isinstance(rel_key, tuple) else ((rel_key,) if rel_key else ())
+            problems.add(doc, path + rel, message)
+    return obj
+
+
+def _key_of(f: dataclasses.Field) -> str:
+    """The YAML key of a field: its name, unless metadata says otherwise."""
+    return f.metadata.get("key", f.name)
+
+
+def key(name: str, **kwargs: Any) -> Any:
+    """A dataclass field whose YAML key differs from its Python name (e.g. 'in')."""
+    return dataclasses.field(metadata={"key": name}, **kwargs)
