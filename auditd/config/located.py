@@ -40,22 +40,25 @@ class Doc:
 
     file: str
     data: Any
-    marks: dict[PathKey, Location] = field(default_factory=dict)
+    marks: dict[PathKey, Location] = field(default_factory=dict)  # where each value starts
+    key_marks: dict[PathKey, Location] = field(default_factory=dict)  # where each mapping key is
 
     @property
     def folder(self) -> Path:
         return Path(self.file).parent
 
-    def where(self, path: PathKey) -> Location | None:
-        """The location of the value at path, or of its nearest located ancestor."""
+    def where(self, path: PathKey, *, at_key: bool = False) -> Location | None:
+        """The location of the value at path (or of its key), or of its nearest located ancestor."""
+        if at_key and path in self.key_marks:
+            return self.key_marks[path]
         while True:
             loc = self.marks.get(path)
             if loc is not None or not path:
                 return loc or Location(self.file, 1, 1)
             path = path[:-1]
 
-    def problem(self, path: PathKey, message: str) -> ConfigProblem:
-        return ConfigProblem(self.where(path), format_key_path(path), message)
+    def problem(self, path: PathKey, message: str, *, at_key: bool = False) -> ConfigProblem:
+        return ConfigProblem(self.where(path, at_key=at_key), format_key_path(path), message)
 
 
 class Problems:
@@ -64,11 +67,11 @@ class Problems:
     def __init__(self) -> None:
         self.items: list[ConfigProblem] = []
 
-    def add(self, doc: Doc | None, path: PathKey, message: str) -> None:
+    def add(self, doc: Doc | None, path: PathKey, message: str, *, at_key: bool = False) -> None:
         if doc is None:
             self.items.append(ConfigProblem(None, format_key_path(path), message))
         else:
-            self.items.append(doc.problem(path, message))
+            self.items.append(doc.problem(path, message, at_key=at_key))
 
     def extend(self, other: "Problems") -> None:
         self.items.extend(other.items)
@@ -129,8 +132,7 @@ def _build(node: yaml.Node, path: PathKey, doc: Doc, loader: Any, problems: Prob
                 )
                 continue
             out[key] = _build(value_node, path + (key,), doc, loader, problems)
-            # a key's own position is more useful than its value's for "unknown key"
-            doc.marks[path + (key,)] = _loc(doc.file, key_node)
+            doc.key_marks[path + (key,)] = _loc(doc.file, key_node)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, path + (i,), doc, loader, problems) for i, item in enumerate(node.value)]

@@ -92,7 +92,7 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
             return value
         problems.add(doc, path, f"expected {_type_name(tp)}, got {value!r}")
         return MISSING
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and not hasattr(tp, "from_config"):
         return _convert_dataclass(tp, value, doc, path, problems)
     if origin in (list, tuple):
         if not isinstance(value, list):
@@ -195,7 +195,7 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
     for key in value:
         if key not in known:
             valid = ", ".join(sorted(known))
-            problems.add(doc, path + (key,), f"unknown key '{key}' (valid keys: {valid})")
+            problems.add(doc, path + (key,), f"unknown key '{key}' (valid keys: {valid})", at_key=True)
     kwargs: dict[str, Any] = {}
     broken = False
     for key, f in known.items():

@@ -1,0 +1,137 @@
+"""The daemon's configuration file, as frozen typed settings.
+
+Each stage keeps its own section type beside its code (sources, decode, correlate…);
+this module composes them into one `Settings` and loads a file with every problem
+located and reported together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from auditd.config.located import Doc, Problems, load_yaml_file
+from auditd.config.typed import MISSING, Duration, convert
+from auditd.correlate.settings import CorrelateSettings
+from auditd.decode.settings import FormatSettings
+from auditd.sources.settings import FileSourceSettings
+
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    path: Path | None = None  # default: <state_dir>/neo-auditd.db
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    keep_events: bool = True  # events are evidence; retention purges them later
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymSettings:
+    key_file: Path  # HMAC-SHA-256 key; never logged
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySettings:
+    path: Path
+    reload_check_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RulesSettings:
+    paths: list[Path] = field(default_factory=list)  # operator files and folders, after the shipped ones
+    include_shipped: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CategorySettings:
+    sensitive: bool = False
+    description: str = ""
+
+
+DEFAULT_CATEGORIES = {
+    "identity": CategorySettings(False, "name, gender, birthday, id numbers"),
+    "contact": CategorySettings(False, "phone, address, address book"),
+    "media": CategorySettings(False, "photos, calendar"),
+    "property": CategorySettings(True, "transactions, balance, points, coupons"),
+    "location": CategorySettings(True, "precise location"),
+    "device": CategorySettings(False, "IMEI, MAC, Android ID, IDFA"),
+    "biometric": CategorySettings(True, "face"),
+    "order": CategorySettings(False, "orders and delivery"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineSettings:
+    path: Path | None = None  # default: <state_dir>/quarantine.jsonl
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    batch_records: int = 20_000  # records per transaction; bigger batches, fewer fsyncs
+    max_batch_delay_s: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    state_dir: Path
+    sources: list[FileSourceSettings]
+    pseudonym: PseudonymSettings
+    directory: DirectorySettings | None = None
+    timezone: str = "Asia/Shanghai"
+    formats: dict[str, FormatSettings] = field(default_factory=dict)
+    categories: dict[str, CategorySettings] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
+    rules: RulesSettings = field(default_factory=RulesSettings)
+    correlate: CorrelateSettings = field(default_factory=CorrelateSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+
+    def check(self):
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            yield "timezone", f"unknown time zone {self.timezone!r}"
+        names = [s.name for s in self.sources]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                yield ("sources", i, "name"), f"duplicate source name {name!r}"
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or self.state_dir / "neo-auditd.db"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.quarantine.path or self.state_dir / "quarantine.jsonl"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def rule_paths(self) -> list[Path]:
+        return ([SHIPPED_RULES] if self.rules.include_shipped else []) + list(self.rules.paths)
+
+    def sensitive_categories(self) -> frozenset[str]:
+        return frozenset(name for name, c in self.categories.items() if c.sensitive)
+
+
+def load_settings(path: Path, problems: Problems) -> tuple[Settings | None, Doc | None]:
+    """Load the config file; every problem is added to `problems`."""
+    doc = load_yaml_file(Path(path), problems)
+    if doc is None:
+        return None, None
+    settings = convert(Settings, doc.data, doc, (), problems)
+    if settings is MISSING:
+        return None, doc
+    return settings, doc
+
+
+def with_overrides(settings: Settings, **changes) -> Settings:
+    return dataclasses.replace(settings, **changes)
+
+
+__all__ = ["Settings", "load_settings", "Duration"]
