@@ -1,0 +1,1 @@
+"""Operational glue: service-manager notifications and error reporting."""

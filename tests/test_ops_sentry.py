@@ -1,0 +1,334 @@
+"""Sentry reporting: the scrubber alone, then a real SDK sending to a real local server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import sentry_sdk
+
+from auditd.ops.sentry import (
+    FILTERED,
+    init_sentry,
+    is_secret_key,
+    make_scrubber,
+    scrub,
+    scrub_event,
+    scrub_text,
+)
+
+PHONE = "13812345678"
+ID_CARD = "11010519491231002X"
+EMAIL = "zhang.san@example.com.cn"
+CARD = "6222021234567890123"
+
+
+# --- scrub_text: patterns in free text ---------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "13812345678", "138 1234 5678", "138-1234-5678", "+8613812345678", "+86 138 1234 5678",
+    "+86-138-1234-5678", "8613812345678", "008613812345678", "(+86)13812345678",
+    "19912345678",
+])
+def test_mobile_numbers_in_every_spelling(text: str) -> None:
+    assert scrub_text(f"call {text} now") == "call [Filtered:phone] now"
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("11010519491231002X", "id-card"), ("11010519491231002x", "id-card"),
+    ("110105194912310021", "id-card"),
+    ("zhang.san+vip@example.com.cn", "email"), ("a@b.co", "email"),
+    ("6222021234567890123", "bank-card"), ("4111111111111", "bank-card"),
+    ("6222 0212 3456 7890", "bank-card"), ("6222-0212-3456-7890-123", "bank-card"),
+])
+def test_identity_numbers_emails_and_cards(text: str, kind: str) -> None:
+    assert scrub_text(f"value: {text}.") == f"value: [Filtered:{kind}]."
+
+
+@pytest.mark.parametrize("text", [
+    "source.ip 10.1.2.3 and 192.168.100.200",  # customers' IPv4 is not PI here
+    "order 20241129 qty 12", "employee E10023", "port 9200",
+    "1381234567",  # ten digits: not a mobile number
+    "trace 4bf92f3577b34da6a3ce929d0e0e4736",  # digit runs inside hex ids are not cards
+    "2026-11-29T10:00:00+08:00",
+])
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("smtp://alerts:s3cret@mail.corp.example:587 refused",
+     "smtp://[Filtered]@mail.corp.example:587 refused"),
+    ("http://public@127.0.0.1:9000/1", "http://[Filtered]@127.0.0.1:9000/1"),
+    ("login password=hunter2&next=/", "login password=[Filtered]&next=/"),
+    ("{'api_key': 'abc123', 'n': 1}", "{'api_key': '[Filtered]', 'n': 1}"),
+    ('{"refresh_token": "zzz"}', '{"refresh_token": "[Filtered]"}'),
+])
+def test_inline_secrets(text: str, expected: str) -> None:
+    assert scrub_text(text) == expected
+
+
+def test_bearer_tokens() -> None:
+    cleaned = scrub_text("sent header Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")
+    assert "eyJ" not in cleaned and FILTERED in cleaned
+
+
+# --- scrub: keys and structure -----------------------------------------------------
+
+def test_secret_and_customer_keys_are_filtered_at_any_depth() -> None:
+    data = {
+        "smtp": {"host": "mail.corp.example", "password": "pw", "timeout_s": 5},
+        "headers": {"Authorization": "Basic abc", "Cookie": "sid=1", "Accept": "*/*"},
+        "sentryDsn": "http://k@host/1", "hmac_key": "k", "accessToken": "t",
+        "customer": {"name": "张三", "mobile": "x", "idCard": "y", "address": "北京市"},
+        "rows": [{"phone_number": "z", "order_id": "O-1"}],
+    }
+    assert scrub(data) == {
+        "smtp": {"host": "mail.corp.example", "password": FILTERED, "timeout_s": 5},
+        "headers": {"Authorization": FILTERED, "Cookie": FILTERED, "Accept": "*/*"},
+        "sentryDsn": FILTERED, "hmac_key": FILTERED, "accessToken": FILTERED,
+        "customer": {"name": FILTERED, "mobile": FILTERED, "idCard": FILTERED,
+                     "address": FILTERED},
+        "rows": [{"phone_number": FILTERED, "order_id": "O-1"}],
+    }
+
+
+def test_values_keys_and_numbers_are_searched() -> None:
+    data = {"note": f"customer {PHONE} called", PHONE: "O-1", "n": int(PHONE),
+            "t": ("x", f"mail {EMAIL}"), "b": f"{ID_CARD}".encode(), "f": 1.5, "none": None}
+    assert scrub(data) == {"note": "customer [Filtered:phone] called",
+                           "[Filtered:phone]": "O-1", "n": FILTERED,
+                           "t": ("x", "mail [Filtered:email]"), "b": "[Filtered:id-card]",
+                           "f": 1.5, "none": None}
+
+
+def test_two_keys_redacted_alike_are_both_kept() -> None:
+    assert scrub({PHONE: 1, "13912345678": 2}) == {"[Filtered:phone]": 1, "[Filtered:phone]'": 2}
+
+
+def test_scrub_does_not_change_its_input_and_survives_cycles() -> None:
+    data: dict[str, Any] = {"phone": PHONE, "list": [PHONE]}
+    data["self"] = data
+    cleaned = scrub(data)
+    assert data["phone"] == PHONE and data["list"] == [PHONE]
+    assert cleaned["self"] == "[Circular]" and cleaned["list"] == ["[Filtered:phone]"]
+
+
+def test_chinese_text_and_field_names() -> None:
+    assert scrub_text(f"客户手机号{PHONE}，身份证{ID_CARD}。") == \
+        "客户手机号[Filtered:phone]，身份证[Filtered:id-card]。"
+    assert scrub({"姓名": "张三", "手机号": "x", "订单号": "O-1"}) == \
+        {"姓名": FILTERED, "手机号": FILTERED, "订单号": "O-1"}
+
+
+def test_customer_field_hook_adds_deployment_names() -> None:
+    scrubber = make_scrubber(["member-alias", "wechatId"])
+    assert scrubber({"memberAlias": "x", "wechat_id": "y", "name": "z", "sku": "s"}) == {
+        "memberAlias": FILTERED, "wechat_id": FILTERED, "name": FILTERED, "sku": "s"}
+    assert scrub({"wechat_id": "y"}) == {"wechat_id": "y"}  # the default does not know it
+
+
+def test_secret_key_names() -> None:
+    for key in ("password", "SMTP_PASSWORD", "client_secret", "api_key", "apiKey", "dsn",
+                "Authorization", "set-cookie", "session_id", "refreshToken"):
+        assert is_secret_key(key), key
+    for key in ("host", "port", "timeout_s", "order_id", "user.id", "event.action"):
+        assert not is_secret_key(key), key
+
+
+def test_scrub_event_keeps_sdk_metadata_but_not_user_contexts() -> None:
+    event = {
+        "sdk": {"name": "sentry.python", "version": "2.75.0"},
+        "contexts": {"runtime": {"name": "CPython", "version": "3.11.7"},
+                     "customer": {"name": "张三", "note": f"tel {PHONE}"}},
+        "extra": {"name": "李四"},
+        "message": f"mail {EMAIL}",
+    }
+    assert scrub_event(event) == {
+        "sdk": {"name": "sentry.python", "version": "2.75.0"},
+        "contexts": {"runtime": {"name": "CPython", "version": "3.11.7"},
+                     "customer": {"name": FILTERED, "note": "tel [Filtered:phone]"}},
+        "extra": {"name": FILTERED},
+        "message": "mail [Filtered:email]",
+    }
+
+
+def test_without_a_dsn_nothing_starts() -> None:
+    assert init_sentry(None, "test", None) is False
+    assert init_sentry("", "test", None) is False
+
+
+# --- end to end: the real SDK posts envelopes to a real local server ---------------
+
+@dataclass
+class Received:
+    path: str
+    content_encoding: str
+    body: bytes  # decompressed
+
+
+@dataclass
+class FakeSentry:
+    port: int
+    requests: list[Received] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def dsn(self) -> str:
+        return f"http://public@127.0.0.1:{self.port}/1"
+
+
+def _decode(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    if encoding == "br":
+        import brotli  # only present when the SDK chose it, i.e. when it is installed
+        return brotli.decompress(body)
+    assert encoding in ("", "identity"), f"unexpected Content-Encoding {encoding!r}"
+    return body
+
+
+@pytest.fixture
+def fake_sentry() -> Iterator[FakeSentry]:
+    holder: list[FakeSentry] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length", "0"))
+            encoding = self.headers.get("Content-Encoding", "")
+            body = _decode(self.rfile.read(length), encoding)
+            holder[0].requests.append(Received(self.path, encoding, body))
+            holder[0].arrived.set()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder.append(FakeSentry(port=server.server_address[1]))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield holder[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def sentry_client(fake_sentry: FakeSentry, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSentry]:
+    # Never through a proxy: the only network in these tests is 127.0.0.1.
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert init_sentry(fake_sentry.dsn, "test", "neo-auditd@0.0.0-test")
+    try:
+        yield fake_sentry
+    finally:
+        sentry_sdk.get_client().close(timeout=2)
+
+
+class CustomerLookupError(Exception):
+    pass
+
+
+def _look_up_customer(order_id: str) -> None:
+    phone = "13812345678"
+    contact = {"mobile": "+86 138 1234 5678", "email": "zhang.san@example.com.cn"}
+    id_card = "11010519491231002X"
+    logging.getLogger("auditd.test").warning("calling customer %s about %s", phone, order_id)
+    sentry_sdk.add_breadcrumb(category="sms", message=f"texted {phone}, id {id_card}",
+                              data={"to": phone, "card": CARD})
+    raise CustomerLookupError(f"no account for mobile {phone} ({contact['email']})")
+
+
+def _envelope_items(body: bytes) -> list[tuple[dict[str, Any], bytes]]:
+    lines = body.split(b"\n")
+    items = []
+    index = 1  # line 0 is the envelope header
+    while index < len(lines) and lines[index]:
+        header = json.loads(lines[index])
+        if "length" in header:
+            payload_start = sum(len(line) + 1 for line in lines[:index + 1])
+            payload = body[payload_start:payload_start + header["length"]]
+            consumed = payload.count(b"\n") + 1
+        else:
+            payload = lines[index + 1]
+            consumed = 1
+        items.append((header, payload))
+        index += 1 + consumed
+    return items
+
+
+def test_reported_exception_arrives_without_personal_information(sentry_client: FakeSentry) -> None:
+    try:
+        _look_up_customer("O-20261129-0001")
+    except CustomerLookupError:
+        sentry_sdk.capture_exception()
+    sentry_sdk.flush(timeout=5)
+    assert sentry_client.arrived.wait(5), "no envelope reached the local server"
+
+    envelopes = [r for r in sentry_client.requests if r.path == "/api/1/envelope/"]
+    assert envelopes, [r.path for r in sentry_client.requests]
+    raw = b"\n".join(r.body for r in envelopes)
+
+    assert b"CustomerLookupError" in raw
+    for secret in (b"13812345678", b"138 1234 5678", b"1381234", ID_CARD.encode(),
+                   EMAIL.encode(), CARD.encode(), b"zhang.san"):
+        assert secret not in raw, secret
+
+    events = [json.loads(payload) for envelope in envelopes
+              for header, payload in _envelope_items(envelope.body) if header["type"] == "event"]
+    assert len(events) == 1
+    event = events[0]
+    exception = event["exception"]["values"][-1]
+    assert exception["type"] == "CustomerLookupError"
+    assert exception["value"] == ("no account for mobile [Filtered:phone] "
+                                  "([Filtered:email])")
+    frame = exception["stacktrace"]["frames"][-1]
+    assert frame["function"] == "_look_up_customer"
+    assert frame["vars"]["phone"] == FILTERED  # a customer field name
+    assert frame["vars"]["id_card"] == FILTERED
+    assert frame["vars"]["contact"] == {"mobile": FILTERED, "email": FILTERED}
+    assert frame["vars"]["order_id"] == "'O-20261129-0001'"  # not PI: still useful
+    crumbs = {c.get("category"): c for c in event["breadcrumbs"]["values"]}
+    assert crumbs["sms"]["message"] == "texted [Filtered:phone], id [Filtered:id-card]"
+    assert crumbs["sms"]["data"] == {"to": "[Filtered:phone]", "card": "[Filtered:bank-card]"}
+    assert "[Filtered:phone]" in json.dumps(crumbs["auditd.test"])
+    assert event["sdk"]["name"].startswith("sentry.python")  # SDK metadata kept
+
+
+def test_a_failing_scrubber_drops_the_event_instead_of_sending_it_raw(
+        fake_sentry: FakeSentry, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_scrubber(obj: Any) -> Any:
+        raise RuntimeError("scrubber bug")
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert init_sentry(fake_sentry.dsn, "test", None, broken_scrubber)
+    try:
+        try:
+            _look_up_customer("O-2")
+        except CustomerLookupError:
+            sentry_sdk.capture_exception()
+        sentry_sdk.flush(timeout=5)
+    finally:
+        sentry_sdk.get_client().close(timeout=2)
+    raw = b"\n".join(r.body for r in fake_sentry.requests)
+    assert PHONE.encode() not in raw
+    assert b"CustomerLookupError" not in raw
+    # The SDK reports the drop, which shows the event was made and stopped by the scrubber.
+    assert b'"reason":"callback_error"' in raw
