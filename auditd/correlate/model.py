@@ -1,0 +1,117 @@
+"""The types of the correlate stage: statuses, errors, and what it hands out.
+
+The Structs serialise with ``msgspec.json.encode`` as they are (times as RFC 3339,
+always UTC), so the CLI's ``--json`` and the respond stage read the same shapes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable
+
+import msgspec
+
+from auditd.errors import NeoError
+
+STATUSES = ("open", "triaged", "contained", "notified", "resolved", "closed", "dismissed")
+
+# The only legal moves. Skips are allowed where a tier's playbook has no such phase
+# (T5 contains at once, before triage; T6 notifies no one). Closed and dismissed are
+# final: new activity after them opens a new incident.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "open": frozenset({"triaged", "contained", "dismissed"}),
+    "triaged": frozenset({"contained", "notified", "resolved", "dismissed"}),
+    "contained": frozenset({"notified", "resolved", "dismissed"}),
+    "notified": frozenset({"resolved"}),
+    "resolved": frozenset({"closed"}),
+    "closed": frozenset(),
+    "dismissed": frozenset(),
+}
+# statuses in which an incident still takes in new alerts of its actor's episode
+ACTIVE_STATUSES = ("open", "triaged", "contained", "notified")
+
+CORRELATOR = "correlator"  # the `who` of entries the daemon writes by itself
+
+Clock = Callable[[], dt.datetime]  # returns an aware datetime; tests pass a fixed one
+
+
+def system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class CorrelateError(NeoError):
+    """Misuse of the correlate stage or its store."""
+
+
+class UnknownIncident(CorrelateError):
+    def __init__(self, incident_id: str):
+        self.incident_id = incident_id
+        super().__init__(f"no incident '{incident_id}'")
+
+
+class IllegalTransition(CorrelateError):
+    def __init__(self, incident_id: str, old: str, new: str):
+        self.incident_id, self.old, self.new = incident_id, old, new
+        allowed = ", ".join(sorted(TRANSITIONS.get(old, ()))) or "none: it is final"
+        super().__init__(f"{incident_id}: cannot go from '{old}' to '{new}' (allowed: {allowed})")
+
+
+class IncidentChange(msgspec.Struct, kw_only=True, frozen=True):
+    """What one apply() did to one incident: the respond stage's input."""
+
+    incident_id: str
+    opened: bool
+    actor: str | None
+    title: str
+    status: str
+    tier: str
+    previous_tier: str | None  # None when opened by this batch
+    tier_raised: bool
+    band: str | None
+    band_reached: bool  # reached by this batch: the playbook adds the police step
+    alerts_added: int
+    alert_count: int
+    affected_added: int
+    affected_count: int
+    discovered_at: dt.datetime
+
+
+class TimelineEntry(msgspec.Struct, kw_only=True, frozen=True):
+    seq: int
+    at: dt.datetime
+    kind: str  # opened, alerts_added, tier_changed, band_reached, status_changed, note
+    who: str
+    data: dict[str, Any]
+    hash: str
+
+
+class IncidentSummary(msgspec.Struct, kw_only=True, frozen=True):
+    incident_id: str
+    title: str
+    tier: str
+    status: str
+    severity: str
+    actor: str | None
+    assignee: str | None
+    alert_count: int
+    affected_count: int
+    sensitive: bool
+    band: str | None
+    categories: tuple[str, ...]
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    discovered_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class IncidentDetail(msgspec.Struct, kw_only=True, frozen=True):
+    summary: IncidentSummary
+    rules: tuple[str, ...]
+    affected_subjects: tuple[str, ...]  # pseudonyms, at most the limit asked for
+    affected_subjects_truncated: bool
+    evidence_event_ids: tuple[str, ...]
+    evidence_truncated: bool
+    alert_ids: tuple[str, ...]
+    timeline: tuple[TimelineEntry, ...]
+    timeline_verified: bool
+    timeline_first_bad_seq: int | None
