@@ -1,0 +1,276 @@
+"""Prometheus metrics: what the daemon took in, what it found, and what it still owes.
+
+`Metrics` owns its own CollectorRegistry (no prometheus_client globals), so tests and a
+replay in the same process never share counters, and constructing it does no I/O.
+
+Two kinds of figures:
+- pushed by the daemon as it works (events, quarantined and skipped records, alerts,
+  notices, lag, timings, reload results): process-local counters that start at zero
+  with the process, as Prometheus counters should;
+- read from the store at scrape time (incidents by tier and status, overdue playbook
+  steps): the store is the truth and survives restarts. They are read through a
+  separate read-only SQLite connection, so a scrape never waits for the pipeline's
+  write transaction and never holds it up (WAL readers do not block the writer).
+
+Labels carry source names, file paths, rule ids, tiers, statuses and channel kinds,
+all from the operator's configuration; never anything from an event (no user or
+subject ids), which would put personal data on the page and explode cardinality.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from auditd.ops.status import FileLag, connect_readonly, incident_counts, overdue_steps
+
+log = logging.getLogger("neo_auditd.metrics")
+
+PREFIX = "neo_auditd_"
+NOTICE_STATES = ("sent", "failed", "retrying")
+# A batch is up to 20,000 records: from a millisecond when idle to seconds under load.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+METRICS_PATH = "/metrics"
+
+
+class Metrics:
+    """Every metric of one daemon. Construct after the first configuration load succeeded."""
+
+    def __init__(self, store_path: Path | None = None, *, clock: Callable[[], float] = time.time,
+                 proc: str = "/proc") -> None:
+        self.registry = CollectorRegistry()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_event: dict[str, float] = {}
+        self._lag_keys: set[tuple[str, str]] = set()  # what set_lags put there last time
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._define_pushed(self.registry)
+        self.reload_result(True)  # the daemon runs only once a configuration has loaded
+        self.registry.register(_Guarded(BootTimeProcessCollector(proc=proc, registry=None), "process"))
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        if store_path is not None:
+            self.registry.register(StoreCollector(Path(store_path), clock))
+
+    def _define_pushed(self, r: CollectorRegistry) -> None:
+        p = PREFIX
+        self._events = Counter(p + "events", "Access events committed to the store.", ["source"], registry=r)
+        self._quarantined = Counter(p + "quarantined", "Records that could not be decoded, kept in quarantine.",
+                                    ["source"], registry=r)
+        self._skipped = Counter(p + "skipped", "Records skipped on purpose (e.g. a csv header).",
+                                ["source"], registry=r)
+        self._lag = Gauge(p + "lag_bytes", "Bytes of a file not yet committed to the store.",
+                          ["source", "path"], registry=r)
+        self._last_event_ts = Gauge(p + "last_event_timestamp_seconds",
+                                    "Event time of the newest event committed, per source.", ["source"], registry=r)
+        self._rule_eval = Histogram(p + "rule_evaluation_seconds", "Time to evaluate all rules over one batch.",
+                                    buckets=SECONDS_BUCKETS, registry=r)
+        self._commit = Histogram(p + "batch_commit_seconds", "Time to commit one batch's store transaction.",
+                                 buckets=SECONDS_BUCKETS, registry=r)
+        self._alerts = Counter(p + "alerts", "Alerts raised, per rule id.", ["rule"], registry=r)
+        self._notices = Counter(p + "notices", "Notice delivery attempts, per channel kind and outcome.",
+                                ["channel", "state"], registry=r)
+        self._reload_ok = Gauge(p + "reload_success", "1 if the last configuration load or reload was applied.",
+                                registry=r)
+        self._reload_ts = Gauge(p + "reload_timestamp_seconds",
+                                "When the last configuration load or reload was attempted.", registry=r)
+
+    # -- what the daemon pushes ----------------------------------------------------------
+    def declare_sources(self, sources: Iterable[str]) -> None:
+        """Show configured sources at 0 before their first batch, so a silent one is visible."""
+        for source in sources:
+            for counter in (self._events, self._quarantined, self._skipped):
+                counter.labels(source)
+
+    def observe_batch(self, source: str, *, events: int, quarantined: int, skipped: int,
+                      alerts_by_rule: Mapping[str, int], eval_seconds: float, commit_seconds: float,
+                      last_event_ts: dt.datetime | None) -> None:
+        """Count one committed batch. Call after its transaction committed, never before."""
+        if last_event_ts is not None and last_event_ts.tzinfo is None:
+            raise ValueError("last_event_ts must be timezone-aware")  # before counting anything
+        self._events.labels(source).inc(events)
+        self._quarantined.labels(source).inc(quarantined)
+        self._skipped.labels(source).inc(skipped)
+        for rule_id, count in alerts_by_rule.items():
+            if count:
+                self._alerts.labels(rule_id).inc(count)
+        self._rule_eval.observe(eval_seconds)
+        self._commit.observe(commit_seconds)
+        if last_event_ts is not None:
+            self._advance_last_event(source, last_event_ts.timestamp())
+
+    def _advance_last_event(self, source: str, ts: float) -> None:
+        # Batches can arrive out of event-time order (two files of one source): keep the newest.
+        with self._lock:
+            if ts > self._last_event.get(source, float("-inf")):
+                self._last_event[source] = ts
+                self._last_event_ts.labels(source).set(ts)
+
+    def set_lag(self, source: str, path: str, lag_bytes: int) -> None:
+        self._lag.labels(source, path).set(lag_bytes)
+
+    def set_lags(self, lags: Iterable[FileLag]) -> None:
+        """Replace every lag series with these (e.g. `status.file_lags(conn)`); drop the rest."""
+        fresh = {(lag.source, lag.path): lag.lag_bytes for lag in lags}
+        with self._lock:
+            for key in self._lag_keys - fresh.keys():
+                self.forget_lag(*key)
+            for (source, path), lag_bytes in fresh.items():
+                self.set_lag(source, path, lag_bytes)
+            self._lag_keys = set(fresh)
+
+    def forget_lag(self, source: str, path: str) -> None:
+        """Drop a file's lag series (the file is gone or no longer tailed)."""
+        with contextlib.suppress(KeyError):  # never set, or already dropped
+            self._lag.remove(source, path)
+
+    def notice(self, channel: str, state: str) -> None:
+        """One delivery attempt; `channel` is the kind (email, sms, dingtalk…), never an address."""
+        if state not in NOTICE_STATES:
+            raise ValueError(f"unknown notice state {state!r} (valid: {', '.join(NOTICE_STATES)})")
+        self._notices.labels(channel, state).inc()
+
+    def reload_result(self, ok: bool) -> None:
+        self._reload_ok.set(1 if ok else 0)
+        self._reload_ts.set(self._clock())
+
+    # -- the HTTP endpoint ---------------------------------------------------------------
+    def start_http(self, listen: str, port: int) -> int:
+        """Serve /metrics on listen:port from a daemon thread; return the bound port (for port 0)."""
+        if self._server is not None:
+            raise RuntimeError("the metrics endpoint is already running")
+        server = make_server(listen, port, _only_metrics_path(make_wsgi_app(self.registry)),
+                             server_class=_server_class(listen), handler_class=_QuietHandler)
+        # poll_interval bounds how long stop() waits; four idle wake-ups a second cost nothing
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25},
+                                  name="metrics-http", daemon=True)
+        thread.start()
+        self._server, self._thread = server, thread
+        log.info("metrics endpoint listening", extra={"listen": listen, "port": server.server_port})
+        return server.server_port
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+
+# -- collectors ------------------------------------------------------------------------------
+class StoreCollector(Collector):
+    """Incidents and overdue steps, read from the store at each scrape."""
+
+    def __init__(self, store_path: Path, clock: Callable[[], float]) -> None:
+        self._store_path = store_path
+        self._clock = clock
+        self._failing = False
+
+    def collect(self) -> Iterator[Metric]:
+        now = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
+        success = GaugeMetricFamily(PREFIX + "store_scrape_success",
+                                    "1 if the store-backed metrics could be read at this scrape.")
+        try:
+            counts, overdue = self._read(now)
+        except sqlite3.Error as exc:
+            # Absent series look like "all clear" to many alerts: say plainly that we could not read.
+            if not self._failing:
+                log.warning("metrics cannot read the store", extra={"error": str(exc)})
+            self._failing = True
+            success.add_metric([], 0)
+            yield success
+            return
+        self._failing = False
+        incidents = GaugeMetricFamily(PREFIX + "incidents", "Incidents in the store, by tier and status.",
+                                      labels=["tier", "status"])
+        for tier, status, count in counts:
+            incidents.add_metric([tier, status], count)
+        yield incidents
+        if overdue is not None:  # None: the steps table does not fit the contract (logged)
+            yield GaugeMetricFamily(PREFIX + "playbook_steps_overdue",
+                                    "Playbook steps past their due time and not done.", value=overdue)
+        success.add_metric([], 1)
+        yield success
+
+    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], int | None]:
+        # A fresh connection per scrape: scrapes are rare, and it never pins an old snapshot.
+        conn = connect_readonly(self._store_path, timeout_s=1.0)
+        try:
+            return incident_counts(conn), overdue_steps(conn, now)
+        finally:
+            conn.close()
+
+
+class BootTimeProcessCollector(ProcessCollector):
+    """prometheus_client's process metrics, working under systemd's ProcSubset=pid.
+
+    The stock collector reads the boot time from /proc/stat, which ProcSubset=pid hides;
+    it then silently reports nothing at all. The boot time is also what CLOCK_BOOTTIME
+    counts from, so it is derived from the clocks instead. The per-process files it
+    reads at scrape time (/proc/self/stat, limits, fd) stay visible under ProcSubset=pid.
+    """
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class _Guarded(Collector):
+    """A collector whose failure drops its own series, not the whole scrape."""
+
+    def __init__(self, inner: Collector, name: str) -> None:
+        self._inner = inner
+        self._name = name
+        self._warned = False
+
+    def collect(self) -> list[Metric]:
+        try:
+            return list(self._inner.collect())
+        except Exception:  # noqa: BLE001 - any failure here must not turn /metrics into a 500
+            if not self._warned:
+                self._warned = True
+                log.warning("the %s collector failed; its metrics are left out", self._name, exc_info=True)
+            return []
+
+
+# -- HTTP plumbing -------------------------------------------------------------------------
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds would drown the journal."""
+
+
+def _server_class(listen: str) -> type[WSGIServer]:
+    class _ThreadingServer(ThreadingMixIn, WSGIServer):
+        address_family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+        daemon_threads = True  # a stuck scraper must not keep the daemon from exiting
+
+    return _ThreadingServer
+
+
+def _only_metrics_path(app: Callable) -> Callable:
+    def route(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in (METRICS_PATH, METRICS_PATH + "/"):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"not found; metrics are at {METRICS_PATH}\n".encode()]
+
+    return route

@@ -1,0 +1,333 @@
+"""`neo-auditd status`: what the daemon has done and owes, read from its store.
+
+Everything here reads the store through its own read-only connection, so the status
+command and the metrics endpoint can run beside a busy daemon: WAL readers never wait
+for the writer and never hold it up. Tables written by later stages (incidents,
+playbook steps, the reload record) may be missing in an older store; each reader
+says what it does then.
+
+The queries shared with the metrics endpoint live here, so that `status` and the
+Prometheus page never disagree on what "open" or "overdue" means.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sqlite3
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from auditd.config.typed import DEFAULT_ZONE
+from auditd.correlate.model import ACTIVE_STATUSES
+from auditd.correlate.schema import iso_utc
+from auditd.errors import NeoError
+from auditd.sources.identity import FileIdentity
+
+if TYPE_CHECKING:
+    from auditd.config.settings import Settings
+
+log = logging.getLogger("neo_auditd.status")
+
+LAST_RELOAD_KEY = "last_reload"  # meta row the daemon writes after every load or reload
+MAX_ERROR_CHARS = 2000
+
+# The contract with the respond stage: a step is overdue while it has no done_at and
+# its due_at (iso_utc text, so text order is time order) has passed.
+STEPS_TABLE = "playbook_steps"
+_OVERDUE_STEPS = f"SELECT COUNT(*) FROM {STEPS_TABLE} WHERE done_at IS NULL AND due_at < ?"
+
+
+class StatusError(NeoError):
+    """The store cannot be read (missing, not a database, locked for too long)."""
+
+
+class FileLag(msgspec.Struct, frozen=True, kw_only=True):
+    """Bytes of a checkpointed file not yet committed to the store."""
+
+    source: str
+    path: str
+    offset: int  # committed: everything before it is in the store
+    size: int
+    lag_bytes: int
+
+
+class SourceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    configured: bool | None  # None when no config was given to compare with
+    events: int
+    quarantined: int
+    skipped: int
+    last_event_at: dt.datetime | None  # event time, UTC
+    lag_bytes: int
+    files: list[FileLag]
+
+
+class ReloadStatus(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    at: dt.datetime
+    error: str | None = None
+    rules_in_force: int | None = None  # after this attempt: the new set's, or the old one still running
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    generated_at: dt.datetime
+    store_path: str
+    sources: list[SourceStatus]
+    rules_loaded: int | None
+    open_incidents: dict[str, int]  # tier -> incidents in an active status
+    playbook_steps_overdue: int | None  # None: the table exists but does not fit the contract
+    last_reload: ReloadStatus | None
+
+
+# -- connections and shared queries ------------------------------------------------------
+def connect_readonly(store_path: Path, *, timeout_s: float = 2.0) -> sqlite3.Connection:
+    """A read-only connection; never creates the database file.
+
+    check_same_thread is off because the metrics endpoint answers on its own threads;
+    callers still use one connection from one thread at a time.
+    """
+    uri = Path(store_path).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def incident_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(tier, status, count) of every incident; empty before the correlate stage's tables exist."""
+    if not table_exists(conn, "incidents"):
+        return []
+    rows = conn.execute("SELECT tier, status, COUNT(*) FROM incidents GROUP BY tier, status ORDER BY tier, status")
+    return [(str(tier), str(status), int(count)) for tier, status, count in rows]
+
+
+def open_incidents_by_tier(counts: Iterable[tuple[str, str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for tier, status, count in counts:
+        if status in ACTIVE_STATUSES:
+            out[tier] = out.get(tier, 0) + count
+    return dict(sorted(out.items()))
+
+
+def overdue_steps(conn: sqlite3.Connection, now: dt.datetime) -> int | None:
+    """Playbook steps past due and not done: 0 until the respond stage creates its table."""
+    if not table_exists(conn, STEPS_TABLE):
+        return 0
+    try:
+        return int(conn.execute(_OVERDUE_STEPS, (iso_utc(now),)).fetchone()[0])
+    except sqlite3.OperationalError as exc:
+        # A table by that name that lacks the columns: say "unknown", never a reassuring 0.
+        log.warning("cannot count overdue playbook steps", extra={"error": str(exc)})
+        return None
+
+
+def file_lags(conn: sqlite3.Connection) -> list[FileLag]:
+    """Lag of every checkpointed file still on disk under the path it was last seen at."""
+    out: list[FileLag] = []
+    rows = conn.execute("SELECT source, fingerprint, path, offset FROM checkpoints ORDER BY source, path")
+    for source, fingerprint, path, offset in rows:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # rotated away or deleted: nothing left to read there
+        identity = FileIdentity.parse(fingerprint)
+        if identity is not None and (identity.device, identity.inode) != (st.st_dev, st.st_ino):
+            continue  # the path now holds another file (after rotation); not this checkpoint's
+        # Smaller than the offset: truncated in place (copytruncate); all of it is unread.
+        lag = st.st_size - offset if st.st_size >= offset else st.st_size
+        out.append(FileLag(source=source, path=path, offset=offset, size=st.st_size, lag_bytes=lag))
+    return out
+
+
+def record_reload(conn: sqlite3.Connection, ok: bool, at: dt.datetime, error: str | None = None, *,
+                  rules_in_force: int | None = None) -> None:
+    """Write the result of a load or reload where `status` reads it (one autocommitted row)."""
+    if error is not None and len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS] + "…"
+    record = ReloadStatus(ok=ok, at=at.astimezone(dt.timezone.utc), error=error, rules_in_force=rules_in_force)
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (LAST_RELOAD_KEY, msgspec.json.encode(record).decode()),
+    )
+
+
+def read_last_reload(conn: sqlite3.Connection) -> ReloadStatus | None:
+    if not table_exists(conn, "meta"):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (LAST_RELOAD_KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        return msgspec.json.decode(row[0], type=ReloadStatus)
+    except msgspec.ValidationError as exc:
+        log.warning("ignoring a malformed last_reload record", extra={"error": str(exc)})
+        return None
+
+
+# -- the status ----------------------------------------------------------------------------
+def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime, *,
+                   rules_loaded: int | None = None) -> Status:
+    """Read the store at `store_path`; `settings`, when given, adds sources not yet seen.
+
+    `rules_loaded` defaults to the count the daemon recorded with its last (re)load.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if not Path(store_path).is_file():
+        raise StatusError(f"{store_path}: no store there (has the daemon run with this config?)")
+    try:
+        conn = connect_readonly(store_path)
+    except sqlite3.Error as exc:
+        raise StatusError(f"{store_path}: cannot open the store: {exc}") from exc
+    try:
+        configured = [s.name for s in settings.sources] if settings is not None else None
+        last_reload = read_last_reload(conn)
+        if rules_loaded is None and last_reload is not None:
+            rules_loaded = last_reload.rules_in_force
+        return Status(
+            generated_at=now.astimezone(dt.timezone.utc),
+            store_path=str(store_path),
+            sources=_sources(conn, configured),
+            rules_loaded=rules_loaded,
+            open_incidents=open_incidents_by_tier(incident_counts(conn)),
+            playbook_steps_overdue=overdue_steps(conn, now),
+            last_reload=last_reload,
+        )
+    except sqlite3.DatabaseError as exc:
+        raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _sources(conn: sqlite3.Connection, configured: list[str] | None) -> list[SourceStatus]:
+    stats = {}
+    if table_exists(conn, "source_stats"):
+        rows = conn.execute("SELECT source, events, quarantined, skipped, last_event_at FROM source_stats")
+        stats = {row[0]: row[1:] for row in rows}
+    lags: dict[str, list[FileLag]] = {}
+    for lag in file_lags(conn) if table_exists(conn, "checkpoints") else []:
+        lags.setdefault(lag.source, []).append(lag)
+    # configured sources in config order first, then any the config no longer names
+    names = list(configured or []) + sorted((set(stats) | set(lags)) - set(configured or []))
+    out = []
+    for name in names:
+        events, quarantined, skipped, last_event_at = stats.get(name, (0, 0, 0, None))
+        files = lags.get(name, [])
+        out.append(SourceStatus(
+            name=name,
+            configured=None if configured is None else name in configured,
+            events=events, quarantined=quarantined, skipped=skipped,
+            last_event_at=_utc(last_event_at),
+            lag_bytes=sum(f.lag_bytes for f in files),
+            files=files,
+        ))
+    return out
+
+
+def _utc(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    value = dt.datetime.fromisoformat(text)
+    # the store writes aware times; a naive one would be a bug upstream, read as UTC
+    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+
+
+# -- rendering ----------------------------------------------------------------------------
+def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
+    """A plain-text report for a terminal; times in `zone` (Asia/Shanghai by default)."""
+    lines = [
+        f"neo-auditd status at {_when(status.generated_at, zone)}",
+        f"store:        {status.store_path}",
+        f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
+        f"last reload:  {_reload_line(status.last_reload, zone)}",
+        "",
+        "sources:",
+    ]
+    if status.sources:
+        lines += _indent(_table(("SOURCE", "EVENTS", "QUARANTINED", "SKIPPED", "LAST EVENT", "LAG"),
+                                [_source_row(s, status.generated_at, zone) for s in status.sources]))
+        files = [(f.source, f.path, f"{f.offset:,}", f"{f.size:,}", _bytes(f.lag_bytes))
+                 for s in status.sources for f in s.files]
+        if files:
+            lines += ["", "files:"] + _indent(_table(("SOURCE", "PATH", "COMMITTED", "SIZE", "LAG"), files))
+    else:
+        lines.append("  none yet")
+    lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
+    overdue = status.playbook_steps_overdue
+    lines.append(f"overdue playbook steps: {'unknown' if overdue is None else overdue}")
+    return "\n".join(lines) + "\n"
+
+
+def _when(value: dt.datetime | None, zone: ZoneInfo) -> str:
+    if value is None:
+        return "never"
+    return value.astimezone(zone).isoformat(sep=" ", timespec="seconds")
+
+
+def _ago(then: dt.datetime, now: dt.datetime) -> str:
+    seconds = int((now - then).total_seconds())
+    if seconds < 0:
+        return "in the future"  # clock skew between the log's host and this one
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _source_row(s: SourceStatus, now: dt.datetime, zone: ZoneInfo) -> tuple[str, ...]:
+    name = s.name if s.configured is not False else f"{s.name} (not in config)"
+    last = "never" if s.last_event_at is None else f"{_when(s.last_event_at, zone)} ({_ago(s.last_event_at, now)})"
+    return (name, f"{s.events:,}", f"{s.quarantined:,}", f"{s.skipped:,}", last, _bytes(s.lag_bytes))
+
+
+def _reload_line(reload: ReloadStatus | None, zone: ZoneInfo) -> str:
+    if reload is None:
+        return "not recorded"
+    if reload.ok:
+        return f"ok at {_when(reload.at, zone)}"
+    problems = (reload.error or "").splitlines()
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"FAILED at {_when(reload.at, zone)}" + (f": {problems[0]}{more}" if problems else "")
+
+
+def _incident_line(by_tier: dict[str, int]) -> str:
+    if not by_tier:
+        return "none"
+    return ", ".join(f"{tier} {count}" for tier, count in by_tier.items())
+
+
+def _bytes(n: int) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    size, i = float(n), 0
+    while size >= 1024 and i < len(units) - 1:
+        size, i = size / 1024, i + 1
+    return f"{n} B" if i == 0 else f"{size:.1f} {units[i]}"
+
+
+def _width(text: str) -> int:
+    # Source names and paths may be Chinese: wide characters take two terminal columns.
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(_width(h), *(_width(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(headers)] + [line(row) for row in rows]
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["  " + line for line in lines]

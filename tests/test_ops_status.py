@@ -1,0 +1,200 @@
+"""`status` over a real store file with rows in it, and files on disk for the lag."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from auditd.config.settings import Settings
+from auditd.correlate.incidents import SCHEMA as INCIDENT_SCHEMA
+from auditd.ops.status import (
+    FileLag,
+    ReloadStatus,
+    SourceStatus,
+    Status,
+    StatusError,
+    collect_status,
+    record_reload,
+    render_status,
+)
+from auditd.sources.base import Checkpoint
+from auditd.sources.identity import FileIdentity
+from auditd.sources.settings import FileSourceSettings
+from auditd.store.sqlite import Store
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # 17:00 in Shanghai
+
+
+def settings_with(*names: str) -> Settings:
+    return Settings(
+        state_dir=Path("/var/lib/neo-auditd"),
+        sources=[FileSourceSettings(name=n, paths=(), format="jsonl") for n in names],
+        pseudonym=None,  # not read by status
+    )
+
+
+def checkpoint_for(source: str, path: Path, offset: int, *, inode: int | None = None) -> Checkpoint:
+    st = os.stat(path)
+    identity = FileIdentity("0" * 32, st.st_dev, st.st_ino if inode is None else inode)
+    return Checkpoint(source, identity.key, str(path), offset)
+
+
+def insert_incident(conn, incident_id: str, tier: str, status: str) -> None:
+    at = "2026-11-01T00:00:00.000000+00:00"
+    conn.execute(
+        "INSERT INTO incidents (incident_id, group_key, actor, title, tier, auto_tier, status, severity,"
+        " first_seen, last_seen, discovered_at, updated_at, alert_count, affected_count, max_record_count,"
+        " sensitive, band, rules, categories, timeline_seq, timeline_head)"
+        " VALUES (?, 'E1001', 'E1001', 't', ?, ?, ?, 'high', ?, ?, ?, ?, 1, 1, 1, 0, NULL, '[]', '[]', 0, '')",
+        (incident_id, tier, tier, status, at, at, at, at),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "state" / "neo-auditd.db").open(extra_schemas=[INCIDENT_SCHEMA])
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    files = {"current": 1000, "replaced": 500, "truncated": 40, "gone": 10, "crm": 300}
+    out = {}
+    for name, size in files.items():
+        out[name] = folder / f"{name}.log"
+        out[name].write_bytes(b"x" * size)
+    return out
+
+
+def fill(store: Store, logs: dict[str, Path]) -> None:
+    checkpoints = [
+        checkpoint_for("app", logs["current"], 400),  # 600 bytes behind
+        checkpoint_for("app", logs["replaced"], 100, inode=1),  # the path now holds another file
+        checkpoint_for("app", logs["truncated"], 900),  # copytruncate: all 40 bytes unread
+        checkpoint_for("app", logs["gone"], 10),
+        checkpoint_for("crm", logs["crm"], 300),  # caught up
+    ]
+    logs["gone"].unlink()
+    with store.transaction() as conn:
+        store.save_checkpoints(conn, checkpoints)
+        store.bump_stats(conn, "app", events=1200, quarantined=3, skipped=1,
+                         last_event_at=dt.datetime(2026, 11, 2, 8, 55, tzinfo=UTC))
+        store.bump_stats(conn, "legacy", events=5, quarantined=0, skipped=0, last_event_at=None)
+        insert_incident(conn, "INC-1", "T2", "open")
+        insert_incident(conn, "INC-2", "T2", "contained")
+        insert_incident(conn, "INC-3", "T5", "triaged")
+        insert_incident(conn, "INC-4", "T5", "closed")
+        insert_incident(conn, "INC-5", "T4", "dismissed")
+    record_reload(store.conn, False, dt.datetime(2026, 11, 2, 8, 30, tzinfo=UTC),
+                  "config.yaml:3:5: rules[2].condition: unknown list 'sensitive_tabels'\nsecond problem")
+
+
+def test_collects_what_the_store_knows(store: Store, logs: dict[str, Path]) -> None:
+    fill(store, logs)
+    status = collect_status(store.path, settings_with("app", "crm"), NOW, rules_loaded=42)
+
+    app_files = [
+        FileLag(source="app", path=str(logs["current"]), offset=400, size=1000, lag_bytes=600),
+        FileLag(source="app", path=str(logs["truncated"]), offset=900, size=40, lag_bytes=40),
+    ]
+    assert status == Status(
+        generated_at=NOW,
+        store_path=str(store.path),
+        sources=[
+            SourceStatus(name="app", configured=True, events=1200, quarantined=3, skipped=1,
+                         last_event_at=dt.datetime(2026, 11, 2, 8, 55, tzinfo=UTC), lag_bytes=640,
+                         files=app_files),
+            SourceStatus(name="crm", configured=True, events=0, quarantined=0, skipped=0, last_event_at=None,
+                         lag_bytes=0, files=[FileLag(source="crm", path=str(logs["crm"]), offset=300, size=300,
+                                                     lag_bytes=0)]),
+            SourceStatus(name="legacy", configured=False, events=5, quarantined=0, skipped=0, last_event_at=None,
+                         lag_bytes=0, files=[]),
+        ],
+        rules_loaded=42,
+        open_incidents={"T2": 2, "T5": 1},
+        playbook_steps_overdue=0,
+        last_reload=ReloadStatus(ok=False, at=dt.datetime(2026, 11, 2, 8, 30, tzinfo=UTC),
+                                 error="config.yaml:3:5: rules[2].condition: unknown list 'sensitive_tabels'"
+                                       "\nsecond problem"),
+    )
+    for value in (status.generated_at, status.sources[0].last_event_at, status.last_reload.at):
+        assert value.utcoffset() == dt.timedelta(0)
+
+
+def test_json_round_trip_for_the_cli(store: Store, logs: dict[str, Path]) -> None:
+    fill(store, logs)
+    status = collect_status(store.path, None, NOW)
+    encoded = msgspec.json.encode(status)
+    assert msgspec.json.decode(encoded, type=Status) == status
+    assert b'"generated_at":"2026-11-02T09:00:00Z"' in encoded
+    assert [s.configured for s in status.sources] == [None, None, None]  # no config to compare with
+
+
+def test_render_shows_shanghai_times_and_a_table(store: Store, logs: dict[str, Path]) -> None:
+    fill(store, logs)
+    text = render_status(collect_status(store.path, settings_with("app", "crm"), NOW, rules_loaded=42))
+    lines = text.splitlines()
+    assert lines[0] == "neo-auditd status at 2026-11-02 17:00:00+08:00"
+    assert "rules loaded: 42" in lines
+    assert ("last reload:  FAILED at 2026-11-02 16:30:00+08:00: "
+            "config.yaml:3:5: rules[2].condition: unknown list 'sensitive_tabels' (and 1 more)") in lines
+    header = next(line for line in lines if line.strip().startswith("SOURCE  "))
+    app = next(line for line in lines if line.strip().startswith("app "))
+    assert header.split() == ["SOURCE", "EVENTS", "QUARANTINED", "SKIPPED", "LAST", "EVENT", "LAG"]
+    assert app.split() == ["app", "1,200", "3", "1", "2026-11-02", "16:55:00+08:00", "(5m", "ago)", "640", "B"]
+    assert app.index("1,200") == header.index("EVENTS")  # columns line up
+    assert any(line.strip().startswith("legacy (not in config)") for line in lines)
+    assert "open incidents: T2 2, T5 1" in lines
+    assert "overdue playbook steps: 0" in lines
+
+
+def test_a_fresh_store_without_later_tables(tmp_path: Path) -> None:
+    store = Store(tmp_path / "neo-auditd.db").open()  # no incidents, no playbook steps, no reload yet
+    store.close()
+    status = collect_status(tmp_path / "neo-auditd.db", settings_with("app"), NOW)
+    assert status.sources == [SourceStatus(name="app", configured=True, events=0, quarantined=0, skipped=0,
+                                           last_event_at=None, lag_bytes=0, files=[])]
+    assert (status.open_incidents, status.playbook_steps_overdue, status.last_reload) == ({}, 0, None)
+    text = render_status(status)
+    assert "last reload:  not recorded" in text and "open incidents: none" in text
+
+
+def test_overdue_steps_unknown_when_the_table_does_not_fit(store: Store) -> None:
+    store.conn.execute("CREATE TABLE playbook_steps (step_id TEXT PRIMARY KEY, deadline TEXT)")
+    status = collect_status(store.path, None, NOW)
+    assert status.playbook_steps_overdue is None  # never a reassuring 0
+    assert "overdue playbook steps: unknown" in render_status(status)
+
+
+def test_successful_reload_and_wide_characters(store: Store) -> None:
+    record_reload(store.conn, True, dt.datetime(2026, 11, 2, 9, 0, tzinfo=UTC), rules_in_force=17)
+    with store.transaction() as conn:
+        store.bump_stats(conn, "门店系统", events=7, quarantined=0, skipped=0, last_event_at=None)
+    text = render_status(collect_status(store.path, None, NOW))
+    assert "last reload:  ok at 2026-11-02 17:00:00+08:00" in text
+    assert "rules loaded: 17" in text  # the daemon's own count, when the caller has none
+    lines = text.splitlines()
+    header = next(line for line in lines if line.strip().startswith("SOURCE  "))
+    row = next(line for line in lines if "门店系统" in line)
+    # four wide characters take eight columns: EVENTS still lines up on a terminal
+    assert len(row[: row.index("7")]) + 4 == header.index("EVENTS")
+
+
+def test_missing_store_and_naive_now(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(StatusError, match="no store there"):
+        collect_status(tmp_path / "nope.db", None, NOW)
+    assert not (tmp_path / "nope.db").exists()
+    with pytest.raises(ValueError, match="timezone-aware"):
+        collect_status(store.path, None, dt.datetime(2026, 11, 2))
+    (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(StatusError, match="cannot"):
+        collect_status(tmp_path / "junk.db", None, NOW)
