@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Benchmark: `neo-auditd replay` of the example log with 50 match rules, on one core,
+against `fail2ban-regex` (Debian's fail2ban) with one regex over the same file.
+
+Prints events/s, the wall time, peak RSS and the ratio to fail2ban-regex. Usage:
+
+    python benchmarks/replay.py --lines 1000000 [--cpu 0] [--workdir /var/tmp/neo-bench]
+
+Needs `taskset` (util-linux) and, for the comparison, `fail2ban-regex`
+(`apt-get install fail2ban`); without it only neo-auditd's figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ACTIONS = ["read", "search", "list", "export", "print", "update", "delete", "unmask", "share", "login"]
+CATEGORIES = ["identity", "contact", "property", "location", "biometric", "order"]
+# fail2ban's one regex: roughly what a single neo-auditd rule tests (an export of customers)
+F2B_REGEX = r'"ts":"<F-TIME>[^"]+</F-TIME>".*"ip":"<HOST>".*"op":"customer\.export"'
+
+
+def fifty_rules() -> str:
+    """50 match rules of the shapes operators write, spread over actions and fields."""
+    out = []
+    for i in range(50):
+        action = ACTIONS[i % len(ACTIONS)]
+        category = CATEGORIES[i % len(CATEGORIES)]
+        shape = i % 5
+        if shape == 0:
+            cond = f"event.action = {action} and neo.data.record_count > {100 + i}"
+        elif shape == 1:
+            cond = f"event.action = {action} and neo.data.categories in ({category}) and neo.data.masked = false"
+        elif shape == 2:
+            cond = f"event.action in ({action}, export) and not source.ip cidr '10.0.0.0/8'"
+        elif shape == 3:
+            cond = f"event.action = {action} and service.name = pos and host.name startswith 'crm-web-9'"
+        else:
+            cond = f"neo.data.categories in ({category}) and user.id regex '^E9{i:02d}'"
+        out.append(
+            f"- rule: bench-{i:02d}\n  desc: benchmark rule {i}\n  condition: {cond}\n"
+            f"  severity: low\n  tags: [sandbox, benchmark]\n"
+            f"  samples:\n    match: []\n    no_match: []\n"
+        )
+    return "\n".join(out)
+
+
+def prepare(workdir: Path, lines: int) -> tuple[Path, Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "data" / "access.log"
+    if not log.exists() or sum(1 for _ in open(log, "rb")) != lines:
+        subprocess.run([sys.executable, str(REPO / "examples" / "generate.py"), "--out", str(workdir / "data"),
+                        "--lines", str(lines), "--seed", "7"], check=True)
+    (workdir / "rules").mkdir(exist_ok=True)
+    (workdir / "rules" / "bench.yaml").write_text(fifty_rules())
+    key = workdir / "pseudonym.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+    config = workdir / "config.yaml"
+    config.write_text(
+        "state_dir: state\n"
+        "sources:\n  - name: crm\n    paths: [data/access.log]\n    format: neo-crm\n"
+        "pseudonym:\n  key_file: pseudonym.key\n"
+        f"directory:\n  path: {REPO / 'examples' / 'directory.yaml'}\n"
+        "rules:\n  include_shipped: false\n  paths: [rules]\n"
+    )
+    return config, log
+
+
+def timed(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProcess]:
+    """Wall seconds and peak RSS (KiB) of one child command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return seconds, max(before, after), proc
+
+
+def pin(cpu: int, cmd: list[str]) -> list[str]:
+    return (["taskset", "-c", str(cpu)] + cmd) if shutil.which("taskset") else cmd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/neo-auditd-bench"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    config, log = prepare(args.workdir, args.lines)
+    shutil.rmtree(args.workdir / "state", ignore_errors=True)
+    neo = shutil.which("neo-auditd") or str(Path(sys.executable).with_name("neo-auditd"))
+    seconds, rss_kib, proc = timed(pin(args.cpu, [neo, "replay", "-c", str(config), "--json", str(log)]))
+    summary = json.loads(proc.stdout)
+    result = {
+        "lines": args.lines,
+        "neo_auditd": {
+            "wall_seconds": round(seconds, 2),
+            "events_per_second": round(summary["events"] / seconds),
+            "pipeline_events_per_second": summary["events_per_second"],
+            "peak_rss_mib": round(rss_kib / 1024, 1),
+            "events": summary["events"], "alerts": summary["alerts"], "incidents": summary["incidents"],
+        },
+    }
+    f2b = shutil.which("fail2ban-regex")
+    if f2b:
+        f2b_seconds, _, _ = timed(pin(args.cpu, [f2b, "--print-no-missed", str(log), F2B_REGEX]))
+        result["fail2ban_regex"] = {"wall_seconds": round(f2b_seconds, 2),
+                                    "lines_per_second": round(args.lines / f2b_seconds)}
+        result["ratio"] = round(f2b_seconds / seconds, 2)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    n = result["neo_auditd"]
+    print(f"neo-auditd replay: {args.lines:,} lines in {n['wall_seconds']} s = {n['events_per_second']:,} events/s "
+          f"end to end (pipeline alone {n['pipeline_events_per_second']:,.0f}/s), peak RSS {n['peak_rss_mib']} MiB")
+    if f2b:
+        fr = result["fail2ban_regex"]
+        print(f"fail2ban-regex:    {args.lines:,} lines in {fr['wall_seconds']} s = {fr['lines_per_second']:,} lines/s")
+        print(f"ratio: neo-auditd is {result['ratio']}x fail2ban-regex")
+    else:
+        print("fail2ban-regex not found (apt-get install fail2ban) — no comparison")
+
+
+if __name__ == "__main__":
+    main()

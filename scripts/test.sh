@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a fresh machine: a virtualenv with the project
+# and its test dependencies, the system tools the tests use, and a real Elasticsearch
+# server on 127.0.0.1 for the Elasticsearch tests (stopped again on exit).
+# Extra arguments go to pytest, e.g.  scripts/test.sh -m "not slow"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${NEO_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# systemd-analyze checks the unit file; Debian's systemd package ships it.
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+
+if [ -z "${NEO_ES_URL:-}" ] && [ "${NEO_ES_SKIP:-0}" != 1 ]; then
+    if url=$(bash scripts/elasticsearch.sh start | tail -n 1); then
+        export NEO_ES_URL="$url"
+        trap 'bash scripts/elasticsearch.sh stop' EXIT
+    elif [ -n "${CI:-}" ]; then
+        echo "error: could not start Elasticsearch; CI never skips the real-server tests" >&2
+        exit 1
+    else
+        echo "warning: Elasticsearch unavailable; its tests will skip with the reason" >&2
+    fi
+fi
+
+set +e
+"$VENV/bin/python" -m pytest "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then
+    echo "error: pytest collected no tests" >&2
+fi
+exit "$status"
