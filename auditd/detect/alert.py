@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import Any
 
 import msgspec
 
@@ -25,6 +26,7 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True):
     record_count: int = 0
     reason: str | None = None  # e.g. the entitlement reason
     tags: tuple[str, ...] = ()
+    output_fields: dict[str, Any] = {}  # the rule's chosen evidence fields (ECS name -> value)
 
 
 def alert_id(rule_id: str, *event_ids: str) -> str:

@@ -1,0 +1,204 @@
+"""The detect stage's entry point: load rule files into a RuleSet, evaluate events.
+
+    problems = Problems()
+    ruleset = load_rules([SHIPPED_RULES, operator_dir], problems, categories=settings.categories)
+    problems.raise_if_any()          # never run a partly loaded set
+    alerts = ruleset.evaluate(event)
+
+A RuleSet is built once and not changed; a reload builds a new one and swaps it in
+whole. Its only mutable part is `stats`, the counters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+from auditd.config.located import Problems
+from auditd.config.typed import DEFAULT_ZONE
+from auditd.detect.alert import Alert, alert_id
+from auditd.detect.compiler import IpParser, Predicate, compile_predicate, make_ip_parser
+from auditd.detect.index import RuleIndex, RuleStats
+from auditd.detect.kinds import KINDS, Detector, KindContext, RuleKind, Verdict
+from auditd.detect.render import compile_output, compile_title
+from auditd.detect.rule_exceptions import ExceptionCheck, compile_exceptions
+from auditd.detect.rulefile import read_definitions
+from auditd.detect.spec import RuleSpec, build_specs
+from auditd.event import AccessEvent
+
+# Categories as the config gives them: name -> settings with a `sensitive` flag (or a
+# bool), or just the names.
+Categories = Mapping[str, Any] | Iterable[str]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledRule:
+    spec: RuleSpec
+    index: int  # position in RuleSet.rules, and in the stats counters
+    predicate: Predicate
+    exception: ExceptionCheck | None
+    detector: Detector | None  # None: the condition alone decides (kind match)
+    title: Callable[[AccessEvent], str]
+    output: Callable[[AccessEvent], dict[str, Any]] | None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def condition(self) -> Any:
+        return self.spec.condition
+
+
+def compile_rule(spec: RuleSpec, index: int, *, parse_ip: IpParser, context: KindContext,
+                 kinds: Mapping[str, RuleKind] = KINDS) -> CompiledRule:
+    title, problems = compile_title(spec.title or f"{spec.id}: {{event.action}} by {{user.id}}")
+    if title is None:  # pragma: no cover - titles are checked while files are read
+        raise ValueError(f"rule {spec.id}: {problems}")
+    return CompiledRule(
+        spec=spec, index=index,
+        predicate=compile_predicate(spec.condition, parse_ip),
+        exception=compile_exceptions(spec.exceptions, context.zone),
+        detector=kinds[spec.kind].build(spec, spec.params, context),
+        title=title,
+        output=compile_output(spec.output_fields) if spec.output_fields else None,
+    )
+
+
+class RuleSet:
+    """Compiled rules, the index that routes events to them, and their counters.
+
+    `rules` holds every rule in load order, disabled ones included (so `test-rules`
+    can still run their samples); only enabled rules are indexed and evaluated.
+    """
+
+    def __init__(self, rules: Sequence[CompiledRule], *, sensitive_categories: Iterable[str] = (),
+                 timing_every: int = 64):
+        self.rules = tuple(rules)
+        self._by_id = {r.id: r for r in self.rules}
+        self._sensitive = frozenset(sensitive_categories)
+        self.index = RuleIndex([r for r in self.rules if r.spec.enabled])
+        self.stats = RuleStats([r.id for r in self.rules], self.index.buckets, timing_every)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def rule(self, rule_id: str) -> CompiledRule:
+        return self._by_id[rule_id]
+
+    @property
+    def enabled(self) -> tuple[CompiledRule, ...]:
+        return tuple(r for r in self.rules if r.spec.enabled)
+
+    def evaluate(self, event: AccessEvent) -> list[Alert]:
+        """The alerts of every enabled rule on one event, in rule load order."""
+        stats = self.stats
+        slot = self.index.slot(event)
+        stats.bucket_hits[slot] += 1
+        stats.countdown -= 1
+        if stats.countdown <= 0:
+            return self._evaluate_timed(event, self.index.buckets[slot])
+        alerts: list[Alert] = []
+        for rule in self.index.buckets[slot]:
+            if rule.predicate(event):
+                alert = self._confirm(rule, event)
+                if alert is not None:
+                    alerts.append(alert)
+        return alerts
+
+    def _evaluate_timed(self, event: AccessEvent, rules: tuple[CompiledRule, ...]) -> list[Alert]:
+        stats = self.stats
+        stats.countdown = stats.timing_every
+        clock = time.perf_counter_ns
+        alerts: list[Alert] = []
+        for rule in rules:
+            started = clock()
+            held = rule.predicate(event)
+            stats.timed_ns[rule.index] += clock() - started
+            stats.timed[rule.index] += 1
+            if held:
+                alert = self._confirm(rule, event)
+                if alert is not None:
+                    alerts.append(alert)
+        return alerts
+
+    def _confirm(self, rule: CompiledRule, event: AccessEvent) -> Alert | None:
+        """After the condition held: exceptions, the kind's detector, the alert."""
+        stats = self.stats
+        stats.matches[rule.index] += 1
+        if rule.exception is not None and rule.exception(event) is not None:
+            stats.excepted[rule.index] += 1
+            return None
+        verdict = None if rule.detector is None else rule.detector(event)
+        if rule.detector is not None and verdict is None:
+            return None
+        stats.alerts[rule.index] += 1
+        return self.make_alert(rule, event, verdict)
+
+    def check(self, rule: CompiledRule, event: AccessEvent) -> Alert | None:
+        """One rule on one event, whether enabled or not, bypassing index and stats
+        (for samples, tests and `test-rules`)."""
+        if not rule.predicate(event):
+            return None
+        if rule.exception is not None and rule.exception(event) is not None:
+            return None
+        verdict = None if rule.detector is None else rule.detector(event)
+        if rule.detector is not None and verdict is None:
+            return None
+        return self.make_alert(rule, event, verdict)
+
+    def make_alert(self, rule: CompiledRule, event: AccessEvent, verdict: Verdict | None) -> Alert:
+        spec = rule.spec
+        event_ids = (verdict.event_ids if verdict is not None and verdict.event_ids else None) or (event.event_id,)
+        return Alert(
+            alert_id=alert_id(spec.id, *event_ids),
+            rule_id=spec.id,
+            rule_kind=spec.kind,
+            severity=spec.severity,
+            title=rule.title(event),
+            timestamp=event.timestamp,
+            event_ids=event_ids,
+            actor=event.user_id,
+            subject_ids=event.subject_ids,
+            categories=event.categories,
+            sensitive=event.sensitive or not self._sensitive.isdisjoint(event.categories),
+            record_count=event.record_count,
+            reason=None if verdict is None else verdict.reason,
+            tags=spec.tags,
+            output_fields=rule.output(event) if rule.output is not None else {},
+        )
+
+
+def load_rules(paths: Iterable[Path | str], problems: Problems, *, categories: Categories | None = None,
+               zone: tzinfo = DEFAULT_ZONE, context: KindContext | None = None,
+               kinds: Mapping[str, RuleKind] = KINDS, timing_every: int = 64) -> RuleSet:
+    """Read rule files and folders in order, merge them and compile every rule.
+
+    Every problem is added to `problems`. The RuleSet returned holds only the rules
+    that compiled, so a caller must not run it when `problems` is not empty.
+    `categories` (name -> settings with `.sensitive`, or names) makes category names
+    in conditions and samples checked, and marks alerts on sensitive ones. `zone` is
+    the company's zone (time constants, exception expiry); `context` reaches the kinds.
+    """
+    names, sensitive = _categories(categories)
+    context = context or KindContext(zone=zone)
+    defs = read_definitions(paths, problems, zone=zone, categories=names)
+    specs = build_specs(defs, problems, zone=zone, categories=names, kinds=kinds)
+    parse_ip = make_ip_parser()
+    rules = [compile_rule(spec, i, parse_ip=parse_ip, context=context, kinds=kinds) for i, spec in enumerate(specs)]
+    return RuleSet(rules, sensitive_categories=sensitive, timing_every=timing_every)
+
+
+def _categories(categories: Categories | None) -> tuple[frozenset[str] | None, frozenset[str]]:
+    if categories is None:
+        return None, frozenset()
+    if not isinstance(categories, Mapping):
+        return frozenset(categories), frozenset()
+    sensitive = frozenset(
+        name for name, c in categories.items() if (c if isinstance(c, bool) else getattr(c, "sensitive", False))
+    )
+    return frozenset(categories), sensitive

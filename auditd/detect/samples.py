@@ -1,0 +1,144 @@
+"""Sample events of a rule: events that must and must not make it fire.
+
+Samples are written as ECS documents, dotted (``event.action: export``) or nested
+(``event: {action: export}``), as enriched events look when they reach detect. They
+are checked as strictly as conditions — a misspelt field in a sample would otherwise
+make the sample pass for the wrong reason. ``@timestamp`` defaults to a Monday morning
+and ``event.id`` to one derived from the rule, so most samples need only the fields
+their rule tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+
+from auditd.config.located import Doc, PathKey, Problems
+from auditd.detect.resolve import near
+from auditd.errors import Location
+from auditd.event import ACTIONS, FIELDS, OUTCOMES, AccessEvent, FieldSpec, parse_time
+
+SAMPLE_TIME = "2026-11-02T10:00:00+08:00"  # a Monday, in business hours
+
+
+@dataclass(frozen=True, slots=True)
+class SamplesItem:
+    """A rule's `samples:` as written."""
+
+    match: list[dict[str, Any]] = field(default_factory=list)
+    no_match: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleEvent:
+    expect_match: bool
+    event: AccessEvent
+    where: Location | None = field(default=None, compare=False)
+
+
+def build_samples(item: SamplesItem, doc: Doc, path: PathKey, problems: Problems, *, rule_id: str,
+                  zone: tzinfo, categories: frozenset[str] | None) -> list[SampleEvent]:
+    out = []
+    for key, expect in (("match", True), ("no_match", False)):
+        for i, raw in enumerate(getattr(item, key)):
+            where = path + (key, i)
+            event = sample_event(raw, doc, where, problems, event_id=f"sample:{rule_id}:{key}:{i}",
+                                 zone=zone, categories=categories)
+            if event is not None:
+                out.append(SampleEvent(expect, event, doc.where(where)))
+    return out
+
+
+def sample_event(raw: dict[str, Any], doc: Doc, path: PathKey, problems: Problems, *, event_id: str,
+                 zone: tzinfo, categories: frozenset[str] | None = None) -> AccessEvent | None:
+    """The AccessEvent a sample document describes, or None after reporting problems."""
+    before = len(problems.items)
+    kwargs: dict[str, Any] = {"event_id": event_id}
+    for name, value, where in _flatten(raw, "", path, doc, problems):
+        spec = FIELDS[name]
+        typed = _typed(spec, value, zone)
+        if typed is _BAD:
+            problems.add(doc, where, f"'{name}' is {_KIND_WORDS[spec.kind]}, got {value!r}")
+            continue
+        why = _enum_problem(name, typed, categories)
+        if why:
+            problems.add(doc, where, why)
+        kwargs[spec.attr] = typed
+    if "action" not in kwargs:
+        problems.add(doc, path, "a sample needs 'event.action'")
+    kwargs.setdefault("timestamp", parse_time(SAMPLE_TIME))
+    if len(problems.items) > before:
+        return None
+    return AccessEvent(**kwargs)
+
+
+def _flatten(raw: dict[str, Any], prefix: str, path: PathKey, doc: Doc,
+             problems: Problems) -> list[tuple[str, Any, PathKey]]:
+    out = []
+    for key, value in raw.items():
+        name = f"{prefix}.{key}" if prefix else key
+        where = path + (key,)
+        if name in FIELDS:
+            out.append((name, value, where))
+        elif isinstance(value, dict) and any(f.startswith(name + ".") for f in FIELDS):
+            out.extend(_flatten(value, name, where, doc, problems))
+        elif name.startswith("labels."):
+            out.append(("labels", {name[len("labels."):]: value}, where))
+        else:
+            problems.add(doc, where, f"unknown field '{name}'{near(name, FIELDS)}", at_key=True)
+    return _merge_labels(out)
+
+
+def _merge_labels(items: list[tuple[str, Any, PathKey]]) -> list[tuple[str, Any, PathKey]]:
+    """labels.a and labels.b written dotted become one labels mapping."""
+    labels = [i for i in items if i[0] == "labels"]
+    if len(labels) <= 1:
+        return items
+    merged: dict[str, Any] = {}
+    for _, value, _ in labels:
+        merged.update(value if isinstance(value, dict) else {})
+    rest = [i for i in items if i[0] != "labels"]
+    return rest + [("labels", merged, labels[0][2])]
+
+
+_BAD: Any = object()
+_KIND_WORDS = {"str": "text", "ip": "an address", "int": "a number", "bool": "true or false",
+               "time": "an ISO 8601 time", "list": "a list of text", "map": "a mapping of text"}
+
+
+def _typed(spec: FieldSpec, value: Any, zone: tzinfo) -> Any:
+    kind = spec.kind
+    if kind in ("str", "ip"):
+        return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else _BAD
+    if kind == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if kind == "bool":
+        return value if isinstance(value, bool) else _BAD
+    if kind == "time":
+        try:
+            return parse_time(value, zone) if isinstance(value, (str, dt.datetime)) else _BAD
+        except ValueError:
+            return _BAD
+    if kind == "list":
+        items = value if isinstance(value, list) else [value]
+        ok = all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items)
+        return tuple(str(v) for v in items) if ok else _BAD
+    if kind == "map":
+        ok = isinstance(value, dict) and all(isinstance(v, (str, int)) for v in value.values())
+        return {str(k): str(v) for k, v in value.items()} if ok else _BAD
+    return _BAD  # pragma: no cover - a new field kind must be taught here
+
+
+def _enum_problem(name: str, value: Any, categories: frozenset[str] | None) -> str | None:
+    valid: Any = {"event.action": ACTIONS, "event.outcome": OUTCOMES}.get(name)
+    if name == "neo.data.categories" and categories:
+        unknown = [v for v in value if v not in categories]
+        if unknown:
+            return (f"unknown data category {unknown[0]!r}{near(unknown[0], categories)}; "
+                    f"valid: {', '.join(sorted(categories))}")
+        return None
+    if valid is not None and value not in valid:
+        return f"'{name}' is never {value!r}{near(str(value), valid)}; valid: {', '.join(valid)}"
+    return None
