@@ -101,13 +101,16 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = [convert(item_tp, v, doc, path + (i,), problems) for i, v in enumerate(value)]
+        if any(item is MISSING for item in items):
+            return MISSING  # the item's problem is reported; never build a list with holes
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             problems.add(doc, path, f"expected a mapping, got {_describe(value)}")
             return MISSING
         _, value_tp = get_args(tp) or (str, Any)
-        return {k: convert(value_tp, v, doc, path + (k,), problems) for k, v in value.items()}
+        out = {k: convert(value_tp, v, doc, path + (k,), problems) for k, v in value.items()}
+        return MISSING if any(v is MISSING for v in out.values()) else out
     return _convert_scalar(tp, value, doc, path, problems)
 
 

@@ -1,0 +1,80 @@
+"""Reload the directory when its files change, keeping the old one if the new one is bad.
+
+HR exports land without a SIGHUP, so the service polls: `poll()` costs nothing until
+`min_interval_s` has passed, then a `stat` per source file; it reloads only when a
+file's size, mtime or inode changed. A bad new file leaves the current directory in
+place and its problems are reported once (not at every poll) until the file changes
+again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from auditd.config.located import Problems
+from auditd.directory.load import load_directory, stamp
+from auditd.directory.model import Directory, FileStamp
+from auditd.errors import ConfigProblem
+
+Loader = Callable[[Path, Problems], "Directory | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    changed: bool  # a new directory is in place
+    problems: tuple[ConfigProblem, ...] = ()  # why a changed file was rejected
+
+
+class DirectoryWatcher:
+    """Holds the current directory and swaps in a changed file's contents when valid."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        path: Path,
+        *,
+        min_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        loader: Loader = load_directory,
+    ):
+        self.directory = directory
+        self.path = Path(path)
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._loader = loader  # e.g. functools.partial(load_directory, categories=…)
+        self._next_check = clock() + min_interval_s
+        self._rejected: tuple[FileStamp, ...] | None = None  # stamps of the last bad version
+
+    def poll(self) -> ReloadOutcome | None:
+        """Reload if due and changed; None when nothing was checked or nothing changed."""
+        now = self._clock()
+        if now < self._next_check:
+            return None
+        self._next_check = now + self.min_interval_s
+        current = tuple(stamp(s.path) for s in self._watched())
+        if current == self._watched() or current == self._rejected:
+            return None
+        return self.reload(current)
+
+    def reload(self, seen: tuple[FileStamp, ...] | None = None) -> ReloadOutcome:
+        """Load now (for SIGHUP or a changed file); swap only if the new file is valid."""
+        if seen is None:
+            seen = tuple(stamp(s.path) for s in self._watched())
+        problems = Problems()
+        fresh = self._loader(self.path, problems)
+        if fresh is None or problems:
+            # stamped before reading: an unchanged bad file is not re-read at every poll,
+            # and a fix written during this read still counts as a change
+            self._rejected = seen
+            return ReloadOutcome(False, tuple(problems.items))
+        self.directory = fresh
+        self._rejected = None
+        return ReloadOutcome(True)
+
+    def _watched(self) -> tuple[FileStamp, ...]:
+        """The files the current directory was read from. A CSV file that only a rejected
+        YAML names is not among them: its fix is seen once the YAML changes or on SIGHUP."""
+        return self.directory.sources or (FileStamp(self.path, None, None, None),)

@@ -1,0 +1,176 @@
+"""The enrich stage: directory facts about the actor, sensitivity, and pseudonyms.
+
+Every fact is as of the event's own time, never the wall clock, so replaying a log
+gives the same facts as tailing it did. Facts are computed once per (employee, local
+day) and reused for that employee's other events of the day; only on a day when the
+employee's record changes (a departure at 18:00, a role ending) is each event looked
+up on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from auditd.config.typed import DEFAULT_ZONE
+from auditd.directory.model import Directory, Employee, EmployeeView
+from auditd.enrich.pseudonym import Pseudonymiser
+from auditd.event import AccessEvent
+
+DEFAULT_SENSITIVE_CATEGORIES = frozenset({"property", "location", "biometric"})
+# records that identify a customer; an order id alone is not PI (configurable)
+CUSTOMER_RESOURCE_TYPES = frozenset({"customer", "address", "payment", "points", "location", "face"})
+
+WorkingDaysBetween = Callable[[dt.date, dt.date], int]
+
+
+@dataclass(frozen=True, slots=True)
+class ActorFacts:
+    """What the directory says about one employee on one local day."""
+
+    known: bool
+    name: str | None = None
+    status: str | None = None
+    store: str | None = None
+    region: str | None = None
+    departed: bool | None = None
+    departed_working_days: int | None = None
+    roles: tuple[str, ...] = ()
+    shift_spans: tuple[tuple[float, float], ...] | None = None  # None: no shift known
+    changes_today: bool = False  # the record changes during the day: look up each event
+
+
+UNKNOWN_ACTOR = ActorFacts(known=False)
+
+
+class Enricher:
+    def __init__(
+        self,
+        directory: Directory | None,
+        pseudonymiser: Pseudonymiser,
+        *,
+        sensitive_categories: Iterable[str] = DEFAULT_SENSITIVE_CATEGORIES,
+        pseudonymised_resource_types: Iterable[str] = CUSTOMER_RESOURCE_TYPES,
+        zone: dt.tzinfo = DEFAULT_ZONE,
+        working_days_between: WorkingDaysBetween | None = None,
+        cached_days: int = 3,
+    ):
+        """`working_days_between(last_day_employed, event_day)`, when given, fills
+        `actor_departed_working_days` (the working-day calendar is not this stage's)."""
+        self.pseudonymiser = pseudonymiser
+        self.sensitive_categories = frozenset(sensitive_categories)
+        self.pseudonymised_resource_types = frozenset(pseudonymised_resource_types)
+        self.zone = zone
+        self.working_days_between = working_days_between
+        self.cached_days = max(1, cached_days)
+        self._sensitive: dict[tuple[str, ...], bool] = {}
+        self.set_directory(directory)
+
+    def set_directory(self, directory: Directory | None) -> None:
+        """Swap in a reloaded directory; facts cached from the old one are dropped."""
+        self.directory = directory
+        self._days: OrderedDict[dt.date, dict[str | None, ActorFacts]] = OrderedDict()
+        self._day = (0.0, 0.0, dt.date.min, {})  # the local day of the last event seen
+
+    def enrich(self, events: list[AccessEvent]) -> None:
+        """Fill the actor facts, `sensitive` and the pseudonyms of a batch, in place."""
+        if self.directory is not None:
+            self.join_directory(events)
+        self.mark_sensitive(events)
+        self.pseudonymise_ids(events)
+
+    def join_directory(self, events: list[AccessEvent]) -> None:
+        """The actor facts as of each event's time, and the resource's region from its store."""
+        lo, hi, day, facts_of = self._day
+        stores = self.directory.stores
+        for ev in events:
+            t = ev.timestamp.timestamp()
+            if not lo <= t < hi:
+                lo, hi, day, facts_of = self._day = self._day_of(t)
+            uid = ev.user_id
+            facts = facts_of.get(uid)
+            if facts is None:
+                facts = facts_of[uid] = self._facts_for_day(uid, day, lo, hi)
+            if facts.changes_today:
+                facts = self._facts(self.directory.employees[uid], day, ev.timestamp)
+            ev.actor_known = facts.known
+            if facts.known:
+                ev.actor_status = facts.status
+                ev.actor_store = facts.store
+                ev.actor_region = facts.region
+                ev.actor_departed = facts.departed
+                ev.actor_departed_working_days = facts.departed_working_days
+                ev.user_name = facts.name or ev.user_name  # the log's name only if HR has none
+                ev.user_roles = facts.roles
+                spans = facts.shift_spans
+                if spans is not None:
+                    off = True
+                    for start, end in spans:
+                        if start <= t < end:
+                            off = False
+                            break
+                    ev.actor_off_shift = off
+            if ev.resource_region is None and ev.resource_store is not None:
+                store = stores.get(ev.resource_store)
+                if store is not None:
+                    ev.resource_region = store.region  # what the scope check compares
+
+    def _day_of(self, t: float) -> tuple[float, float, dt.date, dict[str | None, ActorFacts]]:
+        day = dt.datetime.fromtimestamp(t, self.zone).date()
+        facts_of = self._days.get(day)
+        if facts_of is None:
+            facts_of = self._days[day] = {}
+            while len(self._days) > self.cached_days:
+                self._days.popitem(last=False)  # replay moves forward: the oldest day is done
+        return self._midnight(day), self._midnight(day + dt.timedelta(days=1)), day, facts_of
+
+    def _midnight(self, day: dt.date) -> float:
+        return dt.datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp()
+
+    def _facts_for_day(self, uid: str | None, day: dt.date, lo: float, hi: float) -> ActorFacts:
+        employee = self.directory.employees.get(uid) if uid is not None else None
+        if employee is None:
+            return UNKNOWN_ACTOR
+        if employee.changes_between(lo, hi):
+            return ActorFacts(known=True, changes_today=True)
+        return self._facts(employee, day, dt.datetime.fromtimestamp(lo, dt.timezone.utc))
+
+    def _facts(self, employee: Employee, day: dt.date, when: dt.datetime) -> ActorFacts:
+        view: EmployeeView = employee.as_of(when)
+        departed_days = None
+        if view.departed and self.working_days_between is not None:
+            # the last day they were employed: 18:00 on the 30th and "the 31st" (whose end is
+            # midnight of the 1st) are both counted from their own day
+            last_day = (employee.departure - dt.timedelta(microseconds=1)).astimezone(self.zone).date()
+            departed_days = self.working_days_between(last_day, day)
+        shift = employee.shift
+        return ActorFacts(
+            known=True, name=employee.name, status=view.status, store=employee.store,
+            region=employee.region, departed=view.departed, departed_working_days=departed_days,
+            roles=tuple(r.id for r in view.roles),
+            shift_spans=shift.intervals_on(day, self.zone) if shift is not None else None,
+        )
+
+    def mark_sensitive(self, events: list[AccessEvent]) -> None:
+        known = self._sensitive
+        for ev in events:
+            cats = ev.categories
+            if not cats:
+                continue
+            flag = known.get(cats)
+            if flag is None:
+                flag = known[cats] = not self.sensitive_categories.isdisjoint(cats)
+            if flag:
+                ev.sensitive = True  # never cleared: a decoder may have marked it already
+
+    def pseudonymise_ids(self, events: list[AccessEvent]) -> None:
+        pseudonym = self.pseudonymiser
+        many = pseudonym.many
+        types = self.pseudonymised_resource_types
+        for ev in events:
+            if ev.subject_ids:
+                ev.subject_ids = many(ev.subject_ids)
+            if ev.resource_id is not None and ev.resource_type in types:
+                ev.resource_id = pseudonym(ev.resource_id)

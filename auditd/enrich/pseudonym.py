@@ -1,0 +1,136 @@
+"""Keyed pseudonyms for customer identifiers, and the key file they come from.
+
+A pseudonym is ``p:`` + the first 16 bytes (32 hex digits) of HMAC-SHA-256(key, id).
+
+Why keyed: customer ids are low-entropy (``C`` + 8 digits is 10⁸ values), so a plain
+SHA-256 is reversed by enumerating them in seconds; without the key the HMAC cannot be
+computed, so a pseudonym in an alert, a report or Elasticsearch tells nothing about the
+customer to someone who lacks the key file. The key is therefore the secret that
+matters: mode 0600, never logged, and rotating it changes every pseudonym (so
+incidents and counts do not correlate across a rotation).
+
+Why 128 bits: the chance that two of n distinct ids share a pseudonym is about
+n² / 2¹²⁹; for a billion ids that is ~1.5·10⁻²¹, so a collision (which would merge two
+customers in an incident's count) is not a practical concern, while the short form keeps
+events and indices small. The ``p:`` tag makes a pseudonym recognisable at a glance, so
+nobody mistakes it for a raw id (or the reverse).
+
+All identifiers share one namespace: a customer's id gives the same pseudonym in
+``subject_ids`` and as the ``resource_id`` of a customer record, so incidents can count
+distinct customers across both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import stat
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from auditd.config.located import Doc, PathKey, Problems
+
+log = logging.getLogger(__name__)
+
+PREFIX = "p:"
+DIGEST_BYTES = 16
+MIN_KEY_BYTES = 16
+
+
+class Pseudonymiser:
+    """Maps a raw identifier to its pseudonym; a bounded LRU cache keeps repeats cheap."""
+
+    def __init__(self, key: bytes, *, cache_size: int = 65536):
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"a pseudonym key needs at least {MIN_KEY_BYTES} bytes")
+        self._inner, self._outer = _hmac_states(bytes(key))
+        # the bound matters: ids are unbounded over months, memory is not (~230 B an entry)
+        self._cached: Callable[[str], str] = lru_cache(maxsize=cache_size)(self._compute)
+
+    def _compute(self, raw: str) -> str:
+        inner = self._inner.copy()
+        inner.update(raw.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return PREFIX + outer.digest()[:DIGEST_BYTES].hex()
+
+    def __call__(self, raw: str) -> str:
+        return self._cached(raw)
+
+    def many(self, raws: Iterable[str]) -> tuple[str, ...]:
+        return tuple(map(self._cached, raws))
+
+    def __repr__(self) -> str:  # never show the key, even in a traceback's locals
+        return "Pseudonymiser(key=<hidden>)"
+
+
+def _hmac_states(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA-256 (RFC 2104) with the keyed pads hashed once: each pseudonym then costs
+    two hash-state copies, about half of what `hmac.digest` costs per call."""
+    if len(key) > 64:  # SHA-256's block size
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
+def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = None,
+             key_path: PathKey = ()) -> bytes | None:
+    """Read a key file; a missing, unreadable, empty or short key is a located problem.
+
+    A key file that every user may read is accepted with a warning (the daemon still
+    works; the operator should chmod 600 it). Text keys, such as the hex that
+    `create_key_file` writes, lose one trailing newline; binary keys are used byte for
+    byte.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
+    except FileNotFoundError:
+        problems.add(referrer, key_path, f"pseudonym key file not found: {path}")
+        return None
+    except OSError as exc:
+        problems.add(referrer, key_path, f"cannot read pseudonym key file {path}: {exc.strerror}")
+        return None
+    key = _strip_text_newline(data)
+    if not key:
+        problems.add(referrer, key_path, f"pseudonym key file is empty: {path}")
+        return None
+    if len(key) < MIN_KEY_BYTES:
+        problems.add(referrer, key_path,
+                     f"pseudonym key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are needed")
+        return None
+    if mode & stat.S_IROTH:
+        log.warning("pseudonym key file is readable by every user; chmod 600 it",
+                    extra={"file.path": str(path), "file.mode": oct(stat.S_IMODE(mode))})
+    return key
+
+
+def _strip_text_newline(data: bytes) -> bytes:
+    # only printable text: a random binary key that happens to end in 0x0a stays whole
+    if data.endswith(b"\n") and all(32 <= b < 127 for b in data.rstrip(b"\r\n")):
+        return data.rstrip(b"\r\n")
+    return data
+
+
+def create_key_file(path: Path | str, *, nbytes: int = 32) -> Path:
+    """Write a new random key (hex text) readable by its owner only; never overwrite.
+
+    Overwriting would silently change every pseudonym, so an existing file is an error
+    (FileExistsError).
+    """
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        os.write(fd, (secrets.token_hex(nbytes) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path

@@ -1,0 +1,96 @@
+"""Reloading the directory when its files change; a bad file keeps the old directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from auditd.config.located import Problems
+from auditd.directory import DirectoryWatcher, load_directory
+
+HEAD = "regions: [{id: R-KM}]\nstores: [{id: S011, region: R-KM}]\nroles: [{id: clerk}]\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write(path: Path, text: str, *, bump: int) -> None:
+    path.write_text(text, encoding="utf-8")
+    st = path.stat()  # same-second writes: move mtime on so the change shows on any filesystem
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + bump * 1_000_000_000))
+
+
+def start(tmp_path: Path, employees: str = "employees: [{id: E1, name: a, roles: [clerk], store: S011}]\n"):
+    path = tmp_path / "directory.yaml"
+    write(path, HEAD + employees, bump=0)
+    directory = load_directory(path, Problems())
+    assert directory is not None
+    clock = Clock()
+    return path, clock, DirectoryWatcher(directory, path, min_interval_s=5, clock=clock)
+
+
+def test_nothing_is_checked_before_the_interval_and_nothing_reloads_unchanged(tmp_path):
+    path, clock, watcher = start(tmp_path)
+    first = watcher.directory
+    write(path, HEAD + "employees: [{id: E2, name: b, roles: [clerk], store: S011}]\n", bump=1)
+    clock.now += 4
+    assert watcher.poll() is None and watcher.directory is first  # not due yet
+    clock.now += 1
+    outcome = watcher.poll()
+    assert outcome is not None and outcome.changed and outcome.problems == ()
+    assert list(watcher.directory.employees) == ["E2"]
+    clock.now += 5
+    assert watcher.poll() is None  # unchanged since
+
+
+def test_a_bad_new_file_keeps_the_old_directory_and_is_reported_once(tmp_path):
+    path, clock, watcher = start(tmp_path)
+    first = watcher.directory
+    write(path, HEAD + "employees: [{id: E2, name: b, roles: [cashier], store: S011}]\n", bump=1)
+    clock.now += 5
+    outcome = watcher.poll()
+    assert outcome is not None and not outcome.changed
+    assert [p.message for p in outcome.problems] == ["unknown role 'cashier' (known: clerk)"]
+    assert watcher.directory is first
+    clock.now += 5
+    assert watcher.poll() is None  # the same bad file is not read (and reported) again
+    write(path, HEAD + "employees: [{id: E3, name: c, roles: [clerk], store: S011}]\n", bump=2)
+    clock.now += 5
+    assert watcher.poll().changed and list(watcher.directory.employees) == ["E3"]
+
+
+def test_a_changed_csv_file_is_noticed(tmp_path):
+    csv = tmp_path / "staff.csv"
+    write(csv, "id,name,roles,store\nE20,x,clerk,S011\n", bump=0)
+    path, clock, watcher = start(tmp_path, "employees: []\nemployees_csv: [staff.csv]\n")
+    assert list(watcher.directory.employees) == ["E20"]
+    write(csv, "id,name,roles,store\nE20,x,clerk,S011\nE21,y,clerk,S011\n", bump=1)
+    clock.now += 5
+    assert watcher.poll().changed and sorted(watcher.directory.employees) == ["E20", "E21"]
+
+
+def test_a_deleted_file_keeps_the_old_directory(tmp_path):
+    path, clock, watcher = start(tmp_path)
+    first = watcher.directory
+    path.unlink()
+    clock.now += 5
+    outcome = watcher.poll()
+    assert not outcome.changed and "file not found" in outcome.problems[0].message
+    assert watcher.directory is first
+
+
+def test_reload_on_demand_uses_the_given_loader(tmp_path):
+    path, clock, watcher = start(tmp_path)
+    calls = []
+
+    def loader(p, problems):
+        calls.append(p)
+        return load_directory(p, problems, categories=())
+
+    watcher = DirectoryWatcher(watcher.directory, path, clock=clock, loader=loader)
+    assert watcher.reload().changed and calls == [path]  # for SIGHUP: no interval, no stat

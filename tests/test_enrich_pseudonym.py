@@ -1,0 +1,88 @@
+"""Keyed pseudonyms and the key file."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import stat
+
+import pytest
+
+from auditd.config.located import Problems, parse_yaml
+from auditd.enrich import Pseudonymiser, create_key_file, load_key
+
+KEY = bytes(range(32))
+
+
+def test_pseudonyms_are_stable_keyed_and_carry_no_raw_id():
+    p = Pseudonymiser(KEY)
+    out = p("C00012345")
+    assert re.fullmatch(r"p:[0-9a-f]{32}", out)
+    assert "12345" not in out and "C000" not in out
+    assert p("C00012345") == out == Pseudonymiser(KEY)("C00012345")  # stable, across instances
+    assert Pseudonymiser(os.urandom(32))("C00012345") != out  # keyed
+    assert p("C00012346") != out
+    assert p.many(["C00012345", "C00012346"]) == (out, p("C00012346"))
+
+
+@pytest.mark.parametrize("key_len", [16, 32, 64, 65, 200])
+def test_it_is_hmac_sha256_truncated_to_16_bytes(key_len):
+    key = os.urandom(key_len)
+    for raw in ("C00012345", "", "客户-1"):
+        assert Pseudonymiser(key)(raw) == "p:" + hmac.digest(key, raw.encode(), "sha256")[:16].hex()
+
+
+def test_the_cache_is_bounded_and_the_key_never_shows():
+    p = Pseudonymiser(KEY, cache_size=4)
+    for i in range(100):
+        p(f"C{i:08d}")
+    assert p._cached.cache_info().currsize == 4
+    assert KEY.hex() not in repr(p) and repr(KEY) not in repr(p)
+    with pytest.raises(ValueError):
+        Pseudonymiser(b"short")
+
+
+def test_create_key_file_is_owner_only_and_never_overwrites(tmp_path):
+    path = create_key_file(tmp_path / "pseudonym.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = load_key(path, Problems())
+    assert key is not None and len(key) == 64  # 32 random bytes as hex text, newline dropped
+    with pytest.raises(FileExistsError):
+        create_key_file(path)
+    assert load_key(path, Problems()) == key
+
+
+def test_binary_keys_are_used_byte_for_byte(tmp_path):
+    path = tmp_path / "k"
+    path.write_bytes(b"\x00\xff" * 8 + b"\n")
+    path.chmod(0o600)
+    assert load_key(path, Problems()) == b"\x00\xff" * 8 + b"\n"
+
+
+def test_key_file_problems_are_located_at_the_config_key(tmp_path):
+    problems = Problems()
+    config = parse_yaml("pseudonym:\n  key_file: /nowhere/key\n", "/etc/neo/config.yaml", problems)
+    assert load_key(tmp_path / "missing", problems, referrer=config, key_path=("pseudonym", "key_file")) is None
+    (tmp_path / "empty").write_bytes(b"")
+    assert load_key(tmp_path / "empty", problems) is None
+    (tmp_path / "short").write_bytes(b"abc\n")
+    assert load_key(tmp_path / "short", problems) is None
+    assert [str(p) for p in problems.items] == [
+        f"/etc/neo/config.yaml:2:13: pseudonym.key_file: pseudonym key file not found: {tmp_path / 'missing'}",
+        f"<config>: pseudonym key file is empty: {tmp_path / 'empty'}",
+        f"<config>: pseudonym key file {tmp_path / 'short'} holds 3 bytes; at least 16 are needed",
+    ]
+
+
+def test_a_world_readable_key_works_with_a_warning_that_does_not_show_the_key(tmp_path, caplog):
+    path = tmp_path / "k"
+    path.write_text("s3cret-key-material-0123456789\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="auditd.enrich.pseudonym"):
+        assert load_key(path, Problems()) == b"s3cret-key-material-0123456789"
+    [record] = caplog.records
+    assert "readable by every user" in record.getMessage()
+    assert record.__dict__["file.mode"] == "0o644"
+    assert "s3cret" not in caplog.text and "s3cret" not in str(record.__dict__)
