@@ -52,6 +52,7 @@ class AccessEvent(msgspec.Struct, kw_only=True, gc=False):
     destination_host: str | None = None
     destination_ip: str | None = None
     destination_country: str | None = None
+    request_id: str | None = None  # the application's own request id
     # provenance: deterministic, so that a retry never duplicates
     event_id: str = ""
     log_path: str | None = None
@@ -90,6 +91,7 @@ FIELDS: dict[str, FieldSpec] = {
         _f("event.outcome", "outcome"),
         _f("event.id", "event_id"),
         _f("event.dataset", "dataset"),
+        _f("http.request.id", "request_id"),
         _f("user.id", "user_id"),
         _f("user.name", "user_name"),
         _f("user.roles", "user_roles", "list"),

@@ -17,6 +17,7 @@ from auditd.config.located import Doc, Problems, load_yaml_file
 from auditd.config.typed import MISSING, Duration, convert
 from auditd.correlate.settings import CorrelateSettings
 from auditd.decode.settings import FormatSettings
+from auditd.ops.settings import OpsSettings
 from auditd.sources.settings import FileSourceSettings
 
 SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -89,6 +90,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
 
     def check(self):
         try:

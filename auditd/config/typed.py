@@ -101,8 +101,9 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = [convert(item_tp, v, doc, path + (i,), problems) for i, v in enumerate(value)]
-        if any(item is MISSING for item in items):
-            return MISSING  # the item's problem is reported; never build a list with holes
+        # A failed item is reported and left out, so later cross-checks still see the
+        # rest; a document with any problem is rejected as a whole anyway.
+        items = [item for item in items if item is not MISSING]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -110,7 +111,7 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
             return MISSING
         _, value_tp = get_args(tp) or (str, Any)
         out = {k: convert(value_tp, v, doc, path + (k,), problems) for k, v in value.items()}
-        return MISSING if any(v is MISSING for v in out.values()) else out
+        return {k: v for k, v in out.items() if v is not MISSING}
     return _convert_scalar(tp, value, doc, path, problems)
 
 
