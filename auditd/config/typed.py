@@ -101,9 +101,8 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = [convert(item_tp, v, doc, path + (i,), problems) for i, v in enumerate(value)]
-        # A failed item is reported and left out, so later cross-checks still see the
-        # rest; a document with any problem is rejected as a whole anyway.
-        items = [item for item in items if item is not MISSING]
+        # A failed item stays as MISSING so that indices in later cross-checks still
+        # match the file; such a document has problems and is never used.
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -111,7 +110,7 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
             return MISSING
         _, value_tp = get_args(tp) or (str, Any)
         out = {k: convert(value_tp, v, doc, path + (k,), problems) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v is not MISSING}
+        return out
     return _convert_scalar(tp, value, doc, path, problems)
 
 
