@@ -1,0 +1,326 @@
+"""The `neo-auditd` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import msgspec
+
+from auditd import __version__
+from auditd.errors import EX_CONFIG, ConfigError
+
+DESCRIPTION = """\
+neo-auditd checks every access to customers' personal information against the
+employee's grants and normal behaviour, opens incidents, and runs the response
+playbook of the incident's tier on the legal clocks.
+
+Start with:  neo-auditd check -c CONFIG     (validate everything, exit 78 on errors)
+             neo-auditd replay -c CONFIG FILE...   (run the pipeline over old logs)
+             neo-auditd run -c CONFIG       (the daemon; SIGHUP reloads, SIGTERM drains)
+"""
+
+
+def _json_out(obj) -> None:
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
+
+
+def _config_error(exc: ConfigError, as_json: bool) -> int:
+    if as_json:
+        _json_out({"ok": False, "problems": [str(p) for p in exc.problems]})
+    for problem in exc.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{len(exc.problems)} problem(s) found; nothing was started", file=sys.stderr)
+    return EX_CONFIG
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_check(args) -> int:
+    from auditd.runtime import load_runtime
+
+    try:
+        runtime = load_runtime(args.config)
+    except ConfigError as exc:
+        return _config_error(exc, args.json)
+    summary = {
+        "ok": True,
+        "config": str(args.config),
+        "sources": [s.name for s in runtime.settings.sources],
+        "rules": len(runtime.ruleset),
+        "employees": len(runtime.directory) if runtime.directory is not None else 0,
+    }
+    if args.json:
+        _json_out(summary)
+    else:
+        print(f"ok: {args.config}: {len(summary['sources'])} source(s), {summary['rules']} rule(s), "
+              f"{summary['employees']} employee(s)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from auditd.logs import setup_logging
+    from auditd.service import serve
+
+    setup_logging(args.log_level)
+    try:
+        return serve(args.config, args.state_dir)
+    except ConfigError as exc:
+        return _config_error(exc, False)
+
+
+def cmd_status(args) -> int:
+    import datetime as dt
+
+    from auditd.config.located import Problems
+    from auditd.config.settings import load_settings
+    from auditd.ops.status import StatusError, collect_status, render_status
+
+    problems = Problems()
+    settings, _ = load_settings(args.config, problems)
+    if settings is None:
+        return _config_error(ConfigError(problems.items), args.json)
+    store_path = (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
+    try:
+        status = collect_status(store_path, settings, dt.datetime.now(dt.timezone.utc))
+    except StatusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _json_out(status)
+    else:
+        print(render_status(status, settings.zone))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store, replay
+
+    try:
+        runtime = load_runtime(args.config)
+    except ConfigError as exc:
+        return _config_error(exc, args.json)
+    names = [s.name for s in runtime.settings.sources]
+    source = args.source or (names[0] if names else None)
+    if source not in names:
+        print(f"error: unknown source {source!r}; configured: {', '.join(names) or 'none'}", file=sys.stderr)
+        return 2
+    missing = [p for p in args.paths if not Path(p).is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    store, quarantine = open_store(runtime, args.state_dir)
+    progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
+    try:
+        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress)
+        summary = _replay_summary(pipeline, store)
+    finally:
+        if progress:
+            progress.done()
+        store.close()
+    if args.json:
+        _json_out(summary)
+    else:
+        print(f"{summary['events']} events, {summary['quarantined']} quarantined, {summary['skipped']} skipped, "
+              f"{summary['alerts']} alerts, {summary['incidents']} incidents open in the store "
+              f"({summary['seconds']:.1f} s, {summary['events_per_second']:,.0f} events/s)")
+    return 0
+
+
+def _replay_summary(pipeline, store) -> dict:
+    t = pipeline.totals
+    incidents = store.conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0]
+    return {
+        "records": t.records,
+        "events": t.events,
+        "quarantined": t.quarantined,
+        "skipped": t.skipped,
+        "alerts": t.alerts,
+        "incidents": incidents,
+        "incidents_opened": t.incidents_opened,
+        "alerts_by_rule": dict(sorted(t.alerts_by_rule.items())),
+        "by_source": t.by_source,
+        "seconds": round(t.seconds, 3),
+        "events_per_second": round(t.records / t.seconds, 1) if t.seconds else 0.0,
+    }
+
+
+class _ProgressBar:
+    def __init__(self) -> None:
+        self._last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = int(100 * done / total) if total else 100
+        if pct != self._last:
+            self._last = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\rreplay [{bar:<25}] {pct:3d}%")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+def cmd_test_rules(args) -> int:
+    from auditd.config.located import Problems
+    from auditd.config.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
+    from auditd.config.typed import DEFAULT_ZONE
+    from auditd.detect.testing import run_rule_tests
+
+    paths: list[Path] = list(args.rules)
+    categories, zone = DEFAULT_CATEGORIES, DEFAULT_ZONE
+    if args.config:
+        problems = Problems()
+        settings, _ = load_settings(args.config, problems)
+        if settings is None:
+            return _config_error(ConfigError(problems.items), args.json)
+        paths = settings.rule_paths() + paths
+        categories, zone = settings.categories, settings.zone
+    elif not paths:
+        paths = [SHIPPED_RULES]
+    report = run_rule_tests(paths, categories=categories, zone=zone, as_json=args.json, verbose=args.verbose)
+    stream = sys.stdout if report.exit_code != 78 or args.json else sys.stderr
+    print(report.text, file=stream)
+    return report.exit_code
+
+
+def cmd_keygen(args) -> int:
+    from auditd.enrich.pseudonym import create_key_file
+
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        create_key_file(args.path)
+    except FileExistsError:
+        # a new key would silently change every pseudonym: never overwrite
+        print(f"error: {args.path} exists; keeping it (a new key would change every pseudonym)", file=sys.stderr)
+        return 1
+    print(f"wrote a new 256-bit pseudonym key to {args.path} (mode 0600)")
+    return 0
+
+
+def _incident_conn(args):
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store
+
+    try:
+        runtime = load_runtime(args.config)
+    except ConfigError as exc:
+        raise SystemExit(_config_error(exc, getattr(args, "json", False)))
+    store, _ = open_store(runtime, args.state_dir)
+    return store
+
+
+def cmd_incidents_list(args) -> int:
+    from auditd.correlate import CorrelateError, list_incidents, render_incident_table
+
+    store = _incident_conn(args)
+    try:
+        rows = list_incidents(store.conn, status=args.status, tier=args.tier, limit=args.limit)
+    except CorrelateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    if args.json:
+        _json_out(rows)
+    else:
+        print(render_incident_table(rows))
+    return 0
+
+
+def cmd_incidents_show(args) -> int:
+    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+
+    store = _incident_conn(args)
+    try:
+        detail = get_incident(store.conn, args.id)
+    except UnknownIncident:
+        print(f"error: no incident {args.id}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if args.json:
+        _json_out(detail)
+    else:
+        print(render_incident_detail(detail))
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neo-auditd", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neo-auditd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def config_arg(p, required=True):
+        p.add_argument("-c", "--config", type=Path, required=required, help="the YAML config file")
+
+    def state_arg(p):
+        p.add_argument("--state-dir", type=Path, help="use this state directory instead of the config's")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads, SIGTERM drains)")
+    config_arg(p)
+    state_arg(p)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors")
+    config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("replay", help="run the pipeline over log files from their start, then exit")
+    config_arg(p)
+    state_arg(p)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="log files to replay")
+    p.add_argument("--source", help="the configured source whose format applies (default: the first)")
+    p.add_argument("--json", action="store_true", help="print a summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("test-rules", help="run every rule's samples; a rule without a positive sample fails")
+    config_arg(p, required=False)
+    p.add_argument("--rules", type=Path, nargs="*", default=[], help="rule files or folders (besides the config's)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every sample, not only failures")
+    p.set_defaults(func=cmd_test_rules)
+
+    p = sub.add_parser("keygen", help="create the HMAC-SHA-256 pseudonym key file (mode 0600; never overwrites)")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, overdue steps")
+    config_arg(p)
+    state_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("incidents", help="list and show incidents")
+    isub = p.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
+    q = isub.add_parser("list", help="incidents, newest first")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--status")
+    q.add_argument("--tier")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_incidents_list)
+    q = isub.add_parser("show", help="one incident with its timeline")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("id")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_incidents_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Everything loaded from the config, validated as a whole and swapped as a whole.
+
+Start-up, `check` and SIGHUP reload all go through `load_runtime`, so a reload is
+validated exactly as a start is, and an invalid set never replaces a running one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from auditd.config.located import Problems
+from auditd.config.settings import Settings, load_settings
+from auditd.correlate import Correlator
+from auditd.decode import load_format
+from auditd.decode.normalise import Normaliser
+from auditd.detect import RuleSet, load_rules
+from auditd.directory import Directory, load_directory
+from auditd.enrich import Enricher, Pseudonymiser, load_key
+from auditd.errors import ConfigError
+from auditd.sources.framing import CsvFramer, LineFramer
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    config_path: Path
+    normalisers: dict[str, Normaliser]
+    framers: dict[str, Callable[[], Any]]
+    ruleset: RuleSet
+    directory: Directory | None
+    enricher: Enricher
+    correlator: Correlator
+    loaded_at: float = field(default_factory=time.time)
+
+    def normaliser(self, source: str) -> Normaliser:
+        return self.normalisers[source]
+
+
+def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -> Runtime:
+    """Load and validate config, formats, directory, key and rules; raise ConfigError with all problems."""
+    problems = Problems()
+    settings, doc = load_settings(config_path, problems)
+    if settings is None:
+        problems.raise_if_any()
+        raise ConfigError([])  # pragma: no cover - load_settings always reports why
+    normalisers, framers = _load_sources(settings, doc, problems)
+    directory = None
+    if settings.directory is not None:
+        directory = load_directory(settings.directory.path, problems, referrer=doc, key_path=("directory", "path"),
+                                   categories=frozenset(settings.categories))
+    key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
+    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
+    problems.raise_if_any()
+    enricher = Enricher(
+        directory, Pseudonymiser(key), sensitive_categories=settings.sensitive_categories(), zone=settings.zone
+    )
+    return Runtime(
+        settings=settings,
+        config_path=Path(config_path),
+        normalisers=normalisers,
+        framers=framers,
+        ruleset=ruleset,
+        directory=directory,
+        enricher=enricher,
+        correlator=Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate),
+    )
+
+
+def _load_sources(settings: Settings, doc, problems: Problems):
+    normalisers: dict[str, Normaliser] = {}
+    framers: dict[str, Callable[[], Any]] = {}
+    for i, source in enumerate(settings.sources):
+        fmt = load_format(source.format, problems, custom=settings.formats, referrer=doc,
+                          key_path=("sources", i, "format"), categories=frozenset(settings.categories))
+        if fmt is None:
+            continue
+        normalisers[source.name] = Normaliser(fmt, source.name)
+        framers[source.name] = CsvFramer if fmt.framing == "csv" else LineFramer
+    return normalisers, framers

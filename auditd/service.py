@@ -1,0 +1,258 @@
+"""The daemon: sources → pipeline, with signals, reload and a clean drain on SIGTERM.
+
+This module and the CLI are the only places where the stages meet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from functools import partial
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from auditd import __version__
+from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
+from auditd.directory import DirectoryWatcher, load_directory
+from auditd.errors import ConfigError
+from auditd.ops.metrics import Metrics
+from auditd.ops.retention import purge_store
+from auditd.ops.sdnotify import Notifier
+from auditd.ops.sentry import init_sentry
+from auditd.ops.status import file_lags, record_reload
+from auditd.pipeline import Pipeline
+from auditd.runtime import Runtime, load_runtime
+from auditd.sources.tail import FileTailer, ReplaySource
+from auditd.store.quarantine_file import QuarantineFile
+from auditd.store.sqlite import Store
+
+LAG_EVERY_S = 5.0
+
+log = logging.getLogger("neo_auditd.service")
+
+
+def open_store(runtime: Runtime, state_dir: Path | None = None) -> tuple[Store, QuarantineFile]:
+    settings = runtime.settings
+    db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
+    q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
+    store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
+    store.open(extra_schemas=[INCIDENT_SCHEMA])
+    quarantine = QuarantineFile(q_path, store)
+    quarantine.catch_up()
+    return store, quarantine
+
+
+class Daemon:
+    """`neo-auditd run`: tail every configured source until SIGTERM."""
+
+    def __init__(self, config_path: Path, runtime: Runtime, store: Store, quarantine: QuarantineFile,
+                 *, notifier: Notifier | None = None, metrics: Metrics | None = None,
+                 on_batch: Callable[[Pipeline], None] | None = None):
+        self.config_path = config_path
+        self.pipeline = Pipeline(runtime, store, quarantine, metrics)
+        self.store = store
+        self.notifier = notifier
+        self.metrics = metrics
+        self._last_lag = 0.0
+        self.directory_watcher = self._watch_directory(runtime)
+        self.on_batch = on_batch
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self.tailers: dict[str, FileTailer] = {}
+        self.last_reload_ok: bool | None = None
+        self.last_reload_error: str | None = None
+        self._last_ping = 0.0
+        interval = notifier.watchdog_interval() if notifier else None
+        # ping at half the watchdog interval, also while catching up a backlog
+        self._ping_every = interval.total_seconds() / 2 if interval else None
+
+    # -- signals -----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        first_start = not self.store.has_any_checkpoint()
+        self._start_tailers(self.pipeline.runtime, first_start)
+        if self.notifier:
+            self.notifier.ready()
+        log.info("started", extra={"sources": list(self.tailers)})
+        try:
+            while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._do_reload()
+                if not self._pump():
+                    self._idle()
+                self._keepalive()
+            self._pump()  # drain what is already readable, then stop with it checkpointed
+        finally:
+            for tailer in self.tailers.values():
+                tailer.stop()
+            if self.notifier:
+                self.notifier.stopping()
+        log.info("stopped", extra={"events": self.pipeline.totals.events})
+        return 0
+
+    def _pump(self) -> bool:
+        """Process one round of every source; True if anything was read."""
+        batch_records = self.pipeline.runtime.settings.pipeline.batch_records
+        worked = False
+        for tailer in list(self.tailers.values()):
+            for batch in tailer.poll(batch_records):
+                if batch.records or batch.checkpoint:
+                    self.pipeline.handle(batch)
+                    worked = worked or bool(batch.records)
+                if self.on_batch:
+                    self.on_batch(self.pipeline)
+                self._keepalive()
+        return worked
+
+    def _idle(self) -> None:
+        settings = self.pipeline.runtime.settings
+        timeout = min((s.poll_interval_s for s in settings.sources), default=1.0)
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    @staticmethod
+    def _watch_directory(runtime: Runtime) -> DirectoryWatcher | None:
+        settings = runtime.settings
+        if runtime.directory is None or settings.directory is None:
+            return None
+        return DirectoryWatcher(
+            runtime.directory, settings.directory.path, min_interval_s=settings.directory.reload_check_s,
+            loader=partial(load_directory, categories=frozenset(settings.categories)),
+        )
+
+    def _check_directory(self) -> None:
+        """The HR directory changes often; reload it alone when its file changes."""
+        if self.directory_watcher is None:
+            return
+        outcome = self.directory_watcher.poll()
+        if outcome is None:
+            return
+        if outcome.changed:
+            self.pipeline.runtime.enricher.set_directory(self.directory_watcher.directory)
+            log.info("directory reloaded", extra={"employees": len(self.directory_watcher.directory)})
+        else:
+            log.error("directory file rejected; the previous directory stays",
+                      extra={"problems": [str(p) for p in outcome.problems]})
+
+    def _keepalive(self) -> None:
+        self._check_directory()
+        now = time.monotonic()
+        if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
+            self._last_lag = now
+            self.metrics.set_lags(file_lags(self.store.conn))
+        if self._ping_every is not None and now - self._last_ping >= self._ping_every:
+            self._last_ping = now
+            self.notifier.watchdog()
+
+    def _start_tailers(self, runtime: Runtime, first_start: bool) -> None:
+        for source in runtime.settings.sources:
+            if source.name in self.tailers:
+                continue
+            tailer = FileTailer(
+                source, runtime.framers[source.name](), self.store.load_checkpoints(source.name),
+                first_start=first_start, wake=self._wake,
+            )
+            tailer.start()
+            self.tailers[source.name] = tailer
+
+    def _do_reload(self) -> None:
+        self._reload.clear()
+        if self.notifier:
+            self.notifier.reloading()
+        try:
+            runtime = load_runtime(self.config_path)
+        except ConfigError as exc:
+            self.last_reload_ok, self.last_reload_error = False, str(exc)
+            log.error("reload rejected; the previous configuration keeps running",
+                      extra={"problems": [str(p) for p in exc.problems]})
+        else:
+            self._swap(runtime)
+            self.last_reload_ok, self.last_reload_error = True, None
+            log.info("reloaded", extra={"rules": len(runtime.ruleset)})
+        record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
+                      self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
+        if self.metrics is not None:
+            self.metrics.reload_result(self.last_reload_ok)
+        if self.notifier:
+            self.notifier.ready()
+
+    def _swap(self, runtime: Runtime) -> None:
+        old_sources = {s.name: s for s in self.pipeline.runtime.settings.sources}
+        new_sources = {s.name: s for s in runtime.settings.sources}
+        for name in list(self.tailers):
+            if name not in new_sources or new_sources[name] != old_sources.get(name):
+                self.tailers.pop(name).stop()
+        self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
+        self.directory_watcher = self._watch_directory(runtime)
+        self._start_tailers(runtime, first_start=False)
+
+
+def serve(config_path: Path, state_dir: Path | None = None) -> int:
+    """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
+    runtime = load_runtime(config_path)  # a ConfigError reaches the CLI: exit 78
+    ops = runtime.settings.ops
+    init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
+                sample_rate=ops.sentry.sample_rate)
+    store, quarantine = open_store(runtime, state_dir)
+    metrics = Metrics(store.path)
+    metrics.declare_sources(s.name for s in runtime.settings.sources)
+    if ops.metrics.enabled:
+        try:
+            port = metrics.start_http(ops.metrics.listen, ops.metrics.port)
+            log.info("metrics endpoint up", extra={"listen": ops.metrics.listen, "port": port})
+        except OSError as exc:  # auditing matters more than its metrics: carry on, loudly
+            log.error("metrics endpoint failed to start", extra={"error": str(exc)})
+    record_reload(store.conn, True, dt.datetime.now(dt.timezone.utc), rules_in_force=len(runtime.ruleset))
+    daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics)
+    daemon.install_signal_handlers()
+    scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
+    scheduler.add_job(
+        lambda: purge_store(store.path, daemon.pipeline.runtime.settings.ops.retention,
+                            should_stop=daemon._stop.is_set),
+        "interval", seconds=ops.retention.check_every.seconds, id="retention", coalesce=True,
+        max_instances=1, next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1),
+    )
+    scheduler.start()
+    try:
+        return daemon.run()
+    finally:
+        scheduler.shutdown(wait=False)
+        metrics.stop()
+        store.close()
+
+
+def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,
+           *, progress: Callable[[int, int], None] | None = None) -> Pipeline:
+    """Run the pipeline over files from their start (or past what an earlier replay already did)."""
+    pipeline = Pipeline(runtime, store, quarantine)
+    framer = runtime.framers[source_name]()
+    reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name))
+    batch_records = runtime.settings.pipeline.batch_records
+    total = reader.total_bytes()
+    started = time.monotonic()
+    for batch in reader.batches(batch_records):
+        pipeline.handle(batch)
+        if progress:
+            progress(reader.bytes_done(), total)
+    pipeline.totals.seconds = time.monotonic() - started
+    return pipeline
