@@ -21,7 +21,7 @@ ACTIONS = (
 OUTCOMES = ("success", "failure", "denied", "unknown")
 
 
-class AccessEvent(msgspec.Struct, kw_only=True, gc=False):
+class AccessEvent(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     """One access to customers' data (or a login/grant event), normalised."""
 
     timestamp: dt.datetime

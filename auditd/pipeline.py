@@ -57,9 +57,12 @@ class Pipeline:
         alerts = self._detect(runtime, events)
         detected = time.perf_counter()
         with self.store.transaction() as conn:
-            self.store.insert_events(conn, events)
+            self.store.insert_events(conn, batch.source, events)
             self.store.insert_quarantine(conn, quarantined)
-            changes = runtime.correlator.apply(conn, alerts) if alerts else []
+            changes = []
+            if alerts:
+                self.store.insert_evidence(conn, _cited(events, alerts))
+                changes = runtime.correlator.apply(conn, alerts)
             self.store.save_checkpoints(conn, [batch.checkpoint, *batch.extra_checkpoints])
             if batch.forget:
                 self.store.forget_checkpoints(conn, batch.source, batch.forget)
@@ -103,6 +106,11 @@ class Pipeline:
                 t.incidents_opened += 1
             else:
                 t.incidents_updated += 1
+
+
+def _cited(events: list, alerts: list[Alert]) -> list:
+    wanted = {eid for alert in alerts for eid in alert.event_ids}
+    return [e for e in events if e.event_id in wanted]
 
 
 def _latest(events: list) -> dt.datetime | None:

@@ -18,10 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from auditd.event import AccessEvent
+from auditd.store.sqlite import Store
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +124,7 @@ def stored_events(db: Path) -> int:
         return 0
     try:
         with sqlite3.connect(db, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            return conn.execute("SELECT COALESCE(SUM(count), 0) FROM event_segments").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
 
@@ -189,10 +188,12 @@ def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path):
     state["proc"].send_signal(signal.SIGTERM)
     assert state["proc"].wait(timeout=60) == 0, daemon_log.read_text()[-3000:]
 
-    decode = msgspec.msgpack.Decoder(AccessEvent).decode
-    with sqlite3.connect(db) as conn:
-        request_ids = [decode(doc).request_id for (doc,) in conn.execute("SELECT doc FROM events")]
-        quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+    store = Store(db).open()
+    try:
+        request_ids = [event.request_id for event in store.iter_events()]
+        quarantined = store.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+    finally:
+        store.close()
     assert quarantined == 0
     assert len(request_ids) == TOTAL, f"{len(request_ids) - len(set(request_ids))} duplicates"
     assert set(request_ids) == {f"r-{n:08d}" for n in range(TOTAL)}

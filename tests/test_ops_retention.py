@@ -39,8 +39,16 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def add_events(store: Store, *events: AccessEvent) -> None:
+    """One segment per event, so that each event's age decides alone."""
     with store.transaction() as conn:
-        store.insert_events(conn, list(events))
+        for e in events:
+            store.insert_events(conn, "app", [e])
+
+
+def cite(store: Store, *events: AccessEvent) -> None:
+    """What the pipeline does when an alert cites events: keep them as evidence."""
+    with store.transaction() as conn:
+        store.insert_evidence(conn, events)
 
 
 def add_quarantine(store: Store, at: str) -> None:
@@ -67,10 +75,12 @@ def add_register(store: Store, cited_event_id: str) -> None:
 
 
 def event_ids(store: Store) -> list[str]:
-    return [row[0] for row in store.conn.execute("SELECT event_id FROM events ORDER BY seq")]
+    return [e.event_id for e in store.iter_events()]
 
 
 def count(store: Store, table: str) -> int:
+    if table == "events":
+        return store.count_events()
     return store.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
@@ -83,6 +93,7 @@ def test_purge_deletes_only_old_rows_and_keeps_the_register(store: Store, caplog
                event("at-cutoff", CUTOFF),
                event("recent", NOW - dt.timedelta(days=1)))
     add_register(store, cited_event_id="cited")
+    cite(store, event("cited", CUTOFF - dt.timedelta(days=20)))
     add_quarantine(store, "2026-01-01T00:00:00+00:00")  # old, no microseconds written
     add_quarantine(store, (CUTOFF + dt.timedelta(hours=1)).isoformat())
     add_quarantine(store, "not a time")  # unreadable: kept, never guessed at
@@ -90,15 +101,16 @@ def test_purge_deletes_only_old_rows_and_keeps_the_register(store: Store, caplog
     with caplog.at_level(logging.INFO, logger="neo_auditd.retention"), closing(connect(store.path)) as conn:
         report = purge(conn, NOW, SETTINGS)
 
-    assert report == PurgeReport(events_cutoff=CUTOFF, quarantine_cutoff=CUTOFF, events_deleted=2,
+    assert report == PurgeReport(events_cutoff=CUTOFF, quarantine_cutoff=CUTOFF, events_deleted=3,
                                  quarantine_deleted=1, evidence_kept=1, complete=True, seconds=report.seconds)
-    assert event_ids(store) == ["cited", "at-cutoff", "recent"]
+    assert event_ids(store) == ["at-cutoff", "recent"]
+    assert [e.event_id for e in store.evidence(["cited"])] == ["cited"]  # the alert's evidence stays
     assert count(store, "quarantine") == 2
     assert (count(store, "incidents"), count(store, "alerts"), count(store, "incident_timeline")) == (1, 1, 1)
 
     [record] = [r for r in caplog.records if r.name == "neo_auditd.retention"]
     assert record.getMessage() == "retention purge"
-    assert (record.events_deleted, record.quarantine_deleted, record.evidence_kept) == (2, 1, 1)
+    assert (record.events_deleted, record.quarantine_deleted, record.evidence_kept) == (3, 1, 1)
     assert record.events_cutoff == "2026-05-02T09:00:00+00:00"
     assert record.quarantine_cutoff == "2026-05-02T09:00:00+00:00"
 
@@ -128,27 +140,24 @@ def test_longer_retention_keeps_more(store: Store) -> None:
 def test_chunks_delete_everything_and_can_stop_between_them(store: Store) -> None:
     add_events(store, *(event(f"e{i}", CUTOFF - dt.timedelta(days=1, seconds=i)) for i in range(7)))
     with closing(connect(store.path)) as conn:
-        stopped = purge(conn, NOW, SETTINGS, chunk_rows=3, pause_s=0, should_stop=lambda: True)
+        stopped = purge(conn, NOW, SETTINGS, segment_rows=3, pause_s=0, should_stop=lambda: True)
         assert (stopped.events_deleted, stopped.complete) == (3, False)
-        assert event_ids(store) == ["e0", "e1", "e2", "e3"]  # the oldest went first
-        finished = purge(conn, NOW, SETTINGS, chunk_rows=3, pause_s=0)
+        assert event_ids(store) == ["e3", "e4", "e5", "e6"]  # the first committed went first
+        finished = purge(conn, NOW, SETTINGS, segment_rows=3, pause_s=0)
     assert (finished.events_deleted, finished.complete) == (4, True)
     assert count(store, "events") == 0
 
 
-def test_an_alert_committed_during_the_purge_protects_its_event(store: Store) -> None:
-    add_events(store, *(event(f"e{i}", CUTOFF - dt.timedelta(days=1, seconds=i)) for i in range(5)))
-
-    def pipeline_raises_an_alert_between_chunks() -> bool:
-        if count(store, "alerts") == 0:
-            add_register(store, cited_event_id="e0")  # e0 is the newest old event: deleted last
-        return False
-
+def test_evidence_outlives_its_segment(store: Store) -> None:
+    old = [event(f"e{i}", CUTOFF - dt.timedelta(days=1, seconds=i)) for i in range(5)]
+    add_events(store, *old)
+    add_register(store, cited_event_id="e0")
+    cite(store, old[0])
     with closing(connect(store.path)) as conn:
-        report = purge(conn, NOW, SETTINGS, chunk_rows=2, pause_s=0,
-                       should_stop=pipeline_raises_an_alert_between_chunks)
-    assert (report.events_deleted, report.evidence_kept) == (4, 1)
-    assert event_ids(store) == ["e0"]
+        report = purge(conn, NOW, SETTINGS, segment_rows=2, pause_s=0)
+    assert (report.events_deleted, report.evidence_kept) == (5, 1)
+    assert event_ids(store) == []
+    assert store.evidence(["e0"]) == [old[0]]
 
 
 def test_purge_runs_while_the_pipeline_commits(store: Store) -> None:

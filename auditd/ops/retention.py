@@ -1,12 +1,14 @@
 """Retention: delete stored events and quarantined records once they are old enough.
 
 What goes, and what never does:
-- events older than `retention.events`, by event time (ts_us);
+- event segments whose newest event is older than `retention.events` (a segment is one
+  committed batch, so an event can outlive its retention by at most one batch's span);
 - quarantine rows older than `retention.quarantine`, by when they were quarantined;
 - never incidents, alerts, incident timelines or subjects: they are the breach
   register, and the regulator may ask for them long after the events;
-- never an event that an alert cites (its `event_ids`): it is evidence of an incident,
-  and "preservation of evidence" is part of every regulator report.
+- never the `evidence` table: the events that alerts cite, copied there when the alert
+  was committed, are evidence of an incident, and "preservation of evidence" is part of
+  every regulator report.
 
 The purge runs while the pipeline writes, in the same process: it uses its own SQLite
 connection (WAL lets it read beside the writer) and deletes in chunks, one short write
@@ -37,20 +39,10 @@ PAUSE_S = 0.05  # between chunks: SQLite has no queue, a waiting writer needs a 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
-_EVIDENCE_TABLE = """
-CREATE TEMP TABLE IF NOT EXISTS retention_evidence (event_id TEXT PRIMARY KEY) WITHOUT ROWID
-"""
-# alerts is a rowid table that is only ever appended to, so rowids past the last seen are new
-_ADD_EVIDENCE = """
-INSERT OR IGNORE INTO temp.retention_evidence (event_id)
-SELECT cited.value FROM main.alerts AS a, json_each(a.doc, '$.event_ids') AS cited
-WHERE a.rowid > ? AND a.rowid <= ?
-"""
-_DELETE_EVENTS = """
-DELETE FROM main.events WHERE seq IN (
-    SELECT seq FROM main.events
-    WHERE ts_us < ? AND event_id NOT IN (SELECT event_id FROM temp.retention_evidence)
-    ORDER BY ts_us LIMIT ?)
+SEGMENT_ROWS = 20  # a segment holds one batch (up to ~20k events): delete a few at a time
+_DELETE_SEGMENTS = """
+DELETE FROM main.event_segments WHERE seq IN (
+    SELECT seq FROM main.event_segments WHERE last_ts_us < ? ORDER BY seq LIMIT ?)
 """
 # `at` is ISO text; julianday() compares it as a time whatever its offset or precision,
 # and a value it cannot parse gives NULL, so such a row is kept rather than guessed at.
@@ -88,7 +80,7 @@ def purge_store(store_path: Path, settings: RetentionSettings, *, now: dt.dateti
 
 
 def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSettings, *,
-          chunk_rows: int = CHUNK_ROWS, pause_s: float = PAUSE_S,
+          chunk_rows: int = CHUNK_ROWS, segment_rows: int = SEGMENT_ROWS, pause_s: float = PAUSE_S,
           should_stop: Callable[[], bool] = lambda: False) -> PurgeReport:
     """Delete what retention allows, in chunks; `conn` must be in autocommit mode.
 
@@ -104,7 +96,7 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     quarantine_cutoff = (now - settings.quarantine.timedelta).astimezone(dt.timezone.utc)
     chunks = _Chunks(conn, chunk_rows, pause_s, should_stop)
 
-    events_deleted, evidence_kept = _purge_events(conn, chunks, _micros(events_cutoff))
+    events_deleted, evidence_kept = _purge_events(conn, chunks, _micros(events_cutoff), segment_rows)
     quarantine_deleted = chunks.run(_DELETE_QUARANTINE, (iso_utc(quarantine_cutoff),))
     report = PurgeReport(
         events_cutoff=events_cutoff, quarantine_cutoff=quarantine_cutoff,
@@ -116,29 +108,18 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     return report
 
 
-def _purge_events(conn: sqlite3.Connection, chunks: _Chunks, cutoff_us: int) -> tuple[int, int]:
-    conn.execute(_EVIDENCE_TABLE)
-    conn.execute("DELETE FROM temp.retention_evidence")
-    cites = table_exists(conn, "alerts")
-    seen_rowid = 0
-
-    def add_evidence() -> None:
-        # The highest rowid first, then everything up to it: an alert committed between
-        # the two statements is left for the next call, never skipped.
-        nonlocal seen_rowid
-        if cites:
-            top = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM main.alerts").fetchone()[0]
-            conn.execute(_ADD_EVIDENCE, (seen_rowid, top))
-            seen_rowid = top
-
-    add_evidence()  # the bulk of it, outside any write transaction: the pipeline is not held up
-    # and again inside each chunk's write transaction, where no new alert can commit unseen
-    deleted = chunks.run(_DELETE_EVENTS, (cutoff_us,), before=add_evidence)
-    kept = conn.execute(
-        "SELECT COUNT(*) FROM main.events WHERE ts_us < ?"
-        " AND event_id IN (SELECT event_id FROM temp.retention_evidence)", (cutoff_us,)).fetchone()[0]
-    conn.execute("DELETE FROM temp.retention_evidence")
-    return deleted, kept
+def _purge_events(conn: sqlite3.Connection, chunks: _Chunks, cutoff_us: int, rows: int) -> tuple[int, int]:
+    """Delete old segments; return (events deleted, old events kept as evidence)."""
+    old_events = conn.execute(
+        "SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE last_ts_us < ?", (cutoff_us,)
+    ).fetchone()[0]
+    chunks.run(_DELETE_SEGMENTS, (cutoff_us,), rows=rows)
+    left = conn.execute(
+        "SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE last_ts_us < ?", (cutoff_us,)
+    ).fetchone()[0]  # not zero only when asked to stop between chunks
+    kept = conn.execute("SELECT COUNT(*) FROM main.evidence WHERE ts_us < ?", (cutoff_us,)).fetchone()[0] \
+        if table_exists(conn, "evidence") else 0
+    return old_events - left, kept
 
 
 class _Chunks:
@@ -151,21 +132,21 @@ class _Chunks:
         self.conn, self.rows, self.pause_s, self.should_stop = conn, rows, pause_s, should_stop
         self.stopped = False
 
-    def run(self, sql: str, args: tuple, *, before: Callable[[], None] = lambda: None) -> int:
+    def run(self, sql: str, args: tuple, *, rows: int | None = None) -> int:
+        limit = rows or self.rows
         total = 0
         while not self.stopped:
             # IMMEDIATE takes the write lock up front (waiting on the busy timeout), so a
             # chunk never fails half-way on a lock upgrade.
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                before()
-                deleted = self.conn.execute(sql, (*args, self.rows)).rowcount
+                deleted = self.conn.execute(sql, (*args, limit)).rowcount
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
             total += deleted
-            if deleted < self.rows:
+            if deleted < limit:
                 break
             if self.should_stop():
                 self.stopped = True

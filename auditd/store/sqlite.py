@@ -1,5 +1,9 @@
 """The embedded store: one SQLite file (WAL) under the state directory.
 
+Events are kept as segments, one row per committed batch holding the batch's events as
+one msgpack array: a row per event costs more than the rest of the pipeline together.
+Events that alerts cite are also kept one by one in `evidence`, for incidents.
+
 Every batch from a source is committed in one transaction: its events, quarantined
 records, alerts, incident changes and the file checkpoint just past its last record.
 A crash (kill -9 included) therefore leaves either all of a batch or none of it, and
@@ -32,16 +36,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (source, fingerprint)
 );
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS event_segments (
     seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    ts_us INTEGER NOT NULL,
-    action TEXT NOT NULL,
-    user_id TEXT,
-    dataset TEXT NOT NULL,
-    doc BLOB NOT NULL
+    source TEXT NOT NULL,
+    first_ts_us INTEGER NOT NULL,
+    last_ts_us INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    doc BLOB NOT NULL  -- msgpack array of AccessEvent
 );
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts_us);
+CREATE INDEX IF NOT EXISTS event_segments_last_ts ON event_segments (last_ts_us);
+CREATE TABLE IF NOT EXISTS evidence (
+    event_id TEXT PRIMARY KEY,
+    ts_us INTEGER NOT NULL,
+    doc BLOB NOT NULL  -- msgpack AccessEvent
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -63,8 +71,9 @@ CREATE TABLE IF NOT EXISTS source_stats (
 """
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_encode_event = msgspec.msgpack.Encoder().encode
+_encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(AccessEvent).decode
+_decode_segment = msgspec.msgpack.Decoder(list[AccessEvent]).decode
 
 
 def utc_now_iso() -> str:
@@ -122,12 +131,19 @@ class Store:
         conn.execute("COMMIT")
 
     # -- writes (inside a transaction) ------------------------------------------------------
-    def insert_events(self, conn: sqlite3.Connection, events: list[AccessEvent]) -> None:
+    def insert_events(self, conn: sqlite3.Connection, source: str, events: list[AccessEvent]) -> None:
         if not events or not self.keep_events:
             return
+        stamps = [e.timestamp for e in events]
+        conn.execute(
+            "INSERT INTO event_segments (source, first_ts_us, last_ts_us, count, doc) VALUES (?,?,?,?,?)",
+            (source, _micros(min(stamps)), _micros(max(stamps)), len(events), _encode(events)),
+        )
+
+    def insert_evidence(self, conn: sqlite3.Connection, events: Iterable[AccessEvent]) -> None:
         conn.executemany(
-            "INSERT INTO events (event_id, ts_us, action, user_id, dataset, doc) VALUES (?,?,?,?,?,?)",
-            [(e.event_id, _micros(e.timestamp), e.action, e.user_id, e.dataset, _encode_event(e)) for e in events],
+            "INSERT OR IGNORE INTO evidence (event_id, ts_us, doc) VALUES (?,?,?)",
+            [(e.event_id, _micros(e.timestamp), _encode(e)) for e in events],
         )
 
     def insert_quarantine(self, conn: sqlite3.Connection, items: list[Quarantined]) -> None:
@@ -179,14 +195,24 @@ class Store:
         return self.conn.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone() is not None
 
     def count_events(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self.conn.execute("SELECT COALESCE(SUM(count), 0) FROM event_segments").fetchone()[0]
 
     def iter_events(self, since: dt.datetime | None = None) -> Iterator[AccessEvent]:
-        sql, args = "SELECT doc FROM events", ()
+        """Stored events in commit order, those at or after `since` if given."""
+        sql, args = "SELECT doc FROM event_segments", ()
         if since is not None:
-            sql, args = sql + " WHERE ts_us >= ?", (_micros(since),)
+            sql, args = sql + " WHERE last_ts_us >= ?", (_micros(since),)
         for (doc,) in self.conn.execute(sql + " ORDER BY seq", args):
-            yield _decode_event(doc)
+            for event in _decode_segment(doc):
+                if since is None or event.timestamp >= since:
+                    yield event
+
+    def evidence(self, event_ids: Iterable[str]) -> list[AccessEvent]:
+        ids = list(event_ids)
+        rows = self.conn.execute(
+            f"SELECT doc FROM evidence WHERE event_id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall() if ids else []
+        return [_decode_event(doc) for (doc,) in rows]
 
     def source_stats(self) -> list[dict]:
         cur = self.conn.execute(
