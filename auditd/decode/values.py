@@ -1,0 +1,177 @@
+"""Raw record values -> AccessEvent values: one small function per target kind, and times.
+
+These helpers raise ValueError with a message that names what was found; the field
+rule that calls them adds the target field and the path, and turns it into a
+DecodeError, so that the quarantined record says exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from functools import partial
+from typing import Any, Callable
+
+import msgspec
+
+UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_TRUE_WORDS = frozenset(("true", "yes", "on", "1"))
+_FALSE_WORDS = frozenset(("false", "no", "off", "0"))
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short, printable description of a bad value for a quarantine reason."""
+    if isinstance(value, (dict, list, tuple)):
+        kind = "an object" if isinstance(value, dict) else "a list"
+        return f"{kind} {_clip(repr(value), limit)}"
+    return _clip(repr(value), limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def to_text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # ids such as 10023 are often written as numbers
+    raise ValueError(f"expected text, got {describe(value)}")
+
+
+def to_int(value: Any) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)  # text formats (csv, kv, regex) give every value as text
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"expected an integer, got {describe(value)}")
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ValueError(f"expected true or false, got {describe(value)}")
+
+
+def to_list(value: Any) -> tuple[str, ...]:
+    """A list of text; one scalar becomes a list of one (use `split` for 'a,b,c')."""
+    if isinstance(value, (list, tuple)):
+        return tuple(to_text(item) for item in value if item is not None and item != "")
+    return (to_text(value),)
+
+
+def to_labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object of labels, got {describe(value)}")
+    return {str(k): to_text(v) for k, v in value.items() if v is not None and v != ""}
+
+
+# The kinds of event.FIELDS other than "time", which has its own parser below.
+COERCERS: dict[str, Callable[[Any], Any]] = {
+    "str": to_text,
+    "ip": to_text,  # checked where it is used (CIDR rules); a parse here would cost every event
+    "int": to_int,
+    "bool": to_bool,
+    "list": to_list,
+    "map": to_labels,
+}
+
+
+# --- times ------------------------------------------------------------------------------
+
+
+def make_time_parser(time_format: str, zone: dt.tzinfo) -> Callable[[Any], dt.datetime]:
+    """A parser giving an aware UTC datetime; times without an offset are in `zone`."""
+    named = {
+        "iso8601": parse_iso8601,
+        "epoch_s": partial(_parse_epoch, unit="seconds"),
+        "epoch_ms": partial(_parse_epoch, unit="milliseconds"),
+        "postgres": _parse_postgres,
+    }
+    parse = named.get(time_format) or partial(_parse_strptime, time_format=time_format)
+
+    def to_time(value: Any) -> dt.datetime:
+        out = parse(value)
+        if out.tzinfo is None:
+            out = out.replace(tzinfo=zone)
+        return out.astimezone(UTC)
+
+    return to_time
+
+
+def parse_iso8601(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value  # already parsed by a typed decoder
+    if type(value) is not str:
+        raise ValueError(f"expected an ISO 8601 time, got {describe(value)}")
+    try:
+        # msgspec's RFC 3339 parser is the one the typed JSON decoder uses, so both
+        # decoding paths read a time the same way; fromisoformat takes the rest of ISO 8601
+        return msgspec.convert(value, dt.datetime)
+    except msgspec.ValidationError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 time, got {describe(value)}") from None
+
+
+def _parse_epoch(value: Any, unit: str) -> dt.datetime:
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value) if "." in value else int(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"expected a number of {unit} since 1970, got {describe(value)}")
+    try:
+        return _EPOCH + dt.timedelta(**{unit: value})  # exact for integer milliseconds
+    except OverflowError:
+        raise ValueError(f"{unit} since 1970 out of range: {describe(value)}") from None
+
+
+_POSTGRES_TIME = re.compile(
+    r"(?P<local>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
+    r"(?: (?:(?P<offset>[+-]\d\d(?::?\d\d)?)|(?P<abbrev>[A-Za-z][A-Za-z0-9_+-]*)))?"
+)
+_UTC_ABBREVIATIONS = frozenset(("UTC", "GMT", "UCT", "Z"))
+
+
+def _parse_postgres(value: Any) -> dt.datetime:
+    """PostgreSQL's log_time, '2015-08-12 16:13:43.810 UTC' or '... +08'.
+
+    Zone abbreviations other than UTC are ambiguous (CST is in China, the US and Cuba),
+    so they leave the time naive and the field's configured `timezone`, which should
+    be the server's log_timezone, decides.
+    """
+    match = _POSTGRES_TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a PostgreSQL log time such as '2015-08-12 16:13:43.810 UTC', got {describe(value)}")
+    local = parse_iso8601(match["local"])
+    offset, abbrev = match["offset"], match["abbrev"]
+    if offset:
+        digits = offset.replace(":", "")
+        minutes = int(digits[1:3]) * 60 + int(digits[3:5] or 0)
+        return local.replace(tzinfo=dt.timezone(dt.timedelta(minutes=-minutes if digits[0] == "-" else minutes)))
+    if abbrev and abbrev.upper() in _UTC_ABBREVIATIONS:
+        return local.replace(tzinfo=UTC)
+    return local
+
+
+def _parse_strptime(value: Any, time_format: str) -> dt.datetime:
+    if type(value) is not str:
+        raise ValueError(f"expected a time like {time_format!r}, got {describe(value)}")
+    try:
+        return dt.datetime.strptime(value, time_format)
+    except ValueError:
+        raise ValueError(f"expected a time like {time_format!r}, got {describe(value)}") from None

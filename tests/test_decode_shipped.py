@@ -1,0 +1,315 @@
+"""The shipped formats (neo-crm, pgaudit, cloudtrail) and the normaliser around them."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+import pytest
+
+from auditd.config.located import Problems
+from auditd.decode import Format, Normaliser, load_format, shipped_format_names
+from auditd.event import ACTIONS, AccessEvent
+from auditd.sources.base import Batch, Checkpoint
+
+UTC = dt.timezone.utc
+FINGERPRINT = "0123456789abcdef0123456789abcdef"
+
+
+def shipped(name: str) -> Format:
+    problems = Problems()
+    fmt = load_format(name, problems)
+    assert not problems.items, problems.items
+    return fmt
+
+
+def run(fmt: Format, *records: bytes):
+    """(events, quarantined, skipped) of one batch of records."""
+    offsets, offset = [], 0
+    for record in records:
+        offsets.append(offset)
+        offset += len(record) + 1
+    batch = Batch(
+        "src",
+        "/var/log/app.log",
+        FINGERPRINT,
+        list(records),
+        offsets,
+        Checkpoint("src", FINGERPRINT, "/var/log/app.log", offset),
+    )
+    return Normaliser(fmt).process(batch, "src")
+
+
+def one_event(fmt: Format, record: bytes) -> AccessEvent:
+    events, quarantined, skipped = run(fmt, record)
+    assert quarantined == [] and skipped == 0, [q.reason for q in quarantined]
+    return events[0]
+
+
+def reason(fmt: Format, record: bytes) -> str:
+    events, quarantined, _ = run(fmt, record)
+    assert events == [] and len(quarantined) == 1
+    return quarantined[0].reason
+
+
+def jl(**record) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode()
+
+
+T0 = "2026-11-02T09:00:00+08:00"
+PG_ROW = (
+    '2015-08-12 16:13:44.813 UTC,"alice","db",1,"10.0.0.9:5432",s1,7,"SELECT",2015-08-12 16:13:43 UTC,'
+    '2/1,0,LOG,00000,"AUDIT: OBJECT,3,1,READ,SELECT,TABLE,public.account,""select *\n  from account"",<none>"'
+    ',,,,,,,,,"psql"'
+)
+
+
+# --- the shipped formats ------------------------------------------------------------------
+
+
+def test_every_shipped_format_loads():
+    assert shipped_format_names() == ["cloudtrail", "neo-crm", "pgaudit"]
+    assert [(f.name, f.kind, f.framing, f.typed) for f in map(shipped, shipped_format_names())] == [
+        ("cloudtrail", "jsonl", "lines", True),
+        ("neo-crm", "jsonl", "lines", True),
+        ("pgaudit", "pgaudit", "csv", False),
+    ]
+
+
+# docs/example-access-log.md: operation -> action
+NEO_CRM_OPS = {
+    "auth.login": "login",
+    "auth.logout": "logout",
+    "customer.view": "read",
+    "customer.search": "search",
+    "customer.export": "export",
+    "customer.unmask": "unmask",
+    "customer.update": "update",
+    "customer.delete": "delete",
+    "customer.share": "share",
+    "order.view": "read",
+    "order.list": "list",
+    "order.export": "export",
+    "address.view": "read",
+    "payment.view": "read",
+    "points.view": "read",
+    "location.view": "read",
+    "face.view": "read",
+    "report.print": "print",
+}
+NEO_CRM_CATEGORIES = {
+    "customer": ("identity",),
+    "address": ("contact",),
+    "order": ("order",),
+    "payment": ("property",),
+    "points": ("property",),
+    "location": ("location",),
+    "face": ("biometric",),
+}
+
+
+@pytest.mark.parametrize("op, action", sorted(NEO_CRM_OPS.items()))
+def test_neo_crm_operations_map_to_actions(op, action):
+    assert one_event(shipped("neo-crm"), jl(ts=T0, op=op, result="ok")).action == action
+
+
+@pytest.mark.parametrize("res_type, categories", sorted(NEO_CRM_CATEGORIES.items()))
+def test_neo_crm_resource_types_map_to_categories(res_type, categories):
+    event = one_event(shipped("neo-crm"), jl(ts=T0, op="customer.view", res={"type": res_type, "id": "X"}))
+    assert event.categories == categories
+
+
+def test_neo_crm_whole_record():
+    record = jl(
+        ts="2026-11-02T09:15:03.123+08:00",
+        app="crm",
+        host="crm-web-01",
+        req="r-00000001",
+        emp={"id": "E10023", "name": "张伟"},
+        ip="10.20.3.15",
+        op="customer.share",
+        res={"type": "customer", "id": "C00012345", "store": "S021"},
+        subjects=["C00012345"],
+        count=1,
+        fields=["name", "phone", "address"],
+        masked=True,
+        ticket="T-2026-000123",
+        purpose="after-sales",
+        result="denied",
+        dest={"partner": "P-LOGI", "host": "sftp.logi.example", "ip": "198.51.100.7", "country": "CN"},
+    )
+    event = one_event(shipped("neo-crm"), record)
+    assert event == AccessEvent(
+        timestamp=dt.datetime(2026, 11, 2, 1, 15, 3, 123000, tzinfo=UTC),
+        action="share",
+        outcome="denied",
+        user_id="E10023",
+        user_name="张伟",
+        source_ip="10.20.3.15",
+        host_name="crm-web-01",
+        service_name="crm",
+        request_id="r-00000001",
+        resource_type="customer",
+        resource_id="C00012345",
+        resource_store="S021",
+        categories=("identity",),
+        record_count=1,
+        subject_ids=("C00012345",),
+        fields=("name", "phone", "address"),
+        masked=True,
+        purpose="after-sales",
+        ticket="T-2026-000123",
+        destination_partner="P-LOGI",
+        destination_host="sftp.logi.example",
+        destination_ip="198.51.100.7",
+        destination_country="CN",
+        event_id=f"{FINGERPRINT[:16]}:0",
+        log_path="/var/log/app.log",
+        log_offset=0,
+        dataset="neo-crm.access",
+    )
+    assert [
+        one_event(shipped("neo-crm"), jl(ts=T0, op="auth.login", result=r)).outcome for r in ("ok", "denied", "error")
+    ] == ["success", "denied", "failure"]
+
+
+@pytest.mark.parametrize(
+    "audit_class, command, action",
+    [
+        ("READ", "SELECT", "read"),
+        ("WRITE", "INSERT", "update"),
+        ("WRITE", "UPDATE", "update"),
+        ("WRITE", "DELETE", "delete"),
+        ("WRITE", "TRUNCATE", "delete"),
+        ("ROLE", "GRANT", "grant"),
+        ("ROLE", "REVOKE", "revoke"),
+        ("READ", "COPY", "export"),
+        ("WRITE", "COPY", "update"),
+        ("DDL", "CREATE TABLE", "update"),
+        ("FUNCTION", "EXECUTE", "read"),
+        ("MISC", "SET", "read"),
+    ],
+)
+def test_pgaudit_class_and_command_map_to_actions(audit_class, command, action):
+    row = PG_ROW.replace("READ,SELECT", f"{audit_class},{command}")
+    event = one_event(shipped("pgaudit"), row.encode())
+    assert (event.action, event.labels["command"], event.labels["class"]) == (action, command, audit_class)
+    assert (event.user_id, event.source_ip, event.resource_type) == ("alice", "10.0.0.9", "table")
+
+
+def cloudtrail(**fields) -> bytes:
+    base = {
+        "eventTime": "2020-09-14T01:02:34Z",
+        "eventSource": "s3.amazonaws.com",
+        "awsRegion": "us-east-1",
+        "sourceIPAddress": "1.2.3.4",
+        "userIdentity": {"type": "IAMUser", "userName": "pedro", "arn": "arn:aws:iam::123456789123:user/pedro"},
+    }
+    return jl(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    "event_name, action",
+    [
+        ("GetObject", "download"),
+        ("ListObjects", "list"),
+        ("ListBuckets", "list"),
+        ("PutObject", "update"),
+        ("DeleteObject", "delete"),
+        ("GetBucketAcl", "read"),
+        ("DescribeInstances", "read"),
+        ("PutBucketPolicy", "grant"),
+        ("PutBucketAcl", "grant"),
+        ("ConsoleLogin", "login"),
+        ("AssumeRole", "login"),
+    ],
+)
+def test_cloudtrail_event_names_map_to_actions(event_name, action):
+    assert one_event(shipped("cloudtrail"), cloudtrail(eventName=event_name)).action == action
+
+
+def test_cloudtrail_outcome_user_and_resource():
+    fmt = shipped("cloudtrail")
+    denied = one_event(
+        fmt,
+        cloudtrail(
+            eventName="GetObject",
+            errorCode="AccessDenied",
+            requestParameters={"bucketName": "crm-exports", "key": "2026/11/all.csv"},
+        ),
+    )
+    assert (denied.outcome, denied.user_id, denied.user_name) == (
+        "denied",
+        "arn:aws:iam::123456789123:user/pedro",
+        "pedro",
+    )
+    assert (denied.resource_type, denied.resource_id, denied.source_ip) == (
+        "s3",
+        "crm-exports/2026/11/all.csv",
+        "1.2.3.4",
+    )
+    assert one_event(fmt, cloudtrail(eventName="GetObject", errorCode="NoSuchKey")).outcome == "failure"
+    assert (
+        one_event(fmt, cloudtrail(eventName="ConsoleLogin", responseElements={"ConsoleLogin": "Failure"})).outcome
+        == "failure"
+    )
+    assert (
+        one_event(fmt, cloudtrail(eventName="ConsoleLogin", responseElements={"ConsoleLogin": "Success"})).outcome
+        == "success"
+    )
+    assert one_event(fmt, cloudtrail(eventName="AssumeRole", sourceIPAddress="ec2.amazonaws.com")).source_ip is None
+    assert (
+        reason(fmt, cloudtrail(eventName="Frobnicate"))
+        == "event.action: 'Frobnicate' is not in the map (path eventName)"
+    )
+
+
+# --- the normaliser -------------------------------------------------------------------------
+
+
+def test_event_provenance_is_deterministic():
+    fmt = shipped("neo-crm")
+    records = [jl(ts=T0, op="customer.view"), b"", jl(ts=T0, op="auth.login")]
+    first, second = run(fmt, *records), run(fmt, *records)
+    assert first == second
+    events, quarantined, skipped = first
+    third = len(records[0]) + 1 + len(records[1]) + 1
+    assert [(e.event_id, e.log_offset) for e in events] == [
+        (f"{FINGERPRINT[:16]}:0", 0),
+        (f"{FINGERPRINT[:16]}:{third}", third),
+    ]
+    assert {(e.log_path, e.dataset) for e in events} == {("/var/log/app.log", "neo-crm.access")}
+    assert (quarantined, skipped) == ([], 1)  # the blank line
+
+
+def test_a_bug_costs_one_record_not_the_batch():
+    fmt = shipped("neo-crm")
+    calls = iter([ZeroDivisionError("boom"), None])
+
+    def facts(record: bytes):
+        problem = next(calls)
+        if problem:
+            raise problem
+        return fmt.facts(record)
+
+    events, quarantined, _ = run(
+        dataclasses.replace(fmt, facts=facts), jl(ts=T0, op="read"), jl(ts=T0, op="auth.login")
+    )
+    assert [e.action for e in events] == ["login"]
+    assert quarantined[0].reason == "internal error: ZeroDivisionError: boom"
+
+
+def test_normaliser_names_the_source_as_configured():
+    fmt = shipped("neo-crm")
+    batch = Batch(
+        "batch-source", "/p", FINGERPRINT, [b"garbage"], [0], Checkpoint("batch-source", FINGERPRINT, "/p", 8)
+    )
+    assert Normaliser(fmt, "crm").process(batch)[1][0].source == "crm"
+    assert Normaliser(fmt).process(batch)[1][0].source == "batch-source"
+    assert Normaliser(fmt).process(batch, "given")[1][0].source == "given"
+
+
+def test_all_actions_are_reachable_from_neo_crm():
+    reached = {one_event(shipped("neo-crm"), jl(ts=T0, op=op)).action for op in NEO_CRM_OPS}
+    assert reached <= set(ACTIONS)
