@@ -20,7 +20,7 @@ from auditd.detect import RuleSet, load_rules
 from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.errors import ConfigError
-from auditd.sources.framing import CsvFramer, LineFramer
+from auditd.sources.framing import FRAMERS
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
     ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
     problems.raise_if_any()
     enricher = Enricher(
-        directory, Pseudonymiser(key), sensitive_categories=settings.sensitive_categories(), zone=settings.zone
+        directory, Pseudonymiser(key, cache_size=settings.pseudonym.cache_size), sensitive_categories=settings.sensitive_categories(), zone=settings.zone
     )
     return Runtime(
         settings=settings,
@@ -78,5 +78,5 @@ def _load_sources(settings: Settings, doc, problems: Problems):
         if fmt is None:
             continue
         normalisers[source.name] = Normaliser(fmt, source.name)
-        framers[source.name] = CsvFramer if fmt.framing == "csv" else LineFramer
+        framers[source.name] = FRAMERS[fmt.framing]
     return normalisers, framers
