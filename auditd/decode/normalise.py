@@ -46,6 +46,10 @@ class Normaliser:
         skipped = 0
         for record, offset in zip(batch.records, batch.offsets):
             try:
+                if not record.isascii():
+                    # JSON and every text log here are UTF-8 (RFC 8259 §8.1); a fast decoder
+                    # skipping an unmapped field would otherwise let broken bytes through
+                    record.decode("utf-8")
                 facts = facts_of(record)
                 if facts is None:
                     skipped += 1
@@ -57,6 +61,9 @@ class Normaliser:
                 events.append(AccessEvent(**facts))
             except DecodeError as exc:
                 quarantined.append(Quarantined.of(source_name, log_path, offset, str(exc), record))
+            except UnicodeDecodeError as exc:
+                reason = f"invalid UTF-8 at byte {exc.start}"
+                quarantined.append(Quarantined.of(source_name, log_path, offset, reason, record))
             except Exception as exc:  # noqa: BLE001 - a bug must cost one record, not the pipeline
                 reason = f"internal error: {type(exc).__name__}: {exc}"
                 quarantined.append(Quarantined.of(source_name, log_path, offset, reason, record))

@@ -1,0 +1,143 @@
+"""`neo-auditd replay` and `incidents` as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def neo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "auditd.cli", *args], capture_output=True, text=True)
+
+
+def deployment(tmp: Path, source: str) -> Path:
+    key = tmp / "pseudonym.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = tmp / "config.yaml"
+    config.write_text(
+        "state_dir: state\n"
+        "sources:\n" + source +
+        "pseudonym:\n  key_file: pseudonym.key\n"
+        f"directory:\n  path: {REPO / 'examples' / 'directory.yaml'}\n"
+        f"rules:\n  paths: [{REPO / 'examples' / 'rules.d'}]\n"
+    )
+    return config
+
+
+CRM_SOURCE = "  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n"
+
+
+def good_line(n: int) -> str:
+    return json.dumps({
+        "ts": f"2026-11-02T10:{n // 60 % 60:02d}:{n % 60:02d}.000+08:00", "app": "crm", "host": "crm-web-01",
+        "req": f"r-{n:08d}", "emp": {"id": "E10001", "name": "x"}, "ip": "10.20.1.5", "op": "order.view",
+        "res": {"type": "order", "id": f"O{n:09d}", "store": "S011"}, "subjects": [f"C{n:08d}"], "count": 1,
+        "fields": ["items"], "masked": True, "result": "ok",
+    }, ensure_ascii=False)
+
+
+def garbage(kind: int, n: int) -> bytes:
+    line = good_line(n)
+    rnd = random.Random(n)
+    return [
+        line[: len(line) // 2].encode(),                                  # truncated JSON
+        bytes(rnd.randrange(256) for _ in range(80)).replace(b"\n", b".") + b"\xff",  # binary
+        b'{"ts": "2026-11-02T10:00:00+08:00", "op": "order.view", "x": "\xff\xfe"}',   # invalid UTF-8
+        b'{"pad": "' + b"a" * (1024 * 1024) + b'"}',                     # a 1 MB line
+        line.replace('"count": 1', '"count": "many"').encode(),           # wrong type
+        line.replace('"op": "order.view", ', "").encode(),                # missing required field
+    ][kind % 6]
+
+
+def test_garbage_is_quarantined_with_reasons_and_every_valid_line_is_an_event(tmp_path: Path):
+    config = deployment(tmp_path, CRM_SOURCE)
+    (tmp_path / "logs").mkdir()
+    lines, valid, bad = [], 0, 0
+    for n in range(3000):
+        if n % 10 == 7:  # 10 % garbage
+            lines.append(garbage(bad, n))
+            bad += 1
+        else:
+            lines.append(good_line(n).encode())
+            valid += 1
+    log = tmp_path / "logs" / "access.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+
+    result = neo("replay", "-c", str(config), "--json", str(log))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["events"], summary["quarantined"]) == (valid, bad)
+
+    quarantine = [json.loads(row) for row in (tmp_path / "state" / "quarantine.jsonl").read_text().splitlines()]
+    assert len(quarantine) == bad
+    assert all(row["reason"] and row["source"] == "crm" and row["path"] == str(log) for row in quarantine)
+    offsets = {row["offset"] for row in quarantine}
+    expected_offsets, pos = set(), 0
+    for n, line in enumerate(lines):
+        if n % 10 == 7:
+            expected_offsets.add(pos)
+        pos += len(line) + 1
+    assert offsets == expected_offsets
+    big = [row for row in quarantine if row["length"] > 1024 * 1024]
+    assert len(big) == bad // 6 and all(row["truncated"] for row in big)
+
+
+def test_replaying_the_same_file_again_adds_nothing(tmp_path: Path):
+    config = deployment(tmp_path, CRM_SOURCE)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "access.log"
+    log.write_text("".join(good_line(n) + "\n" for n in range(500)))
+    first = json.loads(neo("replay", "-c", str(config), "--json", str(log)).stdout)
+    second = json.loads(neo("replay", "-c", str(config), "--json", str(log)).stdout)
+    assert (first["events"], second["events"]) == (500, 0)
+
+
+@pytest.mark.realdata
+def test_real_pgaudit_csvlog_one_event_per_audit_record(tmp_path: Path, shared_data: Path):
+    csvlog = shared_data / "pgaudit" / "postgresql-2015-08-12_161343.csv"
+    with open(csvlog, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    audit_records = sum(1 for row in rows if row[13].startswith("AUDIT: "))
+    multi_line = sum(1 for row in rows if row[13].startswith("AUDIT: ") and "\n" in row[13])
+    assert audit_records > 100 and multi_line > 0  # the file has statements spanning lines
+
+    config = deployment(tmp_path, "  - name: pg\n    paths: [pg/*.csv]\n    format: pgaudit\n")
+    result = neo("replay", "-c", str(config), "--json", str(csvlog))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["events"] == audit_records
+    assert summary["quarantined"] == 0
+    assert summary["skipped"] == len(rows) - audit_records
+
+
+def test_example_log_incidents_list_and_show(tmp_path: Path):
+    out = tmp_path / "logs"
+    subprocess.run([sys.executable, str(REPO / "examples" / "generate.py"), "--out", str(out), "--lines", "20000",
+                    "--seed", "3"], check=True, capture_output=True)
+    config = deployment(tmp_path, CRM_SOURCE)
+    summary = json.loads(neo("replay", "-c", str(config), "--json", str(out / "access.log")).stdout)
+    assert summary["events"] == 20000 and summary["quarantined"] == 0
+    assert summary["alerts"] > 0 and summary["incidents"] > 0
+
+    listed = json.loads(neo("incidents", "list", "-c", str(config), "--json").stdout)
+    assert len(listed) == summary["incidents"]
+    first = listed[0]
+    shown = neo("incidents", "show", "-c", str(config), first["incident_id"], "--json")
+    detail = json.loads(shown.stdout)
+    assert detail["summary"]["incident_id"] == first["incident_id"] and detail["timeline"]
+    text = neo("incidents", "show", "-c", str(config), first["incident_id"]).stdout
+    assert first["incident_id"] in text
+    # no raw customer id anywhere in what a responder sees
+    assert "C0" not in json.dumps(listed) + shown.stdout + text
+    missing = neo("incidents", "show", "-c", str(config), "INC-19990101-0001")
+    assert missing.returncode == 1 and "no incident" in missing.stderr
