@@ -332,3 +332,47 @@ def test_a_failing_scrubber_drops_the_event_instead_of_sending_it_raw(
     assert b"CustomerLookupError" not in raw
     # The SDK reports the drop, which shows the event was made and stopped by the scrubber.
     assert b'"reason":"callback_error"' in raw
+
+
+# --- the daemon's own pipeline failing on an event that carries a phone number --------
+
+def test_pipeline_failure_on_an_event_with_a_phone_number_reaches_sentry_without_it(
+        sentry_client: FakeSentry, tmp_path: Any) -> None:
+    """A store failure while a batch is processed: its frames hold the raw log line.
+
+    Without the scrubber the number does arrive (checked by hand with an identity
+    scrubber), through the frame locals of the pipeline.
+    """
+    import os
+    from pathlib import Path
+
+    from auditd.pipeline import Pipeline
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store
+    from auditd.sources.base import Batch, Checkpoint
+
+    key = tmp_path / "pseudonym.key"
+    key.write_bytes(os.urandom(32))
+    (tmp_path / "config.yaml").write_text(
+        "state_dir: state\nsources:\n  - name: crm\n    paths: [access.log]\n    format: neo-crm\n"
+        "pseudonym:\n  key_file: pseudonym.key\n")
+    runtime = load_runtime(Path(tmp_path / "config.yaml"))
+    store, quarantine = open_store(runtime)
+    # retail systems often key customers by mobile number: the raw line carries one
+    record = ('{"ts":"2026-11-02T10:00:00.000+08:00","app":"crm","host":"crm-web-01","req":"r-1",'
+              '"emp":{"id":"E10001","name":"x"},"ip":"10.20.1.5","op":"customer.view",'
+              f'"res":{{"type":"customer","id":"{PHONE}","store":"S011"}},"subjects":["{PHONE}"],'
+              '"count":1,"fields":["phone"],"masked":false,"result":"ok"}').encode()
+    batch = Batch("crm", "access.log", "fp", [record], [0], Checkpoint("crm", "fp", "access.log", len(record) + 1))
+    store.conn.execute("DROP TABLE event_segments")  # the disk lost the table under us
+    try:
+        with pytest.raises(Exception) as info:
+            Pipeline(runtime, store, quarantine).handle(batch)
+        sentry_sdk.capture_exception(info.value)
+        sentry_sdk.flush(timeout=5)
+    finally:
+        store.close()
+    assert sentry_client.arrived.wait(5)
+    body = b"".join(r.body for r in sentry_client.requests)
+    assert b"OperationalError" in body and b"event_segments" in body
+    assert PHONE.encode() not in body and b"1381234" not in body
