@@ -8,6 +8,7 @@ located and reported together.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,15 @@ from auditd.decode.settings import FormatSettings
 from auditd.ops.settings import OpsSettings
 from auditd.sources.settings import FileSourceSettings
 
-SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
+def _shipped_rules() -> Path:
+    """rules/ of the checkout (editable install), else the copy a wheel installed."""
+    checkout = Path(__file__).resolve().parents[2] / "rules"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "neo-auditd" / "rules"
+
+
+SHIPPED_RULES = _shipped_rules()
 
 
 @dataclass(frozen=True, slots=True)
