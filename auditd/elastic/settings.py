@@ -1,0 +1,243 @@
+"""The `elastic:` section: the cluster, what this daemon ships to it, what it reads
+from it, and the cluster-side threshold rules shared across hosts.
+
+    elastic:
+      hosts: [https://es1:9200, https://es2:9200]
+      api_key_file: /etc/neo-auditd/es.key
+      events_data_stream: logs-neo_auditd.access-default
+      ship: {bulk_max_docs: 5000, retry_backoff_max_s: 60}
+      scale_out:
+        partitions: 16
+        lease_ttl: 30s
+        rules:
+          - {id: bulk-readers, title: "Many customers read", distinct: neo.data.subject_ids,
+             threshold: 200, window: 1h, filter: {event.action: [read, search]}}
+      sources:   # read back what other daemons shipped (names share the file sources' space)
+        - {name: fleet, index: "logs-neo_auditd.access-*", settle: 2m}
+
+Like every settings block these are converted by ``auditd.config.typed.convert``, so
+unknown keys and bad values are located configuration errors (exit 78).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from auditd.config.typed import Duration
+from auditd.event import FIELDS
+from auditd.ops.settings import LEGAL_BASIS, LEGAL_MINIMUM_RETENTION
+
+MIB = 1024 * 1024
+Severity = Literal["info", "low", "medium", "high", "critical"]
+# ES index names: lowercase, no spaces or \ / * ? " < > | , # : and not starting with - _ +
+_INDEX_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# data stream naming scheme <type>-<dataset>-<namespace>; the dataset may hold dots
+_STREAM_NAME = re.compile(r"[a-z0-9]+-[a-z0-9_.]+-[a-z0-9_.]+")
+# fields the events data stream maps besides FIELDS (added by the shipper)
+EXTRA_EVENT_FIELDS = frozenset({"event.ingested", "agent.name", "agent.type"})
+
+
+def _positive(obj: object, *names: str) -> Iterator[tuple[str, str]]:
+    for name in names:
+        value = getattr(obj, name)
+        seconds = value.seconds if isinstance(value, Duration) else value
+        if seconds <= 0:
+            yield name, "must be greater than 0"
+
+
+def _unknown_field(name: str) -> str | None:
+    if name in FIELDS or name in EXTRA_EVENT_FIELDS or name.startswith("labels."):
+        return None
+    return f"unknown event field {name!r} (use an ECS or neo. name of the canonical event)"
+
+
+@dataclass(frozen=True, slots=True)
+class ShipSettings:
+    """How the store's events (and alerts, incidents) are shipped to the cluster."""
+
+    enabled: bool = True
+    bulk_max_docs: int = 5000
+    bulk_max_bytes: int = 8 * MIB  # well under http.max_content_length (100 MB)
+    idle_poll_s: float = 0.5  # when caught up; the service may also wake the shipper
+    retry_backoff_initial_s: float = 0.5
+    retry_backoff_max_s: float = 60.0
+    drain_timeout_s: float = 10.0  # at stop: what is left is shipped at the next start
+    # Incident rows are picked up by their updated_at; a write that computed its time
+    # before a concurrent one committed can land behind the cursor, so each pass looks
+    # this far back again (re-sending a snapshot is a no-op by its version).
+    incidents_rescan: Duration = Duration(300)
+    alerts: bool = True
+    incidents: bool = True
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from _positive(self, "bulk_max_docs", "idle_poll_s", "retry_backoff_initial_s",
+                             "retry_backoff_max_s", "drain_timeout_s")
+        if self.bulk_max_bytes < 64 * 1024:
+            yield "bulk_max_bytes", "must be at least 64 KiB"
+        if self.retry_backoff_max_s < self.retry_backoff_initial_s:
+            yield "retry_backoff_max_s", "must be at least retry_backoff_initial_s"
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdRule:
+    """A cluster-side rule: N events, or N distinct values, per group within a window.
+
+    Evaluated by ``partitioned.ClusterDetector`` against the events of every host,
+    over fixed windows of ``window`` length that start every ``step`` (default: the
+    window itself, i.e. tumbling windows).
+    """
+
+    id: str
+    title: str
+    threshold: int
+    window: Duration
+    group_by: str = "user.id"
+    distinct: str | None = None  # count distinct values of this field; None: count events
+    filter: dict[str, str | list[str]] = field(default_factory=dict)  # term / terms per field
+    step: Duration | None = None
+    severity: Severity = "high"
+    tags: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def step_seconds(self) -> float:
+        return (self.step or self.window).seconds
+
+    def check(self) -> Iterator[tuple[str | tuple[str, ...], str]]:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.id or ""):
+            yield "id", "expected letters, digits, '.', '_' or '-'"
+        if self.threshold < 1:
+            yield "threshold", "must be at least 1"
+        yield from _positive(self, "window")
+        if self.step is not None and not 0 < self.step.seconds <= self.window.seconds:
+            yield "step", "must be greater than 0 and at most the window"
+        for key, name in (("group_by", self.group_by), ("distinct", self.distinct)):
+            problem = _unknown_field(name) if name is not None else None
+            if problem:
+                yield key, problem
+        for name, value in self.filter.items():
+            problem = _unknown_field(name)
+            if problem:
+                yield ("filter", name), problem
+            elif isinstance(value, list) and not value:
+                yield ("filter", name), "needs at least one value"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOutSettings:
+    """Partitioned, leased evaluation of the threshold rules across daemons."""
+
+    rules: tuple[ThresholdRule, ...] = ()
+    group: str = "default"  # daemons of one group share the partitions
+    partitions: int = 16
+    lease_ttl: Duration = Duration(30)
+    heartbeat: Duration = Duration(10)
+    # Clocks of the daemons agree within this; a lease is taken over only this long
+    # after it expired, and its owner stops trusting it this long before.
+    clock_skew: Duration = Duration(2)
+    evaluate_every: Duration = Duration(60)
+    # Windows that closed up to this long ago are evaluated again, for events that
+    # reach the cluster late (a host that was cut off ships its backlog).
+    settle: Duration = Duration(600)
+    max_groups_per_partition: int = 10_000  # terms size; raise partitions past this
+    incident_bucket: Duration = Duration(86_400)  # one cluster incident per actor per bucket
+    incident_tier: Literal["T1", "T2", "T3", "T4", "T5", "T6"] = "T6"
+
+    def check(self) -> Iterator[tuple[str | tuple[str | int, ...], str]]:
+        yield from _positive(self, "partitions", "lease_ttl", "heartbeat", "evaluate_every",
+                             "max_groups_per_partition", "incident_bucket")
+        if self.heartbeat.seconds * 2 > self.lease_ttl.seconds:
+            yield "heartbeat", "must be at most half of lease_ttl, so one missed beat does not lose a lease"
+        if self.clock_skew.seconds * 2 >= self.lease_ttl.seconds:
+            yield "clock_skew", "must be less than half of lease_ttl"
+        ids = [rule.id for rule in self.rules]
+        for i, rule_id in enumerate(ids):
+            if ids.index(rule_id) != i:
+                yield ("rules", i, "id"), f"duplicate rule id {rule_id!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticSourceSettings:
+    """A source that reads events other daemons already shipped to the cluster.
+
+    Connection settings are the `elastic:` section's. See ``source.py`` for the
+    exactly-once guarantee and its limit (documents later than ``settle``).
+    """
+
+    name: str
+    index: str = "logs-neo_auditd.access-*"
+    filter: dict[str, str | list[str]] = field(default_factory=dict)  # term / terms per field
+    settle: Duration = Duration(120)  # read only up to now - settle
+    page_size: int = 1000
+    poll_interval_s: float = 5.0
+    start_at: Literal["beginning", "end"] = "beginning"  # without a checkpoint
+    tiebreaker: str = "event.id"  # a unique keyword: with @timestamp, a total order
+
+    def check(self) -> Iterator[tuple[str | tuple[str, ...], str]]:
+        if not self.name:
+            yield "name", "must not be empty"
+        yield from _positive(self, "page_size", "poll_interval_s")
+        if self.settle.seconds < 0:
+            yield "settle", "must not be negative"
+        if self.page_size > 10_000:
+            yield "page_size", "must be at most 10000 (index.max_result_window)"
+        for name in self.filter:
+            problem = _unknown_field(name)
+            if problem:
+                yield ("filter", name), problem
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticSettings:
+    hosts: list[str]
+    api_key_file: Path | None = None  # the encoded API key; never logged
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout_s: float = 30.0
+    # gzip of bulk bodies: ~8x fewer bytes, but the client compresses at level 9, which
+    # costs about as much CPU as building the documents; worth it on slow links only
+    http_compress: bool = False
+    node_name: str | None = None  # this daemon in leases and on shipped documents; default: host name
+    events_data_stream: str = "logs-neo_auditd.access-default"
+    alerts_index: str = "neo-auditd-alerts"
+    incidents_index: str = "neo-auditd-incidents"
+    leases_index: str = "neo-auditd-leases"
+    retention: Duration = LEGAL_MINIMUM_RETENTION  # data stream lifecycle of the events
+    number_of_shards: int = 1
+    number_of_replicas: int | None = None  # None: the cluster's default
+    template_priority: int = 200  # above the built-in logs-*-* template (100)
+    install_templates: bool = True
+    ship: ShipSettings = field(default_factory=ShipSettings)
+    scale_out: ScaleOutSettings | None = None
+    sources: tuple[ElasticSourceSettings, ...] = ()  # events other daemons shipped, read back
+
+    def check(self) -> Iterator[tuple[str | tuple[str | int, ...], str]]:
+        if not self.hosts:
+            yield "hosts", "needs at least one URL, e.g. https://es1:9200"
+        for i, host in enumerate(self.hosts):
+            if not re.match(r"https?://", host):
+                yield ("hosts", i), f"expected an http:// or https:// URL, got {host!r}"
+        if not _STREAM_NAME.fullmatch(self.events_data_stream):
+            yield "events_data_stream", ("expected <type>-<dataset>-<namespace> in lowercase, "
+                                         "e.g. logs-neo_auditd.access-default")
+        for key in ("alerts_index", "incidents_index", "leases_index"):
+            if not _INDEX_NAME.fullmatch(getattr(self, key)):
+                yield key, "expected a lowercase index name (letters, digits, '.', '_', '-')"
+        if self.retention < LEGAL_MINIMUM_RETENTION:
+            yield "retention", f"{self.retention.seconds / 86400:g} days is shorter than the legal minimum ({LEGAL_BASIS})"
+        yield from _positive(self, "request_timeout_s", "number_of_shards")
+        if self.number_of_replicas is not None and self.number_of_replicas < 0:
+            yield "number_of_replicas", "must be 0 or more"
+        names = [source.name for source in self.sources]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                yield ("sources", i, "name"), f"duplicate source name {name!r}"
+
+    @property
+    def events_pattern(self) -> str:
+        """The template pattern: the stream's type and dataset, any namespace."""
+        return self.events_data_stream.rsplit("-", 1)[0] + "-*"

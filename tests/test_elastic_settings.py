@@ -1,0 +1,115 @@
+"""The `elastic:` settings, the documents and the templates (the last against a real server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from auditd.config.located import Problems, parse_yaml
+from auditd.config.typed import MISSING, convert
+from auditd.elastic import templates
+from auditd.elastic.client import build_client
+from auditd.elastic.documents import ecs_document, encode, event_document
+from auditd.elastic.ecs_format import decode_document
+from auditd.elastic.settings import ElasticSettings, ElasticSourceSettings
+from auditd.elastic.testing import scratch_settings, synthetic_events
+from auditd.event import FIELDS, to_ecs
+
+
+def load(cls, text: str):
+    problems = Problems()
+    doc = parse_yaml(text, "/etc/neo-auditd/config.yaml", problems)
+    out = convert(cls, doc.data, doc, (), problems) if doc else MISSING
+    return out, [str(p) for p in problems.items]
+
+
+def test_a_full_section_converts_to_frozen_settings() -> None:
+    settings, problems = load(ElasticSettings, """
+hosts: [https://es1:9200]
+ship: {bulk_max_docs: 2000, retry_backoff_max_s: 30}
+scale_out:
+  partitions: 8
+  rules:
+    - {id: bulk-readers, title: Many customers read, distinct: neo.data.subject_ids,
+       threshold: 200, window: 1h, filter: {event.action: [read, search]}}
+sources:
+  - {name: fleet, settle: 5m, filter: {host.name: [crm-1, crm-2]}}
+""")
+    assert problems == []
+    (fleet,) = settings.sources
+    assert (fleet.index, fleet.settle.seconds, fleet.tiebreaker) == ("logs-neo_auditd.access-*", 300.0, "event.id")
+    assert settings.events_data_stream == "logs-neo_auditd.access-default"
+    assert settings.events_pattern == "logs-neo_auditd.access-*"
+    assert settings.retention.seconds == 184 * 86400  # the legal minimum, not 180 days
+    rule = settings.scale_out.rules[0]
+    assert (rule.threshold, rule.window.seconds, rule.filter) == (200, 3600.0, {"event.action": ["read", "search"]})
+
+
+def test_mistakes_are_located_configuration_errors() -> None:
+    _, problems = load(ElasticSettings, """
+hosts: [es1:9200]
+events_data_stream: NeoEvents
+retention: 90d
+ship: {bulk_max_dcos: 10}
+scale_out:
+  heartbeat: 20s
+  rules:
+    - {id: r1, title: t, threshold: 0, window: 1h, distinct: neo.data.subjects}
+    - {id: r1, title: t, threshold: 5, window: 1h, filter: {event.verb: read}}
+""")
+    text = "\n".join(problems)
+    for expected in (
+        ":2:9: hosts[0]: expected an http:// or https:// URL",
+        ":3:21: events_data_stream: expected <type>-<dataset>-<namespace>",
+        "retention: 90 days is shorter than the legal minimum",
+        "ship.bulk_max_dcos: unknown key 'bulk_max_dcos'",
+        "scale_out.heartbeat: must be at most half of lease_ttl",
+        "scale_out.rules[0].threshold: must be at least 1",
+        "scale_out.rules[0].distinct: unknown event field 'neo.data.subjects'",
+        "scale_out.rules[1].filter.event.verb: unknown event field 'event.verb'",
+    ):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+def test_a_source_needs_a_name_and_a_sane_page() -> None:
+    _, problems = load(ElasticSourceSettings, "name: ''\npage_size: 50000\n")
+    assert any("name: must not be empty" in p for p in problems)
+    assert any("page_size: must be at most 10000" in p for p in problems)
+
+
+def test_the_fast_ecs_document_is_to_ecs_and_reads_back() -> None:
+    for event in synthetic_events(500):
+        assert ecs_document(event) == to_ecs(event)
+        shipped = encode(event_document(event, agent="host-a", ingested=dt.datetime.now(dt.timezone.utc).isoformat()))
+        assert decode_document(shipped) == event
+
+
+def test_every_event_field_is_mapped_with_its_type() -> None:
+    mapping = templates.events_mappings()
+    assert mapping["dynamic"] is False
+
+    def lookup(name: str) -> dict:
+        node = {"properties": mapping["properties"]}
+        for part in [name] if name == "@timestamp" else name.split("."):
+            node = node["properties"][part]
+        return node
+
+    expected = {"str": "keyword", "list": "keyword", "int": "long", "bool": "boolean",
+                "time": "date", "ip": "ip", "map": "object"}
+    for spec in FIELDS.values():
+        assert lookup(spec.name)["type"] == expected[spec.kind], spec.name
+
+
+@pytest.mark.elasticsearch
+def test_install_is_idempotent_and_declares_retention(elasticsearch_url: str) -> None:
+    settings = scratch_settings(elasticsearch_url)
+    es = build_client(settings)
+    templates.install(es, settings)
+    templates.install(es, settings)  # every start does this
+    (template,) = es.indices.get_index_template(
+        name=f"neo-auditd-events-{settings.events_data_stream}")["index_templates"]
+    assert template["index_template"]["template"]["lifecycle"]["data_retention"] == "184d"
+    assert template["index_template"]["data_stream"] is not None
+    for index in (settings.alerts_index, settings.incidents_index, settings.leases_index):
+        assert es.indices.exists(index=index)
