@@ -96,7 +96,7 @@ def cmd_status(args) -> int:
 
 def cmd_replay(args) -> int:
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.service import Cluster, open_store, replay
 
     try:
         runtime = load_runtime(args.config)
@@ -113,8 +113,12 @@ def cmd_replay(args) -> int:
         return 2
     store, quarantine = open_store(runtime, args.state_dir)
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
+    cluster = None
+    if runtime.settings.elastic is not None and runtime.settings.elastic.ship.enabled and not args.no_ship:
+        cluster = Cluster(runtime, store)
+        cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
-        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress)
+        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress, cluster=cluster)
         summary = _replay_summary(pipeline, store)
     finally:
         if progress:
@@ -144,6 +148,8 @@ def _replay_summary(pipeline, store) -> dict:
         "by_source": t.by_source,
         "seconds": round(t.seconds, 3),
         "events_per_second": round(t.records / t.seconds, 1) if t.seconds else 0.0,
+        "shipped_lag": t.shipped_lag,
+        "seconds_with_shipping": round(t.seconds_with_shipping, 3) if t.seconds_with_shipping else None,
     }
 
 
@@ -279,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="the configured source whose format applies (default: the first)")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--no-ship", action="store_true", help="do not ship to Elasticsearch even if configured")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("test-rules", help="run every rule's samples; a rule without a positive sample fails")

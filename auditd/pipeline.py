@@ -31,6 +31,8 @@ class Totals:
     incidents_opened: int = 0
     incidents_updated: int = 0
     seconds: float = 0.0
+    shipped_lag: int | None = None  # events not yet in the cluster when a replay ended
+    seconds_with_shipping: float | None = None
     by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     alerts_by_rule: dict[str, int] = field(default_factory=dict)
 
@@ -52,7 +54,8 @@ class Pipeline:
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
         events, quarantined, skipped = runtime.normaliser(batch.source).process(batch)
-        runtime.enricher.enrich(events)
+        if batch.source not in runtime.pre_enriched:
+            runtime.enricher.enrich(events)
         started = time.perf_counter()
         alerts = self._detect(runtime, events)
         detected = time.perf_counter()

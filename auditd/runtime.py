@@ -33,6 +33,8 @@ class Runtime:
     directory: Directory | None
     enricher: Enricher
     correlator: Correlator
+    # sources whose events come already enriched and pseudonymised (read back from the cluster)
+    pre_enriched: frozenset[str] = frozenset()
     loaded_at: float = field(default_factory=time.time)
 
     def normaliser(self, source: str) -> Normaliser:
@@ -52,6 +54,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
         directory = load_directory(settings.directory.path, problems, referrer=doc, key_path=("directory", "path"),
                                    categories=frozenset(settings.categories))
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
+    pre_enriched = _add_cluster_sources(settings, normalisers)
     ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
     problems.raise_if_any()
     enricher = Enricher(
@@ -66,6 +69,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
         directory=directory,
         enricher=enricher,
         correlator=Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate),
+        pre_enriched=pre_enriched,
     )
 
 
@@ -80,3 +84,14 @@ def _load_sources(settings: Settings, doc, problems: Problems):
         normalisers[source.name] = Normaliser(fmt, source.name)
         framers[source.name] = FRAMERS[fmt.framing]
     return normalisers, framers
+
+
+def _add_cluster_sources(settings: Settings, normalisers: dict) -> frozenset[str]:
+    """Events other daemons shipped are ECS documents, decoded as they are."""
+    if settings.elastic is None:
+        return frozenset()
+    from auditd.elastic.ecs_format import EcsDocumentDecoder
+
+    for source in settings.elastic.sources:
+        normalisers[source.name] = EcsDocumentDecoder(source.name)
+    return frozenset(source.name for source in settings.elastic.sources)

@@ -33,6 +33,7 @@ from auditd.store.quarantine_file import QuarantineFile
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
+REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 
 log = logging.getLogger("neo_auditd.service")
 
@@ -53,12 +54,13 @@ class Daemon:
 
     def __init__(self, config_path: Path, runtime: Runtime, store: Store, quarantine: QuarantineFile,
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
-                 on_batch: Callable[[Pipeline], None] | None = None):
+                 on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None):
         self.config_path = config_path
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
         self.store = store
         self.notifier = notifier
         self.metrics = metrics
+        self.cluster = cluster
         self._last_lag = 0.0
         self.directory_watcher = self._watch_directory(runtime)
         self.on_batch = on_batch
@@ -125,8 +127,8 @@ class Daemon:
         return worked
 
     def _idle(self) -> None:
-        settings = self.pipeline.runtime.settings
-        timeout = min((s.poll_interval_s for s in settings.sources), default=1.0)
+        sources = _all_sources(self.pipeline.runtime).values()
+        timeout = min((s.poll_interval_s for s in sources), default=1.0)
         self._wake.wait(timeout)
         self._wake.clear()
 
@@ -154,8 +156,18 @@ class Daemon:
             log.error("directory file rejected; the previous directory stays",
                       extra={"problems": [str(p) for p in outcome.problems]})
 
+    def _correlate_cluster_alerts(self) -> None:
+        """Alerts of cluster-wide rules this daemon won: through the local correlator."""
+        if self.cluster is None or self.cluster.detector is None:
+            return
+        alerts = self.cluster.detector.drain_alerts()
+        if alerts:
+            with self.store.transaction() as conn:
+                self.pipeline.runtime.correlator.apply(conn, alerts)
+
     def _keepalive(self) -> None:
         self._check_directory()
+        self._correlate_cluster_alerts()
         now = time.monotonic()
         if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
@@ -174,6 +186,14 @@ class Daemon:
             )
             tailer.start()
             self.tailers[source.name] = tailer
+        if self.cluster is not None:
+            from auditd.elastic.source import ElasticEventSource
+
+            for source in runtime.settings.elastic.sources if runtime.settings.elastic else ():
+                if source.name not in self.tailers:
+                    reader = ElasticEventSource(source, self.cluster.es, self.store.load_checkpoints(source.name))
+                    reader.start()
+                    self.tailers[source.name] = reader
 
     def _do_reload(self) -> None:
         self._reload.clear()
@@ -197,14 +217,64 @@ class Daemon:
             self.notifier.ready()
 
     def _swap(self, runtime: Runtime) -> None:
-        old_sources = {s.name: s for s in self.pipeline.runtime.settings.sources}
-        new_sources = {s.name: s for s in runtime.settings.sources}
+        old_sources = _all_sources(self.pipeline.runtime)
+        new_sources = _all_sources(runtime)
         for name in list(self.tailers):
             if name not in new_sources or new_sources[name] != old_sources.get(name):
                 self.tailers.pop(name).stop()
         self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
         self.directory_watcher = self._watch_directory(runtime)
         self._start_tailers(runtime, first_start=False)
+
+
+def _all_sources(runtime: Runtime) -> dict[str, object]:
+    elastic = runtime.settings.elastic
+    named = list(runtime.settings.sources) + list(elastic.sources if elastic else ())
+    return {s.name: s for s in named}
+
+
+class Cluster:
+    """The Elasticsearch side of one daemon: client, shipper, cluster-wide detector."""
+
+    def __init__(self, runtime: Runtime, store: Store):
+        from auditd.elastic.client import build_client, node_name
+
+        self.settings = runtime.settings.elastic
+        self.es = build_client(self.settings)
+        self.agent = node_name(self.settings)
+        self.store = store
+        self.shipper = None
+        self.detector = None
+
+    def start(self, *, detect: bool = True) -> None:
+        from auditd.elastic.partitioned import ClusterDetector
+        from auditd.elastic.sink import EventShipper
+
+        if self.settings.ship.enabled:
+            self.shipper = EventShipper(self.es, self.store.path, self.settings, agent=self.agent)
+            self.shipper.start()
+        if detect and self.settings.scale_out is not None:
+            self.detector = ClusterDetector(self.es, self.settings, agent=self.agent)
+            self.detector.start()
+
+    def wake(self, _pipeline=None) -> None:
+        if self.shipper is not None:
+            self.shipper.wake()
+
+    def retention_guard(self) -> str | None:
+        """Segments not yet shipped must outlive their retention until they are."""
+        if self.shipper is None:
+            return None
+        from auditd.elastic.sink import unshipped_guard_sql
+
+        return unshipped_guard_sql()
+
+    def stop(self) -> None:
+        if self.detector is not None:
+            self.detector.stop()
+        if self.shipper is not None:
+            self.shipper.stop(self.settings.ship.drain_timeout_s)
+            self.shipper.close()
 
 
 def serve(config_path: Path, state_dir: Path | None = None) -> int:
@@ -215,7 +285,7 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
                 sample_rate=ops.sentry.sample_rate)
     store, quarantine = open_store(runtime, state_dir)
     metrics = Metrics(store.path)
-    metrics.declare_sources(s.name for s in runtime.settings.sources)
+    metrics.declare_sources(_all_sources(runtime))
     if ops.metrics.enabled:
         try:
             port = metrics.start_http(ops.metrics.listen, ops.metrics.port)
@@ -223,12 +293,17 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
         except OSError as exc:  # auditing matters more than its metrics: carry on, loudly
             log.error("metrics endpoint failed to start", extra={"error": str(exc)})
     record_reload(store.conn, True, dt.datetime.now(dt.timezone.utc), rules_in_force=len(runtime.ruleset))
-    daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics)
+    cluster = Cluster(runtime, store) if runtime.settings.elastic is not None else None
+    if cluster is not None:
+        cluster.start()
+    daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
+                    on_batch=cluster.wake if cluster else None, cluster=cluster)
     daemon.install_signal_handlers()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
     scheduler.add_job(
         lambda: purge_store(store.path, daemon.pipeline.runtime.settings.ops.retention,
-                            should_stop=daemon._stop.is_set),
+                            should_stop=daemon._stop.is_set,
+                            keep_sql=cluster.retention_guard() if cluster else None),
         "interval", seconds=ops.retention.check_every.seconds, id="retention", coalesce=True,
         max_instances=1, next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1),
     )
@@ -237,13 +312,18 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
         return daemon.run()
     finally:
         scheduler.shutdown(wait=False)
+        if cluster is not None:
+            cluster.stop()
         metrics.stop()
         store.close()
 
 
 def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,
-           *, progress: Callable[[int, int], None] | None = None) -> Pipeline:
-    """Run the pipeline over files from their start (or past what an earlier replay already did)."""
+           *, progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None) -> Pipeline:
+    """Run the pipeline over files from their start (or past what an earlier replay already did).
+
+    With a cluster, its shipper runs alongside and is drained before this returns.
+    """
     pipeline = Pipeline(runtime, store, quarantine)
     framer = runtime.framers[source_name]()
     reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name))
@@ -252,7 +332,13 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     started = time.monotonic()
     for batch in reader.batches(batch_records):
         pipeline.handle(batch)
+        if cluster is not None:
+            cluster.wake()
         if progress:
             progress(reader.bytes_done(), total)
     pipeline.totals.seconds = time.monotonic() - started
+    if cluster is not None and cluster.shipper is not None:
+        cluster.shipper.stop(drain_timeout=REPLAY_DRAIN_S)
+        pipeline.totals.shipped_lag = cluster.shipper.lag()
+        pipeline.totals.seconds_with_shipping = time.monotonic() - started
     return pipeline

@@ -18,6 +18,7 @@ from auditd.config.located import Doc, Problems, load_yaml_file
 from auditd.config.typed import MISSING, Duration, convert
 from auditd.correlate.settings import CorrelateSettings
 from auditd.decode.settings import FormatSettings
+from auditd.elastic.settings import ElasticSettings
 from auditd.ops.settings import OpsSettings
 from auditd.sources.settings import FileSourceSettings
 
@@ -107,6 +108,7 @@ class Settings:
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
+    elastic: ElasticSettings | None = None  # ship to, and read from, an Elasticsearch cluster
 
     def check(self):
         try:
@@ -117,6 +119,10 @@ class Settings:
         for i, name in enumerate(names):
             if names.index(name) != i:
                 yield ("sources", i, "name"), f"duplicate source name {name!r}"
+        # checkpoints are keyed by source name: file and cluster sources share one namespace
+        for i, source in enumerate(self.elastic.sources if self.elastic else ()):
+            if source.name in names:
+                yield ("elastic", "sources", i, "name"), f"source name {source.name!r} is also a file source"
 
     @property
     def store_path(self) -> Path:

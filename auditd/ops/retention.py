@@ -70,18 +70,22 @@ def connect(store_path: Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
 
 
 def purge_store(store_path: Path, settings: RetentionSettings, *, now: dt.datetime | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> PurgeReport:
-    """Open a connection, purge, close: what a scheduled job or a CLI command calls."""
+                should_stop: Callable[[], bool] = lambda: False, keep_sql: str | None = None) -> PurgeReport:
+    """Open a connection, purge, close: what a scheduled job or a CLI command calls.
+
+    `keep_sql` is an extra condition segments must meet to go (e.g. "already shipped").
+    """
     conn = connect(store_path)
     try:
-        return purge(conn, now or dt.datetime.now(dt.timezone.utc), settings, should_stop=should_stop)
+        return purge(conn, now or dt.datetime.now(dt.timezone.utc), settings, should_stop=should_stop,
+                     keep_sql=keep_sql)
     finally:
         conn.close()
 
 
 def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSettings, *,
           chunk_rows: int = CHUNK_ROWS, segment_rows: int = SEGMENT_ROWS, pause_s: float = PAUSE_S,
-          should_stop: Callable[[], bool] = lambda: False) -> PurgeReport:
+          should_stop: Callable[[], bool] = lambda: False, keep_sql: str | None = None) -> PurgeReport:
     """Delete what retention allows, in chunks; `conn` must be in autocommit mode.
 
     Give it a connection of its own (`connect`) when the pipeline may be writing on
@@ -96,7 +100,7 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     quarantine_cutoff = (now - settings.quarantine.timedelta).astimezone(dt.timezone.utc)
     chunks = _Chunks(conn, chunk_rows, pause_s, should_stop)
 
-    events_deleted, evidence_kept = _purge_events(conn, chunks, _micros(events_cutoff), segment_rows)
+    events_deleted, evidence_kept = _purge_events(conn, chunks, _micros(events_cutoff), segment_rows, keep_sql)
     quarantine_deleted = chunks.run(_DELETE_QUARANTINE, (iso_utc(quarantine_cutoff),))
     report = PurgeReport(
         events_cutoff=events_cutoff, quarantine_cutoff=quarantine_cutoff,
@@ -108,14 +112,16 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     return report
 
 
-def _purge_events(conn: sqlite3.Connection, chunks: _Chunks, cutoff_us: int, rows: int) -> tuple[int, int]:
+def _purge_events(conn: sqlite3.Connection, chunks: _Chunks, cutoff_us: int, rows: int,
+                  keep_sql: str | None) -> tuple[int, int]:
     """Delete old segments; return (events deleted, old events kept as evidence)."""
+    where = "last_ts_us < ?" + (f" AND {keep_sql}" if keep_sql else "")
     old_events = conn.execute(
-        "SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE last_ts_us < ?", (cutoff_us,)
+        f"SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE {where}", (cutoff_us,)
     ).fetchone()[0]
-    chunks.run(_DELETE_SEGMENTS, (cutoff_us,), rows=rows)
+    chunks.run(_DELETE_SEGMENTS.replace("last_ts_us < ?", where), (cutoff_us,), rows=rows)
     left = conn.execute(
-        "SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE last_ts_us < ?", (cutoff_us,)
+        f"SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE {where}", (cutoff_us,)
     ).fetchone()[0]  # not zero only when asked to stop between chunks
     kept = conn.execute("SELECT COUNT(*) FROM main.evidence WHERE ts_us < ?", (cutoff_us,)).fetchone()[0] \
         if table_exists(conn, "evidence") else 0
