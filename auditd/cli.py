@@ -254,6 +254,38 @@ def cmd_incidents_show(args) -> int:
     return 0
 
 
+def cmd_review_grants(args) -> int:
+    import datetime as dt
+
+    from auditd.config.typed import Duration
+    from auditd.entitlement import render_grant_review, review_grants
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store
+
+    try:
+        period = Duration.from_config(args.since).timedelta
+        until = dt.datetime.fromisoformat(args.until) if args.until else dt.datetime.now(dt.timezone.utc)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        runtime = load_runtime(args.config)
+    except ConfigError as exc:
+        return _config_error(exc, args.json)
+    if runtime.directory is None:
+        print("error: the config names no directory, so there are no grants to review", file=sys.stderr)
+        return 2
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=runtime.settings.zone)
+    store, _ = open_store(runtime, args.state_dir)
+    try:
+        review = review_grants(store, runtime.directory, until - period, until)
+    finally:
+        store.close()
+    print(render_grant_review(review, as_json=args.json, zone=runtime.settings.zone))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-auditd", description=DESCRIPTION,
@@ -304,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     state_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("review", help="periodic reviews of access (grants not exercised)")
+    rsub = p.add_subparsers(dest="review_command", metavar="WHAT", required=True)
+    q = rsub.add_parser("grants", help="per role and per employee, grants not exercised in the period")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--since", default="90d", help="the period before --until, e.g. 90d, 12w (default 90d)")
+    q.add_argument("--until", help="the end of the period, ISO 8601 (default: now)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_review_grants)
 
     p = sub.add_parser("incidents", help="list and show incidents")
     isub = p.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)

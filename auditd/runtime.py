@@ -19,8 +19,10 @@ from auditd.decode.normalise import Normaliser
 from auditd.detect import RuleSet, load_rules
 from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
+from auditd.entitlement import build_checker
 from auditd.errors import ConfigError
 from auditd.sources.framing import FRAMERS
+from auditd.workdays import WorkingCalendar, load_calendar
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Runtime:
     correlator: Correlator
     # sources whose events come already enriched and pseudonymised (read back from the cluster)
     pre_enriched: frozenset[str] = frozenset()
+    calendar: WorkingCalendar = field(default_factory=WorkingCalendar)  # mainland-China working days
     loaded_at: float = field(default_factory=time.time)
 
     def normaliser(self, source: str) -> Normaliser:
@@ -56,9 +59,13 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
     ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
+    calendar = load_calendar(settings.working_days, problems, referrer=doc)
     problems.raise_if_any()
+    pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size)
     enricher = Enricher(
-        directory, Pseudonymiser(key, cache_size=settings.pseudonym.cache_size), sensitive_categories=settings.sensitive_categories(), zone=settings.zone
+        directory, pseudonymiser, sensitive_categories=settings.sensitive_categories(), zone=settings.zone,
+        working_days_between=calendar.working_days_between,
+        entitlement=build_checker(settings.entitlement, pseudonymise=pseudonymiser, zone=settings.zone),
     )
     return Runtime(
         settings=settings,
@@ -70,6 +77,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
         enricher=enricher,
         correlator=Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate),
         pre_enriched=pre_enriched,
+        calendar=calendar,
     )
 
 

@@ -19,7 +19,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from auditd import __version__
 from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
+from auditd.detect.departed_sweep import run_departed_sweep
 from auditd.directory import DirectoryWatcher, load_directory
+from auditd.entitlement.review import grant_review_job
 from auditd.errors import ConfigError
 from auditd.ops.metrics import Metrics
 from auditd.ops.retention import purge_store
@@ -277,6 +279,38 @@ class Cluster:
             self.shipper.close()
 
 
+def _current_directory(daemon: Daemon):
+    """The directory in force: the watcher's (reloaded when the HR files change), else the runtime's."""
+    watcher = daemon.directory_watcher
+    return watcher.directory if watcher is not None else daemon.pipeline.runtime.directory
+
+
+def _departed_sweep(daemon: Daemon, db_path: Path) -> None:
+    """Accounts of leavers still live past the grace: alerts through the correlator."""
+    runtime = daemon.pipeline.runtime
+    directory = _current_directory(daemon)
+    if directory is None:
+        return
+    try:
+        run_departed_sweep(db_path, directory=directory, calendar=runtime.calendar, correlator=runtime.correlator,
+                           settings=runtime.settings.entitlement.departed, zone=runtime.settings.zone)
+    except Exception:  # a failed sweep must not stop the scheduler; the next run tries again
+        log.exception("departed-accounts sweep failed")
+
+
+def _grant_review(daemon: Daemon, db_path: Path, out_dir: Path) -> None:
+    """Grants not exercised in the review period, written under <state_dir>/reviews/."""
+    runtime = daemon.pipeline.runtime
+    directory = _current_directory(daemon)
+    if directory is None:
+        return
+    try:
+        grant_review_job(db_path, directory, runtime.settings.entitlement.review.period.timedelta,
+                         out_dir=out_dir, zone=runtime.settings.zone)
+    except Exception:
+        log.exception("grant review failed")
+
+
 def serve(config_path: Path, state_dir: Path | None = None) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
     runtime = load_runtime(config_path)  # a ConfigError reaches the CLI: exit 78
@@ -306,6 +340,16 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
                             keep_sql=cluster.retention_guard() if cluster else None),
         "interval", seconds=ops.retention.check_every.seconds, id="retention", coalesce=True,
         max_instances=1, next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1),
+    )
+    entitlement = runtime.settings.entitlement
+    scheduler.add_job(
+        _departed_sweep, "interval", args=(daemon, store.path), seconds=entitlement.departed.check_every.seconds,
+        id="departed-sweep", coalesce=True, max_instances=1,
+        next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2),
+    )
+    scheduler.add_job(
+        _grant_review, "interval", args=(daemon, store.path, store.path.parent / "reviews"),
+        seconds=entitlement.review.every.seconds, id="grant-review", coalesce=True, max_instances=1,
     )
     scheduler.start()
     try:

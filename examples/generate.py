@@ -204,6 +204,16 @@ class World:
         return f"{self._minute_text}{s:02d}.{ms:03d}{self._suffix}"
 
 
+def behaviour_of(role_id: str) -> str | None:
+    """The example role whose traffic a directory role makes: its own id, or for a
+    variant named '<example role>_<anything>' (store_clerk_07) the example role's, so
+    that benchmarks can build directories with many roles from the same behaviours."""
+    if role_id in ROLE_ACTS:
+        return role_id
+    base = max((r for r in ROLE_ACTS if role_id.startswith(r + "_")), key=len, default=None)
+    return base
+
+
 def build_actors(world: World) -> list[Actor]:
     """One actor per employee who held a role in the range (the departed included)."""
     actors = []
@@ -211,10 +221,10 @@ def build_actors(world: World) -> list[Actor]:
         moment = dt.datetime.fromtimestamp(world.t0_ms / 1000, world.zone)
         if emp.departure is not None and emp.departure <= moment:
             moment = emp.departure - dt.timedelta(seconds=1)  # who they were when they left
-        held = [a for a in emp.assignments if a.valid_at(moment) and a.role.id in ROLE_ACTS]
+        held = [a for a in emp.assignments if a.valid_at(moment) and behaviour_of(a.role.id) is not None]
         if not held:
             continue
-        role = held[0].role.id
+        role = behaviour_of(held[0].role.id)
         own = world.store_ids.index(emp.store) if emp.store else None
         if own is not None and role in ("store_clerk", "store_manager"):
             stores = (own,)
@@ -266,10 +276,10 @@ ACCESS, LOGIN, LOGOUT, PLANTED = 0, 1, 2, 3
 
 def encode(t_ms: int, index: int, kind: int) -> int:
     """One int per line, so a million lines sort as plain ints (fast, deterministic)."""
-    return (t_ms << 16) | (index << 4) | kind
+    return (t_ms << 24) | (index << 4) | kind
 
 
-MAX_INDEX = 0xFFF  # actors, and planted lines, that `encode` can number
+MAX_INDEX = 0xFFFFF  # actors, and planted lines, that `encode` can number
 
 
 def schedule_normal(world: World, actors: list[Actor], lines: int, rng: random.Random) -> list[int]:
@@ -487,7 +497,7 @@ def write(out: Path, world: World, actors: list[Actor], codes: list[int], plante
     with open(out / "access.log", "w", encoding="utf-8", newline="\n") as f:
         buf: list[str] = []
         for line_no, code in enumerate(codes, 1):
-            t_ms, index, kind = code >> 16, (code >> 4) & 0xFFF, code & 0xF
+            t_ms, index, kind = code >> 24, (code >> 4) & MAX_INDEX, code & 0xF
             ts, req = stamp(t_ms), f"r-{line_no:08d}"
             if kind == ACCESS:
                 actor = actors[index]

@@ -19,8 +19,10 @@ from auditd.config.typed import MISSING, Duration, convert
 from auditd.correlate.settings import CorrelateSettings
 from auditd.decode.settings import FormatSettings
 from auditd.elastic.settings import ElasticSettings
+from auditd.entitlement.settings import EntitlementSettings
 from auditd.ops.settings import OpsSettings
 from auditd.sources.settings import FileSourceSettings
+from auditd.workdays import WorkdaySettings
 
 def _shipped_rules() -> Path:
     """rules/ of the checkout (editable install), else the copy a wheel installed."""
@@ -103,6 +105,8 @@ class Settings:
     formats: dict[str, FormatSettings] = field(default_factory=dict)
     categories: dict[str, CategorySettings] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
     rules: RulesSettings = field(default_factory=RulesSettings)
+    entitlement: EntitlementSettings = field(default_factory=EntitlementSettings)
+    working_days: WorkdaySettings = field(default_factory=WorkdaySettings)
     correlate: CorrelateSettings = field(default_factory=CorrelateSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)

@@ -9,6 +9,7 @@ bound turned into an aware instant, so that ``Directory.employee_as_of`` answers
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,11 +98,17 @@ class Partner:
     name: str = ""
     allowed_fields: tuple[str, ...] = ()
     countries: tuple[str, ...] = ("CN",)  # ISO 3166-1 alpha-2
+    networks: tuple[str, ...] = ()  # the partner's receiving addresses; empty: not checked
 
     def check(self):
         for i, code in enumerate(self.countries):
             if not (len(code) == 2 and code.isalpha() and code.isupper()):
                 yield ("countries", i), f"expected an ISO country code such as 'CN', got {code!r}"
+        for i, net in enumerate(self.networks):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                yield ("networks", i), f"bad network {net!r}: {exc}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.directory.model import Directory, Employee, EmployeeView
@@ -24,6 +24,15 @@ DEFAULT_SENSITIVE_CATEGORIES = frozenset({"property", "location", "biometric"})
 CUSTOMER_RESOURCE_TYPES = frozenset({"customer", "address", "payment", "points", "location", "face"})
 
 WorkingDaysBetween = Callable[[dt.date, dt.date], int]
+
+
+class EntitlementCheck(Protocol):
+    """The least-privilege check (auditd.entitlement.EntitlementChecker): it reads the
+    actor facts this stage has just joined and writes `entitlement_*`."""
+
+    def set_directory(self, directory: Directory | None) -> None: ...
+
+    def check(self, events: list[AccessEvent]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +64,14 @@ class Enricher:
         pseudonymised_resource_types: Iterable[str] = CUSTOMER_RESOURCE_TYPES,
         zone: dt.tzinfo = DEFAULT_ZONE,
         working_days_between: WorkingDaysBetween | None = None,
+        entitlement: EntitlementCheck | None = None,
         cached_days: int = 3,
     ):
         """`working_days_between(last_day_employed, event_day)`, when given, fills
-        `actor_departed_working_days` (the working-day calendar is not this stage's)."""
+        `actor_departed_working_days` (the working-day calendar is not this stage's).
+        `entitlement`, when given, judges each access after the directory join; it is
+        handed every directory this enricher is given."""
+        self.entitlement = entitlement
         self.pseudonymiser = pseudonymiser
         self.sensitive_categories = frozenset(sensitive_categories)
         self.pseudonymised_resource_types = frozenset(pseudonymised_resource_types)
@@ -71,6 +84,8 @@ class Enricher:
     def set_directory(self, directory: Directory | None) -> None:
         """Swap in a reloaded directory; facts cached from the old one are dropped."""
         self.directory = directory
+        if self.entitlement is not None:
+            self.entitlement.set_directory(directory)
         self._days: OrderedDict[dt.date, dict[str | None, ActorFacts]] = OrderedDict()
         self._day = (0.0, 0.0, dt.date.min, {})  # the local day of the last event seen
 
@@ -78,6 +93,9 @@ class Enricher:
         """Fill the actor facts, `sensitive` and the pseudonyms of a batch, in place."""
         if self.directory is not None:
             self.join_directory(events)
+            if self.entitlement is not None:
+                # before pseudonyms: the `assigned` scope looks up the raw order and ticket ids
+                self.entitlement.check(events)
         self.mark_sensitive(events)
         self.pseudonymise_ids(events)
 

@@ -1,0 +1,43 @@
+"""The types every rule kind shares: what a detector returns, what it is built with.
+
+Kept apart from the registry (`kinds.py`) so that the modules of individual kinds can
+import them while the registry imports those modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Any, Protocol
+
+from auditd.config.typed import DEFAULT_ZONE
+from auditd.event import AccessEvent
+
+if TYPE_CHECKING:
+    from auditd.detect.spec import RuleSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a detector found on an event that passed the rule's condition."""
+
+    reason: str | None = None
+    event_ids: tuple[str, ...] | None = None  # for windowed kinds: every event in the window
+
+
+Detector = Callable[[AccessEvent], "Verdict | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class KindContext:
+    """What kinds may need beyond the rule itself, passed in by whoever loads rules."""
+
+    zone: tzinfo = DEFAULT_ZONE  # the company's zone: dates, shifts, working days
+    state: Any = None  # the store of stateful kinds (threshold, baseline, first-seen)
+
+
+class RuleKind(Protocol):
+    params_type: type | None
+
+    def build(self, rule: RuleSpec, params: Any, context: KindContext) -> Detector | None: ...

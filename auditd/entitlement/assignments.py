@@ -1,0 +1,258 @@
+"""Who an order, service ticket or customer is assigned to: the `assigned` scope's lookup.
+
+A grant with ``scope: assigned`` lets an employee see a customer's data only through an
+order or ticket assigned to them. The assignments live in the business systems, so the
+lookup is pluggable: a CSV export (re-read when it changes), an SQLite table (queried
+live, read-only), or an HTTP endpoint. Ids of orders, tickets and customers share one
+namespace in the lookup (they are prefixed differently in practice: ``O…``, ``T-…``,
+``C…``); the checker tries the record's id, then the ticket the access gave.
+
+Every lookup answers `assignee(id)` with an employee id or None (assigned to nobody,
+or unknown), and raises AssignmentLookupError when it cannot tell; the checker then
+leaves the access unjudged rather than guessing either way. Live lookups are wrapped
+in `CachedAssignments`, a bounded LRU with a TTL, so that an order viewed ten times
+costs one query, memory stays bounded over months, and an outage costs one failed
+call per `error_ttl_s` rather than one per event.
+
+Constructors do no I/O: files and connections are opened on first use.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from auditd.entitlement.settings import AssignmentSettings
+from auditd.errors import NeoError
+
+log = logging.getLogger("neo_auditd.entitlement")
+
+
+class AssignmentLookupError(NeoError):
+    """The lookup could not say who the id is assigned to (file unreadable, server down)."""
+
+
+class AssignmentLookup(Protocol):
+    def assignee(self, key: str) -> str | None: ...
+
+
+class MappingAssignments:
+    """An in-memory table: tests, and the CSV lookup's current contents."""
+
+    def __init__(self, table: Mapping[str, str]):
+        self._table = dict(table)
+
+    def assignee(self, key: str) -> str | None:
+        return self._table.get(key)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class CsvAssignments:
+    """A CSV export with a header naming the id and assignee columns, re-read when its
+    size, mtime or inode change (checked at most every `reload_check_s`). A bad new
+    version keeps the previous contents and is logged; with no good version at all,
+    every lookup raises."""
+
+    def __init__(self, path: Path | str, *, id_column: str = "id", assignee_column: str = "assignee",
+                 reload_check_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.path = Path(path)
+        self.id_column, self.assignee_column = id_column, assignee_column
+        self.reload_check_s = reload_check_s
+        self._clock = clock
+        self._next_check = float("-inf")
+        self._stamp: tuple[int, int, int] | None = None
+        self._table: dict[str, str] | None = None
+        self._error = "not read yet"
+        self._lock = threading.Lock()
+
+    def assignee(self, key: str) -> str | None:
+        if self._clock() >= self._next_check:
+            self._refresh()
+        table = self._table
+        if table is None:
+            raise AssignmentLookupError(f"assignments file {self.path}: {self._error}")
+        return table.get(key)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self._next_check = self._clock() + self.reload_check_s
+            try:
+                st = self.path.stat()
+            except OSError as exc:
+                self._failed(f"cannot read it: {exc.strerror}")
+                return
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if stamp == self._stamp:
+                return
+            try:
+                table = self._read()
+            except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+                self._failed(str(exc))
+                return
+            self._stamp, self._table = stamp, table
+            log.info("assignments loaded", extra={"file.path": str(self.path), "assignments": len(table)})
+
+    def _read(self) -> dict[str, str]:
+        with open(self.path, encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            for column in (self.id_column, self.assignee_column):
+                if column not in header:
+                    raise ValueError(f"no column {column!r} (columns: {', '.join(header) or 'none'})")
+            table: dict[str, str] = {}
+            for row in reader:
+                key, who = (row.get(self.id_column) or "").strip(), (row.get(self.assignee_column) or "").strip()
+                if key and who:
+                    table[key] = who
+            return table
+
+    def _failed(self, why: str) -> None:
+        self._error = why
+        if self._table is not None:
+            log.error("assignments file unreadable; keeping the previous contents",
+                      extra={"file.path": str(self.path), "error": why})
+
+
+class SqliteAssignments:
+    """A table in an SQLite file, opened read-only on first use; one query per id (give
+    the id column an index or make it the primary key)."""
+
+    def __init__(self, path: Path | str, *, table: str = "assignments", id_column: str = "id",
+                 assignee_column: str = "assignee"):
+        self.path = Path(path)
+        # identifiers are checked by the settings; values always go through parameters
+        self._sql = f'SELECT "{assignee_column}" FROM "{table}" WHERE "{id_column}" = ? LIMIT 1'
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def assignee(self, key: str) -> str | None:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+                    self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5)
+                row = self._conn.execute(self._sql, (key,)).fetchone()
+            except sqlite3.Error as exc:
+                self.close_locked()
+                raise AssignmentLookupError(f"assignments database {self.path}: {exc}") from None
+        return None if row is None or row[0] is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_locked()
+
+    def close_locked(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class HttpAssignments:
+    """GET url (with the id in place of '{id}'): 200 with {"assignee": "E10023"} (or
+    null), 404 for an id the system does not know; anything else is an error."""
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0, headers: Mapping[str, str] | None = None):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.headers = dict(headers or {})
+
+    def assignee(self, key: str) -> str | None:
+        url = self.url.replace("{id}", urllib.parse.quote(key, safe=""))
+        request = urllib.request.Request(url, headers={"Accept": "application/json", **self.headers})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                body = response.read(65536)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise AssignmentLookupError(f"assignment service answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AssignmentLookupError(f"assignment service unreachable: {reason}") from None
+        try:
+            answer = json.loads(body)
+            who = answer["assignee"]
+        except (ValueError, KeyError, TypeError):
+            raise AssignmentLookupError("assignment service answered without an 'assignee'") from None
+        if who is not None and not isinstance(who, str):
+            raise AssignmentLookupError(f"assignment service answered assignee {who!r}, not text")
+        return who or None
+
+
+_FAILED = object()
+
+
+class CachedAssignments:
+    """A bounded LRU cache with expiry in front of a live lookup. Answers (None
+    included) are kept `ttl_s`; failures `error_ttl_s`, during which the id raises
+    again without calling the lookup."""
+
+    def __init__(self, inner: AssignmentLookup, *, size: int = 100_000, ttl_s: float = 300.0,
+                 error_ttl_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.inner = inner
+        self.size, self.ttl_s, self.error_ttl_s = size, ttl_s, error_ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, object, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.errors = 0
+
+    def assignee(self, key: str) -> str | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > now:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                _, value, why = entry
+                if value is _FAILED:
+                    raise AssignmentLookupError(why)
+                return value  # type: ignore[return-value]
+        self.misses += 1
+        try:
+            value, why, ttl = self.inner.assignee(key), "", self.ttl_s
+        except AssignmentLookupError as exc:
+            value, why, ttl = _FAILED, str(exc), self.error_ttl_s
+            self.errors += 1
+        with self._lock:
+            self._entries[key] = (now + ttl, value, why)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        if value is _FAILED:
+            raise AssignmentLookupError(why)
+        return value  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def build_assignments(settings: AssignmentSettings) -> AssignmentLookup:
+    """The configured lookup (no I/O yet); live ones behind the cache."""
+    cache = settings.cache
+    if settings.csv is not None:
+        c = settings.csv
+        return CsvAssignments(c.path, id_column=c.id_column, assignee_column=c.assignee_column,
+                              reload_check_s=c.reload_check_s)
+    if settings.sqlite is not None:
+        s = settings.sqlite
+        inner: AssignmentLookup = SqliteAssignments(s.path, table=s.table, id_column=s.id_column,
+                                                    assignee_column=s.assignee_column)
+    elif settings.http is not None:
+        h = settings.http
+        inner = HttpAssignments(h.url, timeout_s=h.timeout_s, headers=h.headers)
+    else:  # pragma: no cover - AssignmentSettings.check demands one
+        raise ValueError("no assignment lookup configured")
+    return CachedAssignments(inner, size=cache.size, ttl_s=cache.ttl_s, error_ttl_s=cache.error_ttl_s)
