@@ -8,6 +8,10 @@ Prints events/s, the wall time, peak RSS and the ratio to fail2ban-regex. Usage:
 
 Needs `taskset` (util-linux) and, for the comparison, `fail2ban-regex`
 (`apt-get install fail2ban`); without it only neo-auditd's figures are printed.
+
+With `--elastic URL` the same replay runs a second time shipping to that
+Elasticsearch server, and the cost of shipping is printed (the replay waits until
+every event is in the cluster).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def fifty_rules() -> str:
     return "\n".join(out)
 
 
-def prepare(workdir: Path, lines: int) -> tuple[Path, Path]:
+def prepare(workdir: Path, lines: int, elastic: str | None = None) -> tuple[Path, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "data" / "access.log"
     if not log.exists() or sum(1 for _ in open(log, "rb")) != lines:
@@ -73,7 +77,15 @@ def prepare(workdir: Path, lines: int) -> tuple[Path, Path]:
         "pseudonym:\n  key_file: pseudonym.key\n"
         f"directory:\n  path: {REPO / 'examples' / 'directory.yaml'}\n"
         "rules:\n  include_shipped: false\n  paths: [rules]\n"
+        "ops:\n  metrics: {enabled: false}\n"
     )
+    if elastic:
+        stream = f"logs-neo_auditd.bench{os.getpid()}-default"
+        shipping = workdir / "config-elastic.yaml"
+        shipping.write_text(config.read_text() + f"elastic:\n  hosts: ['{elastic}']\n  events_data_stream: {stream}\n"
+                            f"  alerts_index: neo-bench-alerts-{os.getpid()}\n"
+                            f"  incidents_index: neo-bench-incidents-{os.getpid()}\n")
+        return shipping, log
     return config, log
 
 
@@ -99,6 +111,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/neo-auditd-bench"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--elastic", metavar="URL", help="also measure the replay while shipping to this server")
     args = parser.parse_args()
 
     config, log = prepare(args.workdir, args.lines)
@@ -122,6 +135,17 @@ def main() -> None:
         result["fail2ban_regex"] = {"wall_seconds": round(f2b_seconds, 2),
                                     "lines_per_second": round(args.lines / f2b_seconds)}
         result["ratio"] = round(f2b_seconds / seconds, 2)
+    if args.elastic:
+        shipping_config, _ = prepare(args.workdir, args.lines, args.elastic)
+        shutil.rmtree(args.workdir / "state", ignore_errors=True)
+        s_seconds, _, s_proc = timed(pin(args.cpu, [neo, "replay", "-c", str(shipping_config), "--json", str(log)]))
+        shipped = json.loads(s_proc.stdout)
+        result["with_shipping"] = {
+            "wall_seconds": round(s_seconds, 2), "events_per_second": round(shipped["events"] / s_seconds),
+            "pipeline_seconds": shipped["seconds"], "until_all_shipped_seconds": shipped["seconds_with_shipping"],
+            "shipped_events_per_second": round(shipped["events"] / shipped["seconds_with_shipping"]),
+            "not_shipped": shipped["shipped_lag"], "cost": f"{100 * (s_seconds / seconds - 1):.0f} %",
+        }
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -134,6 +158,11 @@ def main() -> None:
         print(f"ratio: neo-auditd is {result['ratio']}x fail2ban-regex")
     else:
         print("fail2ban-regex not found (apt-get install fail2ban) — no comparison")
+    if args.elastic:
+        w = result["with_shipping"]
+        print(f"with shipping:     {w['wall_seconds']} s = {w['events_per_second']:,} events/s end to end, every event "
+              f"in Elasticsearch after {w['until_all_shipped_seconds']} s ({w['shipped_events_per_second']:,} "
+              f"events/s shipped); cost {w['cost']}")
 
 
 if __name__ == "__main__":
