@@ -9,7 +9,6 @@ bound turned into an aware instant, so that ``Directory.employee_as_of`` answers
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Literal, Mapping
 
 from auditd.directory.schedule import Schedule
 from auditd.event import ACTIONS
+from auditd.config.checks import check_countries_and_networks
 
 Scope = Literal["all", "own_store", "own_region", "assigned"]
 FileStatus = Literal["active", "suspended", "departed"]
@@ -101,14 +101,7 @@ class Partner:
     networks: tuple[str, ...] = ()  # the partner's receiving addresses; empty: not checked
 
     def check(self):
-        for i, code in enumerate(self.countries):
-            if not (len(code) == 2 and code.isalpha() and code.isupper()):
-                yield ("countries", i), f"expected an ISO country code such as 'CN', got {code!r}"
-        for i, net in enumerate(self.networks):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                yield ("networks", i), f"bad network {net!r}: {exc}"
+        return check_countries_and_networks(self.countries, self.networks)
 
 
 @dataclass(frozen=True, slots=True)

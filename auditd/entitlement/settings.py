@@ -18,11 +18,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from auditd.config.checks import check_countries_and_networks
 from auditd.config.typed import Duration
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -34,14 +34,7 @@ class DestinationSettings:
     networks: tuple[str, ...] = ()
 
     def check(self):
-        for i, code in enumerate(self.countries):
-            if not (len(code) == 2 and code.isalpha() and code.isupper()):
-                yield ("countries", i), f"expected an ISO country code such as 'CN', got {code!r}"
-        for i, net in enumerate(self.networks):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                yield ("networks", i), f"bad network {net!r}: {exc}"
+        return check_countries_and_networks(self.countries, self.networks)
 
 
 @dataclass(frozen=True, slots=True)
