@@ -15,9 +15,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, Mapping
 
+from auditd.config.checks import check_countries_and_networks
 from auditd.directory.schedule import Schedule
 from auditd.event import ACTIONS
-from auditd.config.checks import check_countries_and_networks
 
 Scope = Literal["all", "own_store", "own_region", "assigned"]
 FileStatus = Literal["active", "suspended", "departed"]
