@@ -394,6 +394,68 @@ def test_a_copy_seen_before_the_truncation_is_not_read_twice(rig):
     r.assert_every_line_once()
 
 
+def truncate_during(monkeypatch, r: Rig, step: str, refill: int) -> None:
+    """Truncate the log and write `refill` lines into it the first time the tailer calls
+    `step` (a helper of auditd.sources.tail): a copytruncate landing in the middle of a poll."""
+    from auditd.sources import tail
+
+    real = getattr(tail, step)
+
+    def hooked(*args, **kwargs):
+        monkeypatch.setattr(tail, step, real)
+        os.truncate(r.log, 0)
+        r.write(refill)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tail, step, hooked)
+
+
+@pytest.mark.parametrize("refill", [2, 40])  # shorter than the copy, and refilled past it
+def test_a_copy_whose_original_is_truncated_while_it_is_being_identified_continues_it(rig, monkeypatch,
+                                                                                      refill):
+    # The copy is found by the glob while its original still looks intact (step 1 has
+    # passed); the writer truncates the original before the copy is matched. It is the
+    # copy of a file we were reading, not a new file: it must not be read again from 0.
+    r = rig()
+    r.write(5)
+    r.poll()
+    r.write(3)  # not read before the copy: only the copy has them
+    shutil.copyfile(r.log, r.root / "access.log.1")
+    truncate_during(monkeypatch, r, "read_head", refill)  # the copy's first line is read first
+    r.poll()
+    r.assert_every_line_once()
+
+
+def test_a_shadowed_copy_whose_original_is_truncated_while_it_is_compared_continues_it(rig, monkeypatch):
+    r = rig()
+    r.write(5)
+    r.poll()
+    r.write(3)
+    data, copy = r.log.read_bytes(), r.root / "access.log.1"
+    copy.write_bytes(data[: len(data) // 2])  # a copy in progress: shadowed
+    r.poll()
+    with open(copy, "ab") as fh:  # the copy is finished, so it is compared again
+        fh.write(data[len(data) // 2:])
+    truncate_during(monkeypatch, r, "is_prefix_copy", 40)  # refilled past the copy's size
+    r.poll()
+    r.assert_every_line_once()
+
+
+@pytest.mark.parametrize("refill", [2, 40])
+def test_a_copy_found_at_a_restart_whose_original_is_truncated_meanwhile_continues_it(rig, monkeypatch,
+                                                                                     refill):
+    r = rig()
+    r.write(5)
+    r.poll()
+    r.write(3)
+    r.crash()
+    shutil.copyfile(r.log, r.root / "access.log.1")
+    # the original resumes its own checkpoint, then is truncated before the copy is matched
+    truncate_during(monkeypatch, r, "is_prefix_copy", refill)
+    r.poll()
+    r.assert_every_line_once()
+
+
 @pytest.mark.parametrize("keeps_tail_hash", [True, False])
 def test_a_copy_found_at_a_restart_does_not_take_the_checkpoint_of_its_live_original(rig, keeps_tail_hash):
     r = rig(keeps_tail_hash=keeps_tail_hash)

@@ -278,19 +278,32 @@ class FileTailer:
     def _continue_or_shadow(self, opened: OpenFile, identity: FileIdentity, head: bytes,
                             st: os.stat_result, now: float) -> bool:
         """A copy of a file we knew: continue it where that file stopped, or, while the
-        original is still being read, shadow it. False if it is neither."""
-        source = self._copy_source(opened, head, st)
-        if source is not None:
-            del self._orphans[source.key]
-            self._track(opened, identity, head, st, now, position=source.offset, order=source.order,
-                        announce=True, forget=[source.key])
-            return True
-        original = self._original_of(opened, identity, head, st) if opened.may_shadow else None
-        if original is not None:
-            verified = (st.st_size, os.fstat(original.fd).st_size)
-            self._shadows[opened.place] = Shadow(opened, identity, head, original, verified)
-            return True
-        return False
+        original is still being read, shadow it. False if it is neither.
+
+        A copytruncate may truncate the original after step 1 looked at it, in the very
+        moment its copy is found: the original then fails the copy test only because it
+        was emptied. It is retired to an orphan here, as step 1 would have done, and the
+        copy continues that orphan; concluding "a new file" would read it again from 0.
+        """
+        while True:
+            source = self._copy_source(opened, head, st)
+            if source is not None:
+                del self._orphans[source.key]
+                self._track(opened, identity, head, st, now, position=source.offset, order=source.order,
+                            announce=True, forget=[source.key])
+                return True
+            if not opened.may_shadow:
+                return False
+            original, rewritten = self._original_of(opened, identity, head, st)
+            if original is not None:
+                verified = (st.st_size, os.fstat(original.fd).st_size)
+                self._shadows[opened.place] = Shadow(opened, identity, head, original, verified)
+                return True
+            if not rewritten:
+                return False
+            for tracked in rewritten:  # each round retires at least one: the loop ends
+                self._restart_inode(tracked, now)
+            st = os.fstat(opened.fd)  # the copy may have grown since it was first looked at
 
     def _copy_source(self, opened: OpenFile, head: bytes, st: os.stat_result) -> Orphan | None:
         candidates = [o for o in self._orphans.values()
@@ -309,14 +322,17 @@ class FileTailer:
                    and o.identity.generation > generation for o in others)
 
     def _original_of(self, opened: OpenFile, identity: FileIdentity, head: bytes,
-                     st: os.stat_result) -> TrackedFile | None:
+                     st: os.stat_result) -> tuple[TrackedFile | None, list[TrackedFile]]:
         """A tracked file this one is a copy in progress of: same start, not longer.
+        With None, the tracked files sharing its first line that failed the test because
+        they were truncated or rewritten since step 1 (to retire, then try again).
 
         A file holding nothing but its first line is a copy only under a rotated name
         of the original (access.log → access.log.1): otherwise, with a csv header or a
         banner, it is the usual brand-new file, and holding it back would delay it.
         """
         only_first_line = st.st_size <= len(head)
+        rewritten: list[TrackedFile] = []
         for tracked in self._tracked.values():
             if tracked.identity.head_hash != identity.head_hash or tracked.place == opened.place:
                 continue
@@ -324,8 +340,19 @@ class FileTailer:
                 continue
             original_size = os.fstat(tracked.fd).st_size
             if st.st_size <= original_size and is_prefix_copy(opened.fd, tracked.fd, st.st_size):
-                return tracked
-        return None
+                return tracked, []
+            # Looked at after the failed test: a truncation before the test shows here.
+            if self._rewritten(tracked):
+                rewritten.append(tracked)
+        return None, rewritten
+
+    @staticmethod
+    def _rewritten(tracked: TrackedFile) -> bool:
+        """Step 1's test, now: the file no longer holds the bytes we read from it."""
+        try:
+            return os.fstat(tracked.fd).st_size < tracked.position or not tracked.unchanged()
+        except OSError:
+            return False  # step 1 deals with a file it cannot read any more
 
     def _track(self, opened: OpenFile, identity: FileIdentity, head: bytes, st: os.stat_result,
                now: float, *, position: int, order: int | None = None, announce: bool = False,
@@ -352,6 +379,8 @@ class FileTailer:
                 if size <= sizes[1] and is_prefix_copy(shadow.opened.fd, shadow.original.fd, size):
                     shadow.verified = sizes
                     continue
+                if self._rewritten(shadow.original):
+                    continue  # truncated (and refilled) since step 1: the next poll retires it
             except OSError:
                 os.close(self._shadows.pop(place).opened.fd)
                 continue
