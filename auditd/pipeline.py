@@ -18,6 +18,8 @@ from auditd.sources.base import Batch
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store.sqlite import Store
 
+CHUNK_RECORDS = 256  # records a chunk takes through the stages: its events stay in the CPU caches
+
 
 @dataclass(slots=True)
 class Totals:
@@ -53,12 +55,9 @@ class Pipeline:
 
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
-        events, quarantined, skipped = runtime.normaliser(batch.source).process(batch)
-        if batch.source not in runtime.pre_enriched:
-            runtime.enricher.enrich(events)
-        started = time.perf_counter()
-        alerts = self._detect(runtime, events)
+        events, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch)
         detected = time.perf_counter()
+        latest = _latest(events)
         with self.store.transaction() as conn:
             self.store.insert_events(conn, batch.source, events)
             self.store.insert_quarantine(conn, quarantined)
@@ -71,7 +70,7 @@ class Pipeline:
                 self.store.forget_checkpoints(conn, batch.source, batch.forget)
             self.store.bump_stats(
                 conn, batch.source, events=len(events), quarantined=len(quarantined),
-                skipped=skipped, last_event_at=_latest(events),
+                skipped=skipped, last_event_at=latest,
             )
         committed = time.perf_counter()
         self.quarantine_file.append(quarantined)
@@ -79,19 +78,33 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.observe_batch(
                 batch.source, events=len(events), quarantined=len(quarantined), skipped=skipped,
-                alerts_by_rule=Counter(a.rule_id for a in alerts), eval_seconds=detected - started,
-                commit_seconds=committed - detected, last_event_ts=_latest(events),
+                alerts_by_rule=Counter(a.rule_id for a in alerts), eval_seconds=eval_seconds,
+                commit_seconds=committed - detected, last_event_ts=latest,
             )
 
     @staticmethod
-    def _detect(runtime: Runtime, events: list) -> list[Alert]:
+    def _stages(runtime: Runtime, batch: Batch) -> tuple[list, list[Quarantined], int, list[Alert], float]:
+        """Normalise, enrich and detect, a chunk of the batch at a time: every stage walks
+        the events, and a chunk's events stay in the CPU's caches from one stage to the next
+        (a whole batch's do not). The events' order, and so every result, is the batch's."""
+        normaliser = runtime.normaliser(batch.source)
+        enrich = batch.source not in runtime.pre_enriched
+        events: list = []
+        quarantined: list[Quarantined] = []
         alerts: list[Alert] = []
-        evaluate = runtime.ruleset.evaluate
-        for event in events:
-            found = evaluate(event)
-            if found:
-                alerts.extend(found)
-        return alerts
+        skipped, eval_seconds = 0, 0.0
+        for start in range(0, len(batch.records), CHUNK_RECORDS):
+            chunk, chunk_quarantined, chunk_skipped = normaliser.process(
+                batch, start=start, stop=start + CHUNK_RECORDS)
+            if enrich:
+                runtime.enricher.enrich(chunk)
+            started = time.perf_counter()
+            alerts += runtime.ruleset.evaluate_all(chunk)
+            eval_seconds += time.perf_counter() - started
+            events += chunk
+            quarantined += chunk_quarantined
+            skipped += chunk_skipped
+        return events, quarantined, skipped, alerts, eval_seconds
 
     def _count(self, batch: Batch, events: list, quarantined: list[Quarantined], skipped: int,
                alerts: list[Alert], changes: list) -> None:

@@ -6,6 +6,7 @@ This module and the CLI are the only places where the stages meet.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import signal
 import threading
@@ -333,6 +334,7 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster)
     daemon.install_signal_handlers()
+    gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
     scheduler.add_job(
         lambda: purge_store(store.path, daemon.pipeline.runtime.settings.ops.retention,
@@ -369,6 +371,7 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     With a cluster, its shipper runs alongside and is drained before this returns.
     """
     pipeline = Pipeline(runtime, store, quarantine)
+    gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     framer = runtime.framers[source_name]()
     reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name))
     batch_records = runtime.settings.pipeline.batch_records

@@ -20,7 +20,8 @@ from auditd.detect.ruleset import RuleSet, load_rules
 from auditd.detect.testing import check_rules
 from auditd.event import ACTIONS, AccessEvent
 
-SHIPPED = Path(__file__).resolve().parents[1] / "rules"
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "rules"
 CATEGORIES = {"identity": False, "contact": False, "media": False, "property": True, "location": True,
               "device": False, "biometric": True, "order": False}
 UTC = dt.timezone.utc
@@ -284,9 +285,10 @@ events = st.builds(
     action=st.sampled_from(ACTIONS),
     outcome=st.sampled_from(["success", "denied", "failure"]),
     dataset=st.sampled_from(["neo-crm", "pos", "other", ""]),
-    user_id=st.sampled_from([None, "E1", "E10023"]),
+    service_name=st.sampled_from([None, "crm", "pos"]),
+    user_id=st.sampled_from([None, "E1", "E10023", "E9401"]),
     source_ip=st.sampled_from([None, "10.20.3.15", "203.0.113.9"]),
-    host_name=st.sampled_from([None, "crm-web-01", "db-admin-07"]),
+    host_name=st.sampled_from([None, "crm-web-01", "db-admin-07", "crm-web-93"]),
     resource_type=st.sampled_from([None, "customer", "payment", "face", "coupon"]),
     categories=st.lists(st.sampled_from(sorted(CATEGORIES)), max_size=3).map(tuple),
     record_count=st.sampled_from([1, 24, 25, 500, 1000, 5000]),
@@ -387,3 +389,30 @@ def test_check_warns_about_constant_and_deprecated_rules(tmp_path: Path) -> None
     assert messages["never"] == "the condition can never hold (after lists and macros)"
     assert [w.message for w in check_rules(rs, dt.date(2026, 11, 2)) if w.key_path == "old"] == [
         "the condition holds for every event (after lists and macros)", "the rule is deprecated"]
+
+
+@pytest.fixture(scope="module")
+def benchmark_rules(tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
+    """The 50 rules of benchmarks/replay.py: many fields routed at once (actions, categories,
+    service), regexes and negated CIDRs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_replay", REPO / "benchmarks" / "replay.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("bench_rules")
+    text = module.fifty_rules().replace("match: []", "match: [{event.action: read}]")
+    (folder / "bench.yaml").write_text(text)
+    problems = Problems()
+    ruleset = load_rules([SHIPPED, folder], problems)
+    assert [str(p) for p in problems.items] == []
+    return ruleset
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=events)
+def test_routing_on_many_fields_equals_every_rule(benchmark_rules: RuleSet, event: AccessEvent) -> None:
+    rs = benchmark_rules
+    brute = [a for a in (rs.check(r, event) for r in rs.rules if r.spec.enabled) if a is not None]
+    assert rs.evaluate(event) == brute
+    assert rs.evaluate_all([event, event]) == brute + brute

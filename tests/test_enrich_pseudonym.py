@@ -86,3 +86,14 @@ def test_a_world_readable_key_works_with_a_warning_that_does_not_show_the_key(tm
     assert "readable by every user" in record.getMessage()
     assert record.__dict__["file.mode"] == "0o644"
     assert "s3cret" not in caplog.text and "s3cret" not in str(record.__dict__)
+
+
+def test_the_cache_forgets_the_oldest_first_and_recomputes_the_same_pseudonym():
+    p = Pseudonymiser(KEY, cache_size=3)
+    first = [p(f"C{i}") for i in range(3)]
+    p("C3")  # evicts C0, the oldest
+    assert set(p._cached.table) == {"C1", "C2", "C3"}
+    misses = p._cached.misses
+    assert p("C0") == first[0] and p._cached.misses == misses + 1  # computed again, same value
+    assert p.many(("C2", "C3", "C0")) == (first[2], p("C3"), first[0])
+    assert p._cached.misses == misses + 1  # all three were cached

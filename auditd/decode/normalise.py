@@ -31,8 +31,10 @@ class Normaliser:
         self.format = fmt
         self.source_name = source_name
 
-    def process(self, batch: Batch, source_name: str | None = None) -> tuple[list[AccessEvent], list[Quarantined], int]:
-        """(events, quarantined records, number of records skipped as not accesses).
+    def process(self, batch: Batch, source_name: str | None = None, *, start: int = 0,
+                stop: int | None = None) -> tuple[list[AccessEvent], list[Quarantined], int]:
+        """(events, quarantined records, number of records skipped as not accesses) of the
+        batch's records[start:stop].
 
         Quarantined records carry `source_name`, else the name given at construction,
         else the batch's source.
@@ -44,7 +46,10 @@ class Normaliser:
         events: list[AccessEvent] = []
         quarantined: list[Quarantined] = []
         skipped = 0
-        for record, offset in zip(batch.records, batch.offsets):
+        records, offsets = batch.records, batch.offsets
+        if start or (stop is not None and stop < len(records)):
+            records, offsets = records[start:stop], offsets[start:stop]
+        for record, offset in zip(records, offsets):
             try:
                 if not record.isascii():
                     # JSON and every text log here are UTF-8 (RFC 8259 §8.1); a fast decoder

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
@@ -362,6 +362,72 @@ def required_values(node: Any, field_name: str) -> frozenset[Any] | None:
     if isinstance(node, Or):
         sets = [required_values(i, field_name) for i in node.items]
         return None if any(s is None for s in sets) else frozenset().union(*sets)
+    return None
+
+
+def required_any(node: Any, field_name: str) -> frozenset[Any] | None:
+    """Values of which the list field `field_name` must hold at least one for `node` to
+    hold, or None when unconstrained.
+
+    Unlike `required_values`, an 'and' cannot intersect its constraints (``[a, b]``
+    meets both ``in (a)`` and ``in (b)``); any one of them is necessary, and the
+    smallest routes the fewest events.
+    """
+    if isinstance(node, FieldTest):
+        if node.field == field_name and node.kind == "list" and node.map_key is None:
+            if node.op == "=":
+                return frozenset((node.value,))
+            if node.op in ("in", "intersects"):
+                return node.value
+        return None
+    if isinstance(node, Const):
+        return None if node.value else frozenset()
+    if isinstance(node, And):
+        sets = [s for s in (required_any(i, field_name) for i in node.items) if s is not None]
+        return min(sets, key=len) if sets else None
+    if isinstance(node, Or):
+        sets = [required_any(i, field_name) for i in node.items]
+        return None if any(s is None for s in sets) else frozenset().union(*sets)
+    return None
+
+
+def routed_condition(node: Any, scalars: Iterable[str], lists: Iterable[str]) -> Any:
+    """`node` without the top-level conjuncts that routing already guarantees.
+
+    An index that shows a rule only events whose scalar field's value is in
+    `required_values(node, field)` and whose list field meets `required_any(node, field)`
+    makes a conjunct testing exactly that redundant: ``event.action = read and
+    neo.data.record_count > 100`` routed by action is just the count test.
+    """
+    items = node.items if isinstance(node, And) else (node,)
+    implied: set[int] = set()
+    for field_name in scalars:
+        required = required_values(node, field_name)
+        if required is not None:
+            implied.update(id(i) for i in items if _equality_values(i, field_name, False) is not None
+                           and required <= _equality_values(i, field_name, False))
+    for field_name in lists:
+        required = required_any(node, field_name)
+        if required is not None:
+            implied.update(id(i) for i in items if _equality_values(i, field_name, True) == required)
+    kept = [i for i in items if id(i) not in implied]
+    if len(kept) == len(items):
+        return node
+    if not kept:
+        return Const(True)
+    return kept[0] if len(kept) == 1 else And(tuple(kept))
+
+
+def _equality_values(node: Any, field_name: str, listed: bool) -> frozenset[Any] | None:
+    """The values of an '='/'in' test of `field_name` (of a list field when `listed`)."""
+    if not isinstance(node, FieldTest) or node.field != field_name or node.map_key is not None:
+        return None
+    if (node.kind == "list") != listed:
+        return None
+    if node.op == "=":
+        return frozenset((node.value,))
+    if node.op in (("in", "intersects") if listed else ("in",)):
+        return node.value
     return None
 
 

@@ -22,9 +22,10 @@ from auditd.config.located import Problems
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.detect.alert import Alert, alert_id
 from auditd.detect.compiler import IpParser, Predicate, compile_predicate, make_ip_parser
-from auditd.detect.index import RuleIndex, RuleStats
+from auditd.detect.index import EVERYTHING, INDEXED_LISTS, INDEXED_SCALARS, RuleIndex, RuleStats
 from auditd.detect.kinds import KINDS, Detector, KindContext, RuleKind, Verdict
 from auditd.detect.render import compile_output, compile_title
+from auditd.detect.resolve import routed_condition
 from auditd.detect.rule_exceptions import ExceptionCheck, compile_exceptions
 from auditd.detect.rulefile import read_definitions
 from auditd.detect.spec import RuleSpec, build_specs
@@ -40,6 +41,8 @@ class CompiledRule:
     spec: RuleSpec
     index: int  # position in RuleSet.rules, and in the stats counters
     predicate: Predicate
+    # the condition less what the index's routing guarantees: only for routed events
+    routed: Predicate
     exception: ExceptionCheck | None
     detector: Detector | None  # None: the condition alone decides (kind match)
     title: Callable[[AccessEvent], str]
@@ -59,9 +62,11 @@ def compile_rule(spec: RuleSpec, index: int, *, parse_ip: IpParser, context: Kin
     title, problems = compile_title(spec.title or f"{spec.id}: {{event.action}} by {{user.id}}")
     if title is None:  # pragma: no cover - titles are checked while files are read
         raise ValueError(f"rule {spec.id}: {problems}")
+    predicate = compile_predicate(spec.condition, parse_ip)
+    routed = routed_condition(spec.condition, INDEXED_SCALARS, INDEXED_LISTS)
     return CompiledRule(
-        spec=spec, index=index,
-        predicate=compile_predicate(spec.condition, parse_ip),
+        spec=spec, index=index, predicate=predicate,
+        routed=predicate if routed is spec.condition else compile_predicate(routed, parse_ip),
         exception=compile_exceptions(spec.exceptions, context.zone),
         detector=kinds[spec.kind].build(spec, spec.params, context),
         title=title,
@@ -81,8 +86,16 @@ class RuleSet:
         self.rules = tuple(rules)
         self._by_id = {r.id: r for r in self.rules}
         self._sensitive = frozenset(sensitive_categories)
-        self.index = RuleIndex([r for r in self.rules if r.spec.enabled])
-        self.stats = RuleStats([r.id for r in self.rules], self.index.buckets, timing_every)
+        self.stats = RuleStats([r.id for r in self.rules], timing_every=timing_every)
+        # per slot, each rule with the predicate to run on the events routed there
+        self._checks: list[tuple[tuple[CompiledRule, Predicate], ...]] = []
+        self.index = RuleIndex([r for r in self.rules if r.spec.enabled], on_new_bucket=self._add_bucket)
+
+    def _add_bucket(self, members: tuple[CompiledRule, ...]) -> None:
+        self.stats.add_bucket(members)
+        # the EVERYTHING slot also serves events the index could not route: full conditions
+        full = len(self._checks) == EVERYTHING
+        self._checks.append(tuple((r, r.predicate if full else r.routed) for r in members))
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -96,28 +109,40 @@ class RuleSet:
 
     def evaluate(self, event: AccessEvent) -> list[Alert]:
         """The alerts of every enabled rule on one event, in rule load order."""
-        stats = self.stats
-        slot = self.index.slot(event)
-        stats.bucket_hits[slot] += 1
-        stats.countdown -= 1
-        if stats.countdown <= 0:
-            return self._evaluate_timed(event, self.index.buckets[slot])
+        return self.evaluate_all((event,))
+
+    def evaluate_all(self, events: Iterable[AccessEvent]) -> list[Alert]:
+        """The alerts of every enabled rule on each event, in event then rule load order."""
+        stats, index, checks = self.stats, self.index, self._checks
+        key_of, slots, hits = index.key_of, index.slots, stats.bucket_hits
         alerts: list[Alert] = []
-        for rule in self.index.buckets[slot]:
-            if rule.predicate(event):
-                alert = self._confirm(rule, event)
-                if alert is not None:
-                    alerts.append(alert)
+        for event in events:
+            try:
+                slot = slots.get(key_of(event))
+            except TypeError:  # an unhashable key: the index says where it goes
+                slot = None
+            if slot is None:
+                slot = index.slot(event)
+            hits[slot] += 1
+            stats.countdown -= 1
+            if stats.countdown <= 0:
+                alerts += self._evaluate_timed(event, checks[slot])
+                continue
+            for rule, holds in checks[slot]:
+                if holds(event):
+                    alert = self._confirm(rule, event)
+                    if alert is not None:
+                        alerts.append(alert)
         return alerts
 
-    def _evaluate_timed(self, event: AccessEvent, rules: tuple[CompiledRule, ...]) -> list[Alert]:
+    def _evaluate_timed(self, event: AccessEvent, checks: tuple[tuple[CompiledRule, Predicate], ...]) -> list[Alert]:
         stats = self.stats
         stats.countdown = stats.timing_every
         clock = time.perf_counter_ns
         alerts: list[Alert] = []
-        for rule in rules:
+        for rule, holds in checks:
             started = clock()
-            held = rule.predicate(event)
+            held = holds(event)
             stats.timed_ns[rule.index] += clock() - started
             stats.timed[rule.index] += 1
             if held:

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS source_stats (
 );
 """
 
+PAGE_SIZE = 65536  # SQLite's largest
+WAL_CHECKPOINT_BYTES = 1000 * 4096
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(AccessEvent).decode
@@ -98,7 +100,14 @@ class Store:
     def open(self, extra_schemas: Iterable[str] = ()) -> "Store":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        # A segment is a batch's events in one blob (megabytes): large pages store it in
+        # 16x fewer overflow pages and WAL frames. Only a new file takes it (an existing
+        # store keeps its page size), and it must come before WAL mode.
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
+        # checkpoint after as many WAL bytes as SQLite's default (1000 pages of 4 KiB) would
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA wal_autocheckpoint={max(1, WAL_CHECKPOINT_BYTES // page_size)}")
         # NORMAL in WAL mode survives a process crash (kill -9); FULL also survives power loss.
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
