@@ -58,13 +58,15 @@ class EcsDocumentDecoder:
     def __init__(self, source_name: str | None = None):
         self.source_name = source_name
 
-    def process(self, batch: Batch, source_name: str | None = None) -> tuple[list[AccessEvent], list[Quarantined], int]:
-        """(events, quarantined documents, skipped); a blank record is skipped."""
+    def process(self, batch: Batch, source_name: str | None = None, *, start: int = 0,
+                stop: int | None = None) -> tuple[list[AccessEvent], list[Quarantined], int]:
+        """(events, quarantined documents, skipped) of records[start:stop]; a blank record
+        is skipped. The same interface as the file Normaliser, chunks included."""
         name = source_name or self.source_name or batch.source
         events: list[AccessEvent] = []
         quarantined: list[Quarantined] = []
         skipped = 0
-        for record, offset in zip(batch.records, batch.offsets):
+        for record, offset in zip(batch.records[start:stop], batch.offsets[start:stop]):
             if not record.strip():
                 skipped += 1
                 continue
