@@ -39,6 +39,14 @@ class QuarantineFile:
     def catch_up(self) -> int:
         """Append the table's rows that the file lacks (after a crash); returns how many."""
         self._last_seq = self._file_last_seq()
+        return self._copy_new_rows()
+
+    def append(self, items: list[Quarantined]) -> None:
+        if items:
+            # the rows were just committed; read their seq numbers back rather than guess them
+            self._copy_new_rows()
+
+    def _copy_new_rows(self) -> int:
         rows = self.store.conn.execute(
             "SELECT seq, source, path, offset, reason, length, record, at FROM quarantine WHERE seq > ? ORDER BY seq",
             (self._last_seq,),
@@ -47,18 +55,6 @@ class QuarantineFile:
         if rows:
             self._last_seq = rows[-1][0]
         return len(rows)
-
-    def append(self, items: list[Quarantined]) -> None:
-        if not items:
-            return
-        # the rows were just committed; read their seq numbers back rather than guess them
-        rows = self.store.conn.execute(
-            "SELECT seq, source, path, offset, reason, length, record, at FROM quarantine WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ).fetchall()
-        self._write([_line(*row) for row in rows])
-        if rows:
-            self._last_seq = rows[-1][0]
 
     def _write(self, lines: list[bytes]) -> None:
         if not lines:
