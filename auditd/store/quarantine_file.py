@@ -60,9 +60,12 @@ class QuarantineFile:
         if not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # raw lines hold PI
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)  # raw lines hold PI
         try:
-            os.write(fd, b"".join(lines))
+            size = os.fstat(fd).st_size
+            # a crash may have cut the last line short: never glue a record onto it
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            os.write(fd, (b"\n" if torn else b"") + b"".join(lines))
         finally:
             os.close(fd)
 
