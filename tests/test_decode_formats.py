@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from pathlib import Path
 
@@ -11,14 +10,12 @@ import pytest
 
 from auditd.config.located import Problems, parse_yaml
 from auditd.config.typed import convert
-from auditd.decode import Format, Normaliser, load_format
+from auditd.decode import Format, load_format
 from auditd.decode.kinds import KINDS
 from auditd.decode.settings import FormatSettings
-from auditd.event import AccessEvent
-from auditd.sources.base import Batch, Checkpoint
+from decode_helpers import jl, one_event, reason, run
 
 UTC = dt.timezone.utc
-FINGERPRINT = "0123456789abcdef0123456789abcdef"
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -36,39 +33,6 @@ def compiled(tmp_path: Path, text: str) -> Format:
     fmt, problems = load(tmp_path, text)
     assert problems == [] and fmt is not None
     return fmt
-
-
-def run(fmt: Format, *records: bytes):
-    """(events, quarantined, skipped) of one batch of records."""
-    offsets, offset = [], 0
-    for record in records:
-        offsets.append(offset)
-        offset += len(record) + 1
-    batch = Batch(
-        "src",
-        "/var/log/app.log",
-        FINGERPRINT,
-        list(records),
-        offsets,
-        Checkpoint("src", FINGERPRINT, "/var/log/app.log", offset),
-    )
-    return Normaliser(fmt).process(batch, "src")
-
-
-def one_event(fmt: Format, record: bytes) -> AccessEvent:
-    events, quarantined, skipped = run(fmt, record)
-    assert quarantined == [] and skipped == 0, [q.reason for q in quarantined]
-    return events[0]
-
-
-def reason(fmt: Format, record: bytes) -> str:
-    events, quarantined, _ = run(fmt, record)
-    assert events == [] and len(quarantined) == 1
-    return quarantined[0].reason
-
-
-def jl(**record) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode()
 
 
 BASE_FIELDS = """

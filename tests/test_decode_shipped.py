@@ -4,57 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 
 import pytest
 
-from auditd.config.located import Problems
-from auditd.decode import Format, Normaliser, load_format, shipped_format_names
+from auditd.decode import Normaliser, shipped_format_names
 from auditd.event import ACTIONS, AccessEvent
 from auditd.sources.base import Batch, Checkpoint
+from decode_helpers import cloudtrail, jl, one_event, reason, run, shipped
 
 UTC = dt.timezone.utc
 FINGERPRINT = "0123456789abcdef0123456789abcdef"
-
-
-def shipped(name: str) -> Format:
-    problems = Problems()
-    fmt = load_format(name, problems)
-    assert not problems.items, problems.items
-    return fmt
-
-
-def run(fmt: Format, *records: bytes):
-    """(events, quarantined, skipped) of one batch of records."""
-    offsets, offset = [], 0
-    for record in records:
-        offsets.append(offset)
-        offset += len(record) + 1
-    batch = Batch(
-        "src",
-        "/var/log/app.log",
-        FINGERPRINT,
-        list(records),
-        offsets,
-        Checkpoint("src", FINGERPRINT, "/var/log/app.log", offset),
-    )
-    return Normaliser(fmt).process(batch, "src")
-
-
-def one_event(fmt: Format, record: bytes) -> AccessEvent:
-    events, quarantined, skipped = run(fmt, record)
-    assert quarantined == [] and skipped == 0, [q.reason for q in quarantined]
-    return events[0]
-
-
-def reason(fmt: Format, record: bytes) -> str:
-    events, quarantined, _ = run(fmt, record)
-    assert events == [] and len(quarantined) == 1
-    return quarantined[0].reason
-
-
-def jl(**record) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode()
 
 
 T0 = "2026-11-02T09:00:00+08:00"
@@ -196,17 +155,6 @@ def test_pgaudit_class_and_command_map_to_actions(audit_class, command, action):
     event = one_event(shipped("pgaudit"), row.encode())
     assert (event.action, event.labels["command"], event.labels["class"]) == (action, command, audit_class)
     assert (event.user_id, event.source_ip, event.resource_type) == ("alice", "10.0.0.9", "table")
-
-
-def cloudtrail(**fields) -> bytes:
-    base = {
-        "eventTime": "2020-09-14T01:02:34Z",
-        "eventSource": "s3.amazonaws.com",
-        "awsRegion": "us-east-1",
-        "sourceIPAddress": "1.2.3.4",
-        "userIdentity": {"type": "IAMUser", "userName": "pedro", "arn": "arn:aws:iam::123456789123:user/pedro"},
-    }
-    return jl(**{**base, **fields})
 
 
 @pytest.mark.parametrize(

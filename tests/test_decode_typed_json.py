@@ -11,33 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditd.config.located import Problems
-from auditd.decode import Format, load_format
+from auditd.decode import load_format
 from auditd.errors import DecodeError
 from auditd.event import AccessEvent
+from decode_helpers import cloudtrail, jl, shipped
 
 T0 = "2026-11-02T09:00:00+08:00"
-
-
-def shipped(name: str) -> Format:
-    problems = Problems()
-    fmt = load_format(name, problems)
-    assert not problems.items, problems.items
-    return fmt
-
-
-def jl(**record) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode()
-
-
-def cloudtrail(**fields) -> bytes:
-    base = {
-        "eventTime": "2020-09-14T01:02:34Z",
-        "eventSource": "s3.amazonaws.com",
-        "awsRegion": "us-east-1",
-        "sourceIPAddress": "1.2.3.4",
-        "userIdentity": {"type": "IAMUser", "userName": "pedro", "arn": "arn:aws:iam::123456789123:user/pedro"},
-    }
-    return jl(**{**base, **fields})
 
 
 # --- the typed JSON path gives what the generic path gives ------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from auditd.config.located import Problems
 from auditd.directory import Schedule, load_directory
+from directory_helpers import directory_from
 
 SH = ZoneInfo("Asia/Shanghai")
 DIRECTORY = """\
@@ -39,12 +40,7 @@ employees:
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dir") / "directory.yaml"
-    path.write_text(DIRECTORY, encoding="utf-8")
-    problems = Problems()
-    d = load_directory(path, problems)
-    assert problems.items == []
-    return d
+    return directory_from(tmp_path_factory, DIRECTORY)
 
 
 def at(text: str) -> dt.datetime:

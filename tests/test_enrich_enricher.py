@@ -11,6 +11,7 @@ from auditd.config.located import Problems
 from auditd.directory import load_directory
 from auditd.enrich import Enricher, Pseudonymiser
 from auditd.event import AccessEvent
+from directory_helpers import directory_from
 
 SH = ZoneInfo("Asia/Shanghai")
 DIRECTORY = """\
@@ -40,12 +41,7 @@ KEY = bytes(range(32))
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dir") / "directory.yaml"
-    path.write_text(DIRECTORY, encoding="utf-8")
-    problems = Problems()
-    d = load_directory(path, problems)
-    assert problems.items == []
-    return d
+    return directory_from(tmp_path_factory, DIRECTORY)
 
 
 def ev(user: str | None, local: str, **kw) -> AccessEvent:

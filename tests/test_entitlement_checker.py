@@ -20,6 +20,7 @@ from auditd.entitlement import (
 )
 from auditd.event import AccessEvent
 from auditd.workdays import WorkingCalendar
+from directory_helpers import directory_from
 
 SH = ZoneInfo("Asia/Shanghai")
 KEY = bytes(range(32))
@@ -70,12 +71,7 @@ RAW_IDS = ("C00012345", "O1001", "O2002", "O3003", "T-2026-000001", "T-2026-0004
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dir") / "directory.yaml"
-    path.write_text(DIRECTORY, encoding="utf-8")
-    problems = Problems()
-    d = load_directory(path, problems)
-    assert problems.items == []
-    return d
+    return directory_from(tmp_path_factory, DIRECTORY)
 
 
 LOOKUP = MappingAssignments(ASSIGNED)

@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from auditd.config.located import Problems
 from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
 from auditd.correlate import CorrelateSettings, Correlator
 from auditd.detect.departed_sweep import (
@@ -19,11 +18,11 @@ from auditd.detect.departed_sweep import (
     logins_since,
     sweep_departed_accounts,
 )
-from auditd.directory import load_directory
 from auditd.entitlement import load_account_feed
 from auditd.event import AccessEvent
 from auditd.store.sqlite import Store
 from auditd.workdays import WorkingCalendar
+from directory_helpers import directory_from
 
 SH = ZoneInfo("Asia/Shanghai")
 DIRECTORY = """\
@@ -48,12 +47,7 @@ def at(text: str) -> dt.datetime:
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dir") / "directory.yaml"
-    path.write_text(DIRECTORY, encoding="utf-8")
-    problems = Problems()
-    d = load_directory(path, problems)
-    assert problems.items == []
-    return d
+    return directory_from(tmp_path_factory, DIRECTORY)
 
 
 CALENDAR = WorkingCalendar()

@@ -22,6 +22,7 @@ from auditd.ops.metrics import Metrics
 from auditd.ops.settings import MetricsSettings, OpsSettings
 from auditd.ops.status import FileLag
 from auditd.store.sqlite import Store
+from store_helpers import insert_incident
 
 CLOCK = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 UTC = dt.timezone.utc
@@ -29,18 +30,6 @@ Samples = dict[tuple[str, frozenset], float]
 
 
 # -- helpers -------------------------------------------------------------------------------
-def insert_incident(conn, incident_id: str, tier: str, status: str) -> None:
-    """The smallest valid incidents row: metrics and status read only tier and status."""
-    at = "2026-09-20T00:00:00.000000+00:00"
-    conn.execute(
-        "INSERT INTO incidents (incident_id, group_key, actor, title, tier, auto_tier, status, severity,"
-        " first_seen, last_seen, discovered_at, updated_at, alert_count, affected_count, max_record_count,"
-        " sensitive, band, rules, categories, timeline_seq, timeline_head)"
-        " VALUES (?, 'E1001', 'E1001', 't', ?, ?, ?, 'high', ?, ?, ?, ?, 1, 1, 1, 0, NULL, '[]', '[]', 0, '')",
-        (incident_id, tier, tier, status, at, at, at, at),
-    )
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path / "neo-auditd.db").open(extra_schemas=[INCIDENT_SCHEMA])

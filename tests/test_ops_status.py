@@ -26,6 +26,7 @@ from auditd.sources.base import Checkpoint
 from auditd.sources.identity import FileIdentity
 from auditd.sources.settings import FileSourceSettings
 from auditd.store.sqlite import Store
+from store_helpers import insert_incident
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # 17:00 in Shanghai
@@ -43,17 +44,6 @@ def checkpoint_for(source: str, path: Path, offset: int, *, inode: int | None = 
     st = os.stat(path)
     identity = FileIdentity("0" * 32, st.st_dev, st.st_ino if inode is None else inode)
     return Checkpoint(source, identity.key, str(path), offset)
-
-
-def insert_incident(conn, incident_id: str, tier: str, status: str) -> None:
-    at = "2026-11-01T00:00:00.000000+00:00"
-    conn.execute(
-        "INSERT INTO incidents (incident_id, group_key, actor, title, tier, auto_tier, status, severity,"
-        " first_seen, last_seen, discovered_at, updated_at, alert_count, affected_count, max_record_count,"
-        " sensitive, band, rules, categories, timeline_seq, timeline_head)"
-        " VALUES (?, 'E1001', 'E1001', 't', ?, ?, ?, 'high', ?, ?, ?, ?, 1, 1, 1, 0, NULL, '[]', '[]', 0, '')",
-        (incident_id, tier, tier, status, at, at, at, at),
-    )
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from auditd.config.located import Problems
-from auditd.directory import load_directory
 from auditd.enrich import Enricher, Pseudonymiser
 from auditd.entitlement import EntitlementChecker, render_grant_review, review_grants
 from auditd.event import AccessEvent
 from auditd.store.sqlite import Store
+from directory_helpers import directory_from
 
 SH = ZoneInfo("Asia/Shanghai")
 DIRECTORY = """\
@@ -50,12 +49,7 @@ def access(user: str, action: str, categories: tuple[str, ...], when: dt.datetim
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dir") / "directory.yaml"
-    path.write_text(DIRECTORY, encoding="utf-8")
-    problems = Problems()
-    d = load_directory(path, problems)
-    assert problems.items == []
-    return d
+    return directory_from(tmp_path_factory, DIRECTORY)
 
 
 @pytest.fixture(scope="module")
