@@ -1,6 +1,6 @@
 """Benchmark: Correlator.apply throughput (prints figures; not a test).
 
-python correlate_bench.py [--alerts N] [--batch B] [--actors A] [--subjects S]
+    python benchmarks/correlate_apply.py [--alerts N] [--batch B] [--actors A] [--subjects S]
 """
 import argparse
 import datetime as dt
