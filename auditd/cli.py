@@ -73,15 +73,9 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     import datetime as dt
 
-    from auditd.config.located import Problems
-    from auditd.config.settings import load_settings
     from auditd.ops.status import StatusError, collect_status, render_status
 
-    problems = Problems()
-    settings, _ = load_settings(args.config, problems)
-    if settings is None:
-        return _config_error(ConfigError(problems.items), args.json)
-    store_path = (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
+    settings, store_path = _settings_and_store_path(args)
     try:
         status = collect_status(store_path, settings, dt.datetime.now(dt.timezone.utc))
     except StatusError as exc:
@@ -206,16 +200,25 @@ def cmd_keygen(args) -> int:
     return 0
 
 
-def _incident_conn(args):
-    from auditd.runtime import load_runtime
-    from auditd.service import open_store
+def _settings_and_store_path(args):
+    """The config alone (not its rules, key or directory) and where its store is: reading
+    incidents or status must work while, say, a rule file is broken."""
+    from auditd.config.located import Problems
+    from auditd.config.settings import load_settings
 
-    try:
-        runtime = load_runtime(args.config)
-    except ConfigError as exc:
-        raise SystemExit(_config_error(exc, getattr(args, "json", False)))
-    store, _ = open_store(runtime, args.state_dir)
-    return store
+    problems = Problems()
+    settings, _ = load_settings(args.config, problems)
+    if settings is None:
+        raise SystemExit(_config_error(ConfigError(problems.items), getattr(args, "json", False)))
+    return settings, (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
+
+
+def _incident_conn(args):
+    from auditd.correlate import SCHEMA
+    from auditd.store.sqlite import Store
+
+    _, path = _settings_and_store_path(args)
+    return Store(path).open(extra_schemas=[SCHEMA])
 
 
 def cmd_incidents_list(args) -> int:
