@@ -21,8 +21,12 @@ ACTIONS = (
 OUTCOMES = ("success", "failure", "denied", "unknown")
 
 
-class AccessEvent(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
-    """One access to customers' data (or a login/grant event), normalised."""
+class AccessEvent(msgspec.Struct, gc=False, omit_defaults=True):
+    """One access to customers' data (or a login/grant event), normalised.
+
+    Positional arguments are allowed for decode.columnar, which builds a chunk's events
+    with one map over the class; everything else passes keywords.
+    """
 
     timestamp: dt.datetime
     action: str
@@ -129,6 +133,8 @@ FIELDS: dict[str, FieldSpec] = {
     )
 }
 ATTR_TO_FIELD = {spec.attr: spec.name for spec in FIELDS.values()}
+# attribute -> default; NODEFAULT for the required ones and for labels (a new dict each)
+EVENT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in msgspec.structs.fields(AccessEvent)}
 REQUIRED_FIELDS = ("@timestamp", "event.action")
 
 

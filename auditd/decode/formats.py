@@ -33,7 +33,8 @@ from auditd.decode.settings import (
     DEFAULT_MAX_RECORD_BYTES,
     FormatSettings,
 )
-from auditd.decode.typed_json import build_typed_facts
+from auditd.decode.columnar import EventsFunction, build_columnar_events
+from auditd.decode.typed_json import build_typed_facts, typed_shape
 from auditd.errors import DecodeError
 
 SHIPPED_PACKAGE = "auditd.formats"
@@ -52,6 +53,8 @@ class Format:
     facts: FactsFunction  # raises DecodeError; None for a valid record that is not an access
     generic_facts: FactsFunction  # the reference path; `facts` falls back to it
     typed: bool  # whether `facts` tries typed structs first (JSON lines)
+    # a whole chunk of records at once, or None for a chunk to take `facts` record by record
+    events: EventsFunction | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _compile_layers(layers: list[_Layer], problems: Problems, known_categories: 
     if len(problems.items) > before or parser is None or mapping is None:
         return None
     max_bytes = _value(layers, "max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
-    generic, typed = _facts_functions(parser, mapping, max_bytes)
+    generic, typed, events = _facts_functions(parser, mapping, max_bytes)
     return Format(
         name=top.name,
         kind=_value(layers, "kind", ""),
@@ -113,6 +116,7 @@ def _compile_layers(layers: list[_Layer], problems: Problems, known_categories: 
         facts=typed or generic,
         generic_facts=generic,
         typed=typed is not None,
+        events=events,
     )
 
 
@@ -190,8 +194,9 @@ def _build_parser(layers: list[_Layer], problems: Problems) -> RecordParser | No
 
 def _facts_functions(
     parser: RecordParser, mapping: Mapping, max_bytes: int
-) -> tuple[FactsFunction, FactsFunction | None]:
-    """(generic, typed or None), each with the checks every record gets first."""
+) -> tuple[FactsFunction, FactsFunction | None, EventsFunction | None]:
+    """(generic, typed or None, chunk-at-once or None); the record functions with the
+    checks every record gets first."""
     map_record = GenericMapper(mapping, parser.nested).facts
     parse = parser.parse
 
@@ -200,9 +205,11 @@ def _facts_functions(
         return None if parsed is None else map_record(parsed)
 
     generic = _guarded(parse_and_map, max_bytes)
-    if not isinstance(parser, JsonLinesParser):
-        return generic, None
-    return generic, build_typed_facts(mapping, generic, max_bytes)
+    shape = typed_shape(mapping) if isinstance(parser, JsonLinesParser) else None
+    if shape is None:
+        return generic, None, None
+    typed = build_typed_facts(shape, mapping, generic, max_bytes)
+    return generic, typed, build_columnar_events(shape, mapping, max_bytes)
 
 
 def _guarded(facts_of: FactsFunction, max_bytes: int) -> FactsFunction:

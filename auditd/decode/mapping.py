@@ -24,7 +24,7 @@ from auditd.decode.settings import (
 )
 from auditd.decode.values import COERCERS, UTC, make_time_parser, to_text
 from auditd.errors import DecodeError
-from auditd.event import ACTIONS, FIELDS, OUTCOMES, REQUIRED_FIELDS
+from auditd.event import ACTIONS, EVENT_DEFAULTS, FIELDS, OUTCOMES, REQUIRED_FIELDS
 
 Reader = Callable[[Any], Any]  # decoded record -> raw value, None when absent
 Apply = Callable[[Any, dict], None]  # (raw value, facts) -> stores the converted value
@@ -90,6 +90,21 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class Column:
+    """How a field may be computed for a whole chunk of typed records at once
+    (decode.columnar), giving what `apply` gives record by record.
+
+    ``how`` is 'copy' (the value as read), 'time' (a parsed ISO 8601 time with its
+    offset, to UTC) or 'exact' (looked up in ``table``, which also maps an absent value
+    to the event's default unless the field is required). A value the table lacks, or a
+    time without an offset, sends the chunk back to the record-by-record path.
+    """
+
+    how: str
+    table: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledField:
     target: Target
     source: Source
@@ -98,6 +113,7 @@ class CompiledField:
     # A type a typed decoder may give the raw value when this rule alone reads it:
     # `apply` gives the same result for the typed value as for the JSON text (times).
     raw_type: Any = None
+    column: Column | None = None  # None: only record by record
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +122,7 @@ class Mapping:
 
     fields: tuple[CompiledField, ...]
     categories: tuple[Source, Apply] | None
+    categories_column: Column | None = None  # 'exact', when one path and plain keys
 
     def rules(self) -> tuple[tuple[Source, Apply], ...]:
         out = tuple((f.source, f.apply) for f in self.fields)
@@ -225,7 +242,25 @@ def compile_field(
         _check_constant(convert, source.constant, report)
     if report.count:
         return None
-    return CompiledField(target, source, apply, _is_copied(target, spec, required), _raw_type(target, spec))
+    copied = _is_copied(target, spec, required)
+    return CompiledField(target, source, apply, copied, _raw_type(target, spec),
+                         _column_of(target, spec, required, copied))
+
+
+def _column_of(target: Target, spec: FieldMapping, required: bool, copied: bool) -> Column | None:
+    """The chunk-at-once form of a field read from one path, when it has one."""
+    if spec.path is None or target.label is not None:
+        return None
+    if copied:
+        return Column("copy")
+    if _is_iso8601_only(target, spec):
+        return Column("time")
+    if spec.transforms() == ["map"] and target.kind in ("str", "ip"):
+        table: dict = {k: v for k, v in (spec.map or {}).items() if k and not k.endswith("*") and isinstance(v, str)}
+        if not required:  # absent ('' or null): the event keeps its default, as in make_apply
+            table[None] = table[""] = EVENT_DEFAULTS[target.attr]
+        return Column("exact", table)
+    return None
 
 
 def _is_copied(target: Target, spec: FieldMapping, required: bool) -> bool:
@@ -469,6 +504,15 @@ def compile_categories(
     return source, _categories_apply(exact, lookup, rule.lower)
 
 
+def categories_column(rule: CategoryRule) -> Column | None:
+    """The chunk-at-once form of a categories rule of one path without `lower`."""
+    if rule.path is None or rule.lower:
+        return None
+    table: dict = {k: tuple(_as_list(v)) for k, v in rule.map.items() if k and not k.endswith("*")}
+    table[None] = table[""] = ()  # an absent value means no categories
+    return Column("exact", table)
+
+
 def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
@@ -535,7 +579,8 @@ def compile_mapping(
         category_rule = compile_categories(categories[0], categories[1], problems, known_categories)
     if len(problems.items) > before:
         return None
-    return Mapping(tuple(c for c in compiled if c is not None), category_rule)
+    column = categories_column(categories[0]) if categories is not None else None
+    return Mapping(tuple(c for c in compiled if c is not None), category_rule, column)
 
 
 class GenericMapper:

@@ -49,6 +49,10 @@ class Normaliser:
         records, offsets = batch.records, batch.offsets
         if start or (stop is not None and stop < len(records)):
             records, offsets = records[start:stop], offsets[start:stop]
+        if self.format.events is not None:
+            chunk = self.format.events(records, offsets, id_prefix, log_path, dataset)
+            if chunk is not None:
+                return chunk, quarantined, skipped  # every record an ordinary access
         for record, offset in zip(records, offsets):
             try:
                 if not record.isascii():

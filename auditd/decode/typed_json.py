@@ -33,17 +33,16 @@ from auditd.decode.mapping import (
     Target,
     compile_reader,
 )
-from auditd.event import AccessEvent
+from auditd.event import EVENT_DEFAULTS
 
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 _ANY_LEAF: tuple[Any, Any] = (Any, None)
-_EVENT_DEFAULTS = {f.name: f.default for f in msgspec.structs.fields(AccessEvent)}
 
 
 def strict_leaf(target: Target) -> tuple[Any, Any] | None:
     """The type and default under which a decoded value is the event's value, if any."""
-    default = _EVENT_DEFAULTS.get(target.attr, msgspec.NODEFAULT)
+    default = EVENT_DEFAULTS.get(target.attr, msgspec.NODEFAULT)
     kind = target.kind
     if kind in ("str", "ip") and default is None:
         return NonEmptyText | None, None
@@ -149,11 +148,8 @@ def _make_struct(node: _Node, name: str) -> tuple[type, _CopyPlan]:
     return struct, _CopyPlan(attrs, tuple(nested), whole=len(attrs) == len(children))
 
 
-def _struct_reader(root: _Node, path: RecordPath) -> Reader:
-    names, node = [], root
-    for part in path:
-        node = node.children[part]
-        names.append(node.field_name)
+def _struct_reader(names: tuple[str, ...]) -> Reader:
+    """Read the value at struct attributes `names` (None where a sub-object is absent)."""
     if len(names) == 1:
         return attrgetter(names[0])
     first, rest = names[0], names[1:]
@@ -183,24 +179,54 @@ def _fill(plan: _CopyPlan, struct: Any, facts: dict) -> None:
             _fill(sub_plan, sub, facts)
 
 
-def build_typed_facts(
-    mapping: Mapping, generic_facts: Callable[[bytes], dict], max_bytes: int
-) -> Callable[[bytes], dict] | None:
-    """A function record -> event facts through typed structs; None if the mapping
-    reads a key both as a value and as an object (then the generic path is used)."""
+@dataclass(frozen=True, eq=False)
+class TypedShape:
+    """The struct type a mapping's records decode into, and how its fields are named."""
+
+    root: _Node
+    copied: frozenset[int]  # indexes of the mapping's fields whose values the struct holds as is
+    struct: type
+    plan: _CopyPlan
+
+    def field_names(self, path: RecordPath) -> tuple[str, ...]:
+        """The struct attribute names along a record path."""
+        names, node = [], self.root
+        for part in path:
+            node = node.children[part]
+            names.append(node.field_name)
+        return tuple(names)
+
+    def leaf_type(self, path: RecordPath) -> Any:
+        node = self.root
+        for part in path:
+            node = node.children[part]
+        return node.leaf[0] if node.leaf is not None else None
+
+
+def typed_shape(mapping: Mapping) -> TypedShape | None:
+    """The typed structs of a mapping; None if it reads a key both as a value and as an
+    object (then the generic path is used)."""
     built = _build_tree(mapping)
     if built is None:
         return None
     root, copied = built
     struct, plan = _make_struct(root, "TypedRecord")
-    decode = msgspec.json.Decoder(struct).decode
-    leaf = lambda path: _struct_reader(root, path)  # noqa: E731 - a reader factory
+    return TypedShape(root, copied, struct, plan)
+
+
+def build_typed_facts(
+    shape: TypedShape, mapping: Mapping, generic_facts: Callable[[bytes], dict], max_bytes: int
+) -> Callable[[bytes], dict]:
+    """A function record -> event facts through the typed structs."""
+    copied = shape.copied
+    decode = msgspec.json.Decoder(shape.struct).decode
+    leaf = lambda path: _struct_reader(shape.field_names(path))  # noqa: E731 - a reader factory
     rules: list[tuple[Reader, Apply]] = [
         (compile_reader(f.source, leaf), f.apply) for i, f in enumerate(mapping.fields) if i not in copied
     ]
     if mapping.categories is not None:
         rules.append((compile_reader(mapping.categories[0], leaf), mapping.categories[1]))
-    return _typed_facts_function(decode, plan, tuple(rules), generic_facts, max_bytes)
+    return _typed_facts_function(decode, shape.plan, tuple(rules), generic_facts, max_bytes)
 
 
 def _typed_facts_function(decode, plan: _CopyPlan, rules, generic_facts, max_bytes: int) -> Callable[[bytes], dict]:
