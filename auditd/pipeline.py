@@ -6,7 +6,6 @@ quarantine file mirror is appended only after the commit.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from auditd.detect.alert import Alert
 from auditd.runtime import Runtime
 from auditd.sources.base import Batch
 from auditd.store.quarantine_file import QuarantineFile
-from auditd.store.sqlite import Store
+from auditd.store.sqlite import Segment, Store
 
 CHUNK_RECORDS = 256  # records a chunk takes through the stages: its events stay in the CPU caches
 
@@ -55,41 +54,50 @@ class Pipeline:
 
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
-        events, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch)
+        segment = Segment()
+        cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment)
         detected = time.perf_counter()
-        latest = _latest(events)
+        latest, n_events = segment.last, segment.count
         with self.store.transaction() as conn:
-            self.store.insert_events(conn, batch.source, events)
+            self.store.insert_segment(conn, batch.source, segment)
             self.store.insert_quarantine(conn, quarantined)
             changes = []
             if alerts:
-                self.store.insert_evidence(conn, _cited(events, alerts))
+                self.store.insert_evidence(conn, cited)
                 changes = runtime.correlator.apply(conn, alerts)
             self.store.save_checkpoints(conn, [batch.checkpoint, *batch.extra_checkpoints])
             if batch.forget:
                 self.store.forget_checkpoints(conn, batch.source, batch.forget)
             self.store.bump_stats(
-                conn, batch.source, events=len(events), quarantined=len(quarantined),
+                conn, batch.source, events=n_events, quarantined=len(quarantined),
                 skipped=skipped, last_event_at=latest,
             )
         committed = time.perf_counter()
         self.quarantine_file.append(quarantined)
-        self._count(batch, events, quarantined, skipped, alerts, changes)
+        self._count(batch, n_events, quarantined, skipped, alerts, changes)
         if self.metrics is not None:
             self.metrics.observe_batch(
-                batch.source, events=len(events), quarantined=len(quarantined), skipped=skipped,
+                batch.source, events=n_events, quarantined=len(quarantined), skipped=skipped,
                 alerts_by_rule=Counter(a.rule_id for a in alerts), eval_seconds=eval_seconds,
                 commit_seconds=committed - detected, last_event_ts=latest,
             )
 
     @staticmethod
-    def _stages(runtime: Runtime, batch: Batch) -> tuple[list, list[Quarantined], int, list[Alert], float]:
-        """Normalise, enrich and detect, a chunk of the batch at a time: every stage walks
-        the events, and a chunk's events stay in the CPU's caches from one stage to the next
-        (a whole batch's do not). The events' order, and so every result, is the batch's."""
+    def _stages(runtime: Runtime, batch: Batch, segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float]:
+        """Normalise, enrich, detect and encode for the store, a chunk of the batch at a
+        time: every stage walks the events, and a chunk's events stay in the CPU's caches
+        from one stage to the next (a whole batch's do not). The events' order, and so
+        every result, is the batch's.
+
+        Once encoded into the segment, a chunk's events are let go, so that the next
+        chunk is built in the memory they held (still cached) rather than in new memory;
+        only the events that alerts cite are kept, for the evidence table. An alert
+        cites events of its own chunk (a windowed kind that cites earlier events of its
+        window must keep those itself).
+        """
         normaliser = runtime.normaliser(batch.source)
         enrich = batch.source not in runtime.pre_enriched
-        events: list = []
+        cited: list = []  # events that alerts cite
         quarantined: list[Quarantined] = []
         alerts: list[Alert] = []
         skipped, eval_seconds = 0, 0.0
@@ -99,22 +107,25 @@ class Pipeline:
             if enrich:
                 runtime.enricher.enrich(chunk)
             started = time.perf_counter()
-            alerts += runtime.ruleset.evaluate_all(chunk)
+            chunk_alerts = runtime.ruleset.evaluate_all(chunk)
             eval_seconds += time.perf_counter() - started
-            events += chunk
+            segment.add(chunk)
+            if chunk_alerts:
+                alerts += chunk_alerts
+                cited += _cited(chunk, chunk_alerts)
             quarantined += chunk_quarantined
             skipped += chunk_skipped
-        return events, quarantined, skipped, alerts, eval_seconds
+        return cited, quarantined, skipped, alerts, eval_seconds
 
-    def _count(self, batch: Batch, events: list, quarantined: list[Quarantined], skipped: int,
+    def _count(self, batch: Batch, events: int, quarantined: list[Quarantined], skipped: int,
                alerts: list[Alert], changes: list) -> None:
         t = self.totals
         t.records += len(batch.records)
-        t.events += len(events)
+        t.events += events
         t.quarantined += len(quarantined)
         t.skipped += skipped
         t.alerts += len(alerts)
-        t.add_source(batch.source, len(events), len(quarantined), skipped)
+        t.add_source(batch.source, events, len(quarantined), skipped)
         for alert in alerts:
             t.alerts_by_rule[alert.rule_id] = t.alerts_by_rule.get(alert.rule_id, 0) + 1
         for change in changes:
@@ -128,6 +139,3 @@ def _cited(events: list, alerts: list[Alert]) -> list:
     wanted = {eid for alert in alerts for eid in alert.event_ids}
     return [e for e in events if e.event_id in wanted]
 
-
-def _latest(events: list) -> dt.datetime | None:
-    return max((e.timestamp for e in events), default=None)

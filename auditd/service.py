@@ -46,7 +46,7 @@ def open_store(runtime: Runtime, state_dir: Path | None = None) -> tuple[Store, 
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
     store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
-    store.open(extra_schemas=[INCIDENT_SCHEMA])
+    store.open(extra_schemas=[INCIDENT_SCHEMA], background_checkpoints=True)
     quarantine = QuarantineFile(q_path, store)
     quarantine.catch_up()
     return store, quarantine

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from pathlib import Path
 
 import msgspec
@@ -23,6 +26,8 @@ import msgspec
 from auditd.decode.quarantine import Quarantined
 from auditd.event import AccessEvent
 from auditd.sources.base import Checkpoint
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +77,10 @@ CREATE TABLE IF NOT EXISTS source_stats (
 
 PAGE_SIZE = 65536  # SQLite's largest
 WAL_CHECKPOINT_BYTES = 1000 * 4096
+# With checkpoints in the background, the writer checkpoints itself only past this many
+# WAL bytes: a safety net for when the checkpointer cannot keep up.
+WAL_WRITER_CHECKPOINT_BYTES = 256 * 1024 * 1024
+CHECKPOINT_INTERVAL_S = 0.5
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(AccessEvent).decode
@@ -87,6 +96,85 @@ def _micros(ts: dt.datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+class Segment:
+    """The events of one batch as one msgpack array, encoded a chunk at a time.
+
+    The pipeline adds each chunk as soon as it is detected, while its events are still
+    in the CPU's caches; the array is the chunks' encodings without their own array
+    headers, behind one header for the whole count (msgpack: fixarray, array 16, 32).
+    """
+
+    __slots__ = ("_bodies", "count", "first", "last")
+
+    def __init__(self) -> None:
+        self._bodies: list[bytes] = []
+        self.count = 0
+        self.first: dt.datetime | None = None  # the earliest event time
+        self.last: dt.datetime | None = None  # the latest
+
+    def add(self, events: list[AccessEvent]) -> None:
+        n = len(events)
+        if not n:
+            return
+        self._bodies.append(_encode(events)[_array_header_size(n):])
+        self.count += n
+        stamps = list(map(_timestamp_of, events))
+        first, last = min(stamps), max(stamps)
+        if self.first is None or first < self.first:
+            self.first = first
+        if self.last is None or last > self.last:
+            self.last = last
+
+    def doc(self) -> bytes:
+        return _array_header(self.count) + b"".join(self._bodies)
+
+
+def _array_header_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+_timestamp_of = attrgetter("timestamp")
+
+
+class WalCheckpointer:
+    """Copies the WAL into the database file every `interval` seconds, on its own
+    connection and thread (PASSIVE: it never blocks the writer, nor waits for it)."""
+
+    def __init__(self, path: Path, synchronous: str, interval: float = CHECKPOINT_INTERVAL_S):
+        self._path, self._synchronous, self._interval = path, synchronous, interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="neo-auditd-wal-checkpoint", daemon=True)
+        self.checkpoints = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")  # a checkpoint syncs as the writer would
+            while not self._stopping.wait(self._interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:  # the writer checkpoints past its own bound meanwhile
+                    log.warning("WAL checkpoint failed: %s", exc, extra={"file.path": str(self._path)})
+        finally:
+            conn.close()
+
+
 class Store:
     """The SQLite state of one daemon. Constructing it opens nothing; call open()."""
 
@@ -95,9 +183,13 @@ class Store:
         self.synchronous = synchronous
         self.keep_events = keep_events
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self, extra_schemas: Iterable[str] = ()) -> "Store":
+    def open(self, extra_schemas: Iterable[str] = (), *, background_checkpoints: bool = False) -> "Store":
+        """Open (creating) the store. With `background_checkpoints`, a thread copies the
+        WAL into the database file, so that the pipeline's commits do not wait for it
+        (a checkpoint writes each byte a second time and syncs the disk)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         # A segment is a batch's events in one blob (megabytes): large pages store it in
@@ -107,7 +199,8 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         # checkpoint after as many WAL bytes as SQLite's default (1000 pages of 4 KiB) would
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        conn.execute(f"PRAGMA wal_autocheckpoint={max(1, WAL_CHECKPOINT_BYTES // page_size)}")
+        wal_bytes = WAL_WRITER_CHECKPOINT_BYTES if background_checkpoints else WAL_CHECKPOINT_BYTES
+        conn.execute(f"PRAGMA wal_autocheckpoint={max(1, wal_bytes // page_size)}")
         # NORMAL in WAL mode survives a process crash (kill -9); FULL also survives power loss.
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -115,9 +208,15 @@ class Store:
         for schema in extra_schemas:
             conn.executescript(schema)
         self._conn = conn
+        if background_checkpoints:
+            self._checkpointer = WalCheckpointer(self.path, self.synchronous)
+            self._checkpointer.start()
         return self
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -141,12 +240,16 @@ class Store:
 
     # -- writes (inside a transaction) ------------------------------------------------------
     def insert_events(self, conn: sqlite3.Connection, source: str, events: list[AccessEvent]) -> None:
-        if not events or not self.keep_events:
+        segment = Segment()
+        segment.add(events)
+        self.insert_segment(conn, source, segment)
+
+    def insert_segment(self, conn: sqlite3.Connection, source: str, segment: Segment) -> None:
+        if not segment.count or not self.keep_events:
             return
-        stamps = [e.timestamp for e in events]
         conn.execute(
             "INSERT INTO event_segments (source, first_ts_us, last_ts_us, count, doc) VALUES (?,?,?,?,?)",
-            (source, _micros(min(stamps)), _micros(max(stamps)), len(events), _encode(events)),
+            (source, _micros(segment.first), _micros(segment.last), segment.count, segment.doc()),
         )
 
     def insert_evidence(self, conn: sqlite3.Connection, events: Iterable[AccessEvent]) -> None:
