@@ -45,9 +45,10 @@ class StoreSettings:
 @dataclass(frozen=True, slots=True)
 class PseudonymSettings:
     key_file: Path  # HMAC-SHA-256 key; never logged
-    # Recently seen customers' pseudonyms are kept (~230 B each): an HMAC costs ~1.4 us,
-    # a cached one ~0.1 us, and staff keep returning to the same customers.
-    cache_size: int = 262_144
+    # Recently seen ids' pseudonyms are kept (~200 B each, so ~100 MB when full): an HMAC
+    # costs ~1 us and a cached one ~0.1-0.5 us, and staff keep returning to the same
+    # customers. Size it to the ids (customers, addresses, ...) seen in a few days.
+    cache_size: int = 524_288
 
     def check(self):
         if self.cache_size < 1:

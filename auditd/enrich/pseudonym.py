@@ -63,11 +63,22 @@ class Pseudonymiser:
         return self._cached(raw) if found is None else found
 
     def many(self, raws: Iterable[str]) -> tuple[str, ...]:
-        if type(raws) is not tuple:
-            raws = tuple(raws)  # read twice when some id is not cached
-        # the usual case, every id cached, stays in C; a pseudonym is never empty
-        out = tuple(map(self._known, raws))
-        return out if all(out) else tuple(map(self._cached, raws))
+        return tuple(self.each(list(raws)))
+
+    def each(self, raws: list[str]) -> list[str]:
+        """The pseudonyms of a list of ids, in order: cached ones are looked up in C,
+        and only the others take a Python call each."""
+        out = list(map(self._known, raws))
+        if None in out:
+            add, find, at = self._cached, out.index, 0
+            try:
+                while True:
+                    at = find(None, at)  # a pseudonym is never None: the next uncached id
+                    out[at] = add(raws[at])
+                    at += 1
+            except ValueError:  # no uncached id left
+                pass
+        return out
 
     def __repr__(self) -> str:  # never show the key, even in a traceback's locals
         return "Pseudonymiser(key=<hidden>)"
