@@ -77,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.log is None:
         out = Path(tempfile.mkdtemp(prefix="neo-bench-enrich-"))
-        from generate import generate  # the sibling script; sys.path[0] is this folder
+        sys.path.insert(0, str(REPO / "examples"))
+        from generate import generate  # examples/generate.py, the example log's generator
 
         generate(out, args.lines, seed=7, start=__import__("datetime").date(2026, 11, 2))
         args.log = out / "access.log"
