@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
 from typing import Any, Callable, Iterable
@@ -47,13 +48,15 @@ _ATTRIBUTES = [f.name for f in msgspec.structs.fields(AccessEvent)]  # AccessEve
 _PROVENANCE = ("event_id", "log_path", "log_offset", "dataset")
 
 
+@dataclass(frozen=True, slots=True)
 class _FieldPlan:
     """How one event attribute is computed for a chunk."""
 
-    __slots__ = ("attr", "how", "names", "table", "default")
-
-    def __init__(self, attr: str, how: str, names: tuple[str, ...], table: dict | None, default: Any):
-        self.attr, self.how, self.names, self.table, self.default = attr, how, names, table, default
+    attr: str
+    how: str  # a mapping.Column's: copy, time, exact
+    names: tuple[str, ...]  # the struct attributes along the record path
+    table: dict | None  # exact: value -> event value
+    default: Any  # the value where a parent object is absent
 
 
 def build_columnar_events(shape: TypedShape, mapping: Mapping, max_bytes: int) -> EventsFunction | None:
