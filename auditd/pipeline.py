@@ -54,7 +54,7 @@ class Pipeline:
 
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
-        segment = Segment()
+        segment = Segment(encode=self.store.keep_events)
         cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment)
         detected = time.perf_counter()
         latest, n_events = segment.last, segment.count
@@ -83,7 +83,8 @@ class Pipeline:
             )
 
     @staticmethod
-    def _stages(runtime: Runtime, batch: Batch, segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float]:
+    def _stages(runtime: Runtime, batch: Batch,
+                segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float]:
         """Normalise, enrich, detect and encode for the store, a chunk of the batch at a
         time: every stage walks the events, and a chunk's events stay in the CPU's caches
         from one stage to the next (a whole batch's do not). The events' order, and so

@@ -67,3 +67,14 @@ def test_background_checkpoints_copy_the_wal_while_the_writer_goes_on(tmp_path):
     reopened = Store(tmp_path / "state.db").open()
     assert reopened.count_events() == 20000
     reopened.close()
+
+
+def test_a_store_that_keeps_no_events_counts_them_without_encoding(tmp_path):
+    store = Store(tmp_path / "state.db", keep_events=False).open()
+    segment = Segment(encode=False)
+    segment.add(events(300))
+    with store.transaction() as conn:
+        store.insert_segment(conn, "crm", segment)
+    assert (segment.count, segment.last) == (300, max(e.timestamp for e in events(300)))
+    assert store.count_events() == 0
+    store.close()

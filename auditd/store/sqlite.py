@@ -104,9 +104,11 @@ class Segment:
     headers, behind one header for the whole count (msgpack: fixarray, array 16, 32).
     """
 
-    __slots__ = ("_bodies", "count", "first", "last")
+    __slots__ = ("_bodies", "_encode", "count", "first", "last")
 
-    def __init__(self) -> None:
+    def __init__(self, *, encode: bool = True) -> None:
+        """`encode=False` only counts (a store that keeps no events)."""
+        self._encode = encode
         self._bodies: list[bytes] = []
         self.count = 0
         self.first: dt.datetime | None = None  # the earliest event time
@@ -116,7 +118,8 @@ class Segment:
         n = len(events)
         if not n:
             return
-        self._bodies.append(_encode(events)[_array_header_size(n):])
+        if self._encode:
+            self._bodies.append(_encode(events)[_array_header_size(n):])
         self.count += n
         stamps = list(map(_timestamp_of, events))
         first, last = min(stamps), max(stamps)
