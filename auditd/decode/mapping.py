@@ -256,7 +256,7 @@ def _column_of(target: Target, spec: FieldMapping, required: bool, copied: bool)
     if _is_iso8601_only(target, spec):
         return Column("time")
     if spec.transforms() == ["map"] and target.kind in ("str", "ip"):
-        table: dict = {k: v for k, v in (spec.map or {}).items() if k and not k.endswith("*") and isinstance(v, str)}
+        table: dict = _exact_text_map(spec)
         if not required:  # absent ('' or null): the event keeps its default, as in make_apply
             table[None] = table[""] = EVENT_DEFAULTS[target.attr]
         return Column("exact", table)
@@ -360,13 +360,18 @@ def with_shortcut(target: Target, spec: FieldMapping, general: Apply) -> Apply:
         return general
     attr, transforms = target.attr, spec.transforms()
     if transforms == ["map"] and target.kind != "time":
-        exact = {k: v for k, v in (spec.map or {}).items() if k and not k.endswith("*") and isinstance(v, str)}
-        return _mapped_shortcut(exact, attr, general)
+        return _mapped_shortcut(_exact_text_map(spec), attr, general)
     if _is_iso8601_only(target, spec):
         return _time_shortcut(attr, general)
     if not transforms and target.kind != "time" and target.name not in VOCABULARIES:
         return _text_shortcut(attr, general)
     return general
+
+
+def _exact_text_map(spec: FieldMapping) -> dict[str, str]:
+    """The map's plain keys (not empty, not wildcards) with text values: what a shortcut
+    or a column may look up directly, leaving every other value to the general path."""
+    return {k: v for k, v in steps.exact_entries(spec.map or {}).items() if k and isinstance(v, str)}
 
 
 def _mapped_shortcut(exact: dict[str, str], attr: str, general: Apply) -> Apply:
@@ -499,7 +504,7 @@ def compile_categories(
         return None
     table = {key: tuple(_as_list(v)) for key, v in rule.map.items()}
     lookup = steps.compile_lookup(table, tuple(rule.default))
-    exact = {k: v for k, v in table.items() if not k.endswith("*")}
+    exact = steps.exact_entries(table)
     source = Source(tuple(tuple(p.split(".")) for p in (rule.paths or [rule.path])))
     return source, _categories_apply(exact, lookup, rule.lower)
 
@@ -508,7 +513,7 @@ def categories_column(rule: CategoryRule) -> Column | None:
     """The chunk-at-once form of a categories rule of one path without `lower`."""
     if rule.path is None or rule.lower:
         return None
-    table: dict = {k: tuple(_as_list(v)) for k, v in rule.map.items() if k and not k.endswith("*")}
+    table: dict = steps.exact_entries({k: tuple(_as_list(v)) for k, v in rule.map.items()})
     table[None] = table[""] = ()  # an absent value means no categories
     return Column("exact", table)
 

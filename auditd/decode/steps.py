@@ -121,9 +121,14 @@ def map_table(table: dict[str, Any]) -> dict[str, Any]:
     return {key: map_value(v) for key, v in table.items()}
 
 
+def exact_entries(table: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a map whose keys are not wildcards ('prefix*')."""
+    return {k: v for k, v in table.items() if not k.endswith("*")}
+
+
 def compile_lookup(table: dict[str, Any], default: Any = NOT_MAPPED) -> Callable[[Any], Any]:
     """Exact keys first, then keys ending in '*' by longest prefix, then the default."""
-    exact = {k: v for k, v in table.items() if not k.endswith("*")}
+    exact = exact_entries(table)
     prefixes = sorted(((k[:-1], v) for k, v in table.items() if k.endswith("*")), key=lambda kv: -len(kv[0]))
 
     def lookup(raw: Any) -> Any:
