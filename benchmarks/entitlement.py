@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import shutil
 import sqlite3
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from auditd.enrich.pseudonym import create_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "directory.yaml"
@@ -141,8 +142,7 @@ def prepare(args: argparse.Namespace) -> dict:
     db, seen = write_assignments(workdir, workdir / "data" / "access.log", dispatchers, args.orders)
     key = workdir / "pseudonym.key"
     if not key.exists():
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+        create_key_file(key)
     meta = {"stamp": stamp, "directory": str(directory), "assignments": str(db), "orders_viewed": seen}
     meta_path.write_text(json.dumps(meta))
     return meta

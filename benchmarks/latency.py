@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -22,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from auditd.enrich.pseudonym import create_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 LINE = ('{{"ts":"2026-11-02T10:00:00.{ms:03d}+08:00","app":"crm","host":"crm-web-01","req":"r-{n:08d}",'
@@ -33,9 +34,7 @@ LINE = ('{{"ts":"2026-11-02T10:00:00.{ms:03d}+08:00","app":"crm","host":"crm-web
 def setup(workdir: Path) -> Path:
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "logs").mkdir(parents=True)
-    key = workdir / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(workdir / "pseudonym.key")
     config = workdir / "config.yaml"
     config.write_text(
         "state_dir: state\n"

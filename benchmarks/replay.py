@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from auditd.enrich.pseudonym import create_key_file
+
 REPO = Path(__file__).resolve().parents[1]
 ACTIONS = ["read", "search", "list", "export", "print", "update", "delete", "unmask", "share", "login"]
 CATEGORIES = ["identity", "contact", "property", "location", "biometric", "order"]
@@ -68,8 +70,7 @@ def prepare(workdir: Path, lines: int, elastic: str | None = None) -> tuple[Path
     (workdir / "rules" / "bench.yaml").write_text(fifty_rules())
     key = workdir / "pseudonym.key"
     if not key.exists():
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+        create_key_file(key)
     config = workdir / "config.yaml"
     config.write_text(
         "state_dir: state\n"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from auditd.enrich.pseudonym import create_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,9 +20,7 @@ def neo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture
 def deployment(tmp_path: Path) -> Path:
     """A minimal valid deployment: config, key, one operator rule file."""
-    key = tmp_path / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(tmp_path / "pseudonym.key")
     (tmp_path / "rules.d").mkdir()
     (tmp_path / "rules.d" / "local.yaml").write_text(
         "- rule: local_export\n"

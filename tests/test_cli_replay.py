@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from auditd.enrich.pseudonym import create_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,9 +21,7 @@ def neo(*args: str) -> subprocess.CompletedProcess:
 
 
 def deployment(tmp: Path, source: str) -> Path:
-    key = tmp / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(tmp / "pseudonym.key")
     config = tmp / "config.yaml"
     config.write_text(
         "state_dir: state\n"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from auditd.enrich.pseudonym import create_key_file
 from auditd.store.sqlite import Store
 
 pytestmark = pytest.mark.slow
@@ -39,9 +40,7 @@ def line(n: int) -> str:
 
 def write_config(tmp: Path) -> Path:
     (tmp / "logs").mkdir()
-    key = tmp / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(tmp / "pseudonym.key")
     config = tmp / "config.yaml"
     config.write_text(
         "state_dir: state\n"

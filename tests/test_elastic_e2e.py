@@ -5,7 +5,6 @@ incidents as a file replay of the same events."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from elasticsearch import helpers
 
 from auditd.elastic.documents import event_actions
+from auditd.enrich.pseudonym import create_key_file
 from auditd.store.sqlite import Store
 
 pytestmark = [pytest.mark.elasticsearch, pytest.mark.slow]
@@ -32,8 +32,7 @@ def neo(*args: str) -> subprocess.CompletedProcess:
 def write_config(folder: Path, body: str) -> Path:
     key = folder.parent / "pseudonym.key"
     if not key.exists():
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+        create_key_file(key)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config.yaml"
     config.write_text(

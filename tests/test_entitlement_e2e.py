@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import msgspec
 import pytest
 
 from auditd.enrich import Enricher
+from auditd.enrich.pseudonym import create_key_file
 from auditd.entitlement import EntitlementChecker, reason_code
 from auditd.event import AccessEvent
 from auditd.runtime import Runtime, load_runtime
@@ -58,9 +58,7 @@ def _generator():
 def replayed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     _generator().generate(tmp / "data", LINES, seed=11, start=dt.date(2026, 11, 2), per_kind=3)
-    key = tmp / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(tmp / "pseudonym.key")
     config = tmp / "config.yaml"
     config.write_text(
         "state_dir: state\n"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sentry_sdk
 
+from auditd.enrich.pseudonym import create_key_file
 from auditd.ops.sentry import (
     FILTERED,
     init_sentry,
@@ -343,7 +344,6 @@ def test_pipeline_failure_on_an_event_with_a_phone_number_reaches_sentry_without
     Without the scrubber the number does arrive (checked by hand with an identity
     scrubber), through the frame locals of the pipeline.
     """
-    import os
     from pathlib import Path
 
     from auditd.pipeline import Pipeline
@@ -351,8 +351,7 @@ def test_pipeline_failure_on_an_event_with_a_phone_number_reaches_sentry_without
     from auditd.service import open_store
     from auditd.sources.base import Batch, Checkpoint
 
-    key = tmp_path / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
+    create_key_file(tmp_path / "pseudonym.key")
     (tmp_path / "config.yaml").write_text(
         "state_dir: state\nsources:\n  - name: crm\n    paths: [access.log]\n    format: neo-crm\n"
         "pseudonym:\n  key_file: pseudonym.key\n")

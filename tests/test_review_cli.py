@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from auditd.cli import build_parser
+from auditd.enrich.pseudonym import create_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,7 @@ def replayed(tmp_path_factory):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     module.generate(tmp / "data", 20_000, seed=3, start=dt.date(2026, 11, 2))
-    key = tmp / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(tmp / "pseudonym.key")
     config = tmp / "config.yaml"
     config.write_text("state_dir: state\nsources:\n  - {name: crm, paths: [data/access.log], format: neo-crm}\n"
                       f"pseudonym: {{key_file: pseudonym.key}}\ndirectory: {{path: {REPO / 'examples' / 'directory.yaml'}}}\n",

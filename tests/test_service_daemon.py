@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from auditd.enrich.pseudonym import create_key_file
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +47,7 @@ def line(n: int) -> str:
 
 @pytest.fixture
 def daemon(tmp_path: Path):
-    key = tmp_path / "pseudonym.key"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+    create_key_file(tmp_path / "pseudonym.key")
     (tmp_path / "logs").mkdir()
     (tmp_path / "rules.d").mkdir()
     (tmp_path / "rules.d" / "a.yaml").write_text(RULE.format(rule_id="order_read_a"))
