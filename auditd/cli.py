@@ -10,7 +10,7 @@ from typing import Sequence
 import msgspec
 
 from auditd import __version__
-from auditd.errors import EX_CONFIG, ConfigError
+from auditd.errors import EX_CONFIG, ConfigError, StoreFormatError
 
 DESCRIPTION = """\
 neo-auditd checks every access to customers' personal information against the
@@ -371,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except StoreFormatError as exc:  # a newer version's store: restarting will not help
+        print(f"neo-auditd: {exc}", file=sys.stderr)
+        return EX_CONFIG
 
 
 if __name__ == "__main__":  # pragma: no cover

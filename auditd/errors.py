@@ -45,3 +45,7 @@ class ConfigError(NeoError):
 
 class DecodeError(NeoError):
     """A log record that cannot be decoded or mapped; it goes to quarantine."""
+
+
+class StoreFormatError(NeoError):
+    """The store was written by a newer neo-auditd, in a format this one cannot read."""

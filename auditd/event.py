@@ -9,6 +9,7 @@ access facts, enrich the ``actor_*``/``entitlement_*`` facts and the pseudonyms.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +22,18 @@ ACTIONS = (
 OUTCOMES = ("success", "failure", "denied", "unknown")
 
 
-class AccessEvent(msgspec.Struct, gc=False, omit_defaults=True):
+class AccessEvent(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
     """One access to customers' data (or a login/grant event), normalised.
 
     Positional arguments are allowed for decode.columnar, which builds a chunk's events
     with one map over the class; everything else passes keywords.
+
+    Encoded (msgpack, in the store) as an array of the attributes in this order, with
+    the trailing defaults left out: names in every stored event would take ~40 % of the
+    bytes the store writes. Append new attributes at the end, so that stored events
+    still decode (a missing trailing attribute takes its default); never reorder or
+    remove one without migrating the store (auditd.store.sqlite). Readers that need a
+    few attributes decode through `stored_view`.
     """
 
     timestamp: dt.datetime
@@ -136,6 +144,35 @@ ATTR_TO_FIELD = {spec.attr: spec.name for spec in FIELDS.values()}
 # attribute -> default; NODEFAULT for the required ones and for labels (a new dict each)
 EVENT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in msgspec.structs.fields(AccessEvent)}
 REQUIRED_FIELDS = ("@timestamp", "event.action")
+
+
+def stored_view(name: str, wanted: Iterable[str]) -> type[msgspec.Struct]:
+    """A struct that decodes only the `wanted` attributes of an encoded AccessEvent.
+
+    The attributes before the last wanted one that are not wanted stay undecoded
+    (msgspec.Raw, a view of their bytes); those after it are never read. A wanted
+    attribute a stored event leaves out (a trailing default) takes its default.
+    """
+    wanted = set(wanted)
+    infos = msgspec.structs.fields(AccessEvent)
+    unknown = wanted - {f.name for f in infos}
+    if unknown:
+        raise ValueError(f"AccessEvent has no attribute {', '.join(sorted(unknown))}")
+    last = max(i for i, f in enumerate(infos) if f.name in wanted)
+    spec: list[tuple[str, Any, Any] | tuple[str, Any]] = []
+    for info in infos[: last + 1]:
+        if info.required:  # always encoded
+            spec.append((info.name, info.type if info.name in wanted else msgspec.Raw))
+        elif info.name not in wanted:
+            spec.append((info.name, msgspec.Raw, _SKIPPED))
+        elif info.default_factory is not msgspec.NODEFAULT:
+            spec.append((info.name, info.type, msgspec.field(default_factory=info.default_factory)))
+        else:
+            spec.append((info.name, info.type, info.default))
+    return msgspec.defstruct(name, spec, array_like=True, gc=False)
+
+
+_SKIPPED = msgspec.Raw()
 
 
 def to_ecs(event: AccessEvent) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from auditd.detect.alert import Alert, alert_id
 from auditd.directory.model import Directory, Employee
 from auditd.entitlement.accounts import AccountFeed, AccountFeedError, load_account_feed
 from auditd.entitlement.settings import DepartedSettings
+from auditd.event import stored_view
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.departed")
@@ -163,14 +164,7 @@ def _local(when: dt.datetime, zone: dt.tzinfo) -> str:
 
 # -- logins seen in the store ------------------------------------------------------------------
 
-class _LoginDoc(msgspec.Struct):
-    action: str
-    timestamp: dt.datetime
-    outcome: str = "success"
-    user_id: str | None = None
-    event_id: str = ""
-
-
+_LoginDoc = stored_view("_LoginDoc", ("timestamp", "action", "outcome", "user_id", "event_id"))
 _decode_segment = msgspec.msgpack.Decoder(list[_LoginDoc]).decode
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -13,7 +13,8 @@ may have been the one relied upon.
     print(render_grant_review(review, as_json=True))
 
 Events are read with one SQL query over the store's event segments (by their time
-bounds) and a partial msgpack decode of the few fields needed, not as full AccessEvents.
+bounds) and a partial msgpack decode of the few fields needed (`stored_view`), not as full
+AccessEvents.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.directory.model import ACTIVE, Directory, Grant, Role
 from auditd.entitlement.checker import DATA_ACTIONS
+from auditd.event import stored_view
 
 Pair = tuple[str, str]  # (category, action)
 log = logging.getLogger("neo_auditd.entitlement")
@@ -73,23 +75,10 @@ class GrantReview(msgspec.Struct, kw_only=True):
     employees: list[EmployeeUsage]
 
 
-class _Use(msgspec.Struct):
-    """The part of a stored event the review reads; msgspec skips the other fields."""
-
-    action: str
-    outcome: str = "success"
-    user_id: str | None = None
-    user_roles: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
-    entitlement_granted: bool | None = None
-
-
-class _TimedUse(_Use):
-    timestamp: dt.datetime | None = None
-
-
-_decode_inside = msgspec.msgpack.Decoder(list[_Use]).decode
-_decode_edge = msgspec.msgpack.Decoder(list[_TimedUse]).decode
+# the part of a stored event the review reads; msgspec leaves the other fields undecoded
+_Use = stored_view("_Use", ("timestamp", "action", "outcome", "user_id", "user_roles", "categories",
+                            "entitlement_granted"))
+_decode_segment = msgspec.msgpack.Decoder(list[_Use]).decode
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -129,10 +118,9 @@ def _read_uses(conn: Any, since: dt.datetime, now: dt.datetime) -> tuple[Counter
     uses: Counter = Counter()
     events = 0
     for first, last, doc in conn.execute(sql, (lo, hi)):
-        if lo <= first and last < hi:
-            batch: list[_Use] = _decode_inside(doc)
-        else:
-            batch = [u for u in _decode_edge(doc) if u.timestamp is not None and since <= u.timestamp < now]
+        batch = _decode_segment(doc)
+        if not (lo <= first and last < hi):
+            batch = [u for u in batch if since <= u.timestamp < now]
         for use in batch:
             if use.action not in DATA_ACTIONS:
                 continue

@@ -17,13 +17,15 @@ import datetime as dt
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from auditd.decode.quarantine import Quarantined
+from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent
 from auditd.sources.base import Checkpoint
 
@@ -86,6 +88,20 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(AccessEvent).decode
 _decode_segment = msgspec.msgpack.Decoder(list[AccessEvent]).decode
 
+# How stored events are encoded, in `meta`. Stores written before it have none: their
+# events are msgpack maps, re-encoded as arrays when the store is first opened.
+EVENT_ENCODING_KEY = "event_encoding"
+EVENT_ENCODING = "array-1"  # AccessEvent's attributes in order, trailing defaults left out
+_MapFormEvent = msgspec.defstruct(
+    "_MapFormEvent",
+    [(f.name, f.type) if f.required else
+     (f.name, f.type, msgspec.field(default_factory=f.default_factory)) if f.default_factory is not msgspec.NODEFAULT
+     else (f.name, f.type, f.default)
+     for f in msgspec.structs.fields(AccessEvent)],
+)
+_decode_map_segment = msgspec.msgpack.Decoder(list[_MapFormEvent]).decode
+_decode_map_event = msgspec.msgpack.Decoder(_MapFormEvent).decode
+
 
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
@@ -130,6 +146,45 @@ class Segment:
 
     def doc(self) -> bytes:
         return _array_header(self.count) + b"".join(self._bodies)
+
+
+def _settle_event_encoding(conn: sqlite3.Connection) -> None:
+    """Record the event encoding of a new store; re-encode the events of an older one."""
+    def recorded() -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone()
+        return None if row is None else row[0]
+
+    if recorded() == EVENT_ENCODING:
+        return
+    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others find it done
+    try:
+        found = recorded()
+        if found is None:
+            segments = _reencode(conn, "event_segments", "seq", _decode_map_segment)
+            evidence = _reencode(conn, "evidence", "event_id", lambda doc: [_decode_map_event(doc)], single=True)
+            if segments or evidence:
+                log.info("stored events re-encoded as arrays",
+                         extra={"store.segments": segments, "store.evidence": evidence})
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (EVENT_ENCODING_KEY, EVENT_ENCODING))
+        elif found != EVENT_ENCODING:
+            raise StoreFormatError(f"stored events are encoded as {found!r}, which this neo-auditd cannot "
+                                   f"read (it writes {EVENT_ENCODING!r}); run the newer version")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _reencode(conn: sqlite3.Connection, table: str, key: str,
+              decode: Callable[[bytes], list[Any]], *, single: bool = False) -> int:
+    """Re-encode every row's map-form events as arrays; a row at a time (a segment is
+    megabytes, and a store holds months of them)."""
+    keys = [k for (k,) in conn.execute(f"SELECT {key} FROM {table}")]
+    for row_key in keys:
+        (doc,) = conn.execute(f"SELECT doc FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
+        events = [AccessEvent(*msgspec.structs.astuple(e)) for e in decode(doc)]
+        conn.execute(f"UPDATE {table} SET doc = ? WHERE {key} = ?", (_encode(events[0] if single else events), row_key))
+    return len(keys)
 
 
 def _array_header_size(n: int) -> int:
@@ -210,6 +265,7 @@ class Store:
         conn.executescript(SCHEMA)
         for schema in extra_schemas:
             conn.executescript(schema)
+        _settle_event_encoding(conn)
         self._conn = conn
         if background_checkpoints:
             self._checkpointer = WalCheckpointer(self.path, self.synchronous)
