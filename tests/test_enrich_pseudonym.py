@@ -9,6 +9,8 @@ import re
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from auditd.config.located import Problems, parse_yaml
 from auditd.enrich import Pseudonymiser, create_key_file, load_key
@@ -97,3 +99,15 @@ def test_the_cache_forgets_the_oldest_first_and_recomputes_the_same_pseudonym():
     assert p("C0") == first[0] and p._cached.misses == misses + 1  # computed again, same value
     assert p.many(("C2", "C3", "C0")) == (first[2], p("C3"), first[0])
     assert p._cached.misses == misses + 1  # all three were cached
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([f"C{i:08d}" for i in range(12)] + ["", "客户-7", "x" * 300]),
+                         max_size=40), max_size=6),
+       st.integers(min_value=1, max_value=16))
+def test_a_list_of_ids_gets_each_its_hmac_whatever_is_cached_or_repeated(lists, cache_size):
+    p = Pseudonymiser(KEY, cache_size=cache_size)
+    for raws in lists:  # each list meets what the lists before it left in the cache
+        assert p.each(list(raws)) == [
+            "p:" + hmac.digest(KEY, raw.encode(), "sha256")[:16].hex() for raw in raws]
+        assert len(p._cached.table) <= cache_size
