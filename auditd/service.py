@@ -24,6 +24,7 @@ from auditd.detect.departed_sweep import run_departed_sweep
 from auditd.directory import DirectoryWatcher, load_directory
 from auditd.entitlement.review import grant_review_job
 from auditd.errors import ConfigError
+from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
 from auditd.ops.retention import purge_store
 from auditd.ops.sdnotify import Notifier
@@ -335,6 +336,7 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
                     on_batch=cluster.wake if cluster else None, cluster=cluster)
     daemon.install_signal_handlers()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
+    keep_buffers_in_heap()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
     scheduler.add_job(
         lambda: purge_store(store.path, daemon.pipeline.runtime.settings.ops.retention,
@@ -372,6 +374,7 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     """
     pipeline = Pipeline(runtime, store, quarantine)
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
+    keep_buffers_in_heap()
     framer = runtime.framers[source_name]()
     reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name))
     batch_records = runtime.settings.pipeline.batch_records
