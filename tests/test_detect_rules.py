@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -416,3 +417,58 @@ def test_routing_on_many_fields_equals_every_rule(benchmark_rules: RuleSet, even
     brute = [a for a in (rs.check(r, event) for r in rs.rules if r.spec.enabled) if a is not None]
     assert rs.evaluate(event) == brute
     assert rs.evaluate_all([event, event]) == brute + brute
+
+
+class EverySecondKind:
+    """A stateful stand-in: fires on every second match per user, and records the order
+    in which it was shown events."""
+
+    params_type = None
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def build(self, rule: Any, params: Any, context: KindContext):
+        counts: dict[str | None, int] = {}
+
+        def detect(event: AccessEvent) -> Verdict | None:
+            self.seen.append(f"{rule.id}:{event.event_id}")
+            counts[event.user_id] = counts.get(event.user_id, 0) + 1
+            return Verdict(reason="second") if counts[event.user_id] % 2 == 0 else None
+        return detect
+
+
+STATEFUL = """
+- rule: every_second_egress
+  desc: d
+  kind: every_second
+  condition: event.action in (export, share, print) or neo.data.record_count > 100
+  severity: low
+  tags: [sandbox]
+- rule: every_second_read
+  desc: d
+  kind: every_second
+  condition: event.action in (read, export) and neo.data.categories in (contact)
+  severity: low
+  tags: [sandbox]
+"""
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=st.lists(events, max_size=40), every=st.integers(min_value=1, max_value=7))
+def test_a_list_at_once_is_the_events_one_by_one_in_order(tmp_path_factory, batch, every) -> None:
+    folder = tmp_path_factory.mktemp("stateful")
+    write(folder, "s.yaml", STATEFUL)
+    batch = [msgspec.structs.replace(e, event_id=f"e{i}") for i, e in enumerate(batch)]
+    runs = []
+    for at_once in (True, False):
+        kind = EverySecondKind()
+        problems = Problems()
+        rs = load_rules([SHIPPED, folder], problems, categories=CATEGORIES,
+                        kinds={**KINDS, "every_second": kind}, timing_every=every)
+        assert not problems
+        alerts = rs.evaluate_all(batch) if at_once else [a for e in batch for a in rs.evaluate(e)]
+        s = rs.stats.snapshot()
+        runs.append(([(a.rule_id, a.event_ids) for a in alerts], kind.seen,
+                     {r: (c.evaluations, c.matches, c.alerts, c.timed) for r, c in s.items()}))
+    assert runs[0] == runs[1]
