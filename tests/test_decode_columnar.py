@@ -81,6 +81,10 @@ def test_a_chunk_of_ordinary_records_is_built_at_once_and_equals_the_record_path
         line(res={"type": "warehouse"}),  # unlisted type: the categories default
         line(purpose=""),  # empty text is absent: the strict types leave it to the record path
         line(emp={"id": "E1", "name": "张伟"})[:-3] + b"\xff\xfe}",  # invalid UTF-8
+        # invalid UTF-8 where the structs read nothing: an unread key's value or name
+        line(note="NOTE").replace(b"NOTE", b"\xff\xfe"),
+        line(emp={"id": "E1", "name": "张伟", "note": "NOTE"}).replace(b"NOTE", b"\xe5\xbc"),
+        line().replace(b'{"ts"', b'{"\xff": 1, "ts"', 1),
         b'{"ts": "2026-11-02T09:15:03+08:00", "op": "customer.view"} {"op": "x"}',  # two values, one line
     ],
 )
@@ -88,6 +92,15 @@ def test_a_chunk_with_one_unusual_record_goes_record_by_record(odd: bytes):
     records = [ORDINARY[0], odd, ORDINARY[1]]
     assert chunk(records) is None
     assert outcome(NEO_CRM, records) == outcome(RECORD_PATH, records)
+
+
+def test_non_ascii_records_take_the_chunk_path_with_and_without_unread_keys():
+    known_only = [line(emp={"id": "E1", "name": "张伟"}), line(purpose="售后", emp={"id": "E2", "name": "李娜"})]
+    with_unread = [line(note="备注", emp={"id": "E1", "name": "张伟", "dept": "门店"}), line(app="crm", x={"y": "é"})]
+    for records in (known_only, with_unread, known_only + with_unread, known_only):
+        built = chunk(records)
+        assert built is not None
+        assert built == outcome(RECORD_PATH, records)[0]
 
 
 def test_records_that_only_parse_when_joined_cannot_shift_events_against_offsets():

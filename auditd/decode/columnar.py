@@ -42,6 +42,7 @@ from auditd.event import EVENT_DEFAULTS, AccessEvent
 EventsFunction = Callable[[list[bytes], list[int], str, "str | None", str], "list[AccessEvent] | None"]
 
 _UTC = dt.timezone.utc
+CLOSED_RETRY_CHUNKS = 64  # after a chunk with keys the mapping does not read
 _UNMAPPED = object()  # what an exact table gives for a value it lacks
 _ATTRIBUTES = [f.name for f in msgspec.structs.fields(AccessEvent)]  # AccessEvent's positional order
 # Set by the normaliser for every event; the mapping cannot set them (mapping.OWNED_ELSEWHERE).
@@ -81,13 +82,16 @@ def build_columnar_events(shape: TypedShape, mapping: Mapping, max_bytes: int) -
         plans.append(_FieldPlan("categories", "exact", shape.field_names(path), column.table, None))
     if len({p.attr for p in plans}) != len(plans):
         return None  # two rules write one attribute: the record path's order decides
-    return _ChunkDecoder(shape.struct, plans, max_bytes).events
+    return _ChunkDecoder(shape.struct, shape.closed_struct, plans, max_bytes).events
 
 
 class _ChunkDecoder:
-    def __init__(self, struct: type, plans: list[_FieldPlan], max_bytes: int):
+    def __init__(self, struct: type, closed_struct: type, plans: list[_FieldPlan], max_bytes: int):
         self._struct = struct
         self._decode = msgspec.json.Decoder(list[struct | int]).decode
+        self._decode_closed = msgspec.json.Decoder(list[closed_struct | int]).decode
+        self._closed_struct = closed_struct
+        self._skip_closed = 0  # chunks left before the closed decode is tried again
         self._separator_value = secrets.randbits(62)
         self._separator = b",%d," % self._separator_value
         self._max_bytes = max_bytes
@@ -134,21 +138,42 @@ class _ChunkDecoder:
         if not n or max(map(len, records)) > self._max_bytes:
             return None
         joined = b"".join((b"[", self._separator.join(records), b"]"))
+        out = self._decoded(joined)
+        if out is None:
+            return None
+        if len(out) != 2 * n - 1 or out[1::2].count(self._separator_value) != n - 1:
+            return None  # a record spilled over its line
+        typed = out[::2]
+        if len(set(map(type, typed))) != 1 or type(typed[0]) not in (self._struct, self._closed_struct):
+            return None  # a bare number where a record should be
+        return typed
+
+    def _decoded(self, joined: bytes) -> list | None:
+        """The joined chunk decoded, if every byte of it is valid UTF-8.
+
+        msgspec checks the UTF-8 of every string it decodes, but skips the values of
+        keys the struct lacks. Text with non-ASCII bytes is therefore first decoded
+        with the closed structs: if no record has a key the mapping does not read,
+        msgspec has checked every byte. Otherwise, one pass of Python's UTF-8 decoder
+        checks them all (and the closed decode rests for a while: these logs carry
+        keys the mapping leaves alone).
+        """
         if not joined.isascii():
+            if self._skip_closed:
+                self._skip_closed -= 1
+            else:
+                try:
+                    return self._decode_closed(joined)
+                except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+                    self._skip_closed = CLOSED_RETRY_CHUNKS
             try:
                 joined.decode("utf-8")  # one broken byte anywhere: the record path finds it
             except UnicodeDecodeError:
                 return None
         try:
-            out = self._decode(joined)
+            return self._decode(joined)
         except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
             return None
-        if len(out) != 2 * n - 1 or out[1::2].count(self._separator_value) != n - 1:
-            return None  # a record spilled over its line
-        typed = out[::2]
-        if set(map(type, typed)) != {self._struct}:
-            return None  # a bare number where a record should be
-        return typed
 
 
 def _values(typed: list, plan: _FieldPlan, parents: dict[tuple[str, ...], list]) -> Iterable:

@@ -128,13 +128,14 @@ def _build_tree(mapping: Mapping) -> tuple[_Node, frozenset[int]] | None:
     return root, frozenset(copied)
 
 
-def _make_struct(node: _Node, name: str) -> tuple[type, _CopyPlan]:
+def _make_struct(node: _Node, name: str, *, closed: bool = False) -> tuple[type, _CopyPlan]:
+    """The struct of a node's keys; `closed` ones refuse a key the mapping does not read."""
     children = sorted(node.children.values(), key=lambda c: c.attr is None)  # copied first, stable
     fields: list[tuple[str, Any, Any]] = []
     nested: list[tuple[int, _CopyPlan]] = []
     for position, child in enumerate(children):
         if child.children:
-            sub_type, sub_plan = _make_struct(child, f"{name}_{child.safe_name}")
+            sub_type, sub_plan = _make_struct(child, f"{name}_{child.safe_name}", closed=closed)
             fields.append((child.field_name, sub_type | None, None))
             if sub_plan.attrs or sub_plan.nested:
                 nested.append((position, sub_plan))
@@ -143,7 +144,7 @@ def _make_struct(node: _Node, name: str) -> tuple[type, _CopyPlan]:
             fields.append((child.field_name, leaf_type, default))
     rename = {child.field_name: key for key, child in node.children.items()}
     # gc=False: these structs hold no cycles, and untracked objects decode faster
-    struct = msgspec.defstruct(name, fields, kw_only=True, gc=False, rename=rename)
+    struct = msgspec.defstruct(name, fields, kw_only=True, gc=False, rename=rename, forbid_unknown_fields=closed)
     attrs = tuple(c.attr for c in children if c.attr is not None)
     return struct, _CopyPlan(attrs, tuple(nested), whole=len(attrs) == len(children))
 
@@ -187,6 +188,9 @@ class TypedShape:
     copied: frozenset[int]  # indexes of the mapping's fields whose values the struct holds as is
     struct: type
     plan: _CopyPlan
+    # the same shape refusing keys the mapping does not read: a record it decodes had
+    # every string decoded, and so its UTF-8 checked, by msgspec (an unread value is not)
+    closed_struct: type
 
     def field_names(self, path: RecordPath) -> tuple[str, ...]:
         """The struct attribute names along a record path."""
@@ -211,7 +215,8 @@ def typed_shape(mapping: Mapping) -> TypedShape | None:
         return None
     root, copied = built
     struct, plan = _make_struct(root, "TypedRecord")
-    return TypedShape(root, copied, struct, plan)
+    closed_struct, _ = _make_struct(root, "ClosedRecord", closed=True)
+    return TypedShape(root, copied, struct, plan, closed_struct)
 
 
 def build_typed_facts(
