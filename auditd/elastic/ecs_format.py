@@ -14,8 +14,6 @@ daemon's directory.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from auditd.decode.quarantine import Quarantined
@@ -43,13 +41,9 @@ def decode_document(record: bytes) -> AccessEvent:
         event = from_ecs(doc)
         # from_ecs trusts its input; a document from another writer may not match the
         # types (a number where a string belongs): check them once here
-        return msgspec.convert(_as_fields(event), AccessEvent, strict=False)
+        return msgspec.convert(msgspec.structs.astuple(event), AccessEvent, strict=False)
     except (msgspec.ValidationError, ValueError, TypeError) as exc:
         raise DecodeError(f"not an access event: {exc}") from None
-
-
-def _as_fields(event: AccessEvent) -> dict[str, Any]:
-    return {name: getattr(event, name) for name in event.__struct_fields__}
 
 
 class EcsDocumentDecoder:
