@@ -13,7 +13,11 @@ from auditd.cli import main
 from auditd.enrich.pseudonym import create_key_file
 from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent, stored_view
+from auditd.ops.sdnotify import Notifier
+from auditd.service import _migration_progress
+from auditd.store import sqlite as sqlite_store
 from auditd.store.sqlite import EVENT_ENCODING, EVENT_ENCODING_KEY, Store
+from test_ops_sdnotify import manager  # noqa: F401 - a fixture
 
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.timezone.utc)
 
@@ -124,3 +128,32 @@ def test_a_stored_view_decodes_only_the_wanted_attributes(tmp_path):
     assert not hasattr(decoded[0], "actor_known") or isinstance(decoded[0].actor_known, msgspec.Raw)
     with pytest.raises(ValueError, match="no attribute nope"):
         stored_view("Bad", ("action", "nope"))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_migration_resumes_and_keeps_systemd_waiting(tmp_path, monkeypatch, manager):
+    path, events = tmp_path / "state.db", sample(12)
+    _write_map_form(path, events)  # 2 segments and 2 evidence rows
+    monkeypatch.setattr(sqlite_store, "MIGRATION_ROWS_PER_COMMIT", 1)
+
+    def stop_after_two(done: int, rows: int) -> None:
+        if done == 2:
+            raise Interrupted  # a kill in the middle: two rows are committed, two are not
+    with pytest.raises(Interrupted):
+        Store(path).open(on_migration_progress=stop_after_two)
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone() is None
+    raw.close()
+
+    progress = _migration_progress(Notifier({"NOTIFY_SOCKET": manager.notify_socket}))
+    store = Store(path).open(on_migration_progress=progress)
+    assert list(store.iter_events()) == events
+    assert store.evidence(["f:2", "f:3"]) == events[2:4]
+    store.close()
+    # every commit told systemd to wait a minute more, with the progress as status
+    assert [manager.receive() for _ in range(4)] == [
+        f"EXTEND_TIMEOUT_USEC=60000000\nSTATUS=migrating the store: {i}/4 rows" for i in range(1, 5)]
+    assert manager.nothing_pending()

@@ -101,6 +101,8 @@ _MapFormEvent = msgspec.defstruct(
 )
 _decode_map_segment = msgspec.msgpack.Decoder(list[_MapFormEvent]).decode
 _decode_map_event = msgspec.msgpack.Decoder(_MapFormEvent).decode
+MIGRATION_ROWS_PER_COMMIT = 16  # segments of up to 20,000 events each
+Progress = Callable[[int, int], None]  # (rows done, rows)
 
 
 def utc_now_iso() -> str:
@@ -148,43 +150,66 @@ class Segment:
         return _array_header(self.count) + b"".join(self._bodies)
 
 
-def _settle_event_encoding(conn: sqlite3.Connection) -> None:
-    """Record the event encoding of a new store; re-encode the events of an older one."""
-    def recorded() -> str | None:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone()
-        return None if row is None else row[0]
+def _settle_event_encoding(conn: sqlite3.Connection, on_progress: Progress | None = None) -> None:
+    """Record the event encoding of a new store; re-encode the events of an older one.
 
-    if recorded() == EVENT_ENCODING:
+    The re-encoding commits a few rows at a time and skips rows already done, so a
+    store of months is migrated in the background of nothing: an interrupted start
+    resumes where it stopped, and `on_progress(rows done, rows)` after each commit
+    lets the service tell systemd it is still starting. Another process opening the
+    store meanwhile does the same rows' work harmlessly (each row is checked first).
+    """
+    found = _recorded_encoding(conn)
+    if found == EVENT_ENCODING:
         return
-    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others find it done
-    try:
-        found = recorded()
-        if found is None:
-            segments = _reencode(conn, "event_segments", "seq", _decode_map_segment)
-            evidence = _reencode(conn, "evidence", "event_id", lambda doc: [_decode_map_event(doc)], single=True)
-            if segments or evidence:
-                log.info("stored events re-encoded as arrays",
-                         extra={"store.segments": segments, "store.evidence": evidence})
+    if found is not None:
+        raise StoreFormatError(f"stored events are encoded as {found!r}, which this neo-auditd cannot "
+                               f"read (it writes {EVENT_ENCODING!r}); run the newer version")
+    rows = [("event_segments", "seq", k, False) for (k,) in conn.execute("SELECT seq FROM event_segments")]
+    rows += [("evidence", "event_id", k, True) for (k,) in conn.execute("SELECT event_id FROM evidence")]
+    done = changed = 0
+    while done < len(rows):
+        with _immediate(conn):
+            for table, key, row_key, single in rows[done:done + MIGRATION_ROWS_PER_COMMIT]:
+                changed += _reencode_row(conn, table, key, row_key, single)
+        done = min(len(rows), done + MIGRATION_ROWS_PER_COMMIT)
+        if on_progress is not None:
+            on_progress(done, len(rows))
+    with _immediate(conn):
+        if _recorded_encoding(conn) is None:
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (EVENT_ENCODING_KEY, EVENT_ENCODING))
-        elif found != EVENT_ENCODING:
-            raise StoreFormatError(f"stored events are encoded as {found!r}, which this neo-auditd cannot "
-                                   f"read (it writes {EVENT_ENCODING!r}); run the newer version")
+    if changed:
+        log.info("stored events re-encoded as arrays", extra={"store.rows": changed})
+
+
+def _recorded_encoding(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone()
+    return None if row is None else row[0]
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
 
-def _reencode(conn: sqlite3.Connection, table: str, key: str,
-              decode: Callable[[bytes], list[Any]], *, single: bool = False) -> int:
-    """Re-encode every row's map-form events as arrays; a row at a time (a segment is
-    megabytes, and a store holds months of them)."""
-    keys = [k for (k,) in conn.execute(f"SELECT {key} FROM {table}")]
-    for row_key in keys:
-        (doc,) = conn.execute(f"SELECT doc FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
-        events = [AccessEvent(*msgspec.structs.astuple(e)) for e in decode(doc)]
-        conn.execute(f"UPDATE {table} SET doc = ? WHERE {key} = ?", (_encode(events[0] if single else events), row_key))
-    return len(keys)
+def _reencode_row(conn: sqlite3.Connection, table: str, key: str, row_key: Any, single: bool) -> int:
+    """Re-encode one row's map-form events as arrays; 0 if it is gone or already done."""
+    row = conn.execute(f"SELECT doc FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
+    if row is None:
+        return 0
+    try:
+        old = [_decode_map_event(row[0])] if single else _decode_map_segment(row[0])
+    except msgspec.ValidationError:  # not maps: done by an earlier, interrupted start
+        return 0
+    events = [AccessEvent(*msgspec.structs.astuple(e)) for e in old]
+    conn.execute(f"UPDATE {table} SET doc = ? WHERE {key} = ?", (_encode(events[0] if single else events), row_key))
+    return 1
 
 
 def _array_header_size(n: int) -> int:
@@ -244,10 +269,12 @@ class Store:
         self._checkpointer: WalCheckpointer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self, extra_schemas: Iterable[str] = (), *, background_checkpoints: bool = False) -> "Store":
+    def open(self, extra_schemas: Iterable[str] = (), *, background_checkpoints: bool = False,
+             on_migration_progress: Progress | None = None) -> "Store":
         """Open (creating) the store. With `background_checkpoints`, a thread copies the
         WAL into the database file, so that the pipeline's commits do not wait for it
-        (a checkpoint writes each byte a second time and syncs the disk)."""
+        (a checkpoint writes each byte a second time and syncs the disk). A store an
+        older version wrote is migrated first (`on_migration_progress(done, rows)`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         # A segment is a batch's events in one blob (megabytes): large pages store it in
@@ -265,7 +292,11 @@ class Store:
         conn.executescript(SCHEMA)
         for schema in extra_schemas:
             conn.executescript(schema)
-        _settle_event_encoding(conn)
+        try:
+            _settle_event_encoding(conn, on_migration_progress)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
         if background_checkpoints:
             self._checkpointer = WalCheckpointer(self.path, self.synchronous)
@@ -289,13 +320,8 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     # -- writes (inside a transaction) ------------------------------------------------------
     def insert_events(self, conn: sqlite3.Connection, source: str, events: list[AccessEvent]) -> None:
