@@ -4,7 +4,7 @@ against `fail2ban-regex` (Debian's fail2ban) with one regex over the same file.
 
 Prints events/s, the wall time, peak RSS and the ratio to fail2ban-regex. Usage:
 
-    python benchmarks/replay.py --lines 1000000 [--cpu 0] [--workdir /var/tmp/neo-bench]
+    python benchmarks/replay.py --lines 1000000 [--rounds 3] [--cpu 0] [--workdir /var/tmp/neo-bench]
 
 Needs `taskset` (util-linux) and, for the comparison, `fail2ban-regex`
 (`apt-get install fail2ban`); without it only neo-auditd's figures are printed.
@@ -20,10 +20,11 @@ import argparse
 import compileall
 import json
 import os
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,15 +96,20 @@ def prepare(workdir: Path, lines: int, elastic: str | None = None) -> tuple[Path
 
 
 def timed(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProcess]:
-    """Wall seconds and peak RSS (KiB) of one child command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds and peak RSS (KiB) of one child command: its own peak, from wait4,
+    not the high-water mark of every child so far."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, out.read().decode(), err.read().decode())
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return seconds, max(before, after), proc
+    return seconds, usage.ru_maxrss, proc
 
 
 def pin(cpu: int, cmd: list[str]) -> list[str]:
@@ -115,31 +121,44 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/neo-auditd-bench"))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate neo-auditd and fail2ban-regex this many times; medians are printed "
+                             "(this machine's speed drifts by a fifth within minutes)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--elastic", metavar="URL", help="also measure the replay while shipping to this server")
     args = parser.parse_args()
 
     config, log = prepare(args.workdir, args.lines)
-    shutil.rmtree(args.workdir / "state", ignore_errors=True)
     neo = shutil.which("neo-auditd") or str(Path(sys.executable).with_name("neo-auditd"))
-    seconds, rss_kib, proc = timed(pin(args.cpu, [neo, "replay", "-c", str(config), "--json", str(log)]))
-    summary = json.loads(proc.stdout)
+    f2b = shutil.which("fail2ban-regex")
+    rounds = []  # (neo seconds, peak RSS KiB, summary, fail2ban seconds or None), alternating
+    for _ in range(args.rounds):
+        shutil.rmtree(args.workdir / "state", ignore_errors=True)
+        seconds, rss_kib, proc = timed(pin(args.cpu, [neo, "replay", "-c", str(config), "--json", str(log)]))
+        f2b_seconds = timed(pin(args.cpu, [f2b, "--print-no-missed", str(log), F2B_REGEX]))[0] if f2b else None
+        rounds.append((seconds, rss_kib, json.loads(proc.stdout), f2b_seconds))
+    # the median round by neo-auditd's time; its ratio is the median of the rounds'
+    seconds, rss_kib, summary, _ = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
     result = {
         "lines": args.lines,
+        "rounds": args.rounds,
         "neo_auditd": {
             "wall_seconds": round(seconds, 2),
             "events_per_second": round(summary["events"] / seconds),
             "pipeline_events_per_second": summary["events_per_second"],
-            "peak_rss_mib": round(rss_kib / 1024, 1),
+            "peak_rss_mib": round(max(r[1] for r in rounds) / 1024, 1),
             "events": summary["events"], "alerts": summary["alerts"], "incidents": summary["incidents"],
+            "wall_seconds_each": [round(r[0], 2) for r in rounds],
         },
     }
-    f2b = shutil.which("fail2ban-regex")
     if f2b:
-        f2b_seconds, _, _ = timed(pin(args.cpu, [f2b, "--print-no-missed", str(log), F2B_REGEX]))
+        f2b_seconds = statistics.median(r[3] for r in rounds)
         result["fail2ban_regex"] = {"wall_seconds": round(f2b_seconds, 2),
-                                    "lines_per_second": round(args.lines / f2b_seconds)}
-        result["ratio"] = round(f2b_seconds / seconds, 2)
+                                    "lines_per_second": round(args.lines / f2b_seconds),
+                                    "wall_seconds_each": [round(r[3], 2) for r in rounds]}
+        ratios = [r[3] / r[0] for r in rounds]
+        result["ratio"] = round(statistics.median(ratios), 2)
+        result["ratio_each"] = [round(x, 2) for x in ratios]
     if args.elastic:
         shipping_config, _ = prepare(args.workdir, args.lines, args.elastic)
         shutil.rmtree(args.workdir / "state", ignore_errors=True)
@@ -161,6 +180,9 @@ def main() -> None:
         fr = result["fail2ban_regex"]
         print(f"fail2ban-regex:    {args.lines:,} lines in {fr['wall_seconds']} s = {fr['lines_per_second']:,} lines/s")
         print(f"ratio: neo-auditd is {result['ratio']}x fail2ban-regex")
+    if args.rounds > 1:
+        print(f"{args.rounds} rounds (medians above): neo-auditd {n['wall_seconds_each']} s; "
+              + (f"fail2ban-regex {fr['wall_seconds_each']} s; ratios {result['ratio_each']}" if f2b else ""))
     else:
         print("fail2ban-regex not found (apt-get install fail2ban) — no comparison")
     if args.elastic:
