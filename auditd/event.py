@@ -28,12 +28,12 @@ class AccessEvent(msgspec.Struct, gc=False, omit_defaults=True, array_like=True)
     Positional arguments are allowed for decode.columnar, which builds a chunk's events
     with one map over the class; everything else passes keywords.
 
-    Encoded (msgpack, in the store) as an array of the attributes in this order, with
-    the trailing defaults left out: names in every stored event would take ~40 % of the
-    bytes the store writes. Append new attributes at the end, so that stored events
-    still decode (a missing trailing attribute takes its default); never reorder or
-    remove one without migrating the store (auditd.store.sqlite). Readers that need a
-    few attributes decode through `stored_view`.
+    Encoded (msgpack, in the store) as an array of the attributes in this order: names
+    in every stored event would take ~40 % of the bytes the store writes. Append new
+    attributes at the end, so that events stored before still decode (an array shorter
+    than the struct gives the missing attributes their defaults); never reorder or
+    remove one without a new encoding (auditd.store.encoding). Readers that need a few
+    attributes decode through `stored_view`.
     """
 
     timestamp: dt.datetime
@@ -151,7 +151,7 @@ def stored_view(name: str, wanted: Iterable[str]) -> type[msgspec.Struct]:
 
     The attributes before the last wanted one that are not wanted stay undecoded
     (msgspec.Raw, a view of their bytes); those after it are never read. A wanted
-    attribute a stored event leaves out (a trailing default) takes its default.
+    attribute that an event stored before it existed lacks takes its default.
     """
     wanted = set(wanted)
     infos = msgspec.structs.fields(AccessEvent)

@@ -37,7 +37,6 @@ from auditd.store.quarantine_file import QuarantineFile
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
-MIGRATION_GRACE_S = 60.0  # what systemd waits past each migration commit
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 
 log = logging.getLogger("neo_auditd.service")
@@ -48,25 +47,10 @@ def open_store(runtime: Runtime, state_dir: Path | None = None) -> tuple[Store, 
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
     store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
-    store.open(extra_schemas=[INCIDENT_SCHEMA], background_checkpoints=True,
-               on_migration_progress=_migration_progress(Notifier()))
+    store.open(extra_schemas=[INCIDENT_SCHEMA], background_checkpoints=True)
     quarantine = QuarantineFile(q_path, store)
     quarantine.catch_up()
     return store, quarantine
-
-
-def _migration_progress(notifier: Notifier) -> Callable[[int, int], None]:
-    """Report a store migration: to systemd after every commit (so that its start
-    timeout waits), to the log every 10 s."""
-    logged = [time.monotonic()]
-
-    def progress(done: int, rows: int) -> None:
-        notifier.extend_start(MIGRATION_GRACE_S, f"migrating the store: {done}/{rows} rows")
-        if done == rows or time.monotonic() - logged[0] >= 10:
-            logged[0] = time.monotonic()
-            log.info("migrating the store", extra={"store.rows_done": done, "store.rows": rows})
-
-    return progress
 
 
 class Daemon:

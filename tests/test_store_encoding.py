@@ -1,5 +1,5 @@
-"""Stored events are msgpack arrays: no attribute names, older map-form stores migrated,
-partial readers (`stored_view`) decode only what they need."""
+"""Stored events are msgpack arrays: no attribute names; rows that older versions wrote
+as maps are read beside them; partial readers (`stored_view`) decode only what they need."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import msgspec
 import pytest
 
 from auditd.cli import main
+from auditd.detect.departed_sweep import logins_since
 from auditd.enrich.pseudonym import create_key_file
+from auditd.entitlement.review import _read_uses
 from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent, stored_view
-from auditd.ops.sdnotify import Notifier
-from auditd.service import _migration_progress
-from auditd.store import sqlite as sqlite_store
-from auditd.store.sqlite import EVENT_ENCODING, EVENT_ENCODING_KEY, Store
-from test_ops_sdnotify import manager  # noqa: F401 - a fixture
+from auditd.store.encoding import EVENT_ENCODING_KEY
+from auditd.store.sqlite import Store
 
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.timezone.utc)
 
@@ -28,7 +27,7 @@ def sample(n: int) -> list[AccessEvent]:
         e = AccessEvent(T0 + dt.timedelta(seconds=i), "export" if i % 3 else "login", user_id=f"E{i % 4}",
                         subject_ids=(f"p:{i:032x}",), categories=("contact",), record_count=i + 1,
                         event_id=f"f:{i}", log_offset=i * 100, labels={"k": str(i)} if i % 2 else {})
-        if i % 5 == 0:  # the last attributes set: nothing left out at the end
+        if i % 5 == 0:  # the last attributes set too
             e.entitlement_granted, e.entitlement_reason, e.sensitive = False, "no grant", True
         out.append(e)
     return out
@@ -44,52 +43,49 @@ def test_an_encoded_event_carries_values_not_attribute_names(tmp_path):
     store.close()
 
 
-def _write_map_form(path, events: list[AccessEvent]) -> None:
-    """A store as versions before the array encoding wrote it: events as msgpack maps
-    (only non-default attributes), and no encoding recorded in `meta`."""
-    store = Store(path).open()
-    with store.transaction() as conn:
-        store.insert_events(conn, "crm", events[:5])
-        store.insert_events(conn, "crm", events[5:])
-        store.insert_evidence(conn, events[2:4])
-    store.close()
-    as_map = msgspec.msgpack.Encoder().encode
+def _add_map_form_rows(path, events: list[AccessEvent]) -> None:
+    """Rows as versions before the array encoding wrote them: events as msgpack maps
+    (only the attributes that differ from their defaults)."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(AccessEvent)}
 
-    def old(e: AccessEvent) -> dict:
-        defaults = {f.name: f.default for f in msgspec.structs.fields(AccessEvent)}
+    def as_map(e: AccessEvent) -> dict:
         return {k: v for k, v in msgspec.structs.asdict(e).items() if v != defaults[k] and v != {}}
 
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("DELETE FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,))
-        for seq, doc in conn.execute("SELECT seq, doc FROM event_segments").fetchall():
-            events_ = msgspec.msgpack.decode(doc, type=list[AccessEvent])
-            conn.execute("UPDATE event_segments SET doc = ? WHERE seq = ?", (as_map([old(e) for e in events_]), seq))
-        for event_id, doc in conn.execute("SELECT event_id, doc FROM evidence").fetchall():
-            e = msgspec.msgpack.decode(doc, type=AccessEvent)
-            conn.execute("UPDATE evidence SET doc = ? WHERE event_id = ?", (as_map(old(e)), event_id))
+        conn.execute("INSERT INTO event_segments (source, first_ts_us, last_ts_us, count, doc) VALUES (?,?,?,?,?)",
+                     ("crm", 0, 2**62, len(events), msgspec.msgpack.encode([as_map(e) for e in events])))
+        for e in events[:2]:
+            conn.execute("INSERT INTO evidence (event_id, ts_us, doc) VALUES (?,?,?)",
+                         (e.event_id, 0, msgspec.msgpack.encode(as_map(e))))
     conn.close()
 
 
-def test_a_store_of_map_form_events_is_re_encoded_when_opened(tmp_path):
+def test_rows_in_the_old_map_form_are_read_beside_arrays_by_every_reader(tmp_path):
+    """An older daemon may go on writing maps next to a newer command (or after a
+    downgrade): rows are never rewritten, each is read in the encoding it has."""
     path, events = tmp_path / "state.db", sample(12)
-    _write_map_form(path, events)
-    raw = sqlite3.connect(path)
-    (doc,) = raw.execute("SELECT doc FROM event_segments ORDER BY seq LIMIT 1").fetchone()
-    assert b"user_id" in doc  # the old form, as written
-    raw.close()
-
     store = Store(path).open()
-    assert list(store.iter_events()) == events
-    assert store.evidence(["f:2", "f:3"]) == events[2:4]
-    assert store.conn.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone() == (
-        EVENT_ENCODING,)
-    (doc,) = store.conn.execute("SELECT doc FROM event_segments ORDER BY seq LIMIT 1").fetchone()
-    assert b"user_id" not in doc
+    with store.transaction() as conn:
+        store.insert_events(conn, "crm", events[:4])
+        store.insert_evidence(conn, events[4:5])
     store.close()
-    # a second opening finds it done and changes nothing
+    _add_map_form_rows(path, events[5:9])  # an older version, writing after the newer one
     store = Store(path).open()
-    assert list(store.iter_events()) == events
+    with store.transaction() as conn:
+        store.insert_events(conn, "crm", events[9:])
+    raw = [doc for (doc,) in store.conn.execute("SELECT doc FROM event_segments ORDER BY seq")]
+    assert [b"user_id" in doc for doc in raw] == [False, True, False]  # array, map, array
+
+    assert list(store.iter_events()) == events[:4] + events[5:9] + events[9:]
+    assert store.evidence(["f:4", "f:5", "f:6"]) == events[4:7]
+    logins = logins_since(store.conn, ["E0", "E1", "E2", "E3"], T0)
+    assert sorted(login.event_id for found in logins.values() for login in found) == sorted(
+        e.event_id for e in events if e.action == "login" and e not in events[4:5])
+    uses, accesses = _read_uses(store.conn, T0, T0 + dt.timedelta(days=1))
+    exports = [e for e in events if e.action == "export" and e not in events[4:5]]
+    assert accesses == len(exports)
+    assert sum(uses.values()) == sum(1 for e in exports if e.entitlement_granted is not False)
     store.close()
 
 
@@ -125,35 +121,11 @@ def test_a_stored_view_decodes_only_the_wanted_attributes(tmp_path):
         (e.action, e.user_id, e.record_count, e.entitlement_reason, e.sensitive) for e in events]
     # unwanted attributes before the last wanted one stay raw bytes
     assert isinstance(decoded[0].timestamp, msgspec.Raw)
-    assert not hasattr(decoded[0], "actor_known") or isinstance(decoded[0].actor_known, msgspec.Raw)
+    assert isinstance(decoded[0].actor_known, msgspec.Raw)  # before `sensitive`, so present but undecoded
+    # an event stored before its last attributes existed: a shorter array, the defaults
+    old = msgspec.msgpack.encode([[T0, "read", "success", "E7"]])
+    assert msgspec.msgpack.decode(old, type=list[AccessEvent]) == [AccessEvent(T0, "read", user_id="E7")]
+    [v] = msgspec.msgpack.decode(old, type=list[view])
+    assert (v.action, v.user_id, v.record_count, v.entitlement_reason, v.sensitive) == ("read", "E7", 1, None, False)
     with pytest.raises(ValueError, match="no attribute nope"):
         stored_view("Bad", ("action", "nope"))
-
-
-class Interrupted(Exception):
-    pass
-
-
-def test_an_interrupted_migration_resumes_and_keeps_systemd_waiting(tmp_path, monkeypatch, manager):
-    path, events = tmp_path / "state.db", sample(12)
-    _write_map_form(path, events)  # 2 segments and 2 evidence rows
-    monkeypatch.setattr(sqlite_store, "MIGRATION_ROWS_PER_COMMIT", 1)
-
-    def stop_after_two(done: int, rows: int) -> None:
-        if done == 2:
-            raise Interrupted  # a kill in the middle: two rows are committed, two are not
-    with pytest.raises(Interrupted):
-        Store(path).open(on_migration_progress=stop_after_two)
-    raw = sqlite3.connect(path)
-    assert raw.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone() is None
-    raw.close()
-
-    progress = _migration_progress(Notifier({"NOTIFY_SOCKET": manager.notify_socket}))
-    store = Store(path).open(on_migration_progress=progress)
-    assert list(store.iter_events()) == events
-    assert store.evidence(["f:2", "f:3"]) == events[2:4]
-    store.close()
-    # every commit told systemd to wait a minute more, with the progress as status
-    assert [manager.receive() for _ in range(4)] == [
-        f"EXTEND_TIMEOUT_USEC=60000000\nSTATUS=migrating the store: {i}/4 rows" for i in range(1, 5)]
-    assert manager.nothing_pending()

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.detect.alert import Alert, alert_id
 from auditd.directory.model import Directory, Employee
 from auditd.entitlement.accounts import AccountFeed, AccountFeedError, load_account_feed
 from auditd.entitlement.settings import DepartedSettings
 from auditd.event import stored_view
+from auditd.store.encoding import segment_decoder
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.departed")
@@ -165,7 +164,7 @@ def _local(when: dt.datetime, zone: dt.tzinfo) -> str:
 # -- logins seen in the store ------------------------------------------------------------------
 
 _LoginDoc = stored_view("_LoginDoc", ("timestamp", "action", "outcome", "user_id", "event_id"))
-_decode_segment = msgspec.msgpack.Decoder(list[_LoginDoc]).decode
+_decode_segment = segment_decoder(_LoginDoc)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 

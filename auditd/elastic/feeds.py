@@ -37,6 +37,7 @@ from auditd.elastic.documents import (
 )
 from auditd.event import AccessEvent
 from auditd.ops.status import table_exists
+from auditd.store.encoding import segment_decoder
 
 log = logging.getLogger("neo_auditd.elastic")
 
@@ -44,7 +45,7 @@ EVENTS_KEY = "elastic.shipped_seq"
 ALERTS_KEY = "elastic.shipped_alert_rowid"
 INCIDENTS_KEY = "elastic.shipped_incident_at"
 
-_decode_segment = msgspec.msgpack.Decoder(list[AccessEvent]).decode
+_decode_segment = segment_decoder()
 _decode_alert = msgspec.json.Decoder(Alert).decode
 _decode_mark = msgspec.json.Decoder(tuple[str, str]).decode
 

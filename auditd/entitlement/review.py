@@ -34,6 +34,7 @@ from auditd.config.typed import DEFAULT_ZONE
 from auditd.directory.model import ACTIVE, Directory, Grant, Role
 from auditd.entitlement.checker import DATA_ACTIONS
 from auditd.event import stored_view
+from auditd.store.encoding import segment_decoder
 
 Pair = tuple[str, str]  # (category, action)
 log = logging.getLogger("neo_auditd.entitlement")
@@ -78,7 +79,7 @@ class GrantReview(msgspec.Struct, kw_only=True):
 # the part of a stored event the review reads; msgspec leaves the other fields undecoded
 _Use = stored_view("_Use", ("timestamp", "action", "outcome", "user_id", "user_roles", "categories",
                             "entitlement_granted"))
-_decode_segment = msgspec.msgpack.Decoder(list[_Use]).decode
+_decode_segment = segment_decoder(_Use)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -111,8 +112,8 @@ def review_grants(store: Any, directory: Directory, since: dt.datetime, now: dt.
 def _read_uses(conn: Any, since: dt.datetime, now: dt.datetime) -> tuple[Counter, int]:
     """(user, roles, action, categories) -> accesses that may exercise a grant; and how
     many data accesses were read. Events are stored as one msgpack array per committed
-    batch (`event_segments`); only segments that straddle the period's bounds need each
-    event's time decoded."""
+    batch (`event_segments`); only segments that straddle the period's bounds have
+    their events' times compared."""
     lo, hi = _micros(since), _micros(now)
     sql = "SELECT first_ts_us, last_ts_us, doc FROM event_segments WHERE last_ts_us >= ? AND first_ts_us < ?"
     uses: Counter = Counter()

@@ -71,11 +71,6 @@ class Notifier:
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
-    def extend_start(self, seconds: float, status: str) -> bool:
-        """Still starting, with progress: systemd waits `seconds` more (systemd >= 236)
-        before its start timeout ends the process."""
-        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", "STATUS=" + " ".join(status.splitlines()))
-
     def watchdog_interval(self) -> dt.timedelta | None:
         """The watchdog timeout systemd set for this process, or None when there is none.
 

@@ -17,17 +17,15 @@ import datetime as dt
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from auditd.decode.quarantine import Quarantined
 from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent
 from auditd.sources.base import Checkpoint
+from auditd.store.encoding import EVENT_ENCODING, EVENT_ENCODING_KEY, decode_event, encode, segment_decoder
 
 log = logging.getLogger(__name__)
 
@@ -84,25 +82,7 @@ WAL_CHECKPOINT_BYTES = 1000 * 4096
 WAL_WRITER_CHECKPOINT_BYTES = 256 * 1024 * 1024
 CHECKPOINT_INTERVAL_S = 0.5
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_encode = msgspec.msgpack.Encoder().encode
-_decode_event = msgspec.msgpack.Decoder(AccessEvent).decode
-_decode_segment = msgspec.msgpack.Decoder(list[AccessEvent]).decode
-
-# How stored events are encoded, in `meta`. Stores written before it have none: their
-# events are msgpack maps, re-encoded as arrays when the store is first opened.
-EVENT_ENCODING_KEY = "event_encoding"
-EVENT_ENCODING = "array-1"  # AccessEvent's attributes in order, trailing defaults left out
-_MapFormEvent = msgspec.defstruct(
-    "_MapFormEvent",
-    [(f.name, f.type) if f.required else
-     (f.name, f.type, msgspec.field(default_factory=f.default_factory)) if f.default_factory is not msgspec.NODEFAULT
-     else (f.name, f.type, f.default)
-     for f in msgspec.structs.fields(AccessEvent)],
-)
-_decode_map_segment = msgspec.msgpack.Decoder(list[_MapFormEvent]).decode
-_decode_map_event = msgspec.msgpack.Decoder(_MapFormEvent).decode
-MIGRATION_ROWS_PER_COMMIT = 16  # segments of up to 20,000 events each
-Progress = Callable[[int, int], None]  # (rows done, rows)
+_decode_segment = segment_decoder()
 
 
 def utc_now_iso() -> str:
@@ -137,7 +117,7 @@ class Segment:
         if not n:
             return
         if self._encode:
-            self._bodies.append(_encode(events)[_array_header_size(n):])
+            self._bodies.append(encode(events)[_array_header_size(n):])
         self.count += n
         stamps = list(map(_timestamp_of, events))
         first, last = min(stamps), max(stamps)
@@ -150,41 +130,15 @@ class Segment:
         return _array_header(self.count) + b"".join(self._bodies)
 
 
-def _settle_event_encoding(conn: sqlite3.Connection, on_progress: Progress | None = None) -> None:
-    """Record the event encoding of a new store; re-encode the events of an older one.
-
-    The re-encoding commits a few rows at a time and skips rows already done, so a
-    store of months is migrated in the background of nothing: an interrupted start
-    resumes where it stopped, and `on_progress(rows done, rows)` after each commit
-    lets the service tell systemd it is still starting. Another process opening the
-    store meanwhile does the same rows' work harmlessly (each row is checked first).
-    """
-    found = _recorded_encoding(conn)
-    if found == EVENT_ENCODING:
-        return
-    if found is not None:
-        raise StoreFormatError(f"stored events are encoded as {found!r}, which this neo-auditd cannot "
-                               f"read (it writes {EVENT_ENCODING!r}); run the newer version")
-    rows = [("event_segments", "seq", k, False) for (k,) in conn.execute("SELECT seq FROM event_segments")]
-    rows += [("evidence", "event_id", k, True) for (k,) in conn.execute("SELECT event_id FROM evidence")]
-    done = changed = 0
-    while done < len(rows):
-        with _immediate(conn):
-            for table, key, row_key, single in rows[done:done + MIGRATION_ROWS_PER_COMMIT]:
-                changed += _reencode_row(conn, table, key, row_key, single)
-        done = min(len(rows), done + MIGRATION_ROWS_PER_COMMIT)
-        if on_progress is not None:
-            on_progress(done, len(rows))
-    with _immediate(conn):
-        if _recorded_encoding(conn) is None:
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (EVENT_ENCODING_KEY, EVENT_ENCODING))
-    if changed:
-        log.info("stored events re-encoded as arrays", extra={"store.rows": changed})
-
-
-def _recorded_encoding(conn: sqlite3.Connection) -> str | None:
+def _check_event_encoding(conn: sqlite3.Connection) -> None:
+    """Record the event encoding of a store that has none (new, or from before arrays:
+    this version reads its map rows as they are); refuse one written by a newer version."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (EVENT_ENCODING_KEY,)).fetchone()
-    return None if row is None else row[0]
+    if row is None:
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (EVENT_ENCODING_KEY, EVENT_ENCODING))
+    elif row[0] != EVENT_ENCODING:
+        raise StoreFormatError(f"stored events are encoded as {row[0]!r}, which this neo-auditd cannot "
+                               f"read (it writes {EVENT_ENCODING!r}); run the newer version")
 
 
 @contextlib.contextmanager
@@ -196,20 +150,6 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _reencode_row(conn: sqlite3.Connection, table: str, key: str, row_key: Any, single: bool) -> int:
-    """Re-encode one row's map-form events as arrays; 0 if it is gone or already done."""
-    row = conn.execute(f"SELECT doc FROM {table} WHERE {key} = ?", (row_key,)).fetchone()
-    if row is None:
-        return 0
-    try:
-        old = [_decode_map_event(row[0])] if single else _decode_map_segment(row[0])
-    except msgspec.ValidationError:  # not maps: done by an earlier, interrupted start
-        return 0
-    events = [AccessEvent(*msgspec.structs.astuple(e)) for e in old]
-    conn.execute(f"UPDATE {table} SET doc = ? WHERE {key} = ?", (_encode(events[0] if single else events), row_key))
-    return 1
 
 
 def _array_header_size(n: int) -> int:
@@ -269,12 +209,10 @@ class Store:
         self._checkpointer: WalCheckpointer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self, extra_schemas: Iterable[str] = (), *, background_checkpoints: bool = False,
-             on_migration_progress: Progress | None = None) -> "Store":
+    def open(self, extra_schemas: Iterable[str] = (), *, background_checkpoints: bool = False) -> "Store":
         """Open (creating) the store. With `background_checkpoints`, a thread copies the
         WAL into the database file, so that the pipeline's commits do not wait for it
-        (a checkpoint writes each byte a second time and syncs the disk). A store an
-        older version wrote is migrated first (`on_migration_progress(done, rows)`)."""
+        (a checkpoint writes each byte a second time and syncs the disk)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         # A segment is a batch's events in one blob (megabytes): large pages store it in
@@ -293,7 +231,7 @@ class Store:
         for schema in extra_schemas:
             conn.executescript(schema)
         try:
-            _settle_event_encoding(conn, on_migration_progress)
+            _check_event_encoding(conn)
         except BaseException:
             conn.close()
             raise
@@ -340,7 +278,7 @@ class Store:
     def insert_evidence(self, conn: sqlite3.Connection, events: Iterable[AccessEvent]) -> None:
         conn.executemany(
             "INSERT OR IGNORE INTO evidence (event_id, ts_us, doc) VALUES (?,?,?)",
-            [(e.event_id, _micros(e.timestamp), _encode(e)) for e in events],
+            [(e.event_id, _micros(e.timestamp), encode(e)) for e in events],
         )
 
     def insert_quarantine(self, conn: sqlite3.Connection, items: list[Quarantined]) -> None:
@@ -409,7 +347,7 @@ class Store:
         rows = self.conn.execute(
             f"SELECT doc FROM evidence WHERE event_id IN ({','.join('?' * len(ids))})", ids
         ).fetchall() if ids else []
-        return [_decode_event(doc) for (doc,) in rows]
+        return [decode_event(doc) for (doc,) in rows]
 
     def source_stats(self) -> list[dict]:
         cur = self.conn.execute(
