@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from auditd.decode.columnar import CLOSED_RETRY_CHUNKS
 from decode_helpers import FINGERPRINT, run, shipped
 from test_decode_typed_json import good, nested_perturbation, perturbation
 
@@ -144,3 +145,51 @@ def test_the_chunk_path_is_taken_only_by_formats_it_can_compute():
     assert NEO_CRM.events is not None
     assert shipped("cloudtrail").events is None  # candidate paths and joins: record by record
     assert shipped("pgaudit").events is None  # csv
+
+
+def _string_leaves(doc: dict, path: tuple = ()) -> list[tuple]:
+    out = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out += _string_leaves(value, path + (key,))
+        elif isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], str)):
+            out.append(path + (key,))
+    return out
+
+
+def _with_broken_bytes(at: tuple) -> bytes:
+    record = json.loads(json.dumps({**good, "emp": {"id": "E1", "name": "张伟"}}))
+    node = record
+    for key in at[:-1]:
+        node = node[key]
+    node[at[-1]] = ["BROKEN"] if isinstance(node[at[-1]], list) else "BROKEN"
+    return json.dumps(record, ensure_ascii=False).encode().replace(b"BROKEN", b"ok\xff\xfe")
+
+
+@pytest.mark.parametrize("at", _string_leaves({**good, "emp": {"id": "E1", "name": "张伟"}}))
+def test_the_closed_decode_lets_no_broken_byte_through(at):
+    fmt = shipped("neo-crm")  # its own chunk decoder: nothing before has made it skip the closed decode
+    decoder = fmt.events.__self__
+    assert decoder._skip_closed == 0
+    records = [ORDINARY[0], _with_broken_bytes(at), line(emp={"id": "E2", "name": "李娜"})]
+    assert fmt.events(records, offsets_of(records), PREFIX, "/var/log/app.log", fmt.dataset) is None
+    events, quarantined, _ = outcome(fmt, records)
+    assert [offset for offset, _ in quarantined] == [offsets_of(records)[1]] and len(events) == 2
+    assert decoder._skip_closed == 0  # a bad record is not a log with unread keys: no rest
+
+
+def test_the_closed_decode_rests_after_a_chunk_with_unread_keys_and_comes_back():
+    fmt = shipped("neo-crm")
+    decoder = fmt.events.__self__
+    known = [line(emp={"id": "E1", "name": "张伟"}), line(purpose="售后")]
+    unread = [line(note="备注"), line(emp={"id": "E2", "name": "李娜", "dept": "门店"})]
+
+    def build(records):
+        return fmt.events(records, offsets_of(records), PREFIX, "/var/log/app.log", fmt.dataset)
+
+    assert build(known) is not None and decoder._skip_closed == 0  # the closed decode took it
+    assert build(unread) is not None  # the UTF-8 pass and the open structs took it
+    assert decoder._skip_closed == CLOSED_RETRY_CHUNKS
+    for left in range(CLOSED_RETRY_CHUNKS - 1, -1, -1):
+        assert build(known) is not None and decoder._skip_closed == left
+    assert build(known) is not None and decoder._skip_closed == 0  # tried again, and it held

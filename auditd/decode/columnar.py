@@ -42,7 +42,7 @@ from auditd.event import EVENT_DEFAULTS, AccessEvent
 EventsFunction = Callable[[list[bytes], list[int], str, "str | None", str], "list[AccessEvent] | None"]
 
 _UTC = dt.timezone.utc
-CLOSED_RETRY_CHUNKS = 64  # after a chunk with keys the mapping does not read
+CLOSED_RETRY_CHUNKS = 64  # chunks without the closed decode after one with unread keys
 _UNMAPPED = object()  # what an exact table gives for a value it lacks
 _ATTRIBUTES = [f.name for f in msgspec.structs.fields(AccessEvent)]  # AccessEvent's positional order
 # Set by the normaliser for every event; the mapping cannot set them (mapping.OWNED_ELSEWHERE).
@@ -158,6 +158,7 @@ class _ChunkDecoder:
         checks them all (and the closed decode rests for a while: these logs carry
         keys the mapping leaves alone).
         """
+        closed_failed = False
         if not joined.isascii():
             if self._skip_closed:
                 self._skip_closed -= 1
@@ -165,15 +166,18 @@ class _ChunkDecoder:
                 try:
                     return self._decode_closed(joined)
                 except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
-                    self._skip_closed = CLOSED_RETRY_CHUNKS
+                    closed_failed = True
             try:
                 joined.decode("utf-8")  # one broken byte anywhere: the record path finds it
             except UnicodeDecodeError:
                 return None
         try:
-            return self._decode(joined)
+            out = self._decode(joined)
         except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
-            return None
+            return None  # a bad record, not unread keys: the closed decode stays on
+        if closed_failed:  # the open structs took what the closed ones refused: unread keys
+            self._skip_closed = CLOSED_RETRY_CHUNKS
+        return out
 
 
 def _values(typed: list, plan: _FieldPlan, parents: dict[tuple[str, ...], list]) -> Iterable:
