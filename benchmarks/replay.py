@@ -180,11 +180,11 @@ def main() -> None:
         fr = result["fail2ban_regex"]
         print(f"fail2ban-regex:    {args.lines:,} lines in {fr['wall_seconds']} s = {fr['lines_per_second']:,} lines/s")
         print(f"ratio: neo-auditd is {result['ratio']}x fail2ban-regex")
-    if args.rounds > 1:
-        print(f"{args.rounds} rounds (medians above): neo-auditd {n['wall_seconds_each']} s; "
-              + (f"fail2ban-regex {fr['wall_seconds_each']} s; ratios {result['ratio_each']}" if f2b else ""))
     else:
         print("fail2ban-regex not found (apt-get install fail2ban) — no comparison")
+    if args.rounds > 1:
+        print(f"{args.rounds} rounds (medians above): neo-auditd {n['wall_seconds_each']} s"
+              + (f"; fail2ban-regex {fr['wall_seconds_each']} s; ratios {result['ratio_each']}" if f2b else ""))
     if args.elastic:
         w = result["with_shipping"]
         print(f"with shipping:     {w['wall_seconds']} s = {w['events_per_second']:,} events/s end to end, every event "
