@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -12,6 +13,7 @@ from auditd.elastic import templates
 from auditd.elastic.client import build_client
 from auditd.elastic.documents import ecs_document, encode, event_document
 from auditd.elastic.ecs_format import decode_document
+from auditd.errors import DecodeError
 from auditd.elastic.settings import ElasticSettings, ElasticSourceSettings
 from auditd.elastic.testing import scratch_settings, synthetic_events
 from auditd.event import FIELDS, to_ecs
@@ -83,6 +85,18 @@ def test_the_fast_ecs_document_is_to_ecs_and_reads_back() -> None:
         assert ecs_document(event) == to_ecs(event)
         shipped = encode(event_document(event, agent="host-a", ingested=dt.datetime.now(dt.timezone.utc).isoformat()))
         assert decode_document(shipped) == event
+
+
+@pytest.mark.parametrize(("part", "named"), [
+    ({"user": {"id": 5}}, "at `user.id`"),
+    ({"neo": {"data": {"record_count": "many"}}}, "at `neo.data.record_count`"),
+    ({"labels": {"team": [1]}}, "at `labels[...]`"),
+])
+def test_a_document_of_the_wrong_types_is_refused_naming_the_ecs_field(part: dict, named: str) -> None:
+    doc = {"@timestamp": "2026-11-02T01:00:00Z", "event": {"action": "read", "id": "a:1"}, **part}
+    with pytest.raises(DecodeError, match="not an access event") as refused:
+        decode_document(json.dumps(doc).encode())
+    assert named in str(refused.value) and "$[" not in str(refused.value)
 
 
 def test_every_event_field_is_mapped_with_its_type() -> None:

@@ -14,16 +14,20 @@ daemon's directory.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from auditd.decode.quarantine import Quarantined
 from auditd.errors import DecodeError
-from auditd.event import REQUIRED_FIELDS, AccessEvent, from_ecs, get_path
+from auditd.event import ATTR_TO_FIELD, REQUIRED_FIELDS, AccessEvent, from_ecs, get_path
 from auditd.sources.base import Batch
 
 FORMAT_NAME = "ecs"  # the name the service registers this decoder under
 
 _decode_json = msgspec.json.Decoder().decode
+_ATTRIBUTES = AccessEvent.__struct_fields__
+_POSITION = re.compile(r"`\$\[(\d+)\]")  # the first index of msgspec's path: the attribute
 
 
 def decode_document(record: bytes) -> AccessEvent:
@@ -43,7 +47,18 @@ def decode_document(record: bytes) -> AccessEvent:
         # types (a number where a string belongs): check them once here
         return msgspec.convert(msgspec.structs.astuple(event), AccessEvent, strict=False)
     except (msgspec.ValidationError, ValueError, TypeError) as exc:
-        raise DecodeError(f"not an access event: {exc}") from None
+        raise DecodeError(f"not an access event: {_field_named(str(exc))}") from None
+
+
+def _field_named(message: str) -> str:
+    """msgspec names a place in the array form by position (`$[3]`): name the ECS field."""
+    def name(match: re.Match) -> str:
+        position = int(match.group(1))
+        if position >= len(_ATTRIBUTES):
+            return match.group(0)
+        return "`" + ATTR_TO_FIELD.get(_ATTRIBUTES[position], _ATTRIBUTES[position])
+
+    return _POSITION.sub(name, message, count=1)
 
 
 class EcsDocumentDecoder:
