@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ _done = False
 def keep_buffers_in_heap() -> bool:
     """Serve allocations below 32 MiB from the heap and keep up to 64 MiB of it free.
 
-    True when applied; False where the C library is not glibc, or the operator has set
-    glibc's malloc tunables (theirs win), or it was already applied."""
+    True when applied; False where the C library is not glibc, or the operator has
+    tuned glibc's malloc (GLIBC_TUNABLES or the older MALLOC_*_ variables: theirs win),
+    or it was already applied."""
     global _done
-    if _done or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    if _done or _operator_tuned(os.environ):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -44,3 +46,9 @@ def keep_buffers_in_heap() -> bool:
     if not applied:
         log.warning("could not tune the C allocator; large buffers stay mmap-backed")
     return applied
+
+
+def _operator_tuned(environ: Mapping[str, str]) -> bool:
+    return "glibc.malloc." in environ.get("GLIBC_TUNABLES", "") or any(
+        name in environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                                     "MALLOC_MMAP_MAX_"))
