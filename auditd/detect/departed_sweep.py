@@ -38,6 +38,7 @@ from auditd.entitlement.accounts import AccountFeed, AccountFeedError, load_acco
 from auditd.entitlement.settings import DepartedSettings
 from auditd.event import stored_view
 from auditd.store.encoding import segment_decoder
+from auditd.store.sqlite import immediate
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.departed")
@@ -220,13 +221,8 @@ def run_departed_sweep(db_path: Path | str, *, directory: Directory, calendar: W
         alerts = sweep_departed_accounts(directory, calendar, now, feed=feed, logins=logins, settings=sweep, zone=zone)
         if not alerts:
             return []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             changes = correlator.apply(conn, alerts)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     if changes:
         log.warning("departed accounts live past the grace", extra={"alerts": len(alerts), "incidents": len(changes)})
     return changes

@@ -50,6 +50,7 @@ from auditd.elastic.feeds import (
     write_meta,
 )
 from auditd.elastic.settings import ElasticSettings
+from auditd.store.sqlite import immediate
 
 log = logging.getLogger("neo_auditd.elastic")
 
@@ -318,15 +319,10 @@ class EventShipper:
             conn = self._conn
             if conn is None:
                 raise GaveUp()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 if dead:
                     self._insert_dead(conn, feed, dead, at)
                 write_meta(conn, _KEYS[feed.name], page.position)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         feed.recorded(page)
         for item in dead:
             log.error("dead letter: %s %s to %s: %s %s", feed.name, item.doc_id, feed.target,

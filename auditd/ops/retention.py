@@ -31,6 +31,7 @@ from pathlib import Path
 from auditd.correlate.schema import iso_utc
 from auditd.ops.settings import RetentionSettings
 from auditd.ops.status import table_exists
+from auditd.store.sqlite import immediate
 
 log = logging.getLogger("neo_auditd.retention")
 
@@ -142,15 +143,8 @@ class _Chunks:
         limit = rows or self.rows
         total = 0
         while not self.stopped:
-            # IMMEDIATE takes the write lock up front (waiting on the busy timeout), so a
-            # chunk never fails half-way on a lock upgrade.
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self.conn):  # a chunk never fails half-way on a lock upgrade
                 deleted = self.conn.execute(sql, (*args, limit)).rowcount
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
             total += deleted
             if deleted < limit:
                 break

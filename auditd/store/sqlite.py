@@ -142,7 +142,10 @@ def _check_event_encoding(conn: sqlite3.Connection) -> None:
 
 
 @contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on an autocommit connection: BEGIN IMMEDIATE takes the
+    write lock up front (waiting on the busy timeout, so nothing fails half-way on a
+    lock upgrade); an exception rolls it back, the end commits."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -258,7 +261,7 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.conn
-        with _immediate(conn):
+        with immediate(conn):
             yield conn
 
     # -- writes (inside a transaction) ------------------------------------------------------
