@@ -159,17 +159,22 @@ def stored_view(name: str, wanted: Iterable[str]) -> type[msgspec.Struct]:
     if unknown:
         raise ValueError(f"AccessEvent has no attribute {', '.join(sorted(unknown))}")
     last = max(i for i, f in enumerate(infos) if f.name in wanted)
-    spec: list[tuple[str, Any, Any] | tuple[str, Any]] = []
+    spec = []
     for info in infos[: last + 1]:
-        if info.required:  # always encoded
-            spec.append((info.name, info.type if info.name in wanted else msgspec.Raw))
-        elif info.name not in wanted:
-            spec.append((info.name, msgspec.Raw, _SKIPPED))
-        elif info.default_factory is not msgspec.NODEFAULT:
-            spec.append((info.name, info.type, msgspec.field(default_factory=info.default_factory)))
-        else:
-            spec.append((info.name, info.type, info.default))
+        if info.name in wanted:
+            spec.append(struct_field(info))
+        else:  # a required one is always encoded; an optional one may be missing
+            spec.append((info.name, msgspec.Raw) if info.required else (info.name, msgspec.Raw, _SKIPPED))
     return msgspec.defstruct(name, spec, array_like=True, gc=False)
+
+
+def struct_field(info: msgspec.structs.FieldInfo) -> tuple[Any, ...]:
+    """An AccessEvent field as msgspec.defstruct takes it: (name, type[, default])."""
+    if info.required:
+        return info.name, info.type
+    if info.default_factory is not msgspec.NODEFAULT:
+        return info.name, info.type, msgspec.field(default_factory=info.default_factory)
+    return info.name, info.type, info.default
 
 
 _SKIPPED = msgspec.Raw()

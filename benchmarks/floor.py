@@ -38,21 +38,12 @@ import msgspec  # noqa: E402
 
 from auditd.config.located import Problems  # noqa: E402
 from auditd.decode import load_format  # noqa: E402
+from auditd.decode.typed_json import _struct_reader  # noqa: E402
 from auditd.enrich.pseudonym import Pseudonymiser  # noqa: E402
 from auditd.pipeline import CHUNK_RECORDS  # noqa: E402
 
 BATCH = 20_000
 CUSTOMER_TYPES = frozenset({"customer", "address", "payment", "points", "location", "face"})
-
-
-def reader(names: tuple[str, ...]):
-    def read(record):
-        for name in names:
-            if record is None:
-                return None
-            record = getattr(record, name)
-        return record
-    return read
 
 
 def main() -> None:
@@ -79,7 +70,7 @@ def main() -> None:
 
     decoder = load_format("neo-crm", Problems()).events.__self__  # the daemon's chunk decoder
     path_of = {plan.attr: plan.names for plan in decoder._plans}  # event attribute -> struct attributes
-    subject_ids, resource_type, resource_id = (reader(path_of[a]) for a in ("subject_ids", "resource_type",
+    subject_ids, resource_type, resource_id = (_struct_reader(path_of[a]) for a in ("subject_ids", "resource_type",
                                                                              "resource_id"))
     pseudonymiser = Pseudonymiser(b"floor-benchmark-key-0123456789ab", cache_size=524_288)
     encode = msgspec.msgpack.Encoder().encode

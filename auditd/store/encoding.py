@@ -18,20 +18,14 @@ from typing import Any
 
 import msgspec
 
-from auditd.event import AccessEvent
+from auditd.event import AccessEvent, struct_field
 
 EVENT_ENCODING_KEY = "event_encoding"  # in the store's meta table
 EVENT_ENCODING = "array-1"  # what this version writes; it reads this and the maps before it
 
 encode = msgspec.msgpack.Encoder().encode
 
-_MapFormEvent = msgspec.defstruct(
-    "_MapFormEvent",
-    [(f.name, f.type) if f.required
-     else (f.name, f.type, msgspec.field(default_factory=f.default_factory))
-     if f.default_factory is not msgspec.NODEFAULT else (f.name, f.type, f.default)
-     for f in msgspec.structs.fields(AccessEvent)],
-)
+_MapFormEvent = msgspec.defstruct("_MapFormEvent", [struct_field(f) for f in msgspec.structs.fields(AccessEvent)])
 _decode_map_segment = msgspec.msgpack.Decoder(list[_MapFormEvent]).decode
 _decode_map_event = msgspec.msgpack.Decoder(_MapFormEvent).decode
 _decode_array_event = msgspec.msgpack.Decoder(AccessEvent).decode
