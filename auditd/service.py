@@ -332,8 +332,11 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
     cluster = Cluster(runtime, store) if runtime.settings.elastic is not None else None
     if cluster is not None:
         cluster.start()
+        if cluster.shipper is not None:
+            metrics.watch_shipper(cluster.shipper)
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster)
+    metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
