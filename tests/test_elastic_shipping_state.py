@@ -219,3 +219,18 @@ def test_an_index_inside_the_events_pattern_is_a_config_error() -> None:
     problems = dict(settings.check())
     assert "matches 'logs-neo_auditd.access-*'" in problems["alerts_index"]
     assert "incidents_index" not in problems
+
+
+def test_a_restarted_shipper_keeps_the_last_error_and_shipment_for_status(tmp_path: Path, black_hole: str) -> None:
+    store = Store(tmp_path / "neo-auditd.db").open()
+    earlier = NOW - dt.timedelta(hours=1)
+    write_shipper_record(store.conn, ShipperRecord(state="stopped", since=earlier, recorded_at=earlier,
+                                                   last_error="ConnectionTimeout: x", last_error_at=earlier,
+                                                   last_shipped_at=earlier))
+    store.close()
+    elastic = scratch_settings(black_hole)
+    shipper = EventShipper(build_client(elastic), tmp_path / "neo-auditd.db", elastic, agent="host-a",
+                           clock=lambda: NOW).open()
+    stats = shipper.stats()
+    shipper.close()
+    assert (stats.last_error, stats.last_error_at, stats.last_shipped_at) == ("ConnectionTimeout: x", earlier, earlier)

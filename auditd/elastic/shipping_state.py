@@ -8,8 +8,9 @@ the store. Everything it shows is derived from there:
   unshipped event: a half-shipped segment counts from its first event);
 - the dead letters: rows of ``elastic_dead_letters``;
 - the shipper's state and last error: a record the running shipper writes to ``meta``
-  when its state or error changes and every ``RECORD_EVERY_S`` besides, so a record
-  older than ``STALE_AFTER_S`` means the shipper is not running (or is hung).
+  with every cursor move, when its state or error changes, and every
+  ``RECORD_EVERY_S`` besides, so a record older than ``STALE_AFTER_S`` means the
+  shipper is not running (or is hung).
 
 The metrics endpoint reads the backlog with the same functions, so `status` and the
 Prometheus page never disagree. This module imports no Elasticsearch client, so
@@ -147,6 +148,14 @@ class ShipperHealth:
         self._dirty = True
         self._recorded_at: dt.datetime | None = None
 
+    def carry_over(self, previous: ShipperRecord | None) -> None:
+        """Keep what the last run recorded (its last error, its last shipment) for `status`."""
+        if previous is None:
+            return
+        with self._lock:
+            self.last_error, self.last_error_at = previous.last_error, previous.last_error_at
+            self.last_shipped_at = previous.last_shipped_at
+
     def _enter(self, state: str) -> None:
         if state != self.state:
             self.state, self.since, self._dirty = state, self._clock(), True
@@ -177,12 +186,15 @@ class ShipperHealth:
     def refused(self) -> bool:
         return self.state == REFUSED
 
-    def due(self) -> ShipperRecord | None:
-        """The record to write now, or None if the stored one is recent and still true."""
+    def due(self, *, force: bool = False) -> ShipperRecord | None:
+        """The record to write now, or None if the stored one is recent and still true.
+
+        `force`: write it anyway (it rides along with a cursor move, at no extra cost).
+        """
         with self._lock:
             now = self._clock()
             stale = self._recorded_at is None or (now - self._recorded_at).total_seconds() >= RECORD_EVERY_S
-            if not (self._dirty or stale):
+            if not (self._dirty or stale or force):
                 return None
             self._dirty, self._recorded_at = False, now
             return ShipperRecord(state=self.state, since=self.since, recorded_at=now, last_error=self.last_error,

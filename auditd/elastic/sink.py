@@ -50,7 +50,12 @@ from auditd.elastic.feeds import (
     write_meta,
 )
 from auditd.elastic.settings import ElasticSettings
-from auditd.elastic.shipping_state import ShipperHealth, dead_letter_count, write_shipper_record
+from auditd.elastic.shipping_state import (
+    ShipperHealth,
+    dead_letter_count,
+    read_shipper_record,
+    write_shipper_record,
+)
 from auditd.store.sqlite import immediate
 
 log = logging.getLogger("neo_auditd.elastic")
@@ -150,6 +155,7 @@ class EventShipper:
             conn.execute(DEAD_LETTER_SCHEMA)
             for feed in (self.events, *self.side_feeds):
                 feed.load(conn)
+            self.health.carry_over(read_shipper_record(conn))
             self._conn = conn
             # Events are read and encoded on a worker thread with a connection of its
             # own, one page ahead, while the previous page is in flight.
@@ -338,6 +344,7 @@ class EventShipper:
                 if dead:
                     self._insert_dead(conn, feed, dead, at)
                 write_meta(conn, _KEYS[feed.name], page.position)
+                write_shipper_record(conn, self.health.due(force=True))
         feed.recorded(page)
         for item in dead:
             log.error("dead letter: %s %s to %s: %s %s", feed.name, item.doc_id, feed.target,
