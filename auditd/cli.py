@@ -214,11 +214,10 @@ def _settings_and_store_path(args):
 
 
 def _incident_conn(args):
-    from auditd.correlate import SCHEMA
     from auditd.store.sqlite import Store
 
     _, path = _settings_and_store_path(args)
-    return Store(path).open(extra_schemas=[SCHEMA])
+    return Store(path).open()
 
 
 def cmd_incidents_list(args) -> int:

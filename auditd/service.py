@@ -19,7 +19,6 @@ from functools import partial
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from auditd import __version__
-from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
 from auditd.detect.departed_sweep import run_departed_sweep
 from auditd.directory import DirectoryWatcher, load_directory
 from auditd.entitlement.review import grant_review_job
@@ -47,7 +46,7 @@ def open_store(runtime: Runtime, state_dir: Path | None = None) -> tuple[Store, 
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
     store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
-    store.open(extra_schemas=[INCIDENT_SCHEMA], background_checkpoints=True)
+    store.open(background_checkpoints=True)
     quarantine = QuarantineFile(q_path, store)
     quarantine.catch_up()
     return store, quarantine

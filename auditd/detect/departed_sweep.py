@@ -39,6 +39,7 @@ from auditd.entitlement.settings import DepartedSettings
 from auditd.event import stored_view
 from auditd.store.encoding import segment_decoder
 from auditd.store.sqlite import immediate
+from auditd.store.times import to_db
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.departed")
@@ -166,7 +167,6 @@ def _local(when: dt.datetime, zone: dt.tzinfo) -> str:
 
 _LoginDoc = stored_view("_LoginDoc", ("timestamp", "action", "outcome", "user_id", "event_id"))
 _decode_segment = segment_decoder(_LoginDoc)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def logins_since(conn, user_ids: Iterable[str], since: dt.datetime) -> dict[str, list[Login]]:
@@ -174,8 +174,7 @@ def logins_since(conn, user_ids: Iterable[str], since: dt.datetime) -> dict[str,
     segments (an sqlite3 connection), in time order."""
     wanted = frozenset(user_ids)
     out: dict[str, list[Login]] = {}
-    since_us = int((since - _EPOCH).total_seconds() * 1_000_000)
-    rows = conn.execute("SELECT doc FROM event_segments WHERE last_ts_us >= ? ORDER BY seq", (since_us,))
+    rows = conn.execute("SELECT doc FROM event_segments WHERE last_ts >= ? ORDER BY seq", (to_db(since),))
     for (doc,) in rows:
         for ev in _decode_segment(doc):
             if (ev.action == "login" and ev.outcome == "success" and ev.user_id in wanted

@@ -35,6 +35,7 @@ from auditd.directory.model import ACTIVE, Directory, Grant, Role
 from auditd.entitlement.checker import DATA_ACTIONS
 from auditd.event import stored_view
 from auditd.store.encoding import segment_decoder
+from auditd.store.times import to_db
 
 Pair = tuple[str, str]  # (category, action)
 log = logging.getLogger("neo_auditd.entitlement")
@@ -80,7 +81,6 @@ class GrantReview(msgspec.Struct, kw_only=True):
 _Use = stored_view("_Use", ("timestamp", "action", "outcome", "user_id", "user_roles", "categories",
                             "entitlement_granted"))
 _decode_segment = segment_decoder(_Use)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def review_grants(store: Any, directory: Directory, since: dt.datetime, now: dt.datetime) -> GrantReview:
@@ -114,8 +114,8 @@ def _read_uses(conn: Any, since: dt.datetime, now: dt.datetime) -> tuple[Counter
     many data accesses were read. Events are stored as one msgpack array per committed
     batch (`event_segments`); only segments that straddle the period's bounds have
     their events' times compared."""
-    lo, hi = _micros(since), _micros(now)
-    sql = "SELECT first_ts_us, last_ts_us, doc FROM event_segments WHERE last_ts_us >= ? AND first_ts_us < ?"
+    lo, hi = to_db(since), to_db(now)
+    sql = "SELECT first_ts, last_ts, doc FROM event_segments WHERE last_ts >= ? AND first_ts < ?"
     uses: Counter = Counter()
     events = 0
     for first, last, doc in conn.execute(sql, (lo, hi)):
@@ -130,11 +130,6 @@ def _read_uses(conn: Any, since: dt.datetime, now: dt.datetime) -> tuple[Counter
                 continue  # refused by the application, or outside the grants: exercises nothing
             uses[(use.user_id, use.user_roles, use.action, use.categories)] += 1
     return uses, events
-
-
-def _micros(ts: dt.datetime) -> int:
-    delta = ts - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _pairs(grant: Grant) -> list[Pair]:

@@ -3,7 +3,7 @@
 Everything here reads the store through its own read-only connection, so the status
 command and the metrics endpoint can run beside a busy daemon: WAL readers never wait
 for the writer and never hold it up. Tables written by later stages (incidents,
-playbook steps, the reload record) may be missing in an older store; each reader
+the reload record) may be missing in an older store; each reader
 says what it does then.
 
 The queries shared with the metrics endpoint live here, so that `status` and the
@@ -26,7 +26,6 @@ import msgspec
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
-from auditd.correlate.schema import iso_utc
 from auditd.errors import NeoError
 from auditd.sources.identity import FileIdentity
 
@@ -37,11 +36,6 @@ log = logging.getLogger("neo_auditd.status")
 
 LAST_RELOAD_KEY = "last_reload"  # meta row the daemon writes after every load or reload
 MAX_ERROR_CHARS = 2000
-
-# The contract with the respond stage: a step is overdue while it has no done_at and
-# its due_at (iso_utc text, so text order is time order) has passed.
-STEPS_TABLE = "playbook_steps"
-_OVERDUE_STEPS = f"SELECT COUNT(*) FROM {STEPS_TABLE} WHERE done_at IS NULL AND due_at < ?"
 
 
 class StatusError(NeoError):
@@ -82,7 +76,6 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     sources: list[SourceStatus]
     rules_loaded: int | None
     open_incidents: dict[str, int]  # tier -> incidents in an active status
-    playbook_steps_overdue: int | None  # None: the table exists but does not fit the contract
     last_reload: ReloadStatus | None
 
 
@@ -118,18 +111,6 @@ def open_incidents_by_tier(counts: Iterable[tuple[str, str, int]]) -> dict[str, 
         if status in ACTIVE_STATUSES:
             out[tier] = out.get(tier, 0) + count
     return dict(sorted(out.items()))
-
-
-def overdue_steps(conn: sqlite3.Connection, now: dt.datetime) -> int | None:
-    """Playbook steps past due and not done: 0 until the respond stage creates its table."""
-    if not table_exists(conn, STEPS_TABLE):
-        return 0
-    try:
-        return int(conn.execute(_OVERDUE_STEPS, (iso_utc(now),)).fetchone()[0])
-    except sqlite3.OperationalError as exc:
-        # A table by that name that lacks the columns: say "unknown", never a reassuring 0.
-        log.warning("cannot count overdue playbook steps", extra={"error": str(exc)})
-        return None
 
 
 def file_lags(conn: sqlite3.Connection) -> list[FileLag]:
@@ -201,7 +182,6 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             sources=_sources(conn, configured),
             rules_loaded=rules_loaded,
             open_incidents=open_incidents_by_tier(incident_counts(conn)),
-            playbook_steps_overdue=overdue_steps(conn, now),
             last_reload=last_reload,
         )
     except sqlite3.DatabaseError as exc:
@@ -264,8 +244,6 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
     else:
         lines.append("  none yet")
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
-    overdue = status.playbook_steps_overdue
-    lines.append(f"overdue playbook steps: {'unknown' if overdue is None else overdue}")
     return "\n".join(lines) + "\n"
 
 
