@@ -165,7 +165,7 @@ class _ProgressBar:
 
 def cmd_test_rules(args) -> int:
     from auditd.config.located import Problems
-    from auditd.config.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
+    from auditd.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
     from auditd.config.typed import DEFAULT_ZONE
     from auditd.detect.testing import run_rule_tests
 
@@ -204,7 +204,7 @@ def _settings_and_store_path(args):
     """The config alone (not its rules, key or directory) and where its store is: reading
     incidents or status must work while, say, a rule file is broken."""
     from auditd.config.located import Problems
-    from auditd.config.settings import load_settings
+    from auditd.settings import load_settings
 
     problems = Problems()
     settings, _ = load_settings(args.config, problems)

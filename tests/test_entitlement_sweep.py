@@ -158,7 +158,7 @@ def test_sweep_alerts_through_the_correlator_never_double(directory, tmp_path):
 
 
 def test_the_scheduled_job_applies_its_alerts_on_its_own_connection(directory, tmp_path):
-    from auditd.detect.departed_sweep import run_departed_sweep
+    from auditd.jobs.departed_sweep import run_departed_sweep
     from auditd.entitlement.settings import DepartedSettings
 
     store = Store(tmp_path / "neo.db").open()

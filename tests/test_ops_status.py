@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from auditd.config.settings import Settings
+from auditd.settings import Settings
 from auditd.ops.status import (
     FileLag,
     ReloadStatus,

@@ -19,13 +19,10 @@ AccessEvents.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import sqlite3
 import unicodedata
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -159,26 +156,6 @@ def _employee_usage(user_id: str, name: str, roles: tuple[Role, ...], used: Coun
         exercised={_key(p): used[p] for p in sorted(granted) if used[p]},
         unused=[_key(p) for p in sorted(granted) if not used[p]],
     )
-
-
-def grant_review_job(db_path: Path | str, directory: Directory, period: dt.timedelta, *,
-                     out_dir: Path | None = None, now: dt.datetime | None = None,
-                     zone: dt.tzinfo = DEFAULT_ZONE) -> GrantReview:
-    """The scheduled review: on a read-only connection of its own, the last `period`;
-    written as grant-review-<date>.txt and .json under `out_dir` when given."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    uri = f"file:{Path(db_path).resolve()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-        review = review_grants(conn, directory, now - period, now)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"grant-review-{now.astimezone(zone):%Y%m%d}"
-        stem.with_suffix(".txt").write_text(render_grant_review(review, zone=zone) + "\n", encoding="utf-8")
-        stem.with_suffix(".json").write_text(render_grant_review(review, as_json=True) + "\n", encoding="utf-8")
-    unused = sum(1 for role in review.roles for grant in role.grants if not grant.exercised)
-    log.info("grant review written", extra={"unused_grants": unused, "events": review.events,
-                                            "out_dir": str(out_dir) if out_dir else None})
-    return review
 
 
 # -- rendering ---------------------------------------------------------------------------------

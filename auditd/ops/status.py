@@ -26,11 +26,12 @@ import msgspec
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
+from auditd.detect.state import rule_counters
 from auditd.errors import NeoError
 from auditd.sources.identity import FileIdentity
 
 if TYPE_CHECKING:
-    from auditd.config.settings import Settings
+    from auditd.settings import Settings
 
 log = logging.getLogger("neo_auditd.status")
 
@@ -70,6 +71,25 @@ class ReloadStatus(msgspec.Struct, frozen=True, kw_only=True):
     rules_in_force: int | None = None  # after this attempt: the new set's, or the old one still running
 
 
+class RuleStateStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A stateful rule version's learned state: evicted keys are detections missed."""
+
+    rule_id: str
+    rule_hash: str
+    keys: int
+    evicted: int
+    bad_rows: int
+
+
+class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    last_started: dt.datetime | None
+    last_finished: dt.datetime | None
+    last_ok: bool | None
+    last_error: str | None
+    runs: int
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: dt.datetime
     store_path: str
@@ -77,6 +97,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     rules_loaded: int | None
     open_incidents: dict[str, int]  # tier -> incidents in an active status
     last_reload: ReloadStatus | None
+    rule_state: list[RuleStateStatus] = []
+    jobs: list[JobStatus] = []
 
 
 # -- connections and shared queries ------------------------------------------------------
@@ -95,6 +117,23 @@ def connect_readonly(store_path: Path, *, timeout_s: float = 2.0) -> sqlite3.Con
 def table_exists(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return row is not None
+
+
+def rule_state(conn: sqlite3.Connection) -> list[RuleStateStatus]:
+    """Per stateful rule version: keys held, keys evicted over the cap, unreadable rows."""
+    if not table_exists(conn, "detector_rules"):
+        return []
+    return [RuleStateStatus(rule_id=rid, rule_hash=rhash, keys=keys, evicted=evicted, bad_rows=bad)
+            for rid, rhash, keys, evicted, bad in rule_counters(conn)]
+
+
+def job_runs(conn: sqlite3.Connection) -> list[JobStatus]:
+    if not table_exists(conn, "jobs"):
+        return []
+    rows = conn.execute("SELECT job_id, last_started, last_finished, last_ok, last_error, runs FROM jobs ORDER BY job_id")
+    return [JobStatus(job_id=job_id, last_started=_utc(started), last_finished=_utc(finished),
+                      last_ok=None if ok is None else bool(ok), last_error=error, runs=runs)
+            for job_id, started, finished, ok, error, runs in rows]
 
 
 def incident_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
@@ -183,6 +222,8 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             rules_loaded=rules_loaded,
             open_incidents=open_incidents_by_tier(incident_counts(conn)),
             last_reload=last_reload,
+            rule_state=rule_state(conn),
+            jobs=job_runs(conn),
         )
     except sqlite3.DatabaseError as exc:
         raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
@@ -244,6 +285,18 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
     else:
         lines.append("  none yet")
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
+    if status.rule_state:
+        lines += ["", "rule state (evicted keys are detections missed: raise the rule's max_keys):"]
+        lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),
+                                [(r.rule_id, f"{r.keys:,}", f"{r.evicted:,}", f"{r.bad_rows:,}")
+                                 for r in status.rule_state]))
+    if status.jobs:
+        lines += ["", "jobs:"]
+        lines += _indent(_table(("JOB", "LAST RUN", "RESULT", "RUNS"), [
+            (j.job_id, _when(j.last_started, zone),
+             "running or cut short" if j.last_finished is None or (j.last_started and j.last_finished < j.last_started)
+             else ("ok" if j.last_ok else f"failed: {_clip(j.last_error or '', 60)}"), f"{j.runs:,}")
+            for j in status.jobs]))
     return "\n".join(lines) + "\n"
 
 
@@ -309,3 +362,8 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def _indent(lines: list[str]) -> list[str]:
     return ["  " + line for line in lines]
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"

@@ -16,7 +16,7 @@ import pytest
 from auditd.config.located import Problems, parse_yaml
 from auditd.config.typed import Duration, convert
 from auditd.event import AccessEvent
-from auditd.ops.retention import PurgeReport, connect, purge, purge_store
+from auditd.jobs.retention import PurgeReport, connect, purge, purge_store
 from auditd.ops.settings import LEGAL_MINIMUM_RETENTION, OpsSettings, RetentionSettings
 from auditd.store.sqlite import Store
 

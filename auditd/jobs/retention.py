@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from auditd.jobs.context import JobContext
 from auditd.ops.settings import RetentionSettings
 from auditd.ops.status import table_exists
 from auditd.store.sqlite import immediate
@@ -66,6 +67,11 @@ def connect(store_path: Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
     """A read-write connection of the purge's own; refuses to create a missing store."""
     uri = Path(store_path).resolve().as_uri() + "?mode=rw"
     return sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None)
+
+
+def run(context: JobContext) -> None:
+    purge_store(context.store_path, context.runtime().settings.ops.retention, now=context.now(),
+                should_stop=context.should_stop, keep_sql=context.retention_guard())
 
 
 def purge_store(store_path: Path, settings: RetentionSettings, *, now: dt.datetime | None = None,
