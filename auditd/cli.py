@@ -46,7 +46,7 @@ def _environment_checks(runtime, today, *, cluster: bool):
     """What the files alone cannot tell: the working-day years ahead and, with `cluster`,
     whether Elasticsearch takes the index templates. (problems, warnings), both located."""
     from auditd.config.located import Problems
-    from auditd.config.settings import load_settings
+    from auditd.settings import load_settings
     from auditd.workdays import coverage, coverage_warning, uncovered
 
     problems, warnings = Problems(), []
@@ -210,7 +210,7 @@ class _ProgressBar:
 
 def cmd_test_rules(args) -> int:
     from auditd.config.located import Problems
-    from auditd.config.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
+    from auditd.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
     from auditd.config.typed import DEFAULT_ZONE
     from auditd.detect.testing import run_rule_tests
 
@@ -249,7 +249,7 @@ def _settings_and_store_path(args):
     """The config alone (not its rules, key or directory) and where its store is: reading
     incidents or status must work while, say, a rule file is broken."""
     from auditd.config.located import Problems
-    from auditd.config.settings import load_settings
+    from auditd.settings import load_settings
 
     problems = Problems()
     settings, _ = load_settings(args.config, problems)
@@ -259,11 +259,10 @@ def _settings_and_store_path(args):
 
 
 def _incident_conn(args):
-    from auditd.correlate import SCHEMA
     from auditd.store.sqlite import Store
 
     _, path = _settings_and_store_path(args)
-    return Store(path).open(extra_schemas=[SCHEMA])
+    return Store(path).open()
 
 
 def cmd_incidents_list(args) -> int:
@@ -396,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, overdue steps")
+    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, "
+                                      "Elasticsearch shipping, working days ahead")
     config_arg(p)
     state_arg(p)
     p.add_argument("--json", action="store_true")

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from auditd.config.settings import Settings
+from auditd.settings import Settings
 from auditd.elastic.client import TRANSPORT_LOGGER, build_client
 from auditd.elastic.settings import ElasticSettings, ShipSettings
 from auditd.elastic.shipping_state import (

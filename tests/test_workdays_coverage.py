@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from auditd.config.settings import Settings
+from auditd.settings import Settings
 from auditd.enrich.pseudonym import create_key_file
 from auditd.ops.metrics import Metrics
 from auditd.ops.status import calendar_status, collect_status, render_status

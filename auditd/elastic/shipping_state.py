@@ -27,6 +27,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from auditd.store.times import from_db
+
 log = logging.getLogger("neo_auditd.elastic")
 
 EVENTS_KEY = "elastic.shipped_seq"  # the events cursor: "<segment seq>:<events of it shipped>"
@@ -70,12 +72,6 @@ def _meta(conn: sqlite3.Connection, key: str) -> str | None:
     return row[0] if row else None
 
 
-def _from_us(micros: int | None) -> dt.datetime | None:
-    if micros is None:
-        return None
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)
-
-
 # -- the backlog -----------------------------------------------------------------------------
 class Backlog(msgspec.Struct, frozen=True, kw_only=True):
     events: int  # events in the store not shipped yet
@@ -92,10 +88,10 @@ def read_backlog(conn: sqlite3.Connection) -> Backlog:
     events, size, oldest = conn.execute(
         "SELECT COALESCE(SUM(CASE WHEN seq = :seq THEN count - :done ELSE count END), 0),"
         " COALESCE(SUM(CASE WHEN seq = :seq THEN length(doc) * (count - :done) / count ELSE length(doc) END), 0),"
-        " MIN(first_ts_us)"
+        " MIN(first_ts)"
         " FROM event_segments WHERE seq > :seq OR (seq = :seq AND count > :done)",
         {"seq": seq, "done": done}).fetchone()
-    return Backlog(events=int(events), bytes=int(size), oldest_event_at=_from_us(oldest))
+    return Backlog(events=int(events), bytes=int(size), oldest_event_at=from_db(oldest) if oldest else None)
 
 
 def dead_letter_count(conn: sqlite3.Connection) -> int:
