@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auditd.settings import Settings
 from auditd.elastic.client import TRANSPORT_LOGGER, build_client
 from auditd.elastic.settings import ElasticSettings, ShipSettings
-from auditd.elastic.shipping_state import (
+from auditd.ops.shipping import (
     EVENTS_KEY,
     RECORD_EVERY_S,
     SHIPPER_KEY,

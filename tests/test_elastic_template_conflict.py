@@ -18,7 +18,7 @@ import pytest
 from auditd.elastic import templates
 from auditd.elastic.client import build_client
 from auditd.elastic.settings import ElasticSettings, ShipSettings
-from auditd.elastic.shipping_state import SHIPPER_KEY, ShipperRecord
+from auditd.ops.shipping import SHIPPER_KEY, ShipperRecord
 from auditd.elastic.sink import EventShipper
 from auditd.elastic.testing import fill_store, synthetic_events, unique_name
 from auditd.enrich.pseudonym import create_key_file

@@ -35,7 +35,7 @@ from auditd.elastic.documents import (
     incident_document,
     local_incident_id,
 )
-from auditd.elastic.shipping_state import EVENTS_KEY, Position, format_position, parse_position
+from auditd.ops.shipping import EVENTS_KEY, Position, format_position, parse_position
 from auditd.event import AccessEvent
 from auditd.ops.status import table_exists
 from auditd.store.encoding import segment_decoder

@@ -50,7 +50,7 @@ from auditd.elastic.feeds import (
     write_meta,
 )
 from auditd.elastic.settings import ElasticSettings
-from auditd.elastic.shipping_state import (
+from auditd.ops.shipping import (
     ShipperHealth,
     dead_letter_count,
     read_shipper_record,
@@ -76,10 +76,10 @@ def unshipped_guard_sql() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ShipperStats:
-    """A snapshot for metrics and tests (`status` reads the store: see shipping_state)."""
+    """A snapshot for metrics and tests (`status` reads the store: see ops.shipping)."""
 
     running: bool
-    state: str  # shipping_state.STATES
+    state: str  # ops.shipping.STATES
     lag: int  # events not shipped yet
     events_written: int
     already_present: int  # 409s: sent before, answer lost (or an older incident snapshot)

@@ -3,13 +3,16 @@
 `Metrics` owns its own CollectorRegistry (no prometheus_client globals), so tests and a
 replay in the same process never share counters, and constructing it does no I/O.
 
-Two kinds of figures:
+Three kinds of figures:
 - pushed by the daemon as it works (events, quarantined and skipped records, alerts,
   notices, lag, timings, reload results): process-local counters that start at zero
   with the process, as Prometheus counters should;
 - read from the store at scrape time (incidents by tier and status): the store is the truth and survives restarts. They are read through a
   separate read-only SQLite connection, so a scrape never waits for the pipeline's
-  write transaction and never holds it up (WAL readers do not block the writer).
+  write transaction and never holds it up (WAL readers do not block the writer);
+- read from live objects at scrape time, once the daemon hands them over: the
+  Elasticsearch shipper (its state and counters; its backlog from the store, as
+  `status` reads it) and the working-day calendar in force (which years ahead it knows).
 
 Labels carry source names, file paths, rule ids, tiers, statuses and channel kinds,
 all from the operator's configuration; never anything from an event (no user or
@@ -38,7 +41,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from auditd.elastic.shipping_state import STATES, read_backlog
+from auditd.ops.shipping import STATES, read_backlog
 from auditd.ops.status import FileLag, connect_readonly, incident_counts, rule_state
 from auditd.workdays import WorkingCalendar, coverage
 

@@ -27,7 +27,7 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
-from auditd.elastic.shipping_state import RUNNING, ElasticStatus, collect_elastic_status
+from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.errors import NeoError
 from auditd.sources.identity import FileIdentity
 from auditd.workdays import YearCoverage, coverage, load_calendar, uncovered

@@ -13,8 +13,10 @@ the store. Everything it shows is derived from there:
   shipper is not running (or is hung).
 
 The metrics endpoint reads the backlog with the same functions, so `status` and the
-Prometheus page never disagree. This module imports no Elasticsearch client, so
-`status` starts quickly.
+Prometheus page never disagree. The record's format and the cursor's meta key live
+here, in ops, because status and metrics may not import `elastic` (it sits below them
+on the map in docs/architecture.md); the shipper imports them from here. Nothing here
+imports the Elasticsearch client, so `status` starts quickly.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import msgspec
 
 from auditd.store.times import from_db
 
-log = logging.getLogger("neo_auditd.elastic")
+log = logging.getLogger("neo_auditd.status")
 
 EVENTS_KEY = "elastic.shipped_seq"  # the events cursor: "<segment seq>:<events of it shipped>"
 SHIPPER_KEY = "elastic.shipper"  # the running shipper's ShipperRecord, JSON
