@@ -180,13 +180,20 @@ class Daemon:
                       extra={"problems": [str(p) for p in outcome.problems]})
 
     def _correlate_cluster_alerts(self) -> None:
-        """Alerts of cluster-wide rules this daemon won: through the local correlator."""
-        if self.cluster is None or self.cluster.detector is None:
+        """The fleet's cluster alerts, read back from Elasticsearch: through the local
+        correlator's seam, with the reading position in the same transaction."""
+        if self.cluster is None or self.cluster.follower is None:
             return
-        alerts = self.cluster.detector.drain_alerts()
-        if alerts:
+        alerts, position = self.cluster.follower.take()
+        if alerts or position:
+            from auditd.elastic.cluster_alerts import POSITION_KEY
+            from auditd.elastic.feeds import write_meta
+
             with self.store.transaction() as conn:
-                self.pipeline.runtime.correlator.apply(conn, alerts)
+                if alerts:
+                    self.pipeline.runtime.correlator.apply(conn, alerts)
+                if position:
+                    write_meta(conn, POSITION_KEY, position)
 
     def _keepalive(self) -> None:
         self._check_directory()
@@ -270,8 +277,11 @@ class Cluster:
         self.store = store
         self.shipper = None
         self.detector = None
+        self.follower = None  # reads the fleet's cluster alerts back for the local correlator
 
     def start(self, *, detect: bool = True) -> None:
+        from auditd.elastic.cluster_alerts import POSITION_KEY, ClusterAlertFollower, ClusterAlertReader
+        from auditd.elastic.feeds import read_meta
         from auditd.elastic.partitioned import ClusterDetector
         from auditd.elastic.sink import EventShipper
 
@@ -281,6 +291,11 @@ class Cluster:
         if detect and self.settings.scale_out is not None:
             self.detector = ClusterDetector(self.es, self.settings, agent=self.agent)
             self.detector.start()
+            self.follower = ClusterAlertFollower(
+                ClusterAlertReader(self.es, self.settings.alerts_index),
+                every_s=self.settings.scale_out.evaluate_every.seconds,
+                position=read_meta(self.store.conn, POSITION_KEY))
+            self.follower.start()
 
     def wake(self, _pipeline=None) -> None:
         if self.shipper is not None:
@@ -295,6 +310,8 @@ class Cluster:
         return unshipped_guard_sql()
 
     def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self.detector is not None:
             self.detector.stop()
         if self.shipper is not None:

@@ -15,6 +15,7 @@ therefore gives the same incident ids, however its batches are cut.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -49,8 +50,8 @@ _LOAD_COLUMNS = (
 _INSERT_INCIDENT = (
     "INSERT INTO incidents (incident_id, group_key, actor, title, tier, auto_tier, status,"
     " severity, first_seen, last_seen, discovered_at, updated_at, alert_count, affected_count,"
-    " max_record_count, sensitive, band, rules, categories, timeline_seq, timeline_head)"
-    " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " max_record_count, sensitive, band, rules, categories, timeline_seq, timeline_head, fleet_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # the columns apply() owns; status and assignee belong to people (actions.py)
 _UPDATE_INCIDENT = (
@@ -66,6 +67,13 @@ _INSERT_ALERT = (
 
 _json_encoder = msgspec.json.Encoder()
 _list_decoder = msgspec.json.Decoder(list[str])
+
+
+def fleet_key(group: str, opening_alert_id: str) -> str:
+    """The incident's key across the fleet: its episode's group and opening alert, so
+    every daemon that sees the episode gives it the same key (the replica's doc id)."""
+    digest = hashlib.blake2b(f"{group}\0{opening_alert_id}".encode("utf-8"), digest_size=10).hexdigest()
+    return f"FI-{digest}"
 
 
 def group_key(alert: Alert) -> str:
@@ -395,7 +403,7 @@ class Correlator:
                 incident_id, work.group_key, work.actor, work.title, work.tier, work.auto_tier,
                 work.severity, first_seen, last_seen, work.discovered_at, now, work.alert_count,
                 work.affected_count, work.max_record_count, work.sensitive, work.band, rules,
-                categories, work.head.seq, work.head.hash,
+                categories, work.head.seq, work.head.hash, fleet_key(work.group_key, work.opening.alert_id),
             ))
         else:
             rows.updated.append((
