@@ -42,6 +42,14 @@ class StoreSettings:
     path: Path | None = None  # default: <state_dir>/neo-auditd.db
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     keep_events: bool = True  # events are evidence; retention purges them later
+    # The start-up integrity check (PRAGMA quick_check, ~1 s per 200 MB) runs before
+    # the daemon reads anything on a store up to this size; a larger one starts at
+    # once and is checked in the background, its progress in `status`.
+    startup_check_max_bytes: int = 256 * 1024 * 1024
+
+    def check(self):
+        if self.startup_check_max_bytes < 0:
+            yield "startup_check_max_bytes", "must be 0 or more"
 
 
 @dataclass(frozen=True, slots=True)
