@@ -175,12 +175,17 @@ def test_tier_rules_of_the_first_cut(conn, correlator):
         make_alert(3, actor="E3", rule_kind="departed"),
         make_alert(4, actor="E4", severity="critical", sensitive=True, categories=("property",)),
         make_alert(5, actor="E5", severity="critical", sensitive=False),
+        make_alert(6, actor="E6", severity="high"),
+        make_alert(7, actor="E7", severity="low"),
     ])}
+    # a severity is the tier it stands for: critical a suspected leak, high a violation
     assert {actor: c.tier for actor, c in by_actor.items()} == {
-        "E1": "T6", "E2": "T5", "E3": "T5", "E4": "T4", "E5": "T6",
+        "E1": "T6", "E2": "T5", "E3": "T5", "E4": "T4", "E5": "T4", "E6": "T5", "E7": "T6",
     }
-    assert by_actor["E4"].title == "Suspected leak: E4"
-    assert by_actor["E3"].title == "Activity by departed employee: E3"
+    # the headline, then what happened: the title of the alert that set the grade
+    assert by_actor["E4"].title == "Suspected leak: bulk-view by E4"
+    assert by_actor["E3"].title == "Activity by departed employee: bulk-view by E3"
+    assert by_actor["E6"].title == "bulk-view by E6"
 
 
 def test_tier_is_raised_but_never_lowered_automatically(conn, correlator):

@@ -68,7 +68,7 @@ def test_the_table_shows_shanghai_times(conn):
     assert lines[0].split() == ["ID", "TIER", "STATUS", "SEVERITY", "ACTOR", "ALERTS", "AFFECTED",
                                 "LAST", "SEEN", "TITLE"]
     e3 = next(line for line in lines if " E3 " in line)
-    assert "2026-11-29 01:50:00" in e3 and "T4" in e3 and "Suspected leak: E3" in e3
+    assert "2026-11-29 01:50:00" in e3 and "T4" in e3 and "Suspected leak: bulk-view by E3" in e3
     assert lines[-1] == "times Asia/Shanghai; * sensitive data"
     assert render_incident_table([]) == "no incidents\n"
 
@@ -88,7 +88,8 @@ def test_the_detail_shows_the_incident_and_its_timeline(conn):
     text = render_incident_detail(get_incident(conn, incident_id))
     assert "Discovered  2026-11-29 10:00:00 (Asia/Shanghai)" in text
     assert "Affected    2 customers" in text and "Pseudonyms  p:b, p:c" in text
-    assert "Assignee    bob" in text and "Evidence    event-2" in text
+    assert "Assignee    bob" in text and "Evidence (1 events)\n  event-2" in text
+    assert "Alerts (1)\n  2026-11-29 01:40:00  medium    bulk-view: bulk-view by E2" in text
     assert "Timeline (hash chain verified)" in text
     assert [line.split()[3] for line in text.splitlines() if line.startswith("    ")] == [
         "opened", "alerts_added", "assigned",

@@ -43,6 +43,11 @@ class TierSettings:
     leak: Tier = "T4"
     leak_severity: Literal["info", "low", "medium", "high", "critical"] = "critical"  # at least
     default: Tier = "T6"
+    # the tier an alert's severity stands for (README "Severity and tier"): a rule says
+    # "critical" for a suspected leak and "high" for a violation; lower ones are anomalies
+    by_severity: dict[Literal["info", "low", "medium", "high", "critical"], Tier] = field(
+        default_factory=lambda: {"critical": "T4", "high": "T5"}
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,11 @@ def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else text_of(value)
 
 
-def _records(value: Any) -> str:
-    if not isinstance(value, int) or isinstance(value, bool):
+NO_RECORDS = frozenset({"login", "logout", "grant", "revoke"})  # actions that touch no customer records
+
+
+def _records(value: Any, event: AccessEvent) -> str:
+    if not isinstance(value, int) or isinstance(value, bool) or event.action in NO_RECORDS:
         return ""  # an access that names no records (a login): the sentence closes up
     return "1 customer's record" if value == 1 else f"{value:,} customers' records"
 
@@ -94,7 +97,10 @@ def _why(value: Any) -> str:
     return words.format(**{k: v for k, v in m.groupdict().items() if v is not None})
 
 
-FILTERS: dict[str, Callable[[Any], str]] = {"count": _count, "records": _records, "past": _past, "why": _why}
+FILTERS: dict[str, Callable[[Any, AccessEvent], str]] = {
+    "count": lambda value, _: _count(value), "records": _records,
+    "past": lambda value, _: _past(value), "why": lambda value, _: _why(value),
+}
 
 
 def unsafe_field_message(name: str) -> str | None:
@@ -157,8 +163,9 @@ def compile_title(template: str) -> tuple[Callable[[AccessEvent], str] | None, l
     return render, problems
 
 
-def _filtered(get: Callable[[AccessEvent], Any], words: Callable[[Any], str]) -> Callable[[AccessEvent], str]:
-    return lambda event: words(get(event))
+def _filtered(get: Callable[[AccessEvent], Any],
+              words: Callable[[Any, AccessEvent], str]) -> Callable[[AccessEvent], str]:
+    return lambda event: words(get(event), event)
 
 
 def json_value(value: Any) -> Any:
