@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 
 VENV=${NEO_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
+# NEO_DEMO_INSTALL=0 keeps the venv's neo-auditd as it is (a test runs a copy of examples/)
+[ "${NEO_DEMO_INSTALL:-1}" = 0 ] || "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
 NEO="$VENV/bin/neo-auditd"
 OUT=examples/out
 LOG=$OUT/logs/access.log
@@ -69,7 +70,7 @@ done
 echo "neo-auditd has read all $lines lines; planted scenarios and what the alerts made of them:"
 echo
 set +e
-"$VENV/bin/python" examples/score.py -c examples/config.yaml --truth "$OUT/logs/ground_truth.jsonl"
+NEO_AUDITD="$NEO" "$VENV/bin/python" examples/score.py -c examples/config.yaml --truth "$OUT/logs/ground_truth.jsonl"
 scored=$?
 set -e
 echo

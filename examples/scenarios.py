@@ -271,12 +271,13 @@ class Planter:
         """Finance never reads customers' identity; after four days of history, one does
         (entitled: finance may, with a purpose)."""
         staff = self.working.get("finance", [])
-        if not staff:
-            return None
-        finance = staff[i % len(staff)]
         first = self.world.t0_ms + 4 * 24 * HOUR
-        spans = [s for s in finance.spans if s[0] >= first and s[1] - s[0] > HOUR]
-        if not spans:
+        for k in range(len(staff)):  # the i-th, or the next one who works late in the range
+            finance = staff[(i + k) % len(staff)]
+            spans = [s for s in finance.spans if s[0] >= first and s[1] - s[0] > HOUR]
+            if spans:
+                break
+        else:
             return None
         act = self.Act("customer.view", purposes=("refund-verification",), ticket="REF",
                        fields=("name", "member_level"))
@@ -287,12 +288,13 @@ class Planter:
         """A store manager exports ten times as often in one shift as the model's norm;
         each export is entitled and small."""
         staff = self.working.get("store_manager", [])
-        if not staff:
-            return None
-        manager = staff[(3 * i + 1) % len(staff)]
         first = self.world.t0_ms + 3 * 24 * HOUR
-        spans = [s for s in manager.spans if s[0] >= first and s[1] - s[0] > 4 * HOUR]
-        if not spans:
+        for k in range(len(staff)):
+            manager = staff[(3 * i + 1 + k) % len(staff)]
+            spans = [s for s in manager.spans if s[0] >= first and s[1] - s[0] > 4 * HOUR]
+            if spans:
+                break
+        else:
             return None
         a, b = self.rng.choice(spans)
         acts = self.role_acts["store_manager"]

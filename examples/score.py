@@ -68,7 +68,7 @@ def read_alerts(neo: list[str], config: Path, state_dir: Path | None) -> list[di
 def rule_kinds(paths: list[Path]) -> set[str]:
     """The kinds of the rules the rule files define (a rule without `kind:` is a match rule)."""
     kinds: set[str] = set()
-    files = [p for path in paths for p in (sorted(path.glob("*.yaml")) if path.is_dir() else [path])]
+    files = [p for path in paths for p in (sorted(path.glob("*.yaml")) if path.is_dir() else [path]) if p.exists()]
     for file in files:
         for item in yaml.safe_load(file.read_text(encoding="utf-8")) or []:
             if isinstance(item, dict) and "rule" in item and ("condition" in item or "kind" in item) \
