@@ -167,3 +167,22 @@ def test_bands_are_the_2017_thresholds_halved_for_insiders():
     # art. 5(6): families add up in proportion: 228/250 + 228/2500 >= 1 > 227/250 + 227/2500
     assert band(["order", "identity"], 228) == "transaction-health"
     assert band(["order", "identity"], 227) is None
+
+
+def test_by_severity_takes_only_known_severities_and_tiers(tmp_path):
+    from auditd.config.settings import load_settings
+
+    def problems_of(tiers: str) -> list[str]:
+        path = tmp_path / "c.yaml"
+        path.write_text(f"state_dir: s\nsources: []\npseudonym: {{key_file: k}}\ncorrelate:\n  tiers: {tiers}\n",
+                        encoding="utf-8")
+        problems = Problems()
+        load_settings(path, problems)
+        return [str(p) for p in problems.items]
+
+    assert problems_of("{by_severity: {critical: T3, high: T5, medium: T5}}") == []
+    assert problems_of("{by_severity: {severe: T4}}") == [
+        f"{tmp_path / 'c.yaml'}:5:33: correlate.tiers.by_severity.severe: unknown severity 'severe' "
+        "(valid: info, low, medium, high, critical)"]
+    (bad_tier,) = problems_of("{by_severity: {high: T9}}")
+    assert "correlate.tiers.by_severity.high" in bad_tier

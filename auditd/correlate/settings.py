@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from auditd.config.typed import Duration
+from auditd.detect.alert import SEVERITIES
 
 Tier = Literal["T1", "T2", "T3", "T4", "T5", "T6"]
 TIERS: tuple[str, ...] = ("T1", "T2", "T3", "T4", "T5", "T6")  # most severe first
@@ -48,6 +49,11 @@ class TierSettings:
     by_severity: dict[Literal["info", "low", "medium", "high", "critical"], Tier] = field(
         default_factory=lambda: {"critical": "T4", "high": "T5"}
     )
+
+    def check(self) -> Iterable[tuple[str | tuple[str | int, ...], str]]:
+        for severity in self.by_severity:
+            if severity not in SEVERITIES:
+                yield ("by_severity", severity), f"unknown severity '{severity}' (valid: {', '.join(SEVERITIES)})"
 
 
 @dataclass(frozen=True, slots=True)
