@@ -165,7 +165,7 @@ class _ProgressBar:
 
 def cmd_test_rules(args) -> int:
     from auditd.config.located import Problems
-    from auditd.config.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
+    from auditd.settings import DEFAULT_CATEGORIES, SHIPPED_RULES, load_settings
     from auditd.config.typed import DEFAULT_ZONE
     from auditd.detect.testing import run_rule_tests
 
@@ -204,7 +204,7 @@ def _settings_and_store_path(args):
     """The config alone (not its rules, key or directory) and where its store is: reading
     incidents or status must work while, say, a rule file is broken."""
     from auditd.config.located import Problems
-    from auditd.config.settings import load_settings
+    from auditd.settings import load_settings
 
     problems = Problems()
     settings, _ = load_settings(args.config, problems)
@@ -215,11 +215,10 @@ def _settings_and_store_path(args):
 
 def _incident_conn(args):
     """The store, and the zone its times are shown in (the config's `timezone`)."""
-    from auditd.correlate import SCHEMA
     from auditd.store.sqlite import Store
 
     settings, path = _settings_and_store_path(args)
-    return Store(path).open(extra_schemas=[SCHEMA]), settings.zone
+    return Store(path).open(), settings.zone
 
 
 def cmd_incidents_list(args) -> int:

@@ -6,6 +6,7 @@ quarantine file mirror is appended only after the commit.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,32 +47,47 @@ class Totals:
 
 class Pipeline:
     def __init__(self, runtime: Runtime, store: Store, quarantine_file: QuarantineFile, metrics=None):
-        self.runtime = runtime  # swapped whole on reload; a batch uses one runtime throughout
         self.store = store
+        self.runtime = runtime  # swapped whole on reload; a batch uses one runtime throughout
         self.quarantine_file = quarantine_file
         self.metrics = metrics
         self.totals = Totals()
 
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        """Swap in a runtime (start, reload); its rules' state reads and writes this store."""
+        runtime.state.bind(self.store.conn)
+        self._runtime = runtime
+
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
         segment = Segment(encode=self.store.keep_events)
-        cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment)
-        detected = time.perf_counter()
-        latest, n_events = segment.last, segment.count
-        with self.store.transaction() as conn:
-            self.store.insert_segment(conn, batch.source, segment)
-            self.store.insert_quarantine(conn, quarantined)
-            changes = []
-            if alerts:
-                self.store.insert_evidence(conn, cited)
-                changes = runtime.correlator.apply(conn, alerts)
-            self.store.save_checkpoints(conn, [batch.checkpoint, *batch.extra_checkpoints])
-            if batch.forget:
-                self.store.forget_checkpoints(conn, batch.source, batch.forget)
-            self.store.bump_stats(
-                conn, batch.source, events=n_events, quarantined=len(quarantined),
-                skipped=skipped, last_event_at=latest,
-            )
+        try:
+            cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment)
+            detected = time.perf_counter()
+            latest, n_events = segment.last, segment.count
+            with self.store.transaction() as conn:
+                self.store.insert_segment(conn, batch.source, segment)
+                self.store.insert_quarantine(conn, quarantined)
+                changes = []
+                if alerts:
+                    self.store.insert_evidence(conn, cited)
+                    changes = runtime.correlator.apply(conn, alerts)
+                runtime.state.flush(conn)  # the rules' state moves with the checkpoint
+                self.store.save_checkpoints(conn, [batch.checkpoint, *batch.extra_checkpoints])
+                if batch.forget:
+                    self.store.forget_checkpoints(conn, batch.source, batch.forget)
+                self.store.bump_stats(
+                    conn, batch.source, events=n_events, quarantined=len(quarantined),
+                    skipped=skipped, last_event_at=latest,
+                )
+        except BaseException:
+            runtime.state.discard()  # the batch will be read again, against the stored state
+            raise
         committed = time.perf_counter()
         self.quarantine_file.append(quarantined)
         self._count(batch, n_events, quarantined, skipped, alerts, changes)
@@ -117,6 +133,24 @@ class Pipeline:
             quarantined += chunk_quarantined
             skipped += chunk_skipped
         return cited, quarantined, skipped, alerts, eval_seconds
+
+    def tick(self, now: dt.datetime) -> list[Alert]:
+        """Time passed: stateful rules may close windows and alert, in one transaction."""
+        runtime = self.runtime
+        try:
+            with self.store.transaction() as conn:
+                alerts = runtime.ruleset.tick(now)
+                changes = runtime.correlator.apply(conn, alerts) if alerts else []
+                runtime.state.flush(conn)
+        except BaseException:
+            runtime.state.discard()
+            raise
+        self.totals.alerts += len(alerts)
+        for alert in alerts:
+            self.totals.alerts_by_rule[alert.rule_id] = self.totals.alerts_by_rule.get(alert.rule_id, 0) + 1
+        self.totals.incidents_opened += sum(1 for c in changes if c.opened)
+        self.totals.incidents_updated += sum(1 for c in changes if not c.opened)
+        return alerts
 
     def _count(self, batch: Batch, events: int, quarantined: list[Quarantined], skipped: int,
                alerts: list[Alert], changes: list) -> None:

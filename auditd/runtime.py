@@ -9,14 +9,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from auditd.config.located import Problems
-from auditd.config.settings import Settings, load_settings
+from auditd.settings import Settings, load_settings
 from auditd.correlate import Correlator
 from auditd.decode import load_format
 from auditd.decode.normalise import Normaliser
-from auditd.detect import RuleSet, load_rules
+from auditd.detect import KINDS, KindContext, RuleSet, load_rules
+from auditd.detect.kinds import RuleKind
+from auditd.detect.state import StateStore
 from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.entitlement import build_checker
@@ -38,14 +41,18 @@ class Runtime:
     # sources whose events come already enriched and pseudonymised (read back from the cluster)
     pre_enriched: frozenset[str] = frozenset()
     calendar: WorkingCalendar = field(default_factory=WorkingCalendar)  # mainland-China working days
+    state: StateStore = field(default_factory=StateStore)  # stateful rules' state; the pipeline binds it
     loaded_at: float = field(default_factory=time.time)
 
     def normaliser(self, source: str) -> Normaliser:
         return self.normalisers[source]
 
 
-def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -> Runtime:
-    """Load and validate config, formats, directory, key and rules; raise ConfigError with all problems."""
+def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
+                 kinds: Mapping[str, RuleKind] = KINDS) -> Runtime:
+    """Load and validate config, formats, directory, key and rules; raise ConfigError with all problems.
+
+    `kinds` is the registry of rule kinds (tests pass one with a kind of their own)."""
     problems = Problems()
     settings, doc = load_settings(config_path, problems)
     if settings is None:
@@ -58,7 +65,9 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
                                    categories=frozenset(settings.categories))
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
-    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
+    state = StateStore()
+    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone,
+                         context=KindContext(zone=settings.zone, state=state), kinds=kinds)
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
     problems.raise_if_any()
     pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size)
@@ -79,6 +88,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
         correlator=Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate),
         pre_enriched=pre_enriched,
         calendar=calendar,
+        state=state,
     )
 
 

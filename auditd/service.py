@@ -11,22 +11,20 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Callable
-
-from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from auditd import __version__
-from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
-from auditd.detect.departed_sweep import run_departed_sweep
+from auditd.detect.kinds import KINDS, RuleKind
 from auditd.directory import DirectoryWatcher, load_directory
-from auditd.entitlement.review import grant_review_job
 from auditd.errors import ConfigError
+from auditd.jobs import JobContext, JobRunner, job_specs
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
-from auditd.ops.retention import purge_store
 from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
 from auditd.ops.status import file_lags, record_reload
@@ -47,7 +45,7 @@ def open_store(runtime: Runtime, state_dir: Path | None = None) -> tuple[Store, 
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
     store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
-    store.open(extra_schemas=[INCIDENT_SCHEMA], background_checkpoints=True)
+    store.open(background_checkpoints=True)
     quarantine = QuarantineFile(q_path, store)
     quarantine.catch_up()
     return store, quarantine
@@ -58,8 +56,10 @@ class Daemon:
 
     def __init__(self, config_path: Path, runtime: Runtime, store: Store, quarantine: QuarantineFile,
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
-                 on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None):
+                 on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
+                 kinds: Mapping[str, RuleKind] = KINDS):
         self.config_path = config_path
+        self.kinds = kinds  # the rule kinds a reload builds with
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
         self.store = store
         self.notifier = notifier
@@ -70,7 +70,9 @@ class Daemon:
         self.on_batch = on_batch
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._tick = threading.Event()
         self._wake = threading.Event()
+        self.jobs: JobRunner | None = None  # reschedules its jobs when a reload changes an interval
         self.tailers: dict[str, FileTailer] = {}
         self.last_reload_ok: bool | None = None
         self.last_reload_error: str | None = None
@@ -93,6 +95,20 @@ class Daemon:
         self._reload.set()
         self._wake.set()
 
+    def request_tick(self) -> None:
+        """From the scheduler's thread: run the rules' time hooks on the pipeline's."""
+        self._tick.set()
+        self._wake.set()
+
+    def job_context(self) -> JobContext:
+        cluster = self.cluster
+        return JobContext(
+            store_path=self.store.path, runtime=lambda: self.pipeline.runtime,
+            directory=lambda: _current_directory(self), should_stop=self._stop.is_set,
+            request_tick=self.request_tick,
+            retention_guard=cluster.retention_guard if cluster is not None else (lambda: None),
+        )
+
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
         first_start = not self.store.has_any_checkpoint()
@@ -104,6 +120,9 @@ class Daemon:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._do_reload()
+                if self._tick.is_set():
+                    self._tick.clear()
+                    self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
                 if not self._pump():
                     self._idle()
                 self._keepalive()
@@ -204,7 +223,7 @@ class Daemon:
         if self.notifier:
             self.notifier.reloading()
         try:
-            runtime = load_runtime(self.config_path)
+            runtime = load_runtime(self.config_path, kinds=self.kinds)
         except ConfigError as exc:
             self.last_reload_ok, self.last_reload_error = False, str(exc)
             log.error("reload rejected; the previous configuration keeps running",
@@ -229,6 +248,8 @@ class Daemon:
         self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
         self.directory_watcher = self._watch_directory(runtime)
         self._start_tailers(runtime, first_start=False)
+        if self.jobs is not None:
+            self.jobs.reschedule(job_specs(runtime.settings))
 
 
 def _all_sources(runtime: Runtime) -> dict[str, object]:
@@ -287,35 +308,9 @@ def _current_directory(daemon: Daemon):
     return watcher.directory if watcher is not None else daemon.pipeline.runtime.directory
 
 
-def _departed_sweep(daemon: Daemon, db_path: Path) -> None:
-    """Accounts of leavers still live past the grace: alerts through the correlator."""
-    runtime = daemon.pipeline.runtime
-    directory = _current_directory(daemon)
-    if directory is None:
-        return
-    try:
-        run_departed_sweep(db_path, directory=directory, calendar=runtime.calendar, correlator=runtime.correlator,
-                           settings=runtime.settings.entitlement.departed, zone=runtime.settings.zone)
-    except Exception:  # a failed sweep must not stop the scheduler; the next run tries again
-        log.exception("departed-accounts sweep failed")
-
-
-def _grant_review(daemon: Daemon, db_path: Path, out_dir: Path) -> None:
-    """Grants not exercised in the review period, written under <state_dir>/reviews/."""
-    runtime = daemon.pipeline.runtime
-    directory = _current_directory(daemon)
-    if directory is None:
-        return
-    try:
-        grant_review_job(db_path, directory, runtime.settings.entitlement.review.period.timedelta,
-                         out_dir=out_dir, zone=runtime.settings.zone)
-    except Exception:
-        log.exception("grant review failed")
-
-
-def serve(config_path: Path, state_dir: Path | None = None) -> int:
+def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[str, RuleKind] = KINDS) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
-    runtime = load_runtime(config_path)  # a ConfigError reaches the CLI: exit 78
+    runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
@@ -333,28 +328,13 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
     if cluster is not None:
         cluster.start()
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
-                    on_batch=cluster.wake if cluster else None, cluster=cluster)
+                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds)
     daemon.install_signal_handlers()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
-    scheduler.add_job(
-        lambda: purge_store(store.path, daemon.pipeline.runtime.settings.ops.retention,
-                            should_stop=daemon._stop.is_set,
-                            keep_sql=cluster.retention_guard() if cluster else None),
-        "interval", seconds=ops.retention.check_every.seconds, id="retention", coalesce=True,
-        max_instances=1, next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1),
-    )
-    entitlement = runtime.settings.entitlement
-    scheduler.add_job(
-        _departed_sweep, "interval", args=(daemon, store.path), seconds=entitlement.departed.check_every.seconds,
-        id="departed-sweep", coalesce=True, max_instances=1,
-        next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2),
-    )
-    scheduler.add_job(
-        _grant_review, "interval", args=(daemon, store.path, store.path.parent / "reviews"),
-        seconds=entitlement.review.every.seconds, id="grant-review", coalesce=True, max_instances=1,
-    )
+    daemon.jobs = JobRunner(scheduler, daemon.job_context())
+    daemon.jobs.start(job_specs(runtime.settings))
     scheduler.start()
     try:
         return daemon.run()

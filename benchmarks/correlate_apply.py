@@ -9,7 +9,8 @@ import sqlite3
 import tempfile
 import time
 
-from auditd.correlate import CorrelateSettings, Correlator, ensure_schema
+from auditd.correlate import CorrelateSettings, Correlator
+from auditd.store.migrations import migrate
 from auditd.detect.alert import Alert, alert_id
 
 UTC = dt.timezone.utc
@@ -57,7 +58,7 @@ def main():
         conn = sqlite3.connect(os.path.join(tmp, "state.db"), isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        ensure_schema(conn)
+        migrate(conn)
         correlator = Correlator(CorrelateSettings())
         a, c = run(conn, correlator, alerts, args.batch)
         n = args.alerts

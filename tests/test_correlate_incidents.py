@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditd.correlate import (
-    SCHEMA, CorrelateError, CorrelateSettings, Correlator, IllegalTransition, IncidentChange,
-    UnknownIncident, ensure_schema, get_incident, list_incidents, verify_timeline,
+    CorrelateError, CorrelateSettings, Correlator, IllegalTransition, IncidentChange, Note, SetTier,
+    Transition, UnknownIncident, act, get_incident, list_incidents, verify_timeline,
 )
-from auditd.correlate.actions import add_note, set_tier, transition
+from auditd.store.migrations import migrate
 from auditd.correlate.settings import TierSettings
 from auditd.detect.alert import Alert
 
@@ -41,7 +41,7 @@ def make_alert(n: int, *, actor: str | None = "E10023", minutes: float = 0, rule
 def new_store() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")  # the write order must hold up under it
-    ensure_schema(conn)
+    migrate(conn)
     return conn
 
 
@@ -104,7 +104,7 @@ def test_alerts_without_an_actor_group_by_rule(conn, correlator):
 
 def test_a_dismissed_incident_takes_no_more_alerts(conn, correlator):
     (first,) = apply(correlator, conn, [make_alert(1)])
-    transition(conn, first.incident_id, "dismissed", "alice", "test account", clock=fixed_clock)
+    act(conn, Transition(incident_id=first.incident_id, status="dismissed", who="alice", why="test account"), clock=fixed_clock)
     (second,) = apply(correlator, conn, [make_alert(2, minutes=1)])
     assert second.opened and second.incident_id != first.incident_id
     assert get_incident(conn, first.incident_id).summary.alert_count == 1
@@ -220,7 +220,7 @@ def test_tier_is_raised_but_never_lowered_automatically(conn, correlator):
 
 def test_a_persons_lower_tier_holds_until_the_grade_climbs_past_its_old_high(conn, correlator):
     (change,) = apply(correlator, conn, [make_alert(1, rule_kind="entitlement")])
-    set_tier(conn, change.incident_id, "T6", "alice", "approved ticket found later", clock=fixed_clock)
+    act(conn, SetTier(incident_id=change.incident_id, tier="T6", who="alice", why="approved ticket found later"), clock=fixed_clock)
     (change,) = apply(correlator, conn, [make_alert(2, minutes=1, rule_kind="entitlement")])
     assert change.tier == "T6"  # the same grade again does not undo her decision
     (change,) = apply(correlator, conn, [make_alert(3, minutes=2, severity="critical", sensitive=True)])
@@ -259,7 +259,7 @@ def test_legal_transitions_record_who_and_why(conn, correlator):
     (change,) = apply(correlator, conn, [make_alert(1, rule_kind="entitlement")])
     incident_id = change.incident_id
     for status in ("contained", "notified", "resolved", "closed"):  # T5 contains before triage
-        summary = transition(conn, incident_id, status, "alice", f"step {status}", clock=fixed_clock)
+        summary = act(conn, Transition(incident_id=incident_id, status=status, who="alice", why=f"step {status}"), clock=fixed_clock)
         assert summary.status == status
     changes = [e for e in get_incident(conn, incident_id).timeline if e.kind == "status_changed"]
     assert [(e.who, e.data["from"], e.data["to"]) for e in changes][:2] == [
@@ -279,10 +279,10 @@ def test_legal_transitions_record_who_and_why(conn, correlator):
 def test_illegal_transitions_are_refused_and_change_nothing(conn, correlator, path, illegal):
     (change,) = apply(correlator, conn, [make_alert(1)])
     for status in path:
-        transition(conn, change.incident_id, status, "alice", "ok", clock=fixed_clock)
+        act(conn, Transition(incident_id=change.incident_id, status=status, who="alice", why="ok"), clock=fixed_clock)
     entries = len(get_incident(conn, change.incident_id).timeline)
     with pytest.raises(IllegalTransition):
-        transition(conn, change.incident_id, illegal, "alice", "try", clock=fixed_clock)
+        act(conn, Transition(incident_id=change.incident_id, status=illegal, who="alice", why="try"), clock=fixed_clock)
     detail = get_incident(conn, change.incident_id)
     assert detail.summary.status == (path[-1] if path else "open")
     assert len(detail.timeline) == entries and detail.timeline_verified
@@ -291,17 +291,17 @@ def test_illegal_transitions_are_refused_and_change_nothing(conn, correlator, pa
 def test_a_transition_needs_who_why_a_known_status_and_incident(conn, correlator):
     (change,) = apply(correlator, conn, [make_alert(1)])
     with pytest.raises(CorrelateError, match="why is required"):
-        transition(conn, change.incident_id, "triaged", "alice", "  ", clock=fixed_clock)
+        act(conn, Transition(incident_id=change.incident_id, status="triaged", who="alice", why="  "), clock=fixed_clock)
     with pytest.raises(CorrelateError, match="unknown status 'done'"):
-        transition(conn, change.incident_id, "done", "alice", "x", clock=fixed_clock)
+        act(conn, Transition(incident_id=change.incident_id, status="done", who="alice", why="x"), clock=fixed_clock)
     with pytest.raises(UnknownIncident):
-        transition(conn, "INC-20000101-0001", "triaged", "alice", "x", clock=fixed_clock)
+        act(conn, Transition(incident_id="INC-20000101-0001", status="triaged", who="alice", why="x"), clock=fixed_clock)
 
 
 def test_a_transition_inside_a_pipeline_transaction_does_not_commit_it(conn, correlator):
     (change,) = apply(correlator, conn, [make_alert(1)])
     conn.execute("BEGIN")
-    transition(conn, change.incident_id, "triaged", "alice", "x", clock=fixed_clock)
+    act(conn, Transition(incident_id=change.incident_id, status="triaged", who="alice", why="x"), clock=fixed_clock)
     assert conn.in_transaction
     conn.execute("ROLLBACK")
     assert get_incident(conn, change.incident_id).summary.status == "open"
@@ -313,8 +313,8 @@ def test_a_transition_inside_a_pipeline_transaction_does_not_commit_it(conn, cor
 def chained_incident(conn: sqlite3.Connection, correlator: Correlator) -> str:
     (change,) = apply(correlator, conn, [make_alert(1, subjects=("p:a",))])
     apply(correlator, conn, [make_alert(2, minutes=1, rule_kind="entitlement")])
-    transition(conn, change.incident_id, "triaged", "alice", "looking", clock=fixed_clock)
-    add_note(conn, change.incident_id, "alice", "called the store manager", clock=fixed_clock)
+    act(conn, Transition(incident_id=change.incident_id, status="triaged", who="alice", why="looking"), clock=fixed_clock)
+    act(conn, Note(incident_id=change.incident_id, who="alice", text="called the store manager"), clock=fixed_clock)
     return change.incident_id
 
 
@@ -449,13 +449,3 @@ def test_a_naive_alert_time_is_refused(conn, correlator):
                      "timestamp": dt.datetime(2026, 11, 29, 9, 0)})
     with pytest.raises(CorrelateError, match="naive"):
         apply(correlator, conn, [naive])
-
-
-def test_schema_is_idempotent_and_commits_nothing_inside_a_transaction(conn):
-    conn.execute("BEGIN")
-    ensure_schema(conn)
-    assert conn.in_transaction
-    conn.execute("ROLLBACK")
-    ensure_schema(conn)
-    conn.executescript(SCHEMA)  # as the store runs it at start
-    assert count(conn, "incidents") == 0

@@ -13,7 +13,7 @@ from auditd.correlate import (
     CorrelateError, CorrelateSettings, Correlator, IncidentDetail, IncidentSummary, get_incident,
     list_incidents, render_incident_detail, render_incident_table,
 )
-from auditd.correlate.actions import assign, transition
+from auditd.correlate import Assign, Transition, act
 from auditd.correlate.grading import Facts, Grader
 from auditd.correlate.render import _width
 
@@ -42,7 +42,7 @@ def test_list_incidents_filters_by_status_tier_and_since(conn):
     assert ids(list_incidents(conn, tier="T5")) == ["E2"]
     assert ids(list_incidents(conn, tier=["T4", "T5"])) == ["E2", "E3"]
     e1 = list_incidents(conn, tier="T6")[0].incident_id
-    transition(conn, e1, "triaged", "alice", "x", clock=fixed_clock)
+    act(conn, Transition(incident_id=e1, status="triaged", who="alice", why="x"), clock=fixed_clock)
     assert ids(list_incidents(conn, status="open")) == ["E2", "E3"]
     assert ids(list_incidents(conn, since=T0 + dt.timedelta(minutes=10))) == ["E2", "E3"]
     assert [s.actor for s in list_incidents(conn, limit=2)] == ["E3", "E2"]  # latest first
@@ -84,7 +84,7 @@ def test_the_table_lines_up_chinese_text():
 
 def test_the_detail_shows_the_incident_and_its_timeline(conn):
     incident_id = list_incidents(conn, tier="T5")[0].incident_id
-    assign(conn, incident_id, "bob", "alice", clock=fixed_clock)
+    act(conn, Assign(incident_id=incident_id, assignee="bob", who="alice"), clock=fixed_clock)
     text = render_incident_detail(get_incident(conn, incident_id))
     assert "Discovered  2026-11-29 10:00:00 (Asia/Shanghai)" in text
     assert "Affected    2 customers" in text and "Pseudonyms  p:b, p:c" in text
@@ -170,7 +170,7 @@ def test_bands_are_the_2017_thresholds_halved_for_insiders():
 
 
 def test_by_severity_takes_only_known_severities_and_tiers(tmp_path):
-    from auditd.config.settings import load_settings
+    from auditd.settings import load_settings
 
     def problems_of(tiers: str) -> list[str]:
         path = tmp_path / "c.yaml"

@@ -14,11 +14,11 @@ import yaml
 
 from auditd.config.located import Problems
 from auditd.correlate import CorrelateSettings, Correlator
-from auditd.correlate.schema import ensure_schema
 from auditd.correlate.settings import TIERS, tier_rank
 from auditd.detect.render import compile_title
 from auditd.detect.ruleset import RuleSet, load_rules
 from auditd.event import AccessEvent
+from auditd.store.migrations import migrate
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "rules"
@@ -135,7 +135,7 @@ def test_an_alerts_incident_gets_the_tier_its_severity_names(shipped):
     its severity stands for (a criminal band may grade higher, never lower)."""
     tiers = CorrelateSettings().tiers
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    ensure_schema(conn)
+    migrate(conn)
     correlator = Correlator(CorrelateSettings(), lambda: T0)
     for n, rule in enumerate(shipped.rules):
         samples = [s.event for s in rule.spec.samples if s.expect_match]

@@ -13,8 +13,8 @@ import pytest
 from elastic_server import ElasticServer, require_restartable
 from elasticsearch import Elasticsearch
 
-from auditd.correlate.incidents import SCHEMA as INCIDENT_SCHEMA
-from auditd.correlate.incidents import Correlator, transition
+from auditd.correlate import Transition, act
+from auditd.correlate.incidents import Correlator
 from auditd.correlate.settings import CorrelateSettings
 from auditd.detect.alert import Alert, alert_id
 from auditd.elastic import templates
@@ -154,7 +154,7 @@ def test_a_document_its_mapping_refuses_is_dead_lettered_once(setup, tmp_path: P
 def test_alerts_and_incident_snapshots_are_shipped_and_kept_current(setup, tmp_path: Path) -> None:
     settings, es = setup
     events = list(synthetic_events(30))
-    store = fill_store(tmp_path / "neo.db", [], extra_schemas=[INCIDENT_SCHEMA])
+    store = fill_store(tmp_path / "neo.db", [])
     alerts = [Alert(alert_id=alert_id("export-many", e.event_id), rule_id="export-many", rule_kind="match",
                     severity="high", title="Bulk export", timestamp=e.timestamp, event_ids=(e.event_id,),
                     actor="E1001", subject_ids=e.subject_ids, categories=e.categories, record_count=e.record_count)
@@ -172,7 +172,7 @@ def test_alerts_and_incident_snapshots_are_shipped_and_kept_current(setup, tmp_p
     assert first["_source"]["neo"]["incident"]["alert_count"] == 5
     assert first["_source"]["neo"]["incident"]["status"] == "open"
 
-    transition(store.conn, change.incident_id, "triaged", "alice", "looking into it")
+    act(store.conn, Transition(incident_id=change.incident_id, status="triaged", who="alice", why="looking into it"))
     shipper.ship_pending()
     second = es.get(index=settings.incidents_index, id=doc_id)
     assert second["_source"]["neo"]["incident"]["status"] == "triaged"

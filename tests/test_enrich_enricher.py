@@ -112,7 +112,7 @@ def test_a_shift_grace_keeps_overtime_and_early_starts_on_shift(directory):
 
 
 def test_the_config_sets_the_grace_and_refuses_a_silly_one(tmp_path):
-    from auditd.config.settings import load_settings
+    from auditd.settings import load_settings
 
     def settings(grace: str):
         path = tmp_path / "c.yaml"

@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
 from auditd.correlate import CorrelateSettings, Correlator
 from auditd.detect.departed_sweep import (
     Login,
@@ -138,7 +137,7 @@ def login(user: str, when: str, outcome: str = "success", n: int = 0) -> AccessE
 
 
 def test_sweep_alerts_through_the_correlator_never_double(directory, tmp_path):
-    store = Store(tmp_path / "neo.db").open(extra_schemas=[INCIDENT_SCHEMA])
+    store = Store(tmp_path / "neo.db").open()
     with store.transaction() as conn:
         store.insert_events(conn, "crm", [login("E2", "2026-10-12T09:00"), login("E2", "2026-10-12T09:05", "denied"),
                                    login("E6", "2026-10-12T09:00"), login("E2", "2026-10-01T09:00")])
@@ -159,10 +158,10 @@ def test_sweep_alerts_through_the_correlator_never_double(directory, tmp_path):
 
 
 def test_the_scheduled_job_applies_its_alerts_on_its_own_connection(directory, tmp_path):
-    from auditd.detect.departed_sweep import run_departed_sweep
+    from auditd.jobs.departed_sweep import run_departed_sweep
     from auditd.entitlement.settings import DepartedSettings
 
-    store = Store(tmp_path / "neo.db").open(extra_schemas=[INCIDENT_SCHEMA])
+    store = Store(tmp_path / "neo.db").open()
     with store.transaction() as conn:
         store.insert_events(conn, "crm", [login("E2", "2026-10-12T09:00")])
     feed = tmp_path / "accounts.jsonl"

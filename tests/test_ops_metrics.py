@@ -17,7 +17,6 @@ from prometheus_client.process_collector import ProcessCollector
 
 from auditd.config.located import Problems, parse_yaml
 from auditd.config.typed import convert
-from auditd.correlate.incidents import SCHEMA as INCIDENT_SCHEMA
 from auditd.ops.metrics import Metrics
 from auditd.ops.settings import MetricsSettings, OpsSettings
 from auditd.ops.status import FileLag
@@ -32,7 +31,7 @@ Samples = dict[tuple[str, frozenset], float]
 # -- helpers -------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "neo-auditd.db").open(extra_schemas=[INCIDENT_SCHEMA])
+    store = Store(tmp_path / "neo-auditd.db").open()
     yield store
     store.close()
 
@@ -103,7 +102,6 @@ def test_scrape_reports_exact_values(store: Store, metrics: Metrics) -> None:
     # read from the store at scrape time
     assert value(s, "neo_auditd_incidents", tier="T2", status="open") == 2
     assert value(s, "neo_auditd_incidents", tier="T5", status="closed") == 1
-    assert value(s, "neo_auditd_playbook_steps_overdue") == 0  # no playbook table yet
     assert value(s, "neo_auditd_store_scrape_success") == 1
 
 
@@ -169,17 +167,6 @@ def test_instances_share_no_state(tmp_path: Path) -> None:
 
 
 # -- the store-backed figures --------------------------------------------------------------
-def test_overdue_steps_counted_at_scrape_time(store: Store, metrics: Metrics) -> None:
-    store.conn.execute("CREATE TABLE playbook_steps (step_id TEXT PRIMARY KEY, due_at TEXT NOT NULL, done_at TEXT)")
-    store.conn.executemany("INSERT INTO playbook_steps VALUES (?, ?, ?)", [
-        ("late", "2026-09-21T13:00:00.000000+00:00", None),
-        ("late-but-done", "2026-09-21T13:00:00.000000+00:00", "2026-09-21T13:30:00.000000+00:00"),
-        ("not-yet-due", "2026-09-21T15:00:00.000000+00:00", None),
-    ])
-    port = metrics.start_http("127.0.0.1", 0)
-    assert value(scrape(port), "neo_auditd_playbook_steps_overdue") == 1
-
-
 def test_scrape_does_not_wait_for_the_pipelines_write_transaction(store: Store, metrics: Metrics) -> None:
     with store.transaction() as conn:
         insert_incident(conn, "INC-1", "T3", "open")

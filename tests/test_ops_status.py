@@ -10,8 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from auditd.config.settings import Settings
-from auditd.correlate.incidents import SCHEMA as INCIDENT_SCHEMA
+from auditd.settings import Settings
 from auditd.ops.status import (
     FileLag,
     ReloadStatus,
@@ -48,7 +47,7 @@ def checkpoint_for(source: str, path: Path, offset: int, *, inode: int | None = 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "state" / "neo-auditd.db").open(extra_schemas=[INCIDENT_SCHEMA])
+    store = Store(tmp_path / "state" / "neo-auditd.db").open()
     yield store
     store.close()
 
@@ -111,7 +110,6 @@ def test_collects_what_the_store_knows(store: Store, logs: dict[str, Path]) -> N
         ],
         rules_loaded=42,
         open_incidents={"T2": 2, "T5": 1},
-        playbook_steps_overdue=0,
         last_reload=ReloadStatus(ok=False, at=dt.datetime(2026, 11, 2, 8, 30, tzinfo=UTC),
                                  error="config.yaml:3:5: rules[2].condition: unknown list 'sensitive_tabels'"
                                        "\nsecond problem"),
@@ -144,7 +142,6 @@ def test_render_shows_shanghai_times_and_a_table(store: Store, logs: dict[str, P
     assert app.index("1,200") == header.index("EVENTS")  # columns line up
     assert any(line.strip().startswith("legacy (not in config)") for line in lines)
     assert "open incidents: T2 2, T5 1" in lines
-    assert "overdue playbook steps: 0" in lines
 
 
 def test_a_fresh_store_without_later_tables(tmp_path: Path) -> None:
@@ -153,16 +150,9 @@ def test_a_fresh_store_without_later_tables(tmp_path: Path) -> None:
     status = collect_status(tmp_path / "neo-auditd.db", settings_with("app"), NOW)
     assert status.sources == [SourceStatus(name="app", configured=True, events=0, quarantined=0, skipped=0,
                                            last_event_at=None, lag_bytes=0, files=[])]
-    assert (status.open_incidents, status.playbook_steps_overdue, status.last_reload) == ({}, 0, None)
+    assert (status.open_incidents, status.last_reload) == ({}, None)
     text = render_status(status)
     assert "last reload:  not recorded" in text and "open incidents: none" in text
-
-
-def test_overdue_steps_unknown_when_the_table_does_not_fit(store: Store) -> None:
-    store.conn.execute("CREATE TABLE playbook_steps (step_id TEXT PRIMARY KEY, deadline TEXT)")
-    status = collect_status(store.path, None, NOW)
-    assert status.playbook_steps_overdue is None  # never a reassuring 0
-    assert "overdue playbook steps: unknown" in render_status(status)
 
 
 def test_successful_reload_and_wide_characters(store: Store) -> None:

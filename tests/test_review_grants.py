@@ -135,7 +135,7 @@ def test_a_job_may_pass_its_own_read_only_connection(directory, store):
 
 
 def test_the_scheduled_job_writes_both_reports(directory, store, tmp_path):
-    from auditd.entitlement.review import grant_review_job
+    from auditd.jobs.grant_review import grant_review_job
 
     review = grant_review_job(store.path, directory, NOW - SINCE, out_dir=tmp_path / "reviews", now=NOW)
     assert review.events == 11

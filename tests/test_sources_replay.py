@@ -56,3 +56,23 @@ def test_replay_keeps_csv_records_that_span_chunks_whole(tmp_path):
 
 def test_the_tailer_module_offers_replay_too():
     assert ReplayFromTail is ReplaySource
+
+
+def test_a_copy_of_a_replayed_file_resumes_where_the_original_stopped(tmp_path):
+    """Restored from an archive, a log is another inode with the same bytes: reading it
+    again would store its events twice. A file that only shares the first line is new."""
+    from auditd.sources.framing import FRAMERS
+
+    original = tmp_path / "a.log"
+    original.write_bytes(b"".join(b"line %d\n" % i for i in range(100)))
+    first = ReplaySource("s", [original], FRAMERS["lines"](), {})
+    batches = list(first.batches(1000))
+    done = {b.checkpoint.fingerprint: b.checkpoint for b in batches}
+    copy = tmp_path / "restored.log"
+    copy.write_bytes(original.read_bytes() + b"line 100\n")
+    again = list(ReplaySource("s", [copy], FRAMERS["lines"](), done).batches(1000))
+    assert [r for b in again for r in b.records] == [b"line 100"]
+    other = tmp_path / "other.log"
+    other.write_bytes(b"line 0\n" + b"".join(b"else %d\n" % i for i in range(99)))
+    fresh = list(ReplaySource("s", [other], FRAMERS["lines"](), done).batches(1000))
+    assert sum(len(b.records) for b in fresh) == 100

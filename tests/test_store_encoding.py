@@ -53,17 +53,17 @@ def _add_map_form_rows(path, events: list[AccessEvent]) -> None:
 
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("INSERT INTO event_segments (source, first_ts_us, last_ts_us, count, doc) VALUES (?,?,?,?,?)",
-                     ("crm", 0, 2**62, len(events), msgspec.msgpack.encode([as_map(e) for e in events])))
+        conn.execute("INSERT INTO event_segments (source, first_ts, last_ts, count, doc) VALUES (?,?,?,?,?)",
+                     ("crm", "1970-01-01T00:00:00.000000+00:00", "9999-12-31T00:00:00.000000+00:00", len(events), msgspec.msgpack.encode([as_map(e) for e in events])))
         for e in events[:2]:
-            conn.execute("INSERT INTO evidence (event_id, ts_us, doc) VALUES (?,?,?)",
-                         (e.event_id, 0, msgspec.msgpack.encode(as_map(e))))
+            conn.execute("INSERT INTO evidence (event_id, ts, doc) VALUES (?,?,?)",
+                         (e.event_id, "1970-01-01T00:00:00.000000+00:00", msgspec.msgpack.encode(as_map(e))))
     conn.close()
 
 
 def test_rows_in_the_old_map_form_are_read_beside_arrays_by_every_reader(tmp_path):
-    """An older daemon may go on writing maps next to a newer command (or after a
-    downgrade): rows are never rewritten, each is read in the encoding it has."""
+    """Rows an older version wrote as maps stay beside the arrays this one writes
+    (migrations never rewrite event blobs): each is read in the encoding it has."""
     path, events = tmp_path / "state.db", sample(12)
     store = Store(path).open()
     with store.transaction() as conn:

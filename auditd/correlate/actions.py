@@ -1,8 +1,9 @@
 """What people do to an incident: change its status or tier, assign it, add a note.
 
-Each action is one savepoint: atomic on a connection in autocommit mode (the CLI), and
-folded into the caller's transaction when there is one. Every action says who and why,
-and leaves an entry on the hash-chained timeline.
+Actions are values (``model.Transition``, ``SetTier``, ``Assign``, ``Note``) applied by
+``Correlator.apply`` in the caller's transaction, like alerts, so that every change to
+an incident reaches the change log the same way. Each says who (and, where it changes
+the incident's course, why) and leaves an entry on the hash-chained timeline.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import sqlite3
 from typing import Any
 
 from auditd.correlate.model import (
-    STATUSES, TRANSITIONS, Clock, CorrelateError, IllegalTransition, IncidentSummary,
-    UnknownIncident, system_clock,
+    STATUSES, TRANSITIONS, Action, Assign, CorrelateError, IllegalTransition, IncidentChange,
+    Note, SetTier, Transition, UnknownIncident,
 )
-from auditd.correlate.queries import get_summary
-from auditd.correlate.schema import iso_utc, savepoint
 from auditd.correlate.settings import TIERS
 from auditd.correlate.timeline import INSERT_ENTRY, Head, next_entry
+from auditd.store.times import from_db
 
 # columns an action may set; names never come from the caller
 _SETTABLE = frozenset({"status", "tier", "assignee"})
@@ -29,17 +29,69 @@ def _require(value: str | None, what: str) -> str:
     return value.strip()
 
 
-def _claim(conn: sqlite3.Connection, incident_id: str, at: str) -> tuple[dict[str, Any], Head]:
-    """Touch the incident first, so this connection holds the write lock before it reads
-    the timeline head: a daemon batch cannot slip an entry in between."""
-    row = conn.execute(
-        "UPDATE incidents SET updated_at = ? WHERE incident_id = ?"
-        " RETURNING status, tier, assignee, timeline_seq, timeline_head", (at, incident_id),
-    ).fetchone()
+def validate(action: Action) -> None:
+    """Refuse an action that cannot apply to any incident, before touching the store."""
+    _require(action.who, "who")
+    if isinstance(action, Transition):
+        _require(action.why, "why")
+        if action.status not in STATUSES:
+            raise CorrelateError(f"unknown status '{action.status}' (valid: {', '.join(STATUSES)})")
+    elif isinstance(action, SetTier):
+        _require(action.why, "why")
+        if action.tier not in TIERS:
+            raise CorrelateError(f"unknown tier '{action.tier}' (valid: {', '.join(TIERS)})")
+    elif isinstance(action, Assign):
+        _require(action.assignee, "assignee")
+    elif isinstance(action, Note):
+        _require(action.text, "text")
+    else:
+        raise CorrelateError(f"unknown action {type(action).__name__}")
+
+
+_CLAIM = ("UPDATE incidents SET updated_at = ? WHERE incident_id = ?"
+          " RETURNING status, tier, assignee, timeline_seq, timeline_head, actor, title, band,"
+          " alert_count, affected_count, discovered_at")
+
+
+def apply_action(conn: sqlite3.Connection, action: Action, at: str) -> IncidentChange | None:
+    """Apply one validated action; None when it changes nothing (the tier it already has)."""
+    # Touch the incident first, so this connection holds the write lock before it reads
+    # the timeline head: a daemon batch cannot slip an entry in between.
+    row = conn.execute(_CLAIM, (at, action.incident_id)).fetchone()
     if row is None:
-        raise UnknownIncident(incident_id)
-    status, tier, assignee, seq, head = row
-    return {"status": status, "tier": tier, "assignee": assignee}, Head(seq, head)
+        raise UnknownIncident(action.incident_id)
+    status, tier, assignee, seq, head_hash, actor, title, band, alerts, affected, discovered = row
+    head = Head(seq, head_hash)
+    who = action.who.strip()
+    change: dict[str, Any] = {}
+    if isinstance(action, Transition):
+        if action.status not in TRANSITIONS[status]:
+            raise IllegalTransition(action.incident_id, status, action.status)
+        _record(conn, action.incident_id, head, at, "status_changed", who,
+                {"from": status, "to": action.status, "why": action.why.strip()}, status=action.status)
+        change = {"cause": "status_changed", "previous_status": status}
+        status = action.status
+    elif isinstance(action, SetTier):
+        if action.tier == tier:
+            return None
+        _record(conn, action.incident_id, head, at, "tier_changed", who,
+                {"from": tier, "to": action.tier, "reason": action.why.strip()}, tier=action.tier)
+        change = {"cause": "tier_changed", "previous_tier": tier,
+                  "tier_raised": TIERS.index(action.tier) < TIERS.index(tier) if tier in TIERS else False}
+        tier = action.tier
+    elif isinstance(action, Assign):
+        new = action.assignee.strip()
+        _record(conn, action.incident_id, head, at, "assigned", who, {"from": assignee, "to": new}, assignee=new)
+        change = {"cause": "assigned"}
+        assignee = new
+    elif isinstance(action, Note):
+        _record(conn, action.incident_id, head, at, "note", who, {"text": action.text.strip()})
+        change = {"cause": "note"}
+    return IncidentChange(
+        incident_id=action.incident_id, version=head.seq, who=who, at=from_db(at), actor=actor,
+        title=title, status=status, tier=tier, band=band, alert_count=alerts, affected_count=affected,
+        discovered_at=from_db(discovered), assignee=assignee, **change,
+    )
 
 
 def _record(conn: sqlite3.Connection, incident_id: str, head: Head, at: str, kind: str,
@@ -51,59 +103,3 @@ def _record(conn: sqlite3.Connection, incident_id: str, head: Head, at: str, kin
         f"UPDATE incidents SET {sets}timeline_seq = ?, timeline_head = ? WHERE incident_id = ?",
         (*columns.values(), head.seq, head.hash, incident_id),
     )
-
-
-def transition(conn: sqlite3.Connection, incident_id: str, new_status: str, who: str, why: str,
-               *, clock: Clock = system_clock) -> IncidentSummary:
-    """Move an incident to new_status if TRANSITIONS allows it; otherwise raise."""
-    who, why = _require(who, "who"), _require(why, "why")
-    if new_status not in STATUSES:
-        raise CorrelateError(f"unknown status '{new_status}' (valid: {', '.join(STATUSES)})")
-    at = iso_utc(clock())
-    with savepoint(conn, "correlate_action"):
-        current, head = _claim(conn, incident_id, at)
-        old = current["status"]
-        if new_status not in TRANSITIONS[old]:
-            raise IllegalTransition(incident_id, old, new_status)
-        _record(conn, incident_id, head, at, "status_changed", who,
-                {"from": old, "to": new_status, "why": why}, status=new_status)
-    return get_summary(conn, incident_id)
-
-
-def set_tier(conn: sqlite3.Connection, incident_id: str, tier: str, who: str, why: str,
-             *, clock: Clock = system_clock) -> IncidentSummary:
-    """A person's grade, up or down. The correlator raises it again only when its own
-    grade climbs past the highest it had reached before."""
-    who, why = _require(who, "who"), _require(why, "why")
-    if tier not in TIERS:
-        raise CorrelateError(f"unknown tier '{tier}' (valid: {', '.join(TIERS)})")
-    at = iso_utc(clock())
-    with savepoint(conn, "correlate_action"):
-        current, head = _claim(conn, incident_id, at)
-        if current["tier"] != tier:
-            _record(conn, incident_id, head, at, "tier_changed", who,
-                    {"from": current["tier"], "to": tier, "reason": why}, tier=tier)
-    return get_summary(conn, incident_id)
-
-
-def assign(conn: sqlite3.Connection, incident_id: str, assignee: str, who: str,
-           *, clock: Clock = system_clock) -> IncidentSummary:
-    who, assignee = _require(who, "who"), _require(assignee, "assignee")
-    at = iso_utc(clock())
-    with savepoint(conn, "correlate_action"):
-        current, head = _claim(conn, incident_id, at)
-        _record(conn, incident_id, head, at, "assigned", who,
-                {"from": current["assignee"], "to": assignee}, assignee=assignee)
-    return get_summary(conn, incident_id)
-
-
-def add_note(conn: sqlite3.Connection, incident_id: str, who: str, text: str,
-             *, clock: Clock = system_clock) -> IncidentSummary:
-    """A free-text note. It is hashed into the chain for good: write pseudonyms, never
-    a customer's raw identifier."""
-    who, text = _require(who, "who"), _require(text, "text")
-    at = iso_utc(clock())
-    with savepoint(conn, "correlate_action"):
-        _, head = _claim(conn, incident_id, at)
-        _record(conn, incident_id, head, at, "note", who, {"text": text})
-    return get_summary(conn, incident_id)

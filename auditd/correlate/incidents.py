@@ -1,8 +1,11 @@
 """Alerts become incidents: one per actor and episode, kept in the daemon's SQLite file.
 
-``Correlator.apply`` runs inside the pipeline's batch transaction and never begins or
-commits one itself: the batch's events, alerts, incident changes and the source
-checkpoint commit together, so a crash never applies half a batch.
+``Correlator.apply`` is the one seam through which incidents change: the pipeline's
+batches, the scheduled jobs and people's actions (the command line) all call it. It
+runs inside the caller's transaction and never begins or commits one itself: the
+batch's events, alerts, incident changes, their change-log rows (``changelog.py``,
+which the respond stage reads) and the source checkpoint commit together, so a crash
+never applies half a batch, and nothing reacts to a change that did not commit.
 
 Alerts are taken in arrival order and never re-sorted, and incident numbers follow the
 arrival of each incident's opening alert. A replay of the same log into a fresh store
@@ -19,26 +22,23 @@ from typing import Any, Iterable, Sequence
 import msgspec
 
 from auditd.config.typed import DEFAULT_ZONE
-# the service and the CLI take the stage's whole surface from this module
-from auditd.correlate.actions import add_note, assign, set_tier, transition
+from auditd.correlate import changelog
+from auditd.correlate.actions import apply_action, validate
 from auditd.correlate.grading import (
     SEVERITY_RANK, Facts, Grade, Grader, incident_title, unnamed_customers,
 )
 from auditd.correlate.model import (
-    ACTIVE_STATUSES, CORRELATOR, Clock, CorrelateError, IncidentChange, system_clock,
+    ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary,
+    system_clock,
 )
-from auditd.correlate.queries import get_incident, list_incidents
-from auditd.correlate.render import render_incident_detail, render_incident_table
-from auditd.correlate.schema import SCHEMA, ensure_schema, from_iso, iso_utc
+from auditd.correlate.queries import get_summary
+from auditd.correlate.schema import savepoint
+from auditd.store.times import from_db, to_db
 from auditd.correlate.settings import CorrelateSettings, tier_rank
-from auditd.correlate.timeline import INSERT_ENTRY, Head, next_entry, verify_timeline
+from auditd.correlate.timeline import INSERT_ENTRY, Head, next_entry
 from auditd.detect.alert import Alert
 
-__all__ = [
-    "SCHEMA", "Correlator", "IncidentStore", "add_note", "assign", "ensure_schema",
-    "get_incident", "list_incidents", "render_incident_detail", "render_incident_table",
-    "set_tier", "transition", "verify_timeline",
-]
+__all__ = ["Correlator", "IncidentStore", "act"]
 
 _CHUNK = 500  # ids per IN (...) query: well under SQLite's bound-variable limit
 _ZERO = dt.timedelta(0)
@@ -166,7 +166,7 @@ class IncidentStore:
             marks = ",".join("?" * len(chunk))
             sql = (f"SELECT {_LOAD_COLUMNS} FROM incidents WHERE group_key IN ({marks})"
                    f" AND last_seen >= ? AND status IN ({statuses}) ORDER BY incident_id")
-            found.extend(_working_from_row(row) for row in self.conn.execute(sql, [*chunk, iso_utc(since)]))
+            found.extend(_working_from_row(row) for row in self.conn.execute(sql, [*chunk, to_db(since)]))
         return found
 
     def next_number(self, day: str) -> int:
@@ -202,8 +202,8 @@ def _working_from_row(row: tuple[Any, ...]) -> Working:
      categories, timeline_seq, timeline_head) = row
     return Working(
         incident_id=incident_id, group_key=key, actor=actor, title=title, tier=tier,
-        auto_tier=auto_tier, status=status, severity=severity, first_seen=from_iso(first_seen),
-        last_seen=from_iso(last_seen), discovered_at=discovered_at, alert_count=alert_count,
+        auto_tier=auto_tier, status=status, severity=severity, first_seen=from_db(first_seen),
+        last_seen=from_db(last_seen), discovered_at=discovered_at, alert_count=alert_count,
         affected_count=affected_count, max_record_count=max_record_count,
         sensitive=bool(sensitive), band=band, rules=set(_list_decoder.decode(rules)),
         categories=set(_list_decoder.decode(categories)), head=Head(timeline_seq, timeline_head),
@@ -227,17 +227,31 @@ class Correlator:
         self.grader = Grader(settings)
         self.gap = settings.episode_gap.timedelta
 
-    def apply(self, conn: sqlite3.Connection, alerts: Iterable[Alert]) -> list[IncidentChange]:
-        """Fold a batch of alerts into incidents, inside the caller's transaction."""
+    def apply(self, conn: sqlite3.Connection, alerts: Iterable[Alert] = (),
+              actions: Iterable[Action] = ()) -> list[IncidentChange]:
+        """Fold alerts, then people's actions, into incidents, inside the caller's
+        transaction; every change is appended to the change log there too."""
         if not conn.in_transaction:
             # outside a transaction every statement would commit alone: a crash
             # between them would leave a half-applied batch behind
             raise CorrelateError("Correlator.apply must run inside the caller's BEGIN ... COMMIT")
+        actions = list(actions)
+        for action in actions:
+            validate(action)
+        now = to_db(self.clock())
+        changes = self._apply_alerts(conn, list(alerts), now)
+        for action in actions:
+            change = apply_action(conn, action, now)
+            if change is not None:
+                changes.append(change)
+        changelog.append(conn, changes)
+        return changes
+
+    def _apply_alerts(self, conn: sqlite3.Connection, alerts: list[Alert], now: str) -> list[IncidentChange]:
         store = IncidentStore(conn)
-        fresh = self._fresh(store, list(alerts))
+        fresh = self._fresh(store, alerts)
         if not fresh:
             return []
-        now = iso_utc(self.clock())
         touched = self._assign(store, fresh, now)
         self._number(store, touched)
         rows = _Rows()
@@ -324,12 +338,13 @@ class Correlator:
         self._entries(work, now, grade, rows, affected_added, band_reached, previous_tier, tier_raised)
         self._rows(work, now, rows)
         return IncidentChange(
-            incident_id=incident_id, opened=opened, actor=work.actor, title=work.title,
+            incident_id=incident_id, version=work.head.seq, at=from_db(now),
+            opened=opened, actor=work.actor, title=work.title,
             status=work.status, tier=work.tier, previous_tier=previous_tier,
             tier_raised=tier_raised, band=work.band, band_reached=band_reached,
             alerts_added=len(work.alerts), alert_count=work.alert_count,
             affected_added=affected_added, affected_count=work.affected_count,
-            discovered_at=from_iso(work.discovered_at),
+            discovered_at=from_db(work.discovered_at),
         )
 
     @staticmethod
@@ -368,7 +383,7 @@ class Correlator:
             "rules": sorted({rule_id for rule_id, _ in work.batch_rules}),
             "categories": sorted(work.batch_categories),
             "sensitive": any(a.sensitive for a in work.alerts),
-            "first_seen": iso_utc(min(batch_times)), "last_seen": iso_utc(max(batch_times)),
+            "first_seen": to_db(min(batch_times)), "last_seen": to_db(max(batch_times)),
         })
         if band_reached:
             add("band_reached", {"band": work.band, "affected_count": work.affected_count,
@@ -382,7 +397,7 @@ class Correlator:
         incident_id = work.incident_id
         rules = _json_encoder.encode(sorted(work.rules)).decode()
         categories = _json_encoder.encode(sorted(work.categories)).decode()
-        first_seen, last_seen = iso_utc(work.first_seen), iso_utc(work.last_seen)
+        first_seen, last_seen = to_db(work.first_seen), to_db(work.last_seen)
         if work.opening is not None:
             rows.new.append((
                 incident_id, work.group_key, work.actor, work.title, work.tier, work.auto_tier,
@@ -398,7 +413,7 @@ class Correlator:
             ))
         encode = _json_encoder.encode
         rows.alerts.extend(
-            (a.alert_id, incident_id, a.rule_id, a.severity, iso_utc(a.timestamp), encode(a).decode())
+            (a.alert_id, incident_id, a.rule_id, a.severity, to_db(a.timestamp), encode(a).decode())
             for a in work.alerts
         )
 
@@ -419,3 +434,14 @@ def _title(grade: Grade, work: Working) -> str:
         return work.title if work.opening is None else work.opening.title
     lead = work.opening or max(work.alerts, key=lambda a: SEVERITY_RANK.get(a.severity, -1))
     return incident_title(grade.headline, lead.title)
+
+
+
+def act(conn: sqlite3.Connection, action: Action, *, settings: CorrelateSettings | None = None,
+        clock: Clock = system_clock) -> IncidentSummary:
+    """One person's action through the seam, atomically: in the caller's transaction
+    when there is one, else in its own. Returns the incident as it now stands."""
+    correlator = Correlator(settings or CorrelateSettings(), clock)
+    with savepoint(conn, "correlate_action"):
+        correlator.apply(conn, actions=[action])
+    return get_summary(conn, action.incident_id)

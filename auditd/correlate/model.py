@@ -57,23 +57,60 @@ class IllegalTransition(CorrelateError):
 
 
 class IncidentChange(msgspec.Struct, kw_only=True, frozen=True):
-    """What one apply() did to one incident: the respond stage's input."""
+    """One change to one incident, as the change log keeps it: the respond stage's input.
+
+    ``cause`` says what changed it: ``alerts`` (the correlator applied a batch's alerts;
+    ``opened`` when they opened it), ``status_changed``, ``tier_changed``, ``assigned``,
+    ``note`` (people, through the command line), ``migrated`` (a snapshot of an incident
+    from before the log). ``version`` is the incident's timeline seq after the change.
+    """
 
     incident_id: str
-    opened: bool
-    actor: str | None
-    title: str
+    version: int = 0
+    cause: str = "alerts"
+    who: str = CORRELATOR
+    at: dt.datetime | None = None  # wall clock of the change
+    opened: bool = False
+    actor: str | None = None
+    title: str = ""
+    status: str = "open"
+    previous_status: str | None = None  # set when the status changed
+    tier: str = ""
+    previous_tier: str | None = None  # None when opened by this change
+    tier_raised: bool = False
+    band: str | None = None
+    band_reached: bool = False  # reached by this change: the playbook adds the police step
+    alerts_added: int = 0
+    alert_count: int = 0
+    affected_added: int = 0
+    affected_count: int = 0
+    discovered_at: dt.datetime | None = None
+    assignee: str | None = None
+
+
+class Action(msgspec.Struct, kw_only=True, frozen=True, tag_field="action"):
+    """What a person does to an incident; applied through ``Correlator.apply``."""
+
+    incident_id: str
+    who: str
+
+
+class Transition(Action, tag="transition"):
     status: str
+    why: str
+
+
+class SetTier(Action, tag="set_tier"):
     tier: str
-    previous_tier: str | None  # None when opened by this batch
-    tier_raised: bool
-    band: str | None
-    band_reached: bool  # reached by this batch: the playbook adds the police step
-    alerts_added: int
-    alert_count: int
-    affected_added: int
-    affected_count: int
-    discovered_at: dt.datetime
+    why: str
+
+
+class Assign(Action, tag="assign"):
+    assignee: str
+
+
+class Note(Action, tag="note"):
+    text: str  # hashed into the chain for good: pseudonyms only, never a raw identifier
 
 
 class TimelineEntry(msgspec.Struct, kw_only=True, frozen=True):

@@ -11,7 +11,7 @@ import msgspec
 from auditd.correlate.model import (
     STATUSES, AlertBrief, CorrelateError, IncidentDetail, IncidentSummary, UnknownIncident,
 )
-from auditd.correlate.schema import from_iso, iso_utc
+from auditd.store.times import from_db, to_db
 from auditd.correlate.settings import TIERS
 from auditd.correlate.timeline import read_timeline, verify_timeline
 
@@ -32,8 +32,8 @@ def _summary(row: tuple[Any, ...]) -> IncidentSummary:
         incident_id=incident_id, title=title, tier=tier, status=status, severity=severity,
         actor=actor, assignee=assignee, alert_count=alert_count, affected_count=affected_count,
         sensitive=bool(sensitive), band=band, categories=_list_decoder.decode(categories),
-        first_seen=from_iso(first_seen), last_seen=from_iso(last_seen),
-        discovered_at=from_iso(discovered_at), updated_at=from_iso(updated_at),
+        first_seen=from_db(first_seen), last_seen=from_db(last_seen),
+        discovered_at=from_db(discovered_at), updated_at=from_db(updated_at),
     )
 
 
@@ -60,7 +60,7 @@ def list_incidents(conn: sqlite3.Connection, status: str | Iterable[str] | None 
             params.extend(values)
     if since is not None:
         where.append("last_seen >= ?")
-        params.append(iso_utc(since))
+        params.append(to_db(since))
     sql = f"SELECT {_SUMMARY_COLUMNS} FROM incidents"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from auditd.correlate.model import TimelineEntry, UnknownIncident
-from auditd.correlate.schema import from_iso
+from auditd.store.times import from_db
 
 GENESIS = "0" * 64
 
@@ -93,7 +93,7 @@ def read_timeline(conn: sqlite3.Connection, incident_id: str) -> list[TimelineEn
         " WHERE incident_id = ? ORDER BY seq", (incident_id,)
     )
     return [
-        TimelineEntry(seq=seq, at=from_iso(at), kind=kind, who=who, data=_data(data), hash=digest)
+        TimelineEntry(seq=seq, at=from_db(at), kind=kind, who=who, data=_data(data), hash=digest)
         for seq, at, kind, who, data, digest in rows
     ]
 

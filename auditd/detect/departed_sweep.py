@@ -16,29 +16,24 @@ The deadline is the end of the `grace_working_days`-th mainland-China working da
 the last day employed (departure on 2026-09-30 → deadline 2026-10-10, a make-up
 Saturday after National Day). An alert's id depends only on the rule, the employee and
 the departure, so a sweep repeated every hour, or after a restart, adds nothing twice:
-the correlator ignores alert ids it has stored. The sweep only returns alerts; the
-caller applies them with `Correlator.apply(conn, alerts)` in its own transaction.
+the correlator ignores alert ids it has stored. The sweep only returns alerts; the job
+(`auditd/jobs/departed_sweep.py`) applies them through the correlator's seam.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.detect.alert import Alert, alert_id
 from auditd.directory.model import Directory, Employee
-from auditd.entitlement.accounts import AccountFeed, AccountFeedError, load_account_feed
-from auditd.entitlement.settings import DepartedSettings
+from auditd.entitlement.accounts import AccountFeed
 from auditd.event import stored_view
 from auditd.store.encoding import segment_decoder
-from auditd.store.sqlite import immediate
+from auditd.store.times import to_db
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.departed")
@@ -166,7 +161,6 @@ def _local(when: dt.datetime, zone: dt.tzinfo) -> str:
 
 _LoginDoc = stored_view("_LoginDoc", ("timestamp", "action", "outcome", "user_id", "event_id"))
 _decode_segment = segment_decoder(_LoginDoc)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def logins_since(conn, user_ids: Iterable[str], since: dt.datetime) -> dict[str, list[Login]]:
@@ -174,8 +168,7 @@ def logins_since(conn, user_ids: Iterable[str], since: dt.datetime) -> dict[str,
     segments (an sqlite3 connection), in time order."""
     wanted = frozenset(user_ids)
     out: dict[str, list[Login]] = {}
-    since_us = int((since - _EPOCH).total_seconds() * 1_000_000)
-    rows = conn.execute("SELECT doc FROM event_segments WHERE last_ts_us >= ? ORDER BY seq", (since_us,))
+    rows = conn.execute("SELECT doc FROM event_segments WHERE last_ts >= ? ORDER BY seq", (to_db(since),))
     for (doc,) in rows:
         for ev in _decode_segment(doc):
             if (ev.action == "login" and ev.outcome == "success" and ev.user_id in wanted
@@ -189,40 +182,3 @@ def logins_since(conn, user_ids: Iterable[str], since: dt.datetime) -> dict[str,
 def departed_ids(directory: Directory, now: dt.datetime) -> list[str]:
     """Employees whose departure is past: whose logins the sweep needs."""
     return sorted(e.id for e in directory.employees.values() if e.departure is not None and e.departure <= now)
-
-
-def run_departed_sweep(db_path: Path | str, *, directory: Directory, calendar: WorkingCalendar, correlator: Any,
-                       settings: DepartedSettings | None = None, zone: dt.tzinfo = DEFAULT_ZONE,
-                       now: dt.datetime | None = None) -> list[Any]:
-    """The scheduled job: sweep, then `correlator.apply(conn, alerts)` in one transaction
-    on a connection of its own (the scheduler's thread must not share the pipeline's).
-    Returns the incident changes; a repeated run returns none for the same breaches."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    settings = settings or DepartedSettings()
-    feed = None
-    if settings.account_feed is not None:
-        try:
-            feed = load_account_feed(settings.account_feed, zone=zone)
-        except AccountFeedError as exc:  # the directory and the logins still tell a good deal
-            log.error("account feed unreadable; sweeping with the directory and logins only",
-                      extra={"error": str(exc)})
-    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None, timeout=30)) as conn:
-        logins = None
-        if settings.use_logins:
-            breaches = {e.id: deadline_of(e, calendar, settings.grace_working_days, zone).breach_at
-                        for e in directory.employees.values() if e.departure is not None and e.departure <= now}
-            due = [uid for uid, at in breaches.items() if at <= now]
-            if due:
-                # logins matter only once the grace is over, and the departed rule has already
-                # alerted on each as it happened: a bounded look back keeps an hourly job cheap
-                since = max(min(breaches[uid] for uid in due), now - LOGIN_LOOKBACK)
-                logins = logins_since(conn, due, since)
-        sweep = SweepSettings(grace_working_days=settings.grace_working_days)
-        alerts = sweep_departed_accounts(directory, calendar, now, feed=feed, logins=logins, settings=sweep, zone=zone)
-        if not alerts:
-            return []
-        with immediate(conn):
-            changes = correlator.apply(conn, alerts)
-    if changes:
-        log.warning("departed accounts live past the grace", extra={"alerts": len(alerts), "incidents": len(changes)})
-    return changes

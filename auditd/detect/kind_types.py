@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from auditd.config.typed import DEFAULT_ZONE
@@ -30,11 +30,31 @@ Detector = Callable[[AccessEvent], "Verdict | None"]
 
 
 @dataclass(frozen=True, slots=True)
+class Finding:
+    """What a stateful detector found when time passed without an event in hand (a
+    window closed, an expected event stayed away): the alert is about `event` (the
+    last one seen for the key, or a stand-in carrying the actor and the time)."""
+
+    event: AccessEvent
+    verdict: Verdict
+
+
+class TimedDetector(Protocol):
+    """A detector that also acts when time passes (``RuleSet.tick``)."""
+
+    def __call__(self, event: AccessEvent) -> Verdict | None: ...
+
+    def tick(self, now: datetime) -> list[Finding]: ...
+
+
+@dataclass(frozen=True, slots=True)
 class KindContext:
     """What kinds may need beyond the rule itself, passed in by whoever loads rules."""
 
     zone: tzinfo = DEFAULT_ZONE  # the company's zone: dates, shifts, working days
-    state: Any = None  # the store of stateful kinds (threshold, baseline, first-seen)
+    # the state of stateful kinds (auditd.detect.state.StateStore): a kind asks it for its
+    # rule's RuleState with ``state.rule(spec.id, rule_state_hash(...), value_type)``
+    state: Any = None
 
 
 class RuleKind(Protocol):

@@ -11,6 +11,7 @@ whole. Its only mutable part is `stats`, the counters.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -175,6 +176,18 @@ class RuleSet:
         if rule.detector is not None and verdict is None:
             return None
         return self.make_alert(rule, event, verdict)
+
+    def tick(self, now: dt.datetime) -> list[Alert]:
+        """Let the enabled rules whose kinds keep state act on the passing of time."""
+        alerts: list[Alert] = []
+        for rule in self.rules:
+            tick = getattr(rule.detector, "tick", None)
+            if tick is None or not rule.spec.enabled:
+                continue
+            for finding in tick(now):
+                self.stats.alerts[rule.index] += 1
+                alerts.append(self.make_alert(rule, finding.event, finding.verdict))
+        return alerts
 
     def make_alert(self, rule: CompiledRule, event: AccessEvent, verdict: Verdict | None) -> Alert:
         spec = rule.spec

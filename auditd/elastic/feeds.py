@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from auditd.correlate.schema import iso_utc
+from auditd.store.times import to_db
 from auditd.detect.alert import Alert
 from auditd.elastic.bulk import Item
 from auditd.elastic.documents import (
@@ -277,7 +277,7 @@ class IncidentFeed:
     def _rescan_from(self) -> str:
         if not self.position[0]:
             return ""
-        return iso_utc(dt.datetime.fromisoformat(self.position[0]) - self.rescan)
+        return to_db(dt.datetime.fromisoformat(self.position[0]) - self.rescan)
 
     def _forget_old(self) -> None:
         since = self._rescan_from()

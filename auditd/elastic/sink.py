@@ -54,19 +54,6 @@ from auditd.store.sqlite import immediate
 
 log = logging.getLogger("neo_auditd.elastic")
 
-DEAD_LETTER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS elastic_dead_letters (
-    seq INTEGER PRIMARY KEY,
-    feed TEXT NOT NULL,              -- events, alerts, incidents
-    row_key INTEGER NOT NULL,        -- events.seq / alerts.rowid / position in the page
-    doc_id TEXT NOT NULL,
-    target TEXT NOT NULL,            -- the index or data stream
-    status INTEGER NOT NULL,         -- 0: never sent (could not be encoded)
-    reason TEXT NOT NULL,
-    document BLOB NOT NULL,          -- what was (or would have been) sent, to re-drive
-    at TEXT NOT NULL
-)
-"""
 SIDE_TABLES_EVERY_S = 2.0  # alerts and incidents are few; no need to look at every pass
 _KEYS = {"events": EVENTS_KEY, "alerts": ALERTS_KEY, "incidents": INCIDENTS_KEY}
 
@@ -145,7 +132,6 @@ class EventShipper:
         """Connect to the store (never creating it) and load the positions."""
         if self._conn is None:
             conn = _connect(self.store_path)
-            conn.execute(DEAD_LETTER_SCHEMA)
             for feed in (self.events, *self.side_feeds):
                 feed.load(conn)
             self._conn = conn

@@ -74,9 +74,9 @@ def synthetic_events(count: int, *, seed: int = 7, start: dt.datetime = T0, acto
 
 
 def fill_store(path: Path, events: Iterable[AccessEvent], *, batch: int = 20_000,
-               source: str = "crm", extra_schemas: Iterable[str] = ()) -> Store:
+               source: str = "crm") -> Store:
     """A store holding the events, inserted in pipeline-sized transactions (segments)."""
-    store = Store(path).open(extra_schemas=extra_schemas)
+    store = Store(path).open()
     chunk: list[AccessEvent] = []
     for event in events:
         chunk.append(event)

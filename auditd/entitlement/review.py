@@ -19,13 +19,10 @@ AccessEvents.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import sqlite3
 import unicodedata
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -35,6 +32,7 @@ from auditd.directory.model import ACTIVE, Directory, Grant, Role
 from auditd.entitlement.checker import DATA_ACTIONS
 from auditd.event import stored_view
 from auditd.store.encoding import segment_decoder
+from auditd.store.times import to_db
 
 Pair = tuple[str, str]  # (category, action)
 log = logging.getLogger("neo_auditd.entitlement")
@@ -80,7 +78,6 @@ class GrantReview(msgspec.Struct, kw_only=True):
 _Use = stored_view("_Use", ("timestamp", "action", "outcome", "user_id", "user_roles", "categories",
                             "entitlement_granted"))
 _decode_segment = segment_decoder(_Use)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def review_grants(store: Any, directory: Directory, since: dt.datetime, now: dt.datetime) -> GrantReview:
@@ -114,8 +111,8 @@ def _read_uses(conn: Any, since: dt.datetime, now: dt.datetime) -> tuple[Counter
     many data accesses were read. Events are stored as one msgpack array per committed
     batch (`event_segments`); only segments that straddle the period's bounds have
     their events' times compared."""
-    lo, hi = _micros(since), _micros(now)
-    sql = "SELECT first_ts_us, last_ts_us, doc FROM event_segments WHERE last_ts_us >= ? AND first_ts_us < ?"
+    lo, hi = to_db(since), to_db(now)
+    sql = "SELECT first_ts, last_ts, doc FROM event_segments WHERE last_ts >= ? AND first_ts < ?"
     uses: Counter = Counter()
     events = 0
     for first, last, doc in conn.execute(sql, (lo, hi)):
@@ -130,11 +127,6 @@ def _read_uses(conn: Any, since: dt.datetime, now: dt.datetime) -> tuple[Counter
                 continue  # refused by the application, or outside the grants: exercises nothing
             uses[(use.user_id, use.user_roles, use.action, use.categories)] += 1
     return uses, events
-
-
-def _micros(ts: dt.datetime) -> int:
-    delta = ts - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _pairs(grant: Grant) -> list[Pair]:
@@ -164,26 +156,6 @@ def _employee_usage(user_id: str, name: str, roles: tuple[Role, ...], used: Coun
         exercised={_key(p): used[p] for p in sorted(granted) if used[p]},
         unused=[_key(p) for p in sorted(granted) if not used[p]],
     )
-
-
-def grant_review_job(db_path: Path | str, directory: Directory, period: dt.timedelta, *,
-                     out_dir: Path | None = None, now: dt.datetime | None = None,
-                     zone: dt.tzinfo = DEFAULT_ZONE) -> GrantReview:
-    """The scheduled review: on a read-only connection of its own, the last `period`;
-    written as grant-review-<date>.txt and .json under `out_dir` when given."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    uri = f"file:{Path(db_path).resolve()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-        review = review_grants(conn, directory, now - period, now)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"grant-review-{now.astimezone(zone):%Y%m%d}"
-        stem.with_suffix(".txt").write_text(render_grant_review(review, zone=zone) + "\n", encoding="utf-8")
-        stem.with_suffix(".json").write_text(render_grant_review(review, as_json=True) + "\n", encoding="utf-8")
-    unused = sum(1 for role in review.roles for grant in role.grants if not grant.exercised)
-    log.info("grant review written", extra={"unused_grants": unused, "events": review.events,
-                                            "out_dir": str(out_dir) if out_dir else None})
-    return review
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ Two kinds of figures:
 - pushed by the daemon as it works (events, quarantined and skipped records, alerts,
   notices, lag, timings, reload results): process-local counters that start at zero
   with the process, as Prometheus counters should;
-- read from the store at scrape time (incidents by tier and status, overdue playbook
-  steps): the store is the truth and survives restarts. They are read through a
+- read from the store at scrape time (incidents by tier and status): the store is the truth and survives restarts. They are read through a
   separate read-only SQLite connection, so a scrape never waits for the pipeline's
   write transaction and never holds it up (WAL readers do not block the writer).
 
@@ -32,13 +31,13 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from auditd.ops.status import FileLag, connect_readonly, incident_counts, overdue_steps
+from auditd.ops.status import FileLag, connect_readonly, incident_counts, rule_state
 
 log = logging.getLogger("neo_auditd.metrics")
 
@@ -179,7 +178,7 @@ class Metrics:
 
 # -- collectors ------------------------------------------------------------------------------
 class StoreCollector(Collector):
-    """Incidents and overdue steps, read from the store at each scrape."""
+    """Incidents, read from the store at each scrape."""
 
     def __init__(self, store_path: Path, clock: Callable[[], float]) -> None:
         self._store_path = store_path
@@ -191,7 +190,7 @@ class StoreCollector(Collector):
         success = GaugeMetricFamily(PREFIX + "store_scrape_success",
                                     "1 if the store-backed metrics could be read at this scrape.")
         try:
-            counts, overdue = self._read(now)
+            counts, states = self._read(now)
         except sqlite3.Error as exc:
             # Absent series look like "all clear" to many alerts: say plainly that we could not read.
             if not self._failing:
@@ -206,17 +205,28 @@ class StoreCollector(Collector):
         for tier, status, count in counts:
             incidents.add_metric([tier, status], count)
         yield incidents
-        if overdue is not None:  # None: the steps table does not fit the contract (logged)
-            yield GaugeMetricFamily(PREFIX + "playbook_steps_overdue",
-                                    "Playbook steps past their due time and not done.", value=overdue)
+        keys = GaugeMetricFamily(PREFIX + "rule_state_keys", "Keys a stateful rule holds in its state.",
+                                 labels=["rule", "state_version"])
+        evicted = CounterMetricFamily(PREFIX + "rule_state_evicted", "Keys a stateful rule evicted over its cap "
+                                      "(each a detection silently missed).", labels=["rule", "state_version"])
+        unreadable = CounterMetricFamily(PREFIX + "rule_state_unreadable", "Unreadable state rows found and "
+                                         "rebuilt.", labels=["rule", "state_version"])
+        for state in states:
+            labels = [state.rule_id, state.rule_hash]
+            keys.add_metric(labels, state.keys)
+            evicted.add_metric(labels, state.evicted)
+            unreadable.add_metric(labels, state.bad_rows)
+        yield keys
+        yield evicted
+        yield unreadable
         success.add_metric([], 1)
         yield success
 
-    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], int | None]:
+    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], list]:
         # A fresh connection per scrape: scrapes are rare, and it never pins an old snapshot.
         conn = connect_readonly(self._store_path, timeout_s=1.0)
         try:
-            return incident_counts(conn), overdue_steps(conn, now)
+            return incident_counts(conn), rule_state(conn)
         finally:
             conn.close()
 

@@ -3,7 +3,7 @@
 Everything here reads the store through its own read-only connection, so the status
 command and the metrics endpoint can run beside a busy daemon: WAL readers never wait
 for the writer and never hold it up. Tables written by later stages (incidents,
-playbook steps, the reload record) may be missing in an older store; each reader
+the reload record) may be missing in an older store; each reader
 says what it does then.
 
 The queries shared with the metrics endpoint live here, so that `status` and the
@@ -26,22 +26,17 @@ import msgspec
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
-from auditd.correlate.schema import iso_utc
+from auditd.detect.state import rule_counters
 from auditd.errors import NeoError
 from auditd.sources.identity import FileIdentity
 
 if TYPE_CHECKING:
-    from auditd.config.settings import Settings
+    from auditd.settings import Settings
 
 log = logging.getLogger("neo_auditd.status")
 
 LAST_RELOAD_KEY = "last_reload"  # meta row the daemon writes after every load or reload
 MAX_ERROR_CHARS = 2000
-
-# The contract with the respond stage: a step is overdue while it has no done_at and
-# its due_at (iso_utc text, so text order is time order) has passed.
-STEPS_TABLE = "playbook_steps"
-_OVERDUE_STEPS = f"SELECT COUNT(*) FROM {STEPS_TABLE} WHERE done_at IS NULL AND due_at < ?"
 
 
 class StatusError(NeoError):
@@ -76,14 +71,34 @@ class ReloadStatus(msgspec.Struct, frozen=True, kw_only=True):
     rules_in_force: int | None = None  # after this attempt: the new set's, or the old one still running
 
 
+class RuleStateStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A stateful rule version's learned state: evicted keys are detections missed."""
+
+    rule_id: str
+    rule_hash: str
+    keys: int
+    evicted: int
+    bad_rows: int
+
+
+class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    last_started: dt.datetime | None
+    last_finished: dt.datetime | None
+    last_ok: bool | None
+    last_error: str | None
+    runs: int
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: dt.datetime
     store_path: str
     sources: list[SourceStatus]
     rules_loaded: int | None
     open_incidents: dict[str, int]  # tier -> incidents in an active status
-    playbook_steps_overdue: int | None  # None: the table exists but does not fit the contract
     last_reload: ReloadStatus | None
+    rule_state: list[RuleStateStatus] = []
+    jobs: list[JobStatus] = []
 
 
 # -- connections and shared queries ------------------------------------------------------
@@ -104,6 +119,23 @@ def table_exists(conn: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
+def rule_state(conn: sqlite3.Connection) -> list[RuleStateStatus]:
+    """Per stateful rule version: keys held, keys evicted over the cap, unreadable rows."""
+    if not table_exists(conn, "detector_rules"):
+        return []
+    return [RuleStateStatus(rule_id=rid, rule_hash=rhash, keys=keys, evicted=evicted, bad_rows=bad)
+            for rid, rhash, keys, evicted, bad in rule_counters(conn)]
+
+
+def job_runs(conn: sqlite3.Connection) -> list[JobStatus]:
+    if not table_exists(conn, "jobs"):
+        return []
+    rows = conn.execute("SELECT job_id, last_started, last_finished, last_ok, last_error, runs FROM jobs ORDER BY job_id")
+    return [JobStatus(job_id=job_id, last_started=_utc(started), last_finished=_utc(finished),
+                      last_ok=None if ok is None else bool(ok), last_error=error, runs=runs)
+            for job_id, started, finished, ok, error, runs in rows]
+
+
 def incident_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
     """(tier, status, count) of every incident; empty before the correlate stage's tables exist."""
     if not table_exists(conn, "incidents"):
@@ -118,18 +150,6 @@ def open_incidents_by_tier(counts: Iterable[tuple[str, str, int]]) -> dict[str, 
         if status in ACTIVE_STATUSES:
             out[tier] = out.get(tier, 0) + count
     return dict(sorted(out.items()))
-
-
-def overdue_steps(conn: sqlite3.Connection, now: dt.datetime) -> int | None:
-    """Playbook steps past due and not done: 0 until the respond stage creates its table."""
-    if not table_exists(conn, STEPS_TABLE):
-        return 0
-    try:
-        return int(conn.execute(_OVERDUE_STEPS, (iso_utc(now),)).fetchone()[0])
-    except sqlite3.OperationalError as exc:
-        # A table by that name that lacks the columns: say "unknown", never a reassuring 0.
-        log.warning("cannot count overdue playbook steps", extra={"error": str(exc)})
-        return None
 
 
 def file_lags(conn: sqlite3.Connection) -> list[FileLag]:
@@ -201,8 +221,9 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             sources=_sources(conn, configured),
             rules_loaded=rules_loaded,
             open_incidents=open_incidents_by_tier(incident_counts(conn)),
-            playbook_steps_overdue=overdue_steps(conn, now),
             last_reload=last_reload,
+            rule_state=rule_state(conn),
+            jobs=job_runs(conn),
         )
     except sqlite3.DatabaseError as exc:
         raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
@@ -264,8 +285,18 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
     else:
         lines.append("  none yet")
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
-    overdue = status.playbook_steps_overdue
-    lines.append(f"overdue playbook steps: {'unknown' if overdue is None else overdue}")
+    if status.rule_state:
+        lines += ["", "rule state (evicted keys are detections missed: raise the rule's max_keys):"]
+        lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),
+                                [(r.rule_id, f"{r.keys:,}", f"{r.evicted:,}", f"{r.bad_rows:,}")
+                                 for r in status.rule_state]))
+    if status.jobs:
+        lines += ["", "jobs:"]
+        lines += _indent(_table(("JOB", "LAST RUN", "RESULT", "RUNS"), [
+            (j.job_id, _when(j.last_started, zone),
+             "running or cut short" if j.last_finished is None or (j.last_started and j.last_finished < j.last_started)
+             else ("ok" if j.last_ok else f"failed: {_clip(j.last_error or '', 60)}"), f"{j.runs:,}")
+            for j in status.jobs]))
     return "\n".join(lines) + "\n"
 
 
@@ -331,3 +362,8 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def _indent(lines: list[str]) -> list[str]:
     return ["  " + line for line in lines]
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"

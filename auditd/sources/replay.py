@@ -3,7 +3,9 @@
 No watching, no rotation: the files are taken to be finished. Big sequential reads
 (8 MiB by default) keep the framer, not the system calls, the cost. A file whose
 checkpoint (same key as the tailer's) is found resumes past it, so an interrupted
-replay can be run again without counting anything twice.
+replay can be run again without counting anything twice. A copy of a file replayed
+before (another inode, say restored from an archive) is recognised by its content: the
+same first line and the same bytes before a checkpoint's offset; it resumes there too.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class ReplaySource:
     def _file_batches(self, fh, path: str, max_records: int, done_before: int) -> Iterator[Batch]:
         fd = fh.fileno()
         identity = self._identity(fd)
-        position = self._resume_offset(identity, os.fstat(fd).st_size)
+        position = self._resume_offset(fd, identity, os.fstat(fd).st_size)
         self._bytes_done = done_before + position
         fh.seek(position)
         leftover = b""
@@ -74,9 +76,19 @@ class ReplaySource:
         head = read_head(fd, self._fingerprint_bytes) or os.pread(fd, self._fingerprint_bytes, 0)
         return FileIdentity(digest(head), st.st_dev, st.st_ino)
 
-    def _resume_offset(self, identity: FileIdentity, size: int) -> int:
+    def _resume_offset(self, fd: int, identity: FileIdentity, size: int) -> int:
         checkpoint = self._checkpoints.get(identity.key)
-        return checkpoint.offset if checkpoint is not None and checkpoint.offset <= size else 0
+        if checkpoint is not None:
+            return checkpoint.offset if checkpoint.offset <= size else 0
+        best = 0
+        for candidate in self._checkpoints.values():  # a copy of a file read before
+            known = FileIdentity.parse(candidate.fingerprint)
+            if (known is None or known.head_hash != identity.head_hash or not best < candidate.offset <= size
+                    or not candidate.tail_hash):
+                continue
+            if digest(bytes_before(fd, candidate.offset)) == candidate.tail_hash:
+                best = candidate.offset
+        return best
 
     def _slices(self, fd: int, path: str, identity: FileIdentity, records: list[bytes], offsets: list[int],
                 end: int, max_records: int) -> Iterator[Batch]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 
 from auditd.decode.quarantine import Quarantined
-from auditd.store.sqlite import Store, utc_now_iso
+from auditd.store.sqlite import Store
 
 _encode = msgspec.json.Encoder().encode
 
@@ -86,4 +86,4 @@ class QuarantineFile:
         return 0
 
 
-__all__ = ["QuarantineFile", "utc_now_iso"]
+__all__ = ["QuarantineFile"]

@@ -26,54 +26,10 @@ from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent
 from auditd.sources.base import Checkpoint
 from auditd.store.encoding import EVENT_ENCODING, EVENT_ENCODING_KEY, decode_event, encode, segment_decoder
+from auditd.store.migrations import migrate
+from auditd.store.times import now_db, to_db
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    source TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    path TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    tail_hash TEXT NOT NULL DEFAULT '',
-    cursor TEXT,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (source, fingerprint)
-);
-CREATE TABLE IF NOT EXISTS event_segments (
-    seq INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    first_ts_us INTEGER NOT NULL,
-    last_ts_us INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    doc BLOB NOT NULL  -- msgpack array of AccessEvent
-);
-CREATE INDEX IF NOT EXISTS event_segments_last_ts ON event_segments (last_ts_us);
-CREATE TABLE IF NOT EXISTS evidence (
-    event_id TEXT PRIMARY KEY,
-    ts_us INTEGER NOT NULL,
-    doc BLOB NOT NULL  -- msgpack AccessEvent
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    seq INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    path TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    length INTEGER NOT NULL,
-    record BLOB NOT NULL,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS source_stats (
-    source TEXT PRIMARY KEY,
-    events INTEGER NOT NULL DEFAULT 0,
-    quarantined INTEGER NOT NULL DEFAULT 0,
-    skipped INTEGER NOT NULL DEFAULT 0,
-    last_event_at TEXT,
-    updated_at TEXT
-);
-"""
 
 PAGE_SIZE = 65536  # SQLite's largest
 WAL_CHECKPOINT_BYTES = 1000 * 4096
@@ -81,17 +37,7 @@ WAL_CHECKPOINT_BYTES = 1000 * 4096
 # WAL bytes: a safety net for when the checkpointer cannot keep up.
 WAL_WRITER_CHECKPOINT_BYTES = 256 * 1024 * 1024
 CHECKPOINT_INTERVAL_S = 0.5
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _decode_segment = segment_decoder()
-
-
-def utc_now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
-
-def _micros(ts: dt.datetime) -> int:
-    delta = ts - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 class Segment:
@@ -212,7 +158,7 @@ class Store:
         self._checkpointer: WalCheckpointer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self, extra_schemas: Iterable[str] = (), *, background_checkpoints: bool = False) -> "Store":
+    def open(self, *, background_checkpoints: bool = False) -> "Store":
         """Open (creating) the store. With `background_checkpoints`, a thread copies the
         WAL into the database file, so that the pipeline's commits do not wait for it
         (a checkpoint writes each byte a second time and syncs the disk)."""
@@ -230,10 +176,8 @@ class Store:
         # NORMAL in WAL mode survives a process crash (kill -9); FULL also survives power loss.
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.executescript(SCHEMA)
-        for schema in extra_schemas:
-            conn.executescript(schema)
         try:
+            migrate(conn, self.path)
             _check_event_encoding(conn)
         except BaseException:
             conn.close()
@@ -274,27 +218,27 @@ class Store:
         if not segment.count or not self.keep_events:
             return
         conn.execute(
-            "INSERT INTO event_segments (source, first_ts_us, last_ts_us, count, doc) VALUES (?,?,?,?,?)",
-            (source, _micros(segment.first), _micros(segment.last), segment.count, segment.doc()),
+            "INSERT INTO event_segments (source, first_ts, last_ts, count, doc) VALUES (?,?,?,?,?)",
+            (source, to_db(segment.first), to_db(segment.last), segment.count, segment.doc()),
         )
 
     def insert_evidence(self, conn: sqlite3.Connection, events: Iterable[AccessEvent]) -> None:
         conn.executemany(
-            "INSERT OR IGNORE INTO evidence (event_id, ts_us, doc) VALUES (?,?,?)",
-            [(e.event_id, _micros(e.timestamp), encode(e)) for e in events],
+            "INSERT OR IGNORE INTO evidence (event_id, ts, doc) VALUES (?,?,?)",
+            [(e.event_id, to_db(e.timestamp), encode(e)) for e in events],
         )
 
     def insert_quarantine(self, conn: sqlite3.Connection, items: list[Quarantined]) -> None:
         if not items:
             return
-        now = utc_now_iso()
+        now = now_db()
         conn.executemany(
             "INSERT INTO quarantine (source, path, offset, reason, length, record, at) VALUES (?,?,?,?,?,?,?)",
             [(q.source, q.path, q.offset, q.reason, q.length, q.record, now) for q in items],
         )
 
     def save_checkpoints(self, conn: sqlite3.Connection, checkpoints: Iterable[Checkpoint]) -> None:
-        now = utc_now_iso()
+        now = now_db()
         conn.executemany(
             "INSERT INTO checkpoints (source, fingerprint, path, offset, tail_hash, cursor, updated_at) "
             "VALUES (?,?,?,?,?,?,?) ON CONFLICT (source, fingerprint) DO UPDATE SET path=excluded.path, "
@@ -316,7 +260,7 @@ class Store:
             "last_event_at=COALESCE(MAX(last_event_at, excluded.last_event_at), last_event_at, "
             "excluded.last_event_at), updated_at=excluded.updated_at",
             (source, events, quarantined, skipped,
-             last_event_at.isoformat() if last_event_at else None, utc_now_iso()),
+             to_db(last_event_at) if last_event_at else None, now_db()),
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -339,7 +283,7 @@ class Store:
         """Stored events in commit order, those at or after `since` if given."""
         sql, args = "SELECT doc FROM event_segments", ()
         if since is not None:
-            sql, args = sql + " WHERE last_ts_us >= ?", (_micros(since),)
+            sql, args = sql + " WHERE last_ts >= ?", (to_db(since),)
         for (doc,) in self.conn.execute(sql + " ORDER BY seq", args):
             for event in _decode_segment(doc):
                 if since is None or event.timestamp >= since:

@@ -15,9 +15,8 @@ import pytest
 
 from auditd.config.located import Problems, parse_yaml
 from auditd.config.typed import Duration, convert
-from auditd.correlate.incidents import SCHEMA as INCIDENT_SCHEMA
 from auditd.event import AccessEvent
-from auditd.ops.retention import PurgeReport, connect, purge, purge_store
+from auditd.jobs.retention import PurgeReport, connect, purge, purge_store
 from auditd.ops.settings import LEGAL_MINIMUM_RETENTION, OpsSettings, RetentionSettings
 from auditd.store.sqlite import Store
 
@@ -33,7 +32,7 @@ def event(event_id: str, at: dt.datetime) -> AccessEvent:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "neo-auditd.db").open(extra_schemas=[INCIDENT_SCHEMA])
+    store = Store(tmp_path / "neo-auditd.db").open()
     yield store
     store.close()
 

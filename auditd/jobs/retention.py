@@ -28,22 +28,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditd.correlate.schema import iso_utc
+from auditd.jobs.context import JobContext
 from auditd.ops.settings import RetentionSettings
 from auditd.ops.status import table_exists
 from auditd.store.sqlite import immediate
+from auditd.store.times import to_db
 
 log = logging.getLogger("neo_auditd.retention")
 
 CHUNK_ROWS = 50_000  # measured at ~0.15 s of write lock per chunk on a development machine
 PAUSE_S = 0.05  # between chunks: SQLite has no queue, a waiting writer needs a gap to get in
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
 SEGMENT_ROWS = 20  # a segment holds one batch (up to ~20k events): delete a few at a time
 _DELETE_SEGMENTS = """
 DELETE FROM main.event_segments WHERE seq IN (
-    SELECT seq FROM main.event_segments WHERE last_ts_us < ? ORDER BY seq LIMIT ?)
+    SELECT seq FROM main.event_segments WHERE last_ts < ? ORDER BY seq LIMIT ?)
 """
 # `at` is ISO text; julianday() compares it as a time whatever its offset or precision,
 # and a value it cannot parse gives NULL, so such a row is kept rather than guessed at.
@@ -68,6 +67,11 @@ def connect(store_path: Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
     """A read-write connection of the purge's own; refuses to create a missing store."""
     uri = Path(store_path).resolve().as_uri() + "?mode=rw"
     return sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None)
+
+
+def run(context: JobContext) -> None:
+    purge_store(context.store_path, context.runtime().settings.ops.retention, now=context.now(),
+                should_stop=context.should_stop, keep_sql=context.retention_guard())
 
 
 def purge_store(store_path: Path, settings: RetentionSettings, *, now: dt.datetime | None = None,
@@ -101,8 +105,8 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     quarantine_cutoff = (now - settings.quarantine.timedelta).astimezone(dt.timezone.utc)
     chunks = _Chunks(conn, chunk_rows, pause_s, should_stop)
 
-    events_deleted, evidence_kept = _purge_events(conn, chunks, _micros(events_cutoff), segment_rows, keep_sql)
-    quarantine_deleted = chunks.run(_DELETE_QUARANTINE, (iso_utc(quarantine_cutoff),))
+    events_deleted, evidence_kept = _purge_events(conn, chunks, to_db(events_cutoff), segment_rows, keep_sql)
+    quarantine_deleted = chunks.run(_DELETE_QUARANTINE, (to_db(quarantine_cutoff),))
     report = PurgeReport(
         events_cutoff=events_cutoff, quarantine_cutoff=quarantine_cutoff,
         events_deleted=events_deleted, quarantine_deleted=quarantine_deleted,
@@ -113,18 +117,18 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     return report
 
 
-def _purge_events(conn: sqlite3.Connection, chunks: _Chunks, cutoff_us: int, rows: int,
+def _purge_events(conn: sqlite3.Connection, chunks: _Chunks, cutoff: str, rows: int,
                   keep_sql: str | None) -> tuple[int, int]:
     """Delete old segments; return (events deleted, old events kept as evidence)."""
-    where = "last_ts_us < ?" + (f" AND {keep_sql}" if keep_sql else "")
+    where = "last_ts < ?" + (f" AND {keep_sql}" if keep_sql else "")
     old_events = conn.execute(
-        f"SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE {where}", (cutoff_us,)
+        f"SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE {where}", (cutoff,)
     ).fetchone()[0]
-    chunks.run(_DELETE_SEGMENTS.replace("last_ts_us < ?", where), (cutoff_us,), rows=rows)
+    chunks.run(_DELETE_SEGMENTS.replace("last_ts < ?", where), (cutoff,), rows=rows)
     left = conn.execute(
-        f"SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE {where}", (cutoff_us,)
+        f"SELECT COALESCE(SUM(count), 0) FROM main.event_segments WHERE {where}", (cutoff,)
     ).fetchone()[0]  # not zero only when asked to stop between chunks
-    kept = conn.execute("SELECT COUNT(*) FROM main.evidence WHERE ts_us < ?", (cutoff_us,)).fetchone()[0] \
+    kept = conn.execute("SELECT COUNT(*) FROM main.evidence WHERE ts < ?", (cutoff,)).fetchone()[0] \
         if table_exists(conn, "evidence") else 0
     return old_events - left, kept
 
@@ -153,12 +157,6 @@ class _Chunks:
                 break
             time.sleep(self.pause_s)
         return total
-
-
-def _micros(ts: dt.datetime) -> int:
-    # Same arithmetic as the store's, so the cutoff is exact to the microsecond.
-    delta = ts - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _log(report: PurgeReport) -> None:

@@ -1,8 +1,10 @@
 """The daemon's configuration file, as frozen typed settings.
 
 Each stage keeps its own section type beside its code (sources, decode, correlate…);
-this module composes them into one `Settings` and loads a file with every problem
-located and reported together.
+this module, above the stages beside ``runtime.py``, composes them into one `Settings`
+and loads a file with every problem located and reported together. The mechanism it
+uses (YAML that remembers where each value came from, typed conversion) is ``config/``,
+on the ground floor, which imports no stage.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from auditd.workdays import WorkdaySettings
 
 def _shipped_rules() -> Path:
     """rules/ of the checkout (editable install), else the copy a wheel installed."""
-    checkout = Path(__file__).resolve().parents[2] / "rules"
+    checkout = Path(__file__).resolve().parents[1] / "rules"
     if checkout.is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "neo-auditd" / "rules"
@@ -101,6 +103,14 @@ class QuarantineSettings:
 class PipelineSettings:
     batch_records: int = 20_000  # records per transaction; bigger batches, fewer fsyncs
     max_batch_delay_s: float = 0.5
+    # how often stateful rules may act with no event in hand (a window closing)
+    tick_every: Duration = field(default_factory=lambda: Duration(60.0))
+
+    def check(self):
+        if self.batch_records < 1:
+            yield "batch_records", "must be at least 1"
+        if self.tick_every.seconds <= 0:
+            yield "tick_every", "must be more than 0"
 
 
 @dataclass(frozen=True, slots=True)
