@@ -215,16 +215,17 @@ def _settings_and_store_path(args):
 
 
 def _incident_conn(args):
+    """The store, and the zone its times are shown in (the config's `timezone`)."""
     from auditd.store.sqlite import Store
 
-    _, path = _settings_and_store_path(args)
-    return Store(path).open()
+    settings, path = _settings_and_store_path(args)
+    return Store(path).open(), settings.zone
 
 
 def cmd_incidents_list(args) -> int:
     from auditd.correlate import CorrelateError, list_incidents, render_incident_table
 
-    store = _incident_conn(args)
+    store, zone = _incident_conn(args)
     try:
         rows = list_incidents(store.conn, status=args.status, tier=args.tier, limit=args.limit)
     except CorrelateError as exc:
@@ -235,16 +236,20 @@ def cmd_incidents_list(args) -> int:
     if args.json:
         _json_out(rows)
     else:
-        print(render_incident_table(rows))
+        print(render_incident_table(rows, zone))
     return 0
 
 
 def cmd_incidents_show(args) -> int:
-    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+    import msgspec
 
-    store = _incident_conn(args)
+    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+    from auditd.correlate.evidence import readable_evidence
+
+    store, zone = _incident_conn(args)
     try:
         detail = get_incident(store.conn, args.id)
+        detail = msgspec.structs.replace(detail, evidence=readable_evidence(store.evidence(detail.evidence_event_ids)))
     except UnknownIncident:
         print(f"error: no incident {args.id}", file=sys.stderr)
         return 1
@@ -253,7 +258,7 @@ def cmd_incidents_show(args) -> int:
     if args.json:
         _json_out(detail)
     else:
-        print(render_incident_detail(detail))
+        print(render_incident_detail(detail, zone))
     return 0
 
 

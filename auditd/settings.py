@@ -69,6 +69,13 @@ class PseudonymSettings:
 class DirectorySettings:
     path: Path
     reload_check_s: float = 5.0
+    # an access this long before a shift starts or after it ends is still on shift
+    # (neo.actor.off_shift false): overtime and early starts are work, not anomalies
+    shift_grace: Duration = Duration(3600.0)
+
+    def check(self):
+        if not 0 <= self.shift_grace.seconds <= 12 * 3600:
+            yield "shift_grace", "must be between 0 and 12h"
 
 
 @dataclass(frozen=True, slots=True)
