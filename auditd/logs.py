@@ -34,3 +34,6 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # the scheduler's own line for every job run would drown the daemon's; the jobs
+    # package records each run in the store and logs failures itself
+    logging.getLogger("apscheduler").setLevel(max(root.level, logging.WARNING))

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from elasticsearch import ConflictError, Elasticsearch, helpers
+from elasticsearch import Elasticsearch, helpers
 
 from auditd.config.typed import Duration
 from auditd.detect.alert import Alert, alert_id
 from auditd.elastic import templates
 from auditd.elastic.client import build_client
 from auditd.elastic.documents import event_actions
-from auditd.elastic.incidents import ClusterIncidentWriter
+from auditd.elastic.cluster_alerts import ClusterAlertFollower, ClusterAlertReader
 from auditd.elastic.leases import LeaseManager
 from auditd.elastic.partitioned import ORIGIN, ClusterDetector, windows_to_evaluate
 from auditd.elastic.settings import ElasticSettings, ScaleOutSettings, ThresholdRule
@@ -215,65 +215,6 @@ def an_alert(n: int, rule: str = "many-reads") -> Alert:
                  actor="E1001", categories=("identity",), record_count=n)
 
 
-def test_concurrent_incident_updates_both_survive(elasticsearch_url: str) -> None:
-    settings = settings_for(elasticsearch_url, unique_name("i"))
-    es = build_client(settings)
-    templates.install(es, settings)
-    writers = [ClusterIncidentWriter(build_client(settings), settings.incidents_index, agent=f"daemon-{i}")
-               for i in range(2)]
-    incident = "cluster:E1001:20260301T1600"
-    batches = [[an_alert(n) for n in range(0, 80, 2)], [an_alert(n, "many-customers") for n in range(1, 80, 2)]]
-
-    def add_all(writer: ClusterIncidentWriter, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            writer.add_alerts(incident, "E1001", [alert])
-
-    threads = [threading.Thread(target=add_all, args=pair) for pair in zip(writers, batches)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    doc = es.get(index=settings.incidents_index, id=incident)
-    merged = doc["_source"]["neo"]["incident"]
-    assert merged["alert_count"] == 80
-    assert set(merged["alert_ids"]) == {a.alert_id for batch in batches for a in batch}
-    assert merged["rules"] == ["many-customers", "many-reads"]
-    assert merged["agents"] == ["daemon-0", "daemon-1"]
-    assert merged["max_record_count"] == 79
-    assert doc["_version"] == 80  # one write per alert: none overwrote another
-    print(f"compare-and-set conflicts retried: {sum(w.conflicts for w in writers)}")
-
-
-def test_a_stale_write_is_refused_and_the_retry_merges(elasticsearch_url: str) -> None:
-    settings = settings_for(elasticsearch_url, unique_name("i"))
-    es = build_client(settings)
-    templates.install(es, settings)
-    a = ClusterIncidentWriter(es, settings.incidents_index, agent="daemon-a")
-    b = ClusterIncidentWriter(build_client(settings), settings.incidents_index, agent="daemon-b")
-    incident = "cluster:E1001:20260301T1600"
-    a.add_alerts(incident, "E1001", [an_alert(1)])
-    a.write(incident, *_as_triaged(es, settings, incident))  # a person triages it
-
-    stale_doc, stale_version = a.read(incident)
-    b.add_alerts(incident, "E1001", [an_alert(2)])
-    with pytest.raises(ConflictError):
-        a.write(incident, stale_doc, stale_version)  # would have dropped b's alert
-    assert a.add_alerts(incident, "E1001", [an_alert(3)])
-
-    merged = es.get(index=settings.incidents_index, id=incident)["_source"]["neo"]["incident"]
-    assert merged["alert_ids"] == ["many-reads-1", "many-reads-2", "many-reads-3"]
-    assert merged["status"] == "triaged"  # a merge never touches what people set
-    assert not a.add_alerts(incident, "E1001", [an_alert(2)])  # already there: no write
-
-
-def _as_triaged(es: Elasticsearch, settings: ElasticSettings, incident: str):
-    got = es.get(index=settings.incidents_index, id=incident)
-    doc = got["_source"]
-    doc["neo"]["incident"]["status"] = "triaged"
-    return doc, (got["_seq_no"], got["_primary_term"])
-
-
 def test_windows_cover_the_settle_period_and_the_open_window() -> None:
     rule = RULES[0]  # 10 min windows
     now = ORIGIN + dt.timedelta(days=20000, minutes=35)
@@ -283,7 +224,9 @@ def test_windows_cover_the_settle_period_and_the_open_window() -> None:
     assert windows[-1].start <= now < windows[-1].end  # the open window: alerts as soon as crossed
 
 
-def test_created_alerts_are_handed_to_the_daemon_once_and_stop_releases(elasticsearch_url: str) -> None:
+def test_every_daemon_reads_every_cluster_alert_back_and_stop_releases(elasticsearch_url: str) -> None:
+    """Cluster alerts enter each daemon's correlator from the alerts index: whichever
+    daemon evaluated a window, every daemon gets the alert, each once per reading."""
     settings = settings_for(elasticsearch_url, unique_name("d"))
     es = build_client(settings)
     templates.install(es, settings)
@@ -296,8 +239,18 @@ def test_created_alerts_are_handed_to_the_daemon_once_and_stop_releases(elastics
                  30, "a round over every partition")
     finally:
         detector.stop()  # a clean stop hands the partitions over at once
-
-    handed = detector.drain_alerts()
-    assert sorted(a.alert_id for a in handed) == sorted(expected_alert_ids(events))  # each once
-    assert detector.drain_alerts() == []
     assert set(owners(es, settings).values()) == {None}
+    es.indices.refresh(index=settings.alerts_index)
+
+    expected = sorted(expected_alert_ids(events))
+    for reader_agent in ("daemon-a", "daemon-b"):  # neither evaluated anything
+        follower = ClusterAlertFollower(ClusterAlertReader(build_client(settings), settings.alerts_index),
+                                        every_s=1, position=None)
+        follower.poll_once()
+        alerts, position = follower.take()
+        assert sorted(a.alert_id for a in alerts) == expected, reader_agent
+        assert all(a.rule_kind == "threshold" and a.actor for a in alerts)
+        follower.poll_once()  # from the position on: only the look-back again, nothing new
+        again, _ = follower.take()
+        assert set(a.alert_id for a in again) <= set(expected)
+        assert position is not None

@@ -171,10 +171,14 @@ def test_alerts_and_incident_snapshots_are_shipped_and_kept_current(setup, tmp_p
     shipper.ship_pending()
 
     assert indexed(es, settings.alerts_index) == 5
-    doc_id = f"host-a:{change.incident_id}"
-    first = es.get(index=settings.incidents_index, id=doc_id)
+    (doc_id,) = store.conn.execute("SELECT fleet_key FROM incidents").fetchone()
+    first = es.get(index=settings.incidents_index, id=doc_id)  # keyed by the fleet key, not the daemon
     assert first["_source"]["neo"]["incident"]["alert_count"] == 5
     assert first["_source"]["neo"]["incident"]["status"] == "open"
+    assert first["_source"]["neo"]["incident"]["local_id"] == change.incident_id
+    assert first["_version"] == change.version  # the incident's version
+    alert_doc = es.search(index=settings.alerts_index, size=1)["hits"]["hits"][0]["_source"]
+    assert alert_doc["neo"]["alert"]["incident_id"] == doc_id
 
     act(store.conn, Transition(incident_id=change.incident_id, status="triaged", who="alice", why="looking into it"))
     shipper.ship_pending()
@@ -183,6 +187,14 @@ def test_alerts_and_incident_snapshots_are_shipped_and_kept_current(setup, tmp_p
     assert second["_version"] > first["_version"]  # the version is the timeline's length
     shipper.ship_pending()  # nothing new: no write
     assert es.get(index=settings.incidents_index, id=doc_id)["_version"] == second["_version"]
+    assert store.conn.execute("SELECT seq FROM change_cursors WHERE consumer = 'elastic.incidents'").fetchone()[0] \
+        == store.conn.execute("SELECT MAX(seq) FROM incident_changes").fetchone()[0]
+    # a second daemon that saw the same episode writes the same document, not one of its own
+    other = EventShipper(es, tmp_path / "neo.db", settings, agent="host-b")
+    store.conn.execute("DELETE FROM change_cursors")
+    other.ship_pending()
+    es.indices.refresh(index=settings.incidents_index)
+    assert es.count(index=settings.incidents_index)["count"] == 1
     store.close()
 
 

@@ -15,6 +15,7 @@ therefore gives the same incident ids, however its batches are cut.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -24,7 +25,9 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate import changelog
 from auditd.correlate.actions import apply_action, validate
-from auditd.correlate.grading import SEVERITY_RANK, Facts, Grade, Grader
+from auditd.correlate.grading import (
+    SEVERITY_RANK, Facts, Grade, Grader, incident_title, unnamed_customers,
+)
 from auditd.correlate.model import (
     ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary,
     system_clock,
@@ -49,8 +52,8 @@ _LOAD_COLUMNS = (
 _INSERT_INCIDENT = (
     "INSERT INTO incidents (incident_id, group_key, actor, title, tier, auto_tier, status,"
     " severity, first_seen, last_seen, discovered_at, updated_at, alert_count, affected_count,"
-    " max_record_count, sensitive, band, rules, categories, timeline_seq, timeline_head)"
-    " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " max_record_count, sensitive, band, rules, categories, timeline_seq, timeline_head, fleet_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # the columns apply() owns; status and assignee belong to people (actions.py)
 _UPDATE_INCIDENT = (
@@ -66,6 +69,13 @@ _INSERT_ALERT = (
 
 _json_encoder = msgspec.json.Encoder()
 _list_decoder = msgspec.json.Decoder(list[str])
+
+
+def fleet_key(group: str, opening_alert_id: str) -> str:
+    """The incident's key across the fleet: its episode's group and opening alert, so
+    every daemon that sees the episode gives it the same key (the replica's doc id)."""
+    digest = hashlib.blake2b(f"{group}\0{opening_alert_id}".encode("utf-8"), digest_size=10).hexdigest()
+    return f"FI-{digest}"
 
 
 def group_key(alert: Alert) -> str:
@@ -104,6 +114,7 @@ class Working:
     batch_rules: set[tuple[str, str]] = field(default_factory=set)
     batch_categories: set[str] = field(default_factory=set)
     severe_sensitive: bool = False
+    unnamed: dict[tuple[str, ...], int] = field(default_factory=dict)  # per event: customers counted, not named
 
     def add(self, alert: Alert, leak_rank: int) -> None:
         ts = alert.timestamp
@@ -114,6 +125,9 @@ class Working:
         self.alert_count += 1
         self.alerts.append(alert)
         self.subjects.update(alert.subject_ids)
+        unnamed = unnamed_customers(alert)
+        if unnamed > self.unnamed.get(alert.event_ids, 0):  # several rules on one event count it once
+            self.unnamed[alert.event_ids] = unnamed
         self.batch_rules.add((alert.rule_id, alert.rule_kind))
         self.batch_categories.update(alert.categories)
         if alert.record_count > self.max_record_count:
@@ -316,10 +330,12 @@ class Correlator:
         work.merge_batch()
         # sorted: inserts in key order touch fewer b-tree pages
         affected_added = store.add_subjects(incident_id, sorted(work.subjects)) if work.subjects else 0
+        affected_added += sum(work.unnamed.values())
         work.affected_count += affected_added
         facts = Facts(actor=work.actor, categories=frozenset(work.categories),
                       affected=work.affected_count, max_record_count=work.max_record_count,
-                      rules=frozenset(work.batch_rules), severe_sensitive=work.severe_sensitive)
+                      rules=frozenset(work.batch_rules), severe_sensitive=work.severe_sensitive,
+                      severity=work.severity)
         band = self.grader.band_reached(facts)
         band_reached = band is not None and work.band is None
         if band_reached:
@@ -395,7 +411,7 @@ class Correlator:
                 incident_id, work.group_key, work.actor, work.title, work.tier, work.auto_tier,
                 work.severity, first_seen, last_seen, work.discovered_at, now, work.alert_count,
                 work.affected_count, work.max_record_count, work.sensitive, work.band, rules,
-                categories, work.head.seq, work.head.hash,
+                categories, work.head.seq, work.head.hash, fleet_key(work.group_key, work.opening.alert_id),
             ))
         else:
             rows.updated.append((
@@ -424,7 +440,9 @@ def _open(alert: Alert, index: int, now: str) -> Working:
 def _title(grade: Grade, work: Working) -> str:
     if grade.headline is None:
         return work.title if work.opening is None else work.opening.title
-    return f"{grade.headline}: {work.actor}" if work.actor else f"{grade.headline}: {work.group_key}"
+    lead = work.opening or max(work.alerts, key=lambda a: SEVERITY_RANK.get(a.severity, -1))
+    return incident_title(grade.headline, lead.title)
+
 
 
 def act(conn: sqlite3.Connection, action: Action, *, settings: CorrelateSettings | None = None,

@@ -89,9 +89,12 @@ def utc_iso(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat()
 
 
-def alert_document(alert: Alert, *, origin: str, agent: str | None,
-                   incident_id: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An alert as an ECS-flavoured document (event.kind: alert, rule.*, user.id)."""
+def alert_document(alert: Alert, *, origin: str, agent: str | None, incident_id: str | None = None,
+                   extra: dict[str, Any] | None = None, ingested: str | None = None) -> dict[str, Any]:
+    """An alert as an ECS-flavoured document (event.kind: alert, rule.*, user.id).
+
+    ``neo.alert.record`` keeps the alert as the daemon has it (kept, not indexed), so
+    that another daemon can put it through its own correlator (cluster alerts)."""
     neo: dict[str, Any] = {
         "id": alert.alert_id, "origin": origin, "severity": alert.severity,
         "event_ids": list(alert.event_ids), "subject_ids": list(alert.subject_ids),
@@ -106,9 +109,14 @@ def alert_document(alert: Alert, *, origin: str, agent: str | None,
         neo["output_fields"] = alert.output_fields
     if extra:
         neo.update(extra)
+    neo["record"] = _alert_json(alert).decode()
+    event: dict[str, Any] = {"kind": "alert",
+                             "severity": SEVERITIES.index(alert.severity) if alert.severity in SEVERITIES else 0}
+    if ingested:
+        event["ingested"] = ingested
     doc: dict[str, Any] = {
         "@timestamp": utc_iso(alert.timestamp),
-        "event": {"kind": "alert", "severity": SEVERITIES.index(alert.severity) if alert.severity in SEVERITIES else 0},
+        "event": event,
         "rule": {"id": alert.rule_id, "name": alert.title, "category": alert.rule_kind},
         "neo": {"alert": neo},
     }
@@ -119,24 +127,23 @@ def alert_document(alert: Alert, *, origin: str, agent: str | None,
     return doc
 
 
-# the incidents columns a snapshot ships, in this order (see correlate/schema.py)
+# the incidents columns a snapshot ships, in this order (the store's migrations define them)
 INCIDENT_COLUMNS = (
     "incident_id", "group_key", "actor", "title", "tier", "auto_tier", "status", "assignee",
     "severity", "first_seen", "last_seen", "discovered_at", "updated_at", "alert_count",
     "affected_count", "max_record_count", "sensitive", "band", "rules", "categories", "timeline_seq",
+    "fleet_key",
 )
 
 
-def local_incident_id(agent: str, incident_id: str) -> str:
-    return f"{agent}:{incident_id}"
-
-
 def incident_document(row: tuple[Any, ...], *, agent: str) -> dict[str, Any]:
-    """A snapshot of one local incident row. Pseudonyms of the affected customers stay
+    """A snapshot of one incident of record, keyed by its fleet key: every daemon that
+    saw the episode writes the same document. Pseudonyms of the affected customers stay
     in the store: an incident may count millions, and the count is what triage needs."""
     values = dict(zip(INCIDENT_COLUMNS, row))
     incident = {key: value for key, value in values.items() if value is not None}
-    incident["id"] = incident.pop("incident_id")
+    incident["local_id"] = incident.pop("incident_id")
+    incident["id"] = incident.pop("fleet_key", None) or incident["local_id"]
     incident["origin"] = "local"
     incident["sensitive"] = bool(values["sensitive"])
     incident["rules"] = _list_decoder.decode(values["rules"])
@@ -148,6 +155,22 @@ def incident_document(row: tuple[Any, ...], *, agent: str) -> dict[str, Any]:
     if values["actor"]:
         doc["user"] = {"id": values["actor"]}
     return doc
+
+
+_alert_json = msgspec.json.Encoder().encode
+_alert_decoder = msgspec.json.Decoder(Alert)
+
+
+def alert_from_document(doc: dict[str, Any]) -> Alert | None:
+    """The alert a document carries in ``neo.alert.record``; None if it has none or it
+    cannot be read (a document written by hand, or by an older version)."""
+    record = doc.get("neo", {}).get("alert", {}).get("record")
+    if not isinstance(record, str):
+        return None
+    try:
+        return _alert_decoder.decode(record)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def encode(doc: Any) -> bytes:

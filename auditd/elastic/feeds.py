@@ -9,9 +9,12 @@ never skipped; its deterministic ids make the second send a no-op in Elasticsear
   the only writer of segments and SQLite runs one write transaction at a time, so
   they become visible in ``seq`` order and a reader never sees seq n+1 before seq n.
 - alerts: rows with ``rowid`` above the position (the table is only appended to).
-- incidents: rows by ``(updated_at, incident_id)``, looking back ``incidents_rescan``
-  at every pass; snapshots are written with ``version = timeline_seq`` (external), so
-  an older snapshot never replaces a newer one, and a repeat is a 409, not a change.
+- incidents: the incidents index is a replica of correlate's incidents, fed by the
+  incident change log (consumer ``elastic.incidents``, its cursor moved in the same
+  transaction that records the page). Each changed incident's snapshot is written under
+  its fleet key with ``version = timeline_seq`` (external_gte), so an older snapshot
+  never replaces a newer one and a repeat changes nothing; daemons that saw the same
+  episode write the same document.
 """
 
 from __future__ import annotations
@@ -24,16 +27,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from auditd.store.times import to_db
 from auditd.detect.alert import Alert
 from auditd.elastic.bulk import Item
+from auditd.correlate import changelog
 from auditd.elastic.documents import (
     INCIDENT_COLUMNS,
     alert_document,
     encode,
     event_document,
     incident_document,
-    local_incident_id,
 )
 from auditd.ops.shipping import EVENTS_KEY, Position, format_position, parse_position
 from auditd.event import AccessEvent
@@ -43,11 +45,9 @@ from auditd.store.encoding import segment_decoder
 log = logging.getLogger("neo_auditd.elastic")
 
 ALERTS_KEY = "elastic.shipped_alert_rowid"
-INCIDENTS_KEY = "elastic.shipped_incident_at"
 
 _decode_segment = segment_decoder()
 _decode_alert = msgspec.json.Decoder(Alert).decode
-_decode_mark = msgspec.json.Decoder(tuple[str, str]).decode
 
 
 def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -187,8 +187,9 @@ class AlertFeed:
     def read(self, conn: sqlite3.Connection, max_docs: int, max_bytes: int) -> Page | None:
         if not table_exists(conn, "alerts"):  # the correlate stage creates it
             return None
-        rows = conn.execute("SELECT rowid, alert_id, incident_id, doc FROM alerts WHERE rowid > ? "
-                            "ORDER BY rowid LIMIT ?", (self.position, max_docs)).fetchall()
+        rows = conn.execute("SELECT a.rowid, a.alert_id, COALESCE(i.fleet_key, a.incident_id), a.doc FROM alerts a"
+                            " LEFT JOIN incidents i ON i.incident_id = a.incident_id WHERE a.rowid > ?"
+                            " ORDER BY a.rowid LIMIT ?", (self.position, max_docs)).fetchall()
         if not rows:
             return None
         items: list[Item] = []
@@ -200,8 +201,7 @@ class AlertFeed:
             except (msgspec.DecodeError, ValueError) as exc:
                 dead.append(Item(rowid, alert_id, action, doc.encode(), reason=f"undecodable: {exc}"))
                 continue
-            source = encode(alert_document(alert, origin="local", agent=self.agent,
-                                           incident_id=local_incident_id(self.agent, incident_id)))
+            source = encode(alert_document(alert, origin="local", agent=self.agent, incident_id=incident_id))
             items.append(Item(rowid, alert_id, action, source))
         return Page(items, str(rows[-1][0]), len(rows), dead)
 
@@ -210,62 +210,50 @@ class AlertFeed:
 
 
 class IncidentFeed:
-    name = "incidents"
+    """The replica of correlate's incidents, fed by the incident change log."""
 
-    def __init__(self, target: str, agent: str, rescan: dt.timedelta):
+    name = "incidents"
+    consumer = "elastic.incidents"
+
+    def __init__(self, target: str, agent: str):
         self.target = target
         self.agent = agent
-        self.rescan = rescan
-        self.position: tuple[str, str] = ("", "")  # (updated_at, incident_id) last recorded
-        self._sent: dict[str, tuple[int, str]] = {}  # id -> (timeline_seq, updated_at) this process sent
+        self.position = 0  # the last change-log seq whose incident is shipped
 
     def load(self, conn: sqlite3.Connection) -> None:
-        stored = read_meta(conn, INCIDENTS_KEY)
-        self.position = _decode_mark(stored) if stored else ("", "")
+        self.position = changelog.cursor(conn, self.consumer)
+
+    def lag(self, conn: sqlite3.Connection) -> int:
+        return changelog.pending(conn, self.consumer)
 
     def read(self, conn: sqlite3.Connection, max_docs: int, max_bytes: int) -> Page | None:
-        if not table_exists(conn, "incidents"):
+        changes = conn.execute("SELECT seq, incident_id FROM incident_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                               (self.position, max_docs * 4)).fetchall()
+        if not changes:
             return None
-        since = self._rescan_from()
-        columns = ", ".join(INCIDENT_COLUMNS)
-        rows = conn.execute(
-            f"SELECT {columns} FROM incidents WHERE updated_at >= ? ORDER BY updated_at, incident_id",
-            (since,)).fetchall()
-        items: list[Item] = []
-        versions: dict[str, tuple[int, str]] = {}
-        mark = self.position
-        for row in rows:
-            incident_id, updated_at, timeline_seq = row[0], row[12], row[20]
-            if self._sent.get(incident_id, (None,))[0] == timeline_seq:
-                continue
-            if len(items) >= max_docs:
+        wanted: dict[str, None] = {}
+        last = self.position
+        for seq, incident_id in changes:
+            if incident_id not in wanted and len(wanted) >= max_docs:
                 break
-            doc_id = local_incident_id(self.agent, incident_id)
-            action = (b'{"index":{"_id":' + encode(doc_id) + b',"version":' + str(timeline_seq).encode()
+            wanted[incident_id] = None
+            last = seq  # the snapshot read below is at least as new as this change
+        columns = ", ".join(INCIDENT_COLUMNS)
+        marks = ",".join("?" * len(wanted))
+        rows = conn.execute(f"SELECT {columns} FROM incidents WHERE incident_id IN ({marks})", list(wanted)).fetchall()
+        items: list[Item] = []
+        for row in rows:
+            document = incident_document(row, agent=self.agent)
+            doc_id = document["neo"]["incident"]["id"]
+            version = row[INCIDENT_COLUMNS.index("timeline_seq")]
+            action = (b'{"index":{"_id":' + encode(doc_id) + b',"version":' + str(version).encode()
                       + b',"version_type":"external_gte"}}')
-            items.append(Item(len(items), doc_id, action, encode(incident_document(row, agent=self.agent))))
-            versions[incident_id] = (timeline_seq, updated_at)
-            mark = max(mark, (updated_at, incident_id))
-        if not items:
-            return None
+            items.append(Item(len(items), doc_id, action, encode(document)))
+        return Page(items, str(last), len(changes))
 
-        def remember() -> None:
-            self._sent.update(versions)
-            self._forget_old()
-
-        return Page(items, encode(list(mark)).decode(), len(items), on_recorded=remember)
+    def save(self, conn: sqlite3.Connection, page: Page) -> None:
+        """Record the page's position, in the transaction that records its outcome."""
+        changelog.advance(conn, self.consumer, int(page.position))
 
     def recorded(self, page: Page) -> None:
-        self.position = tuple(_decode_mark(page.position))  # type: ignore[assignment]
-        if page.on_recorded:
-            page.on_recorded()
-
-    def _rescan_from(self) -> str:
-        if not self.position[0]:
-            return ""
-        return to_db(dt.datetime.fromisoformat(self.position[0]) - self.rescan)
-
-    def _forget_old(self) -> None:
-        since = self._rescan_from()
-        for incident_id in [i for i, (_, at) in self._sent.items() if at < since]:
-            del self._sent[incident_id]
+        self.position = int(page.position)

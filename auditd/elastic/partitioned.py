@@ -19,13 +19,17 @@ group value and the window start: re-evaluating a window (next round, a takeover
 two owners for a moment) finds the same id, and alerts are created, never
 overwritten, so an alert is never doubled. Its content is what the first evaluation
 above the threshold saw.
+
+Cluster alerts become incidents like every other alert, through the correlator's
+seam: every daemon reads them back from the alerts index (``cluster_alerts.py``) and
+applies them in its own store, so the fleet's stores hold the same incidents, and the
+incidents index is their replica (``feeds.IncidentFeed``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -38,11 +42,6 @@ from auditd.config.typed import DEFAULT_ZONE
 from auditd.detect.alert import Alert, alert_id
 from auditd.elastic import templates
 from auditd.elastic.documents import alert_document, encode
-from auditd.elastic.incidents import (
-    ClusterIncidentWriter,
-    IncidentConflict,
-    cluster_incident_id,
-)
 from auditd.elastic.leases import LeaseManager
 from auditd.elastic.settings import ElasticSettings, ScaleOutSettings, ThresholdRule
 from auditd.elastic.source import TIME_FIELD, term_filters
@@ -99,7 +98,6 @@ class EvaluationReport:
     searches: int = 0
     alerts: list[Alert] = field(default_factory=list)  # every alert at or over threshold
     created: list[Alert] = field(default_factory=list)  # first written by this evaluation
-    incidents_written: int = 0
     truncated: list[tuple[str, int]] = field(default_factory=list)  # (rule, partition) over the terms size
     errors: int = 0
 
@@ -108,8 +106,8 @@ class ClusterDetector:
     """Evaluates the threshold rules on the partitions this daemon holds.
 
     ``evaluate_owned(now)`` does one round; ``start()`` runs heartbeats and rounds on
-    threads. Alerts go to the alerts index and into cluster incidents; the ones this
-    daemon created are also returned, and queued for ``drain_alerts()``.
+    threads. Alerts go to the alerts index, create-only; every daemon reads them back
+    from there (``cluster_alerts.ClusterAlertReader``).
     """
 
     def __init__(self, es: Elasticsearch, settings: ElasticSettings, *, agent: str,
@@ -125,9 +123,6 @@ class ClusterDetector:
         self.clock = clock
         lease_options = {"wall_ms": wall_ms} if wall_ms else {}
         self.leases = LeaseManager(es, settings.leases_index, self.scale, agent, **lease_options)
-        self.incidents = ClusterIncidentWriter(es, settings.incidents_index, agent=agent,
-                                               tier=self.scale.incident_tier, clock=clock)
-        self._created: queue.SimpleQueue[Alert] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.rounds = 0
@@ -156,16 +151,6 @@ class ClusterDetector:
         if release:
             self.leases.release_all()
 
-    def drain_alerts(self) -> list[Alert]:
-        """Alerts this daemon created since the last call (thread-safe), for the local
-        correlator: the create in Elasticsearch decides which one daemon gets each."""
-        out = []
-        while True:
-            try:
-                out.append(self._created.get_nowait())
-            except queue.Empty:
-                return out
-
     def _heartbeat(self) -> None:
         self.installer.ensure()  # the leases index must have its mapping before the first lease
         self.leases.heartbeat()
@@ -173,8 +158,6 @@ class ClusterDetector:
     def _round(self) -> None:
         self.last_report = self.evaluate_owned(self.clock())
         self.rounds += 1
-        for alert in self.last_report.created:
-            self._created.put(alert)
 
     def _loop(self, work: Callable[[], object], every_s: float) -> None:
         while not self._stop.is_set():
@@ -196,7 +179,7 @@ class ClusterDetector:
                     continue
                 try:
                     self._evaluate(rule, partition, windows, report)
-                except (ApiError, TransportError, IncidentConflict) as exc:
+                except (ApiError, TransportError) as exc:
                     report.errors += 1
                     log.warning("rule %s partition %d not evaluated: %s", rule.id, partition, exc)
         return report
@@ -217,7 +200,6 @@ class ClusterDetector:
             return
         report.alerts.extend(alerts)
         report.created.extend(self._create_alerts(rule, partition, alerts))
-        report.incidents_written += self._update_incidents(rule, alerts)
 
     def _query(self, rule: ThresholdRule, windows: list[Window]) -> dict[str, Any]:
         span = {"gte": windows[0].start.isoformat(), "lt": windows[-1].end.isoformat()}
@@ -284,7 +266,8 @@ class ClusterDetector:
             fields = alert.output_fields
             extra = {"window": {"start": fields["window.start"], "end": fields["window.end"]},
                      "value": fields["value"], "threshold": rule.threshold, "partition": partition}
-            document = alert_document(alert, origin="cluster", agent=self.agent, extra=extra)
+            document = alert_document(alert, origin="cluster", agent=self.agent, extra=extra,
+                                      ingested=_utc_now().isoformat(timespec="microseconds"))
             lines += [b'{"create":{"_id":' + encode(alert.alert_id) + b"}}", encode(document)]
         response = self.es.bulk(index=self.settings.alerts_index, operations=b"\n".join(lines) + b"\n",
                                 filter_path="items.*.status,items.*.error.type")
@@ -296,19 +279,6 @@ class ClusterDetector:
             elif answer["status"] != 409:  # not written: the next round evaluates the window again
                 log.warning("alert %s not written: %s", alert.alert_id, answer)
         return created
-
-    def _update_incidents(self, rule: ThresholdRule, alerts: list[Alert]) -> int:
-        bucket_s = self.scale.incident_bucket.seconds
-        grouped: dict[str, tuple[str, list[Alert]]] = {}
-        for alert in alerts:
-            key = group_key(rule, str(alert.output_fields[rule.group_by]))
-            start_s = (dt.datetime.fromisoformat(alert.output_fields["window.start"]) - ORIGIN).total_seconds()
-            bucket = ORIGIN + dt.timedelta(seconds=(start_s // bucket_s) * bucket_s)
-            grouped.setdefault(cluster_incident_id(key, bucket), (key, []))[1].append(alert)
-        # every alert over the threshold, not only new ones: a daemon that died between
-        # creating an alert and merging it leaves the merge to the next evaluation
-        return sum(self.incidents.add_alerts(incident_id, key, group)
-                   for incident_id, (key, group) in grouped.items())
 
 
 def _as_list(value: Any) -> list[Any]:

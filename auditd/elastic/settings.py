@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from auditd.config.typed import Duration
 from auditd.event import FIELDS
@@ -67,10 +67,8 @@ class ShipSettings:
     retry_backoff_initial_s: float = 0.5
     retry_backoff_max_s: float = 60.0
     drain_timeout_s: float = 10.0  # at stop: what is left is shipped at the next start
-    # Incident rows are picked up by their updated_at; a write that computed its time
-    # before a concurrent one committed can land behind the cursor, so each pass looks
-    # this far back again (re-sending a snapshot is a no-op by its version).
-    incidents_rescan: Duration = Duration(300)
+    # Gone: incidents are shipped from the incident change log, which misses nothing.
+    incidents_rescan: Any = None
     alerts: bool = True
     incidents: bool = True
 
@@ -81,6 +79,8 @@ class ShipSettings:
             yield "bulk_max_bytes", "must be at least 64 KiB"
         if self.retry_backoff_max_s < self.retry_backoff_initial_s:
             yield "retry_backoff_max_s", "must be at least retry_backoff_initial_s"
+        if self.incidents_rescan is not None:
+            yield "incidents_rescan", "no longer used: incidents are shipped from the change log; remove it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +145,18 @@ class ScaleOutSettings:
     # reach the cluster late (a host that was cut off ships its backlog).
     settle: Duration = Duration(600)
     max_groups_per_partition: int = 10_000  # terms size; raise partitions past this
-    incident_bucket: Duration = Duration(86_400)  # one cluster incident per actor per bucket
-    incident_tier: Literal["T1", "T2", "T3", "T4", "T5", "T6"] = "T6"
+    # Gone: cluster alerts become incidents through the correlator, like every other
+    # alert (episodes by correlate.episode_gap, tiers by grading). Kept only to say so.
+    incident_bucket: Any = None
+    incident_tier: Any = None
 
     def check(self) -> Iterator[tuple[str | tuple[str | int, ...], str]]:
         yield from _positive(self, "partitions", "lease_ttl", "heartbeat", "evaluate_every",
-                             "max_groups_per_partition", "incident_bucket")
+                             "max_groups_per_partition")
+        for name in ("incident_bucket", "incident_tier"):
+            if getattr(self, name) is not None:
+                yield name, ("no longer used: cluster alerts become incidents through the correlator like every "
+                             "other alert (episodes by correlate.episode_gap, tiers by grading); remove it")
         if self.heartbeat.seconds * 2 > self.lease_ttl.seconds:
             yield "heartbeat", "must be at most half of lease_ttl, so one missed beat does not lose a lease"
         if self.clock_skew.seconds * 2 >= self.lease_ttl.seconds:

@@ -40,7 +40,6 @@ from auditd.elastic.client import Backoff, is_transient
 from auditd.elastic.feeds import (
     ALERTS_KEY,
     EVENTS_KEY,
-    INCIDENTS_KEY,
     AlertFeed,
     EventFeed,
     IncidentFeed,
@@ -57,11 +56,12 @@ from auditd.ops.shipping import (
     write_shipper_record,
 )
 from auditd.store.sqlite import immediate
+from auditd.store.times import to_db
 
 log = logging.getLogger("neo_auditd.elastic")
 
 SIDE_TABLES_EVERY_S = 2.0  # alerts and incidents are few; no need to look at every pass
-_KEYS = {"events": EVENTS_KEY, "alerts": ALERTS_KEY, "incidents": INCIDENTS_KEY}
+_KEYS = {"events": EVENTS_KEY, "alerts": ALERTS_KEY}
 
 
 def unshipped_guard_sql() -> str:
@@ -116,7 +116,7 @@ class EventShipper:
         if self.ship.alerts:
             self.side_feeds.append(AlertFeed(settings.alerts_index, agent))
         if self.ship.incidents:
-            self.side_feeds.append(IncidentFeed(settings.incidents_index, agent, self.ship.incidents_rescan.timedelta))
+            self.side_feeds.append(IncidentFeed(settings.incidents_index, agent))
         self._abort = threading.Event()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -321,7 +321,7 @@ class EventShipper:
 
     def _record(self, feed: EventFeed | AlertFeed | IncidentFeed, page: Page) -> None:
         dead = page.dead + [item for item in page.items if item.outcome is Outcome.DEAD]
-        at = self.clock().isoformat()
+        at = to_db(self.clock())
         with self._db_lock:
             conn = self._conn
             if conn is None:
@@ -329,7 +329,10 @@ class EventShipper:
             with immediate(conn):
                 if dead:
                     self._insert_dead(conn, feed, dead, at)
-                write_meta(conn, _KEYS[feed.name], page.position)
+                if isinstance(feed, IncidentFeed):
+                    feed.save(conn, page)
+                else:
+                    write_meta(conn, _KEYS[feed.name], page.position)
                 write_shipper_record(conn, self.health.due(force=True))
         feed.recorded(page)
         for item in dead:

@@ -86,6 +86,7 @@ def alert_mappings() -> dict[str, Any]:
             "@timestamp": date,
             "event.kind": keyword,
             "event.severity": {"type": "long"},
+            "event.ingested": date,  # when it was written: the order other daemons read cluster alerts in
             "rule.id": keyword,
             "rule.name": {**keyword, "fields": {"text": {"type": "text"}}},
             "rule.category": keyword,
@@ -120,7 +121,7 @@ def incident_mappings() -> dict[str, Any]:
         "agent.name": keyword,
         "user.id": keyword,
         **{f"neo.incident.{name}": keyword for name in (
-            "id", "origin", "group_key", "tier", "auto_tier", "status", "assignee", "severity",
+            "id", "local_id", "origin", "group_key", "tier", "auto_tier", "status", "assignee", "severity",
             "band", "rules", "categories", "alert_ids", "agents")},
         "neo.incident.title": {**keyword, "fields": {"text": {"type": "text"}}},
         **{f"neo.incident.{name}": date for name in (

@@ -128,7 +128,7 @@ class JobRunner:
         # the first run at the time the store says, then every interval; however late the
         # scheduler gets to it (a busy machine), a due run is made, never dropped
         self.scheduler.add_job(self._run, IntervalTrigger(seconds=spec.every.total_seconds()), args=(spec.id,),
-                               id=spec.id, next_run_time=due, coalesce=True, max_instances=1,
+                               id=spec.id, name=spec.id, next_run_time=due, coalesce=True, max_instances=1,
                                misfire_grace_time=None)
 
     def next_run_times(self) -> dict[str, dt.datetime | None]:

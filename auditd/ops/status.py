@@ -27,9 +27,10 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
-from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.errors import NeoError
+from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.sources.identity import FileIdentity
+from auditd.store.health import read_check
 from auditd.workdays import YearCoverage, coverage, load_calendar, uncovered
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     last_reload: ReloadStatus | None
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
+    store_check: dict | None = None  # the last or running integrity check (store/health.py)
     elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
     working_days: CalendarStatus | None = None  # None: no config given
 
@@ -145,6 +147,15 @@ def job_runs(conn: sqlite3.Connection) -> list[JobStatus]:
     return [JobStatus(job_id=job_id, last_started=_utc(started), last_finished=_utc(finished),
                       last_ok=None if ok is None else bool(ok), last_error=error, runs=runs)
             for job_id, started, finished, ok, error, runs in rows]
+
+
+def _store_check(conn: sqlite3.Connection) -> dict | None:
+    report = read_check(conn) if table_exists(conn, "meta") else None
+    if report is None:
+        return None
+    return {"state": report.state, "started_at": report.started_at, "finished_at": report.finished_at,
+            "tables_done": report.tables_done, "tables_total": report.tables_total,
+            "problems": report.problems, "seconds": report.seconds}
 
 
 def incident_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
@@ -235,6 +246,7 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             last_reload=last_reload,
             rule_state=rule_state(conn),
             jobs=job_runs(conn),
+            store_check=_store_check(conn),
             elasticsearch=_elastic(conn, settings, now),
             working_days=calendar_status(settings, now) if settings is not None else None,
         )
@@ -302,6 +314,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"store:        {status.store_path}",
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
         f"last reload:  {_reload_line(status.last_reload, zone)}",
+        f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
     ]
@@ -367,6 +380,17 @@ def _calendar_lines(cal: CalendarStatus) -> list[str]:
         lines.append(f"  deadlines in {', '.join(map(str, missing))} count every calendar day as a working day "
                      "(early, never late): add the year to working_days.override_file")
     return lines
+
+
+def _check_line(check: dict | None, zone: ZoneInfo) -> str:
+    if check is None:
+        return "not run yet"
+    started = _when(dt.datetime.fromisoformat(check["started_at"]), zone)
+    if check["state"] == "running":
+        return f"running since {started}: {check['tables_done']} of {check['tables_total']} tables checked"
+    if check["state"] == "ok":
+        return f"ok ({started}, {check['seconds']} s)"
+    return f"DAMAGED ({started}): {_clip('; '.join(check['problems']), 120)} -- see README, 'Backups and restore'"
 
 
 def _when(value: dt.datetime | None, zone: ZoneInfo) -> str:
