@@ -46,14 +46,14 @@ fields:
 
 
 def test_kind_registry_is_one_literal_dict():
-    assert sorted(KINDS) == ["csv", "jsonl", "kv", "pgaudit", "regex"]
+    assert sorted(KINDS) == ["csv", "json", "jsonl", "kv", "pgaudit", "regex"]
 
 
 def test_unknown_kind_is_located_and_lists_the_valid_kinds(tmp_path):
     fmt, problems = load(tmp_path, "kind: xml\n" + BASE_FIELDS)
     assert fmt is None
     assert problems == [
-        f"{tmp_path}/format.yaml:1:7: kind: unknown kind 'xml' (valid kinds: csv, jsonl, kv, pgaudit, regex)"
+        f"{tmp_path}/format.yaml:1:7: kind: unknown kind 'xml' (valid kinds: csv, json, jsonl, kv, pgaudit, regex)"
     ]
 
 
