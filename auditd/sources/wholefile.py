@@ -139,9 +139,10 @@ def _gunzip_blocks(fd: int, limits: Limits) -> Iterator[bytes]:
             yield out
         if inflater.eof:
             rest = inflater.unused_data
-            if not rest:
-                rest = os.pread(fd, chunk, position)
-                position += len(rest)
+            if len(rest) < len(GZIP_MAGIC):  # the next member's start may not be read yet
+                more = os.pread(fd, chunk, position)
+                position += len(more)
+                rest += more
                 if not rest:
                     return
             if not rest.startswith(GZIP_MAGIC):
@@ -222,6 +223,7 @@ class _Settled:
     size: int
     mtime_ns: int
     key: str
+    path: str
 
 
 @dataclass(slots=True)
@@ -276,9 +278,10 @@ class WholeFileReader:
             if known is not None:
                 known.path = path
             return True
-        log.warning("%s: %s changed after it was read whole; reading it again as a new file "
-                    "(whole files are not to be appended to)", self._name, path)
-        del self._settled[place]
+        if settled.path == path:
+            log.warning("%s: %s changed after it was read whole; reading it again as a new file "
+                        "(whole files are not to be appended to)", self._name, path)
+        del self._settled[place]  # changed, or a new file in an inode number used again
         return False
 
     def offer(self, fd: int, path: str, st: os.stat_result, now: float, *, skip: bool = False) -> None:
@@ -406,7 +409,7 @@ class WholeFileReader:
     def _settle(self, place: Place, candidate: _Candidate) -> None:
         del self._candidates[place]
         os.close(candidate.fd)
-        self._settled[place] = _Settled(candidate.size, candidate.mtime_ns, candidate.key)
+        self._settled[place] = _Settled(candidate.size, candidate.mtime_ns, candidate.key, candidate.path)
 
 
 def _past(piece: Piece, resume_at: int) -> Piece:
