@@ -119,3 +119,48 @@ def test_replay_refuses_a_fifo_and_the_daemons_own_files(deployment):
     assert "access.log.2: a FIFO, not a regular file" in out.stderr
     assert "k.log: is the daemon's own file" in out.stderr and "config.yaml: is the daemon's own file" in out.stderr
     assert not (deployment / "state" / "neo-auditd.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.slow
+def test_the_daemon_run_as_a_user_runs_it(deployment):
+    """`neo-auditd run` on the folder: it logs why it refuses, keeps reading the live file,
+    and `status --json` says what it refused and which glob matches nothing."""
+    import signal
+    import sqlite3
+    import time
+
+    config = deployment / "config.yaml"
+    config.write_text(config.read_text().replace("    use_inotify: false\n", "    poll_interval_s: 0.2\n"))
+    log = open(deployment / "daemon.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def events() -> int:
+        try:
+            with sqlite3.connect(deployment / "state" / "neo-auditd.db", timeout=5) as conn:
+                return conn.execute("SELECT COALESCE(SUM(count), 0) FROM event_segments").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    def wait_for(predicate, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    try:
+        wait_for(lambda: events() == 2, "the live file's two lines")
+        with open(deployment / "logs" / "access.log", "ab") as fh:
+            fh.write(line(5) + line(6))
+        wait_for(lambda: events() == 4, "the lines written later")
+        status = subprocess.run([sys.executable, "-m", "auditd.cli", "status", "-c", str(config), "--json"],
+                                capture_output=True, text=True, timeout=60)
+        (crm,) = json.loads(status.stdout)["sources"]
+        assert {(Path(f["path"]).name, f["reason"]) for f in crm["scan"]["refused"]} == {
+            ("access.log.1", "symlink_outside"), ("access.log.2", "fifo")}
+        assert crm["scan"]["unmatched_globs"] == [str(deployment / "logs" / "audit-*.log")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    text = (deployment / "daemon.log").read_text()
+    assert "not reading" in text and "a FIFO" in text and "symlink to" in text and TOKEN not in text
