@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from auditd.config.located import Problems
-from auditd.config.settings import SHIPPED_RULES, load_settings
+from auditd.settings import SHIPPED_RULES, load_settings
 from auditd.decode import load_format
 from auditd.detect import load_rules
 from auditd.detect.testing import run_rule_tests
