@@ -229,6 +229,8 @@ class Responder:
                 continue
             if row.kind == "escalate" and row.due_at > now:
                 continue  # an escalation acts at its time; the others as soon as they are ready
+            if row.kind == "contain" and (row.spec.action or "") not in self.settings.contain:
+                continue  # not configured: a person does it by hand (`playbook done`)
             if not self._ready(conn, row):
                 continue
             try:

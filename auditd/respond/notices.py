@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
+from jinja2 import TemplateNotFound
 
 from auditd.respond.contacts import Contact, ContactBook, ContactError, normalise_address
 from auditd.respond.render import Templates, safe_name, write_private
@@ -58,7 +59,7 @@ def _render(templates: Templates, template: str, language: str, view: dict[str, 
     subject = str(getattr(module, "subject", "") or template)
     try:
         html = templates.render_html(template, language, view)
-    except Exception:  # a template without an HTML twin: text only
+    except TemplateNotFound:  # a template without an HTML twin: text only
         html = ""
     return subject.strip(), text, html
 

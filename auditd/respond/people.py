@@ -50,8 +50,10 @@ def done(conn: sqlite3.Connection, correlator: Correlator, incident_id: str, ste
             raise StepError(f"{step_id} is already {row.state}")
         if row.kind == "approval":
             raise StepError(f"{step_id} is an approval: use `playbook approve` (by someone other than the requester)")
-        if row.state in ("pending", "running") and row.spec.automatic and row.kind != "report":
-            raise StepError(f"{step_id} is done by the daemon when it is due; skip it with a reason instead")
+        if row.state == "running":
+            raise StepError(f"{step_id} is running; wait for its outcome")
+        if row.state == "pending" and row.spec.automatic and row.kind not in ("report", "contain"):
+            raise StepError(f"{step_id} is done by the daemon when it is ready; skip it with a reason instead")
         if row.state == "pending" and row.kind == "report":
             raise StepError(f"{step_id}: its report is not rendered yet (`neo-auditd report` renders one now)")
         for other in row.waits_for:

@@ -18,7 +18,8 @@ reported together (exit 78). A reload that finds any problem keeps the old set.
 
 Step kinds (``KINDS``): notify, contain, task, approval, report, announce, escalate.
 Automatic kinds (notify, contain, report, announce, escalate) are fired by the
-``respond-due`` job once their waits are done; task and approval steps wait for people
+``respond-due`` job once their waits are done (a contain step whose action is not
+configured waits for a person instead); task and approval steps wait for people
 (``neo-auditd playbook done|approve|skip``). A report step is rendered by the job and
 then reviewed by a person (``done``): that person is the requester whom the four-eyes
 approval of it may not be.
@@ -42,6 +43,9 @@ from auditd.respond.settings import Audience, Channel
 KINDS = ("notify", "contain", "task", "approval", "report", "announce", "escalate")
 AUTOMATIC = frozenset({"notify", "contain", "report", "announce", "escalate"})
 REPORT_KINDS = ("initial", "followup", "closing", "notice-draft")
+# contain actions a playbook may name without configuring them: until respond.contain
+# configures one, its step waits for a person to do it by hand (and escalates if late)
+STANDARD_ACTIONS = ("disable-account", "revoke-sessions", "block-exports")
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 Kind = Literal["notify", "contain", "task", "approval", "report", "announce", "escalate"]
 
@@ -90,6 +94,8 @@ class Step:
             "escalate": ("audience",),
             "announce": ("template",),
         }.get(self.kind, ())
+        if self.kind == "notify" and self.audience == "customers":
+            needs = ("template",)  # each through the channel on file
         for name in needs:
             if getattr(self, name) is None:
                 yield name, f"a {self.kind} step needs '{name}'"
@@ -227,7 +233,7 @@ def load_playbooks(paths: Iterable[Path], problems: Problems, *, referrer: Doc |
     """Every playbook file in `paths` (files, or folders of *.yaml), later files replacing
     a tier's earlier playbook; cross-checked against the configured contain actions and
     the templates. Problems are added to `problems` (the caller raises)."""
-    actions = frozenset(actions)
+    actions = frozenset(actions) | frozenset(STANDARD_ACTIONS)
     by_tier: dict[str, Playbook] = {}
     for path in _files(paths, problems, referrer):
         doc = load_yaml_file(path, problems)

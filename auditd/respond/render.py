@@ -46,6 +46,8 @@ class Templates:
                                              trim_blocks=True, lstrip_blocks=True)
         self.html = SandboxedEnvironment(loader=loader, autoescape=True, undefined=StrictUndefined,
                                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+        for env in (self.markdown, self.html):  # Chinese stays readable in JSON shown by templates
+            env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
 
     def exists(self, name: str) -> bool:
         """A template usable for notices: Markdown in every language."""

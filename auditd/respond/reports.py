@@ -115,7 +115,7 @@ def context(conn: sqlite3.Connection, incident_id: str, organisation: Organisati
     """The facts of an incident that every report and notice draws on (language-neutral)."""
     detail: IncidentDetail = get_incident(conn, incident_id, limit=500)
     s = detail.summary
-    found = findings(conn, incident_id)
+    found = dict.fromkeys(FINDINGS) | findings(conn, incident_id)
     steps = steps_table.of_incident(conn, incident_id)
 
     def local(value: dt.datetime | None) -> str | None:
