@@ -247,6 +247,8 @@ def load_playbooks(paths: Iterable[Path], problems: Problems, *, referrer: Doc |
         if playbook is MISSING:
             continue
         for i, step in enumerate(playbook.steps):
+            if step is MISSING:
+                continue
             if step.kind == "contain" and step.action is not None and step.action not in actions:
                 valid = ", ".join(sorted(actions)) or "none configured"
                 problems.add(doc, ("steps", i, "action"),
