@@ -60,6 +60,7 @@ class World:
     clock: Clock
     settings: RespondSettings = field(default_factory=RespondSettings)
     pseudonymiser: Pseudonymiser = field(default_factory=lambda: Pseudonymiser(KEY))
+    directory: object = None  # anything with .employees: {id: obj with .email, .phone}
 
     def __post_init__(self) -> None:
         self.conn = open_store(self.tmp / "neo.db")
@@ -72,7 +73,8 @@ class World:
         problems = Problems()
         self.responder = build_responder(
             replace(self.settings, output_dir=self.tmp / "respond"), problems, calendar=WorkingCalendar(), zone=ZONE,
-            state_dir=self.tmp, correlator=self.correlator, pseudonymise=self.pseudonymiser, directory=lambda: None)
+            state_dir=self.tmp, correlator=self.correlator, pseudonymise=self.pseudonymiser,
+            directory=lambda: self.directory)
         problems.raise_if_any()
 
     def apply(self, alerts=(), actions=()):

@@ -56,6 +56,7 @@ WHO = "respond"  # the `who` of what the stage does by itself
 REPORTED_TIERS = ("T1", "T2", "T3", "T4")  # report to the regulator, follow-ups, closing report
 IMPORTANT = ("tier_raised", "band_reached", "loss_set", "cii_set", "merged")
 INTERRUPTED_AFTER = dt.timedelta(seconds=60)  # beyond the action's own timeout
+MAX_PASSES = 20  # over the open steps per run: longer chains of waits go on at the next run
 
 
 @dataclass
@@ -94,8 +95,13 @@ class Responder:
             n = self.plan(conn, now, report)
             if n == 0:
                 break
-        if not should_stop():
+        for _ in range(MAX_PASSES):  # a step that finishes may make the next one ready
+            before = len(report.fired) + len(report.failed)
+            if should_stop():
+                break
             self.fire(conn, now, report)
+            if len(report.fired) + len(report.failed) == before:
+                break
         if not should_stop():
             self.escalate(conn, now, report)
         return report
