@@ -27,7 +27,7 @@ from auditd.correlate import changelog
 from auditd.correlate.actions import apply_action, validate
 from auditd.correlate.grading import SEVERITY_RANK, Facts, Grade, Grader
 from auditd.correlate.model import (
-    ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary,
+    ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary, Merge,
     system_clock,
 )
 from auditd.correlate.queries import get_summary
@@ -439,8 +439,9 @@ def _title(grade: Grade, work: Working) -> str:
 def act(conn: sqlite3.Connection, action: Action, *, settings: CorrelateSettings | None = None,
         clock: Clock = system_clock) -> IncidentSummary:
     """One person's action through the seam, atomically: in the caller's transaction
-    when there is one, else in its own. Returns the incident as it now stands."""
+    when there is one, else in its own. Returns the incident as it now stands (for a
+    merge, the one that absorbed the other)."""
     correlator = Correlator(settings or CorrelateSettings(), clock)
     with savepoint(conn, "correlate_action"):
         correlator.apply(conn, actions=[action])
-    return get_summary(conn, action.incident_id)
+    return get_summary(conn, action.into if isinstance(action, Merge) else action.incident_id)
