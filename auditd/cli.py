@@ -11,6 +11,7 @@ import msgspec
 
 from auditd import __version__
 from auditd.errors import EX_CONFIG, ConfigError, StoreFormatError
+from auditd.store.health import StoreDamaged
 
 DESCRIPTION = """\
 neo-auditd checks every access to customers' personal information against the
@@ -65,7 +66,7 @@ def cmd_run(args) -> int:
 
     setup_logging(args.log_level)
     try:
-        return serve(args.config, args.state_dir)
+        return serve(args.config, args.state_dir, new_store=args.new_store)
     except ConfigError as exc:
         return _config_error(exc, False)
 
@@ -214,16 +215,17 @@ def _settings_and_store_path(args):
 
 
 def _incident_conn(args):
+    """The store, and the zone its times are shown in (the config's `timezone`)."""
     from auditd.store.sqlite import Store
 
-    _, path = _settings_and_store_path(args)
-    return Store(path).open()
+    settings, path = _settings_and_store_path(args)
+    return Store(path).open(), settings.zone
 
 
 def cmd_incidents_list(args) -> int:
     from auditd.correlate import CorrelateError, list_incidents, render_incident_table
 
-    store = _incident_conn(args)
+    store, zone = _incident_conn(args)
     try:
         rows = list_incidents(store.conn, status=args.status, tier=args.tier, limit=args.limit)
     except CorrelateError as exc:
@@ -234,16 +236,20 @@ def cmd_incidents_list(args) -> int:
     if args.json:
         _json_out(rows)
     else:
-        print(render_incident_table(rows))
+        print(render_incident_table(rows, zone))
     return 0
 
 
 def cmd_incidents_show(args) -> int:
-    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+    import msgspec
 
-    store = _incident_conn(args)
+    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+    from auditd.correlate.evidence import readable_evidence
+
+    store, zone = _incident_conn(args)
     try:
         detail = get_incident(store.conn, args.id)
+        detail = msgspec.structs.replace(detail, evidence=readable_evidence(store.evidence(detail.evidence_event_ids)))
     except UnknownIncident:
         print(f"error: no incident {args.id}", file=sys.stderr)
         return 1
@@ -252,7 +258,7 @@ def cmd_incidents_show(args) -> int:
     if args.json:
         _json_out(detail)
     else:
-        print(render_incident_detail(detail))
+        print(render_incident_detail(detail, zone))
     return 0
 
 
@@ -293,7 +299,7 @@ def cmd_incidents_act(args) -> int:
         action = SetCII(incident_id=args.id, who=who, cii=args.flag == "on", why=why)
     else:
         action = SetTier(incident_id=args.id, who=who, tier=args.tier, why=why)
-    store = _incident_conn(args)
+    store, _ = _incident_conn(args)
     try:
         summary = act(store.conn, action, settings=settings.correlate,
                       clock=lambda: dt.datetime.now(dt.timezone.utc))
@@ -313,7 +319,7 @@ def cmd_incidents_act(args) -> int:
 def cmd_incidents_verify(args) -> int:
     from auditd.correlate import UnknownIncident, list_incidents, verify_timeline
 
-    store = _incident_conn(args)
+    store, _ = _incident_conn(args)
     try:
         ids = [args.id] if args.id else [i.incident_id for i in list_incidents(store.conn, limit=1_000_000)]
         results = {incident: verify_timeline(store.conn, incident) for incident in ids}
@@ -440,7 +446,7 @@ def cmd_register(args) -> int:
     from auditd.respond.register import register, render_register
 
     settings, _ = _settings_and_store_path(args)
-    store = _incident_conn(args)
+    store, _ = _incident_conn(args)
     try:
         entries = register(store.conn, settings.zone)
     finally:
@@ -484,6 +490,65 @@ def cmd_review_grants(args) -> int:
     return 0
 
 
+def cmd_store_check(args) -> int:
+    import sqlite3
+
+    from auditd.store import health
+    from auditd.store.migrations import LATEST, check_version
+
+    _, path = _settings_and_store_path(args)
+    result: dict = {"store": str(path), "ok": False}
+    try:
+        health.preflight(path)
+        if not path.exists():
+            raise health.StoreMissing(f"{path}: no store there (has the daemon run with this config?)")
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+        try:
+            result["schema_version"] = check_version(conn, path)
+            result["schema_latest"] = LATEST
+            report = health.check(conn, full=args.full)
+        except sqlite3.DatabaseError as exc:
+            raise health.damaged(exc, path) from exc
+        finally:
+            conn.close()
+    except health.StoreDamaged as exc:
+        result["error"] = str(exc)
+        _store_result(result, args.json)
+        return health.EX_DATAERR
+    result.update(ok=report.ok, check="integrity_check" if args.full else "quick_check",
+                  seconds=report.seconds, problems=report.problems)
+    _store_result(result, args.json)
+    return 0 if report.ok else health.EX_DATAERR
+
+
+def cmd_store_backup(args) -> int:
+    from auditd.store import health
+
+    _, path = _settings_and_store_path(args)
+    try:
+        size, seconds = health.backup(path, args.target)
+    except (FileExistsError, health.StoreDamaged) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, FileExistsError) else health.EX_DATAERR
+    result = {"store": str(path), "backup": str(args.target), "bytes": size, "seconds": seconds, "ok": True}
+    _store_result(result, args.json)
+    return 0
+
+
+def _store_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        _json_out(result)
+    elif result.get("error"):
+        print(f"neo-auditd: {result['error']}", file=sys.stderr)
+    elif "backup" in result:
+        print(f"backed up {result['store']} to {result['backup']} ({result['bytes']:,} bytes, "
+              f"{result['seconds']} s, checked)")
+    else:
+        verdict = "ok" if result["ok"] else "DAMAGED: " + "; ".join(result["problems"][:5])
+        print(f"{result['store']}: schema {result['schema_version']} of {result['schema_latest']}, "
+              f"{result['check']} {verdict} ({result['seconds']} s)")
+
+
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-auditd", description=DESCRIPTION,
@@ -501,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     state_arg(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--new-store", action="store_true",
+                   help="start an empty store even though one was kept here before and is now missing, empty "
+                        "or damaged (it is set aside, not deleted); every alert in the logs still on disk is "
+                        "raised again -- restore a backup instead if you have one")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors")
@@ -642,6 +711,22 @@ def build_parser() -> argparse.ArgumentParser:
     state_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("store", help="check the store's integrity, or back it up while the daemon runs")
+    ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("check", help="header, schema version and PRAGMA quick_check; exit 0, or 65 if damaged")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--full", action="store_true", help="PRAGMA integrity_check: slower, checks every index entry")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_store_check)
+    q = ssub.add_parser("backup", help="a consistent copy of the store (SQLite online backup), checked; "
+                                       "safe while the daemon runs")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("target", type=Path, metavar="PATH", help="the new file (never overwritten)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_store_backup)
     return parser
 
 
@@ -652,6 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreFormatError as exc:  # a newer version's store: restarting will not help
         print(f"neo-auditd: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except StoreDamaged as exc:  # missing, not ours, or damaged: restarting will not help either
+        print(f"neo-auditd: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

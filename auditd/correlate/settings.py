@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from auditd.config.typed import Duration
+from auditd.detect.alert import SEVERITIES
 
 Tier = Literal["T1", "T2", "T3", "T4", "T5", "T6"]
 TIERS: tuple[str, ...] = ("T1", "T2", "T3", "T4", "T5", "T6")  # most severe first
@@ -43,6 +44,11 @@ class TierSettings:
     leak: Tier = "T4"
     leak_severity: Literal["info", "low", "medium", "high", "critical"] = "critical"  # at least
     default: Tier = "T6"
+    # the tier an alert's severity stands for (README "Severity and tier"): a rule says
+    # "critical" for a suspected leak and "high" for a violation; lower ones are anomalies
+    by_severity: dict[Literal["info", "low", "medium", "high", "critical"], Tier] = field(
+        default_factory=lambda: {"critical": "T4", "high": "T5"}
+    )
     # DESIGN.md's tier table (CAC grading guide): people whose PI leaked, for a leak ...
     people: dict[Tier, int] = field(
         default_factory=lambda: {"T1": 100_000_000, "T2": 10_000_000, "T3": 1_000_000})
@@ -54,6 +60,9 @@ class TierSettings:
     cii_floor: Tier | None = None
 
     def check(self) -> Iterable[tuple[str | tuple[str | int, ...], str]]:
+        for severity in self.by_severity:
+            if severity not in SEVERITIES:
+                yield ("by_severity", severity), f"unknown severity '{severity}' (valid: {', '.join(SEVERITIES)})"
         for name in ("people", "loss_yuan"):
             for tier, threshold in getattr(self, name).items():
                 if threshold <= 0:

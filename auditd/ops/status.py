@@ -27,6 +27,7 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
+from auditd.store.health import read_check
 from auditd.errors import NeoError
 from auditd.sources.identity import FileIdentity
 from auditd.store.times import to_db
@@ -106,6 +107,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     last_reload: ReloadStatus | None
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
+    store_check: dict | None = None  # the last or running integrity check (store/health.py)
 
 
 # -- connections and shared queries ------------------------------------------------------
@@ -141,6 +143,15 @@ def job_runs(conn: sqlite3.Connection) -> list[JobStatus]:
     return [JobStatus(job_id=job_id, last_started=_utc(started), last_finished=_utc(finished),
                       last_ok=None if ok is None else bool(ok), last_error=error, runs=runs)
             for job_id, started, finished, ok, error, runs in rows]
+
+
+def _store_check(conn: sqlite3.Connection) -> dict | None:
+    report = read_check(conn) if table_exists(conn, "meta") else None
+    if report is None:
+        return None
+    return {"state": report.state, "started_at": report.started_at, "finished_at": report.finished_at,
+            "tables_done": report.tables_done, "tables_total": report.tables_total,
+            "problems": report.problems, "seconds": report.seconds}
 
 
 def incident_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
@@ -244,6 +255,7 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             last_reload=last_reload,
             rule_state=rule_state(conn),
             jobs=job_runs(conn),
+            store_check=_store_check(conn),
         )
     except sqlite3.DatabaseError as exc:
         raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
@@ -292,6 +304,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"store:        {status.store_path}",
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
         f"last reload:  {_reload_line(status.last_reload, zone)}",
+        f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
     ]
@@ -320,6 +333,17 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
              else ("ok" if j.last_ok else f"failed: {_clip(j.last_error or '', 60)}"), f"{j.runs:,}")
             for j in status.jobs]))
     return "\n".join(lines) + "\n"
+
+
+def _check_line(check: dict | None, zone: ZoneInfo) -> str:
+    if check is None:
+        return "not run yet"
+    started = _when(dt.datetime.fromisoformat(check["started_at"]), zone)
+    if check["state"] == "running":
+        return f"running since {started}: {check['tables_done']} of {check['tables_total']} tables checked"
+    if check["state"] == "ok":
+        return f"ok ({started}, {check['seconds']} s)"
+    return f"DAMAGED ({started}): {_clip('; '.join(check['problems']), 120)} -- see README, 'Backups and restore'"
 
 
 def _when(value: dt.datetime | None, zone: ZoneInfo) -> str:
