@@ -30,7 +30,7 @@ import msgspec
 from jinja2 import TemplateNotFound
 
 from auditd.respond.contacts import Contact, ContactBook, ContactError, normalise_address
-from auditd.respond.render import Templates, safe_name, write_private
+from auditd.respond.render import Templates, safe_name, tidy, write_private
 from auditd.respond.settings import LANGUAGES, AudienceSettings
 from auditd.respond.vocabulary import vocabulary
 from auditd.store.times import to_db
@@ -55,7 +55,7 @@ def _render(templates: Templates, template: str, language: str, view: dict[str, 
     """(subject, text, html) of one message."""
     md_template = templates.markdown.get_template(f"{language}/{template}.md.j2")
     module = md_template.make_module(view)
-    text = str(module)
+    text = tidy(str(module))
     subject = str(getattr(module, "subject", "") or template)
     try:
         html = templates.render_html(template, language, view)

@@ -41,9 +41,11 @@ class Templates:
     def __init__(self, operator_folder: Path | None = None):
         folders = ([str(operator_folder)] if operator_folder else []) + [str(SHIPPED_TEMPLATES)]
         loader = ChoiceLoader([FileSystemLoader(f) for f in folders])
+        # no trim_blocks: a line that ends in a tag keeps its newline (list items stay
+        # lines); the blank lines that block-only lines leave are folded by tidy()
         self.markdown = SandboxedEnvironment(loader=loader, autoescape=False, undefined=StrictUndefined,
                                              finalize=_markdown_finalize, keep_trailing_newline=True,
-                                             trim_blocks=True, lstrip_blocks=True)
+                                             lstrip_blocks=True)
         self.html = SandboxedEnvironment(loader=loader, autoescape=True, undefined=StrictUndefined,
                                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
         for env in (self.markdown, self.html):  # Chinese stays readable in JSON shown by templates
@@ -59,10 +61,24 @@ class Templates:
         return True
 
     def render_markdown(self, name: str, language: str, context: dict[str, Any]) -> str:
-        return self.markdown.get_template(f"{language}/{name}.md.j2").render(context)
+        return tidy(self.markdown.get_template(f"{language}/{name}.md.j2").render(context))
 
     def render_html(self, name: str, language: str, context: dict[str, Any]) -> str:
         return self.html.get_template(f"{language}/{name}.html.j2").render(context)
+
+
+def tidy(text: str) -> str:
+    """Markdown as templates leave it, without runs of blank lines or trailing blanks."""
+    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if not line and (not out or not out[-1]):
+            continue
+        following = next((later for later in lines[i + 1:] if later), "")
+        if not line and out[-1].startswith("- ") and following.startswith("- "):
+            continue  # one list, not a list of paragraphs
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def private_dir(path: Path) -> Path:

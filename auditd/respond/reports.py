@@ -59,7 +59,7 @@ HEADINGS = {
 }
 FINDINGS = ("cause", "leads", "planned", "support", "other", "harm", "accountability", "remediation", "lessons",
             "advice")
-_json = msgspec.json.Encoder(order="sorted")
+_json = msgspec.json.Encoder()  # items in the order the measures list them
 
 
 class ReportError(Exception):
