@@ -185,3 +185,18 @@ def test_due_times_parse(text, expected):
 def test_bad_due_times_are_refused(text):
     with pytest.raises(ValueError):
         Due.from_config(text)
+
+
+def test_an_important_change_after_the_initial_report_adds_a_follow_up(world):
+    subjects = tuple(f"p:{i:032x}" for i in range(10))
+    (change,) = world.apply([alert(1, T0, kind="match", severity="critical", sensitive=True, subjects=subjects,
+                                   categories=("property",))])
+    world.run()
+    assert world.step(change.incident_id, "report-initial").state == "review"
+    world.clock.advance(hours=2)
+    world.apply(actions=[SetCII(incident_id=change.incident_id, who="ciso", cii=True, why="payments are CII")])
+    world.run()
+    followup = world.step(change.incident_id, "report-followup-1")
+    assert followup is not None and followup.due_at == world.clock() + dt.timedelta(hours=24)
+    assert followup.state == "review" and followup.result["report"] == "followup"
+    assert world.step(change.incident_id, "report-followup-2") is None  # one change, one follow-up

@@ -300,3 +300,17 @@ def test_an_export_manifest_names_the_customers_the_log_did_not(tmp_path):
     read = read_manifests([ManifestSettings(name="crm", paths=[tmp_path / "exports-*.jsonl"])], {"r-9"},
                           lambda raw: f"p:{raw}")
     assert read.customers == {"r-9": {"p:C1", "p:C2"}} and read.bad_lines == 2
+
+
+def test_values_from_log_lines_cannot_inject_markup(tmp_path):
+    world = World(tmp_path, Clock(T0))
+    actor = "<img src=x onerror=alert(1)>*bold*"
+    (change,) = world.apply([alert(1, T0, actor=actor, kind="match", severity="critical", sensitive=True,
+                                   categories=("property",), subjects=("p:1",))])
+    world.run()
+    paths = world.step(change.incident_id, "report-initial").result["paths"]
+    for language in ("zh-CN", "en"):
+        html = _text(paths[f"{language}.html"])
+        assert "<img" not in html and ("\\u003cimg" in html or "&lt;img" in html)
+        markdown = _text(paths[f"{language}.md"])
+        assert "\\<img src=x onerror=alert(1)\\>\\*bold\\*" in markdown
