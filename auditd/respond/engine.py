@@ -28,6 +28,7 @@ correlate seam (``StepTrace``), in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from auditd.correlate.settings import TIERS
 from auditd.respond import steps as table
 from auditd.respond.contacts import ContactBook, ContactError, normalise_address, read_manifests
 from auditd.respond.contain import payload, run_action
+from auditd.respond.due import Due
 from auditd.respond.notices import render_announcement, render_customers, render_internal
 from auditd.respond.playbook import Playbook, PlaybookSet, Step
 from auditd.respond.render import Templates
@@ -54,7 +56,8 @@ log = logging.getLogger("neo_auditd.respond")
 CONSUMER = "respond"
 WHO = "respond"  # the `who` of what the stage does by itself
 REPORTED_TIERS = ("T1", "T2", "T3", "T4")  # report to the regulator, follow-ups, closing report
-IMPORTANT = ("tier_raised", "band_reached", "loss_set", "cii_set", "merged")
+# besides a tier raised or a criminal band reached: the changes a follow-up report tells
+IMPORTANT_CAUSES = ("loss_set", "cii_set", "merged")
 INTERRUPTED_AFTER = dt.timedelta(seconds=60)  # beyond the action's own timeout
 MAX_PASSES = 20  # over the open steps per run: longer chains of waits go on at the next run
 
@@ -91,6 +94,7 @@ class Responder:
     def run(self, conn: sqlite3.Connection, now: dt.datetime, *,
             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
         report = RunReport()
+        self._affected: dict[str, tuple[list[str], dict[str, Any]]] = {}  # per run: manifests read once
         while not should_stop():
             n = self.plan(conn, now, report)
             if n == 0:
@@ -133,8 +137,7 @@ class Responder:
             self._move_clocks(conn, change, traces)
         if change.cause == "status_changed" and change.status == "resolved" and change.at is not None:
             self._start_resolution_clocks(conn, incident, change.at, traces)
-        if change.tier in REPORTED_TIERS and any(getattr(change, f, False) for f in IMPORTANT[:2]) \
-                or change.cause in IMPORTANT[2:]:
+        if change.tier_raised or change.band_reached or change.cause in IMPORTANT_CAUSES:
             added += self._followup(conn, change, now, traces)
         return added
 
@@ -203,7 +206,7 @@ class Responder:
                          " 'report-followup-%'", (change.incident_id,)).fetchone()[0] + 1
         at = change.at or now
         step = Step(id=f"report-followup-{n}", kind="report", title=f"Follow-up report {n} ({change.cause})",
-                    due=_seconds(self.settings.followup_due.seconds), report="followup", owner="responder")
+                    due=Due(seconds=self.settings.followup_due.seconds), report="followup", owner="responder")
         due = (at + dt.timedelta(seconds=self.settings.followup_due.seconds)).astimezone(dt.timezone.utc)
         table.insert(conn, change.incident_id, change.tier, step, due, now)
         traces.append(StepTrace(incident_id=change.incident_id, who=WHO, step_id=step.id, event="planned",
@@ -332,7 +335,6 @@ class Responder:
         row = conn.execute("SELECT actor, tier, categories, status FROM incidents WHERE incident_id = ?",
                            (incident_id,)).fetchone()
         actor, tier, categories, status = row
-        import json
         return {"actor": actor, "tier": tier, "categories": tuple(json.loads(categories)), "status": status}
 
     def _audience(self, audience: str | None) -> AudienceSettings:
@@ -341,7 +343,17 @@ class Responder:
 
     def affected(self, conn: sqlite3.Connection, incident_id: str) -> tuple[list[str], dict[str, Any]]:
         """The affected customers' pseudonyms: those the incident recorded, and those the
-        export manifests list for its evidence events' requests."""
+        export manifests list for its evidence events' requests (and those of the
+        incidents merged into it)."""
+        cache = getattr(self, "_affected", None)
+        if cache is not None and incident_id in cache:
+            return cache[incident_id]
+        found = self._read_affected(conn, incident_id)
+        if cache is not None:
+            cache[incident_id] = found
+        return found
+
+    def _read_affected(self, conn: sqlite3.Connection, incident_id: str) -> tuple[list[str], dict[str, Any]]:
         people = {r[0] for r in conn.execute("SELECT subject_id FROM incident_subjects WHERE incident_id = ?",
                                              (incident_id,))}
         info: dict[str, Any] = {}
@@ -363,7 +375,9 @@ class Responder:
         from auditd.correlate import get_incident
         from auditd.store.encoding import decode_event
 
-        ids = list(get_incident(conn, incident_id, limit=10_000).evidence_event_ids)
+        merged = [r[0] for r in conn.execute("SELECT incident_id FROM incidents WHERE merged_into = ?",
+                                             (incident_id,))]
+        ids = [e for i in (incident_id, *merged) for e in get_incident(conn, i, limit=10_000).evidence_event_ids]
         requests: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
@@ -416,7 +430,6 @@ class Responder:
             if late:
                 report.late.append(key)
         else:
-            table.StepRow  # for type checkers: fresh is a StepRow
             self._fail(conn, fresh, now, detail, report, late=late)
 
     def _fail(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, detail: dict[str, Any],
@@ -469,7 +482,7 @@ class Responder:
         every = playbook.escalation.every.seconds if playbook else 3600.0
         channel = playbook.escalation.channel if playbook else "chat"
         ctx = context(conn, row.incident_id, self.settings.organisation, self.zone, now)
-        path = render_internal(conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id,
+        render_internal(conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id,
                                step_id=f"{row.step_id}.escalation", revision=row.escalations + 1, kind="escalation",
                                audience=audience, settings=self._audience(audience), channel=channel,
                                template="escalation", now=now,
@@ -480,19 +493,12 @@ class Responder:
                      next_escalation_at=now + dt.timedelta(seconds=every))
         self._trace(conn, row, "escalated", {"to": audience, "level": row.escalations, "because": because})
         report.escalated.append(f"{row.incident_id}/{row.step_id}->{audience}")
-        del path
 
     # -- timeline ----------------------------------------------------------------------------
     def _trace(self, conn: sqlite3.Connection, row: table.StepRow, event: str, detail: dict[str, Any],
                who: str = WHO) -> None:
         self.correlator.apply(conn, actions=[StepTrace(incident_id=row.incident_id, who=who, step_id=row.step_id,
                                                        event=event, detail=detail)])
-
-
-def _seconds(seconds: float):
-    from auditd.respond.due import Due
-
-    return Due(seconds=seconds)
 
 
 def _reason(detail: dict[str, Any]) -> str:

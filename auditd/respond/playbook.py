@@ -143,7 +143,7 @@ class Playbook:
     description: str = ""
     escalation: Escalation = field(default_factory=Escalation)
     samples: tuple[Sample, ...] = ()
-    file: str = field(default="", compare=False)
+    file: str = field(default="", compare=False, metadata={"key": "\0loaded-from"})  # not a YAML key
 
     def step(self, step_id: str) -> Step | None:
         return next((s for s in self.steps if s.id == step_id), None)
