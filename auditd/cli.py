@@ -28,30 +28,66 @@ def _json_out(obj) -> None:
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
 
 
-def _config_error(exc: ConfigError, as_json: bool) -> int:
+def _config_error(exc: ConfigError, as_json: bool, warnings: Sequence[object] = ()) -> int:
     if as_json:
-        _json_out({"ok": False, "problems": [str(p) for p in exc.problems]})
+        _json_out({"ok": False, "problems": [str(p) for p in exc.problems], "warnings": [str(w) for w in warnings]})
+    _print_warnings(warnings)
     for problem in exc.problems:
         print(f"error: {problem}", file=sys.stderr)
     print(f"{len(exc.problems)} problem(s) found; nothing was started", file=sys.stderr)
     return EX_CONFIG
 
 
+def _print_warnings(warnings: Sequence[object]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _environment_checks(runtime, today, *, cluster: bool):
+    """What the files alone cannot tell: the working-day years ahead and, with `cluster`,
+    whether Elasticsearch takes the index templates. (problems, warnings), both located."""
+    from auditd.config.located import Problems
+    from auditd.settings import load_settings
+    from auditd.workdays import coverage, coverage_warning, uncovered
+
+    problems, warnings = Problems(), []
+    _, doc = load_settings(runtime.config_path, Problems())  # where each key is, for the messages
+    override_file = runtime.settings.working_days.override_file
+    text = coverage_warning(uncovered(coverage(runtime.calendar, today)), override_file)
+    if text is not None and doc is not None:
+        key = ("working_days", "override_file") if override_file is not None else ("working_days",)
+        warnings.append(doc.problem(key, text))
+    elastic = runtime.settings.elastic
+    if cluster and elastic is not None and elastic.ship.enabled:
+        from auditd.elastic.preflight import check_templates
+
+        check_templates(elastic, doc, problems, warnings)
+    return problems, warnings
+
+
 # -- commands ----------------------------------------------------------------------------------
 def cmd_check(args) -> int:
+    import datetime as dt
+
     from auditd.runtime import load_runtime
 
     try:
         runtime = load_runtime(args.config)
     except ConfigError as exc:
         return _config_error(exc, args.json)
+    today = args.as_of or dt.datetime.now(runtime.settings.zone).date()
+    problems, warnings = _environment_checks(runtime, today, cluster=not args.offline)
+    if problems:
+        return _config_error(ConfigError(problems.items), args.json, warnings)
     summary = {
         "ok": True,
         "config": str(args.config),
         "sources": [s.name for s in runtime.settings.sources],
         "rules": len(runtime.ruleset),
         "employees": len(runtime.directory) if runtime.directory is not None else 0,
+        "warnings": [str(w) for w in warnings],
     }
+    _print_warnings(warnings)
     if args.json:
         _json_out(summary)
     else:
@@ -106,10 +142,19 @@ def cmd_replay(args) -> int:
     if missing:
         print(f"error: no such file: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
+    ship = runtime.settings.elastic is not None and runtime.settings.elastic.ship.enabled and not args.no_ship
+    if ship:  # a template the cluster refuses would keep the shipper, and so the replay, waiting
+        import datetime as dt
+
+        today = dt.datetime.now(runtime.settings.zone).date()
+        problems, warnings = _environment_checks(runtime, today, cluster=True)
+        if problems:
+            return _config_error(ConfigError(problems.items), args.json, warnings)
+        _print_warnings(warnings)
     store, quarantine = open_store(runtime, args.state_dir)
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
-    if runtime.settings.elastic is not None and runtime.settings.elastic.ship.enabled and not args.no_ship:
+    if ship:
         cluster = Cluster(runtime, store)
         cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
@@ -550,6 +595,15 @@ def _store_result(result: dict, as_json: bool) -> None:
 
 
 # -- parser ------------------------------------------------------------------------------------
+def _date_arg(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 2027-01-15, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-auditd", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -572,9 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "raised again -- restore a backup instead if you have one")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors")
+    p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors",
+                       description="Validate everything the daemon loads; exit 78 with every problem located "
+                                   "(file:line:column: key). Also asks Elasticsearch, when configured, whether "
+                                   "it takes the index templates, and warns about working-day years ahead that "
+                                   "no calendar knows.")
     config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--offline", action="store_true", help="do not contact Elasticsearch")
+    p.add_argument("--as-of", type=_date_arg, metavar="DATE",
+                   help="check the working-day calendar as if today were DATE (YYYY-MM-DD), e.g. to see "
+                        "whether next year's holidays are in the override file yet")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("replay", help="run the pipeline over log files from their start, then exit")
@@ -598,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, overdue steps")
+    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, "
+                                      "Elasticsearch shipping, working days ahead")
     config_arg(p)
     state_arg(p)
     p.add_argument("--json", action="store_true")

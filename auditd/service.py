@@ -400,8 +400,11 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     cluster = Cluster(runtime, store) if runtime.settings.elastic is not None else None
     if cluster is not None:
         cluster.start()
+        if cluster.shipper is not None:
+            metrics.watch_shipper(cluster.shipper)
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds)
+    metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
     damage.connect(daemon.store_damaged)
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
