@@ -30,7 +30,7 @@ from auditd.store.times import from_db
 # columns an action may set; names never come from the caller
 _SETTABLE = frozenset({"status", "tier", "assignee", "dismissal_reason", "merged_into", "economic_loss", "cii",
                        "discovered_at", "first_seen", "last_seen", "alert_count", "affected_count",
-                       "max_record_count", "sensitive", "band", "rules", "categories"})
+                       "max_record_count", "sensitive", "band", "rules", "categories", "step_entries"})
 _FINAL = ("closed", "dismissed")
 _list = msgspec.json.Decoder(list[str])
 _encode = msgspec.json.Encoder()
@@ -80,7 +80,7 @@ def validate(action: Action) -> None:
 
 _COLUMNS = ("status, tier, assignee, timeline_seq, timeline_head, actor, title, band, alert_count,"
             " affected_count, discovered_at, economic_loss, cii, dismissal_reason, merged_into,"
-            " max_record_count, categories, first_seen, last_seen, sensitive, rules")
+            " max_record_count, categories, first_seen, last_seen, sensitive, rules, step_entries")
 _CLAIM = f"UPDATE incidents SET updated_at = ? WHERE incident_id = ? RETURNING {_COLUMNS}"
 
 
@@ -109,6 +109,7 @@ class _Row:
     last_seen: str
     sensitive: bool
     rules: str
+    step_entries: int
 
 
 def _claim(conn: sqlite3.Connection, incident_id: str, at: str) -> _Row:
@@ -118,10 +119,10 @@ def _claim(conn: sqlite3.Connection, incident_id: str, at: str) -> _Row:
     if row is None:
         raise UnknownIncident(incident_id)
     (status, tier, assignee, seq, head_hash, actor, title, band, alerts, affected, discovered, loss, cii,
-     reason, merged_into, max_records, categories, first_seen, last_seen, sensitive, rules) = row
+     reason, merged_into, max_records, categories, first_seen, last_seen, sensitive, rules, steps) = row
     return _Row(incident_id, status, tier, assignee, Head(seq, head_hash), actor, title, band, alerts, affected,
                 discovered, loss, bool(cii), reason, merged_into, max_records, categories, first_seen, last_seen,
-                bool(sensitive), rules)
+                bool(sensitive), rules, steps)
 
 
 def _change(row: _Row, who: str, at: str, **fields: Any) -> IncidentChange:
@@ -182,7 +183,8 @@ def apply_action(conn: sqlite3.Connection, action: Action, at: str, grader: Grad
                 cii=action.cii)
         change = {"cause": "cii_set", **_regrade(conn, row, at, grader)}
     elif isinstance(action, StepTrace):
-        _record(conn, row, at, "step", who, {"step": action.step_id, "event": action.event, **action.detail})
+        _record(conn, row, at, "step", who, {"step": action.step_id, "event": action.event, **action.detail},
+                step_entries=row.step_entries + 1)
         change = {"cause": "step"}
     else:  # pragma: no cover - validate() refused it
         raise CorrelateError(f"unknown action {type(action).__name__}")

@@ -6,3 +6,6 @@ ALTER TABLE incidents ADD COLUMN dismissal_reason TEXT;          -- false_positi
 ALTER TABLE incidents ADD COLUMN merged_into TEXT;               -- the incident that absorbed this one
 ALTER TABLE incidents ADD COLUMN economic_loss REAL;             -- yuan; NULL while unknown
 ALTER TABLE incidents ADD COLUMN cii INTEGER NOT NULL DEFAULT 0; -- critical information infrastructure
+-- timeline entries that are the respond stage's step traces: each daemon of a fleet runs
+-- its own playbooks, so the fleet replica versions an incident by timeline_seq minus these
+ALTER TABLE incidents ADD COLUMN step_entries INTEGER NOT NULL DEFAULT 0;
