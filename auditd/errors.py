@@ -18,6 +18,8 @@ class Location:
     column: int  # 1-based
 
     def __str__(self) -> str:
+        if self.line <= 0:  # the file as a whole (missing, unreadable)
+            return self.file
         return f"{self.file}:{self.line}:{self.column}"
 
 

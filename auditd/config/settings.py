@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from auditd.config.located import Doc, Problems, load_yaml_file
-from auditd.config.typed import MISSING, Duration, convert
+from auditd.config.typed import MISSING, Duration, convert, unknown_zone
 from auditd.correlate.settings import CorrelateSettings
 from auditd.decode.settings import FormatSettings
 from auditd.elastic.settings import ElasticSettings
@@ -94,6 +94,18 @@ class QuarantineSettings:
 class PipelineSettings:
     batch_records: int = 20_000  # records per transaction; bigger batches, fewer fsyncs
     max_batch_delay_s: float = 0.5
+    # After SIGTERM, a stage stuck mid-batch is abandoned after this long (the batch is
+    # read again at the next start); below the unit's TimeoutStopSec=30, so that systemd
+    # never needs its SIGKILL.
+    stop_timeout_s: float = 20.0
+
+    def check(self):
+        if self.batch_records < 1:
+            yield "batch_records", "must be at least 1"
+        if self.max_batch_delay_s < 0:
+            yield "max_batch_delay_s", "must not be negative"
+        if not 1 <= self.stop_timeout_s <= 3600:
+            yield "stop_timeout_s", f"expected 1 to 3600 seconds, got {self.stop_timeout_s:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +128,9 @@ class Settings:
     elastic: ElasticSettings | None = None  # ship to, and read from, an Elasticsearch cluster
 
     def check(self):
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            yield "timezone", f"unknown time zone {self.timezone!r}"
+        why = unknown_zone(self.timezone)
+        if why:
+            yield "timezone", why
         names = [s.name for s in self.sources]
         for i, name in enumerate(names):
             if names.index(name) != i:
@@ -149,12 +160,18 @@ class Settings:
 
 
 def load_settings(path: Path, problems: Problems) -> tuple[Settings | None, Doc | None]:
-    """Load the config file; every problem is added to `problems`."""
+    """Load the config file; every problem is added to `problems`.
+
+    Settings with any problem are not returned: every later loader (formats, directory,
+    rules, key) reads them, and a half-checked value (an unknown zone, a list holding a
+    failed item) is what turned a typo into a crash.
+    """
     doc = load_yaml_file(Path(path), problems)
     if doc is None:
         return None, None
+    before = len(problems.items)
     settings = convert(Settings, doc.data, doc, (), problems)
-    if settings is MISSING:
+    if settings is MISSING or len(problems.items) > before:
         return None, doc
     return settings, doc
 
