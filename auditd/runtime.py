@@ -6,13 +6,14 @@ validated exactly as a start is, and an invalid set never replaces a running one
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from auditd.config.located import Problems
-from auditd.config.settings import Settings, load_settings
+from auditd.config.settings import SHIPPED_RULES, Settings, load_settings
 from auditd.correlate import Correlator
 from auditd.decode import load_format
 from auditd.decode.normalise import Normaliser
@@ -20,7 +21,8 @@ from auditd.detect import RuleSet, load_rules
 from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.entitlement import build_checker
-from auditd.errors import ConfigError
+from auditd.errors import ConfigError, ConfigProblem
+from auditd.ops.privacy import check_state
 from auditd.sources.framing import FRAMERS
 from auditd.workdays import WorkingCalendar, load_calendar
 
@@ -39,6 +41,7 @@ class Runtime:
     pre_enriched: frozenset[str] = frozenset()
     calendar: WorkingCalendar = field(default_factory=WorkingCalendar)  # mainland-China working days
     loaded_at: float = field(default_factory=time.time)
+    warnings: tuple[ConfigProblem, ...] = ()  # located, not reasons to refuse the set (a key others can read)
 
     def normaliser(self, source: str) -> Normaliser:
         return self.normalisers[source]
@@ -58,8 +61,11 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
                                    categories=frozenset(settings.categories))
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
-    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
+    ruleset = load_rules(_rule_paths(settings, doc, problems), problems, categories=settings.categories,
+                         zone=settings.zone)
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
+    check_state(settings.state_dir, {("store", "path"): settings.store_path,
+                                     ("quarantine", "path"): settings.quarantine_path}, doc, problems)
     problems.raise_if_any()
     pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size)
     enricher = Enricher(
@@ -78,7 +84,24 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
         correlator=Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate),
         pre_enriched=pre_enriched,
         calendar=calendar,
+        warnings=tuple(problems.warnings),
     )
+
+
+def _rule_paths(settings: Settings, doc, problems: Problems) -> list[Path]:
+    """The rule files and folders to read; a configured one that is missing is a problem
+    at its line of the config."""
+    paths = [SHIPPED_RULES] if settings.rules.include_shipped else []
+    for i, path in enumerate(settings.rules.paths):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            problems.add(doc, ("rules", "paths", i), f"rules path not found: {path}")
+        except OSError as exc:  # a name too long, a folder we may not enter
+            problems.add(doc, ("rules", "paths", i), f"cannot read rules path {path}: {exc.strerror}")
+        else:
+            paths.append(path)
+    return paths
 
 
 def _load_sources(settings: Settings, doc, problems: Problems):

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from auditd.errors import ConfigProblem, Location
+from auditd.errors import ALREADY_REPORTED, ConfigProblem, Location
 
 try:  # the C loader is several times faster on large rule and directory files
     _Loader = yaml.CSafeLoader
@@ -50,6 +50,7 @@ class Doc:
     # number, a boolean, a date, null): `00123` is 83 and `1:30` is 90 by then, so a
     # loader that wants text asks `read_as_text` rather than calling str() on the value.
     plain: dict[PathKey, str] = field(default_factory=dict)
+    broken: set[PathKey] = field(default_factory=set)  # scalars already reported (a bad !!tag, 2026-13-45): None
 
     def read_as_text(self, path: PathKey, value: Any) -> tuple[str | None, str | None]:
         """(text, None) for a value meant as text, or (None, why) when YAML changed it.
@@ -115,6 +116,11 @@ class Problems:
 
     def __bool__(self) -> bool:
         return bool(self.items)
+
+    @property
+    def shown(self) -> list[ConfigProblem]:
+        """The problems to show (without the markers of values already reported)."""
+        return [p for p in self.items if p.message != ALREADY_REPORTED]
 
     def raise_if_any(self) -> None:
         from auditd.errors import ConfigError
@@ -209,7 +215,7 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
         value = self._scalar(node, path)
-        if node.style is None and isinstance(node, yaml.ScalarNode) and not isinstance(value, str):
+        if not node.style and not isinstance(value, str):  # plain: None (Python loader) or '' (C loader)
             doc.plain[path] = node.value  # what was written, before YAML 1.1 typed it
         return value
 
@@ -240,6 +246,7 @@ class _Builder:
             self.problems.items.append(
                 ConfigProblem(_loc(self.doc.file, node), format_key_path(path), f"bad value: {_yaml_reason(exc)}")
             )
+            self.doc.broken.add(path)
             return None
 
 

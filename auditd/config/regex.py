@@ -45,10 +45,9 @@ _NO_MATCH = (-1, -1)
 
 # Constructs RE2 refuses, with what to write instead; checked before RE2's own (terser) reason.
 _UNSUPPORTED = (
-    (re.compile(r"\\[1-9]|\(\?P="), "back-references (\\1, (?P=name)) are not supported: "
-     "they cannot run in linear time"),
+    (re.compile(r"\\[1-9]|\(\?P="), "back-references (\\1, (?P=name)) are not supported"),
     (re.compile(r"\(\?<?[=!]"), "look-ahead and look-behind ((?=, (?!, (?<=, (?<!) are not supported: "
-     "match the text itself, or split the test into two conditions"),
+     "match the text itself, or test it in two conditions"),
     (re.compile(r"\(\?>|[*+?}][+]"), "atomic groups and possessive repeats are not supported"),
     (re.compile(r"\\Z"), "\\Z is written \\z (end of text)"),
     (re.compile(r"\\u[0-9A-Fa-f]{4}"), "\\uXXXX is written \\x{XXXX}"),

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from auditd.config.located import Doc, PathKey, Problems
+from auditd.errors import ALREADY_REPORTED
 
 MISSING: Any = dataclasses.MISSING
 DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")
@@ -105,6 +106,11 @@ def _type_name(tp: Any) -> str:
 
 def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
     """Convert value to tp; on failure record a problem and return MISSING."""
+    if value is None and path in doc.broken:
+        # The YAML value itself was bad and is reported; this twin keeps "a problem was
+        # added" true for callers that count, and is dropped when problems are shown.
+        problems.add(doc, path, ALREADY_REPORTED)
+        return MISSING
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -209,7 +215,7 @@ def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Prob
             problems.add(doc, path, str(exc))
             return MISSING
         except Exception as exc:  # a bug in a from_config must still be a located problem, not a crash
-            problems.add(doc, path, f"cannot use {_describe(value)}: {type(exc).__name__}: {exc}")
+            problems.add(doc, path, f"cannot convert {_describe(value)}: {type(exc).__name__}: {exc}")
             return MISSING
     else:  # pragma: no cover - a programming error in a settings class
         raise TypeError(f"unsupported config type {tp!r}")
@@ -272,7 +278,7 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
     try:
         obj = cls(**kwargs)
     except Exception as exc:  # a __post_init__ that refuses what the fields let through
-        problems.add(doc, path, f"invalid: {exc}")
+        problems.add(doc, path, f"cannot build this value: {type(exc).__name__}: {exc}")
         return MISSING
     _run_check(obj, doc, path, problems, parts_broken=len(problems.items) > before)
     return obj

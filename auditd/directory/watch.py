@@ -69,7 +69,7 @@ class DirectoryWatcher:
             # stamped before reading: an unchanged bad file is not re-read at every poll,
             # and a fix written during this read still counts as a change
             self._rejected = seen
-            return ReloadOutcome(False, tuple(problems.items))
+            return ReloadOutcome(False, tuple(problems.shown))
         self.directory = fresh
         self._rejected = None
         return ReloadOutcome(True)
