@@ -23,7 +23,6 @@ distinct customers across both.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import secrets
 import stat
@@ -32,8 +31,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from auditd.config.located import Doc, PathKey, Problems
-
-log = logging.getLogger(__name__)
 
 PREFIX = "p:"
 DIGEST_BYTES = 16
@@ -139,8 +136,8 @@ def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = Non
              key_path: PathKey = ()) -> bytes | None:
     """Read a key file; a missing, unreadable, empty or short key is a located problem.
 
-    A key file that every user may read is accepted with a warning (the daemon still
-    works; the operator should chmod 600 it). Text keys, such as the hex that
+    A key file that every user may read is accepted with a warning in `problems`
+    (the daemon still works; the operator should chmod 600 it). Text keys, such as the hex that
     `create_key_file` writes, lose one trailing newline; binary keys are used byte for
     byte.
     """
@@ -163,9 +160,9 @@ def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = Non
         problems.add(referrer, key_path,
                      f"pseudonym key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are needed")
         return None
-    if mode & stat.S_IROTH:
-        log.warning("pseudonym key file is readable by every user; chmod 600 it",
-                    extra={"file.path": str(path), "file.mode": oct(stat.S_IMODE(mode))})
+    if mode & stat.S_IROTH:  # `check` prints it; the daemon logs it at start and on reload
+        problems.warn(referrer, key_path, f"pseudonym key file {path} is readable by every user "
+                                          f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return key
 
 
