@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from auditd.decode.quarantine import Quarantined
 from auditd.detect.alert import Alert
@@ -51,11 +52,13 @@ class Pipeline:
         self.quarantine_file = quarantine_file
         self.metrics = metrics
         self.totals = Totals()
+        # called after each chunk went through the stages: proof of life for the watchdog
+        self.on_progress: Callable[[], None] | None = None
 
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
         segment = Segment(encode=self.store.keep_events)
-        cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment)
+        cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment, self.on_progress)
         detected = time.perf_counter()
         latest, n_events = segment.last, segment.count
         with self.store.transaction() as conn:
@@ -83,8 +86,8 @@ class Pipeline:
             )
 
     @staticmethod
-    def _stages(runtime: Runtime, batch: Batch,
-                segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float]:
+    def _stages(runtime: Runtime, batch: Batch, segment: Segment,
+                progress: Callable[[], None] | None = None) -> tuple[list, list[Quarantined], int, list[Alert], float]:
         """Normalise, enrich, detect and encode for the store, a chunk of the batch at a
         time: every stage walks the events, and a chunk's events stay in the CPU's caches
         from one stage to the next (a whole batch's do not). The events' order, and so
@@ -116,6 +119,8 @@ class Pipeline:
                 cited += _cited(chunk, chunk_alerts)
             quarantined += chunk_quarantined
             skipped += chunk_skipped
+            if progress is not None:
+                progress()
         return cited, quarantined, skipped, alerts, eval_seconds
 
     def _count(self, batch: Batch, events: int, quarantined: list[Quarantined], skipped: int,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -23,13 +25,15 @@ from auditd.correlate import SCHEMA as INCIDENT_SCHEMA
 from auditd.detect.departed_sweep import run_departed_sweep
 from auditd.directory import DirectoryWatcher, load_directory
 from auditd.entitlement.review import grant_review_job
-from auditd.errors import ConfigError
+from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
+from auditd.ops.privacy import make_private, store_files, tighten
 from auditd.ops.retention import purge_store
 from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
 from auditd.ops.status import file_lags, record_reload
+from auditd.ops.watchdog import Watchdog
 from auditd.pipeline import Pipeline
 from auditd.runtime import Runtime, load_runtime
 from auditd.sources.tail import FileTailer, ReplaySource
@@ -37,6 +41,8 @@ from auditd.store.quarantine_file import QuarantineFile
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
+IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
+EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 
 log = logging.getLogger("neo_auditd.service")
@@ -58,7 +64,8 @@ class Daemon:
 
     def __init__(self, config_path: Path, runtime: Runtime, store: Store, quarantine: QuarantineFile,
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
-                 on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None):
+                 on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
+                 stop_timeout_s: float | None = None, exit_now: Callable[[int], None] = os._exit):
         self.config_path = config_path
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
         self.store = store
@@ -68,16 +75,19 @@ class Daemon:
         self._last_lag = 0.0
         self.directory_watcher = self._watch_directory(runtime)
         self.on_batch = on_batch
+        self._exit_now = exit_now
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
         self.tailers: dict[str, FileTailer] = {}
         self.last_reload_ok: bool | None = None
         self.last_reload_error: str | None = None
-        self._last_ping = 0.0
-        interval = notifier.watchdog_interval() if notifier else None
-        # ping at half the watchdog interval, also while catching up a backlog
-        self._ping_every = interval.total_seconds() / 2 if interval else None
+        # pinged only on proof of life (a chunk done, nothing to read), never by a timer
+        self.watchdog = Watchdog(notifier)
+        self.pipeline.on_progress = self.watchdog.progressed
+        self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else \
+            runtime.settings.pipeline.stop_timeout_s
+        self._stopped = threading.Event()
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -88,6 +98,26 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    def arm_stop_timeout(self) -> None:
+        """From now on, a stop that takes longer than `stop_timeout_s` ends the process
+        (the owner of the process calls this; `finished` disarms it)."""
+        threading.Thread(target=self._enforce_stop_timeout, name="stop-timeout", daemon=True).start()
+
+    def _enforce_stop_timeout(self) -> None:
+        """Once a stop is asked for, end the process after `stop_timeout_s` even if a
+        stage is wedged mid-batch (an assignment server that never answers, a stuck
+        lookup). Safe: the batch in flight is not committed, so its lines are read again
+        at the next start, as after kill -9; systemd would SIGKILL it a little later."""
+        self._stop.wait()
+        if self._stopped.wait(self.stop_timeout_s):
+            return
+        log.error("stop timed out: a stage is stuck mid-batch; exiting without it (its lines are read "
+                  "again at the next start)", extra={"stop_timeout_s": self.stop_timeout_s})
+        if self.notifier:
+            self.notifier.stopping()
+        logging.shutdown()
+        self._exit_now(EXIT_STOP_TIMEOUT)
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -116,6 +146,10 @@ class Daemon:
         log.info("stopped", extra={"events": self.pipeline.totals.events})
         return 0
 
+    def finished(self) -> None:
+        """Everything is closed: the stop timeout has nothing left to cut short."""
+        self._stopped.set()
+
     def _pump(self) -> bool:
         """Process one round of every source; True if anything was read."""
         batch_records = self.pipeline.runtime.settings.pipeline.batch_records
@@ -125,15 +159,17 @@ class Daemon:
                 if batch.records or batch.checkpoint:
                     self.pipeline.handle(batch)
                     worked = worked or bool(batch.records)
+                    self.watchdog.progressed()
                 if self.on_batch:
                     self.on_batch(self.pipeline)
                 self._keepalive()
         return worked
 
     def _idle(self) -> None:
+        self.watchdog.idle()  # nothing to read: waiting, not stuck
         sources = _all_sources(self.pipeline.runtime).values()
         timeout = min((s.poll_interval_s for s in sources), default=1.0)
-        self._wake.wait(timeout)
+        self._wake.wait(min(timeout, IDLE_WAKE_S, self.watchdog.every or IDLE_WAKE_S))
         self._wake.clear()
 
     @staticmethod
@@ -176,9 +212,6 @@ class Daemon:
         if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             self.metrics.set_lags(file_lags(self.store.conn))
-        if self._ping_every is not None and now - self._last_ping >= self._ping_every:
-            self._last_ping = now
-            self.notifier.watchdog()
 
     def _start_tailers(self, runtime: Runtime, first_start: bool) -> None:
         for source in runtime.settings.sources:
@@ -209,16 +242,22 @@ class Daemon:
             self.last_reload_ok, self.last_reload_error = False, str(exc)
             log.error("reload rejected; the previous configuration keeps running",
                       extra={"problems": [str(p) for p in exc.problems]})
+        except Exception as exc:  # a loader bug must not take the running daemon down with it
+            self.last_reload_ok, self.last_reload_error = False, f"{type(exc).__name__}: {exc}"
+            log.exception("reload failed; the previous configuration keeps running")
         else:
             self._swap(runtime)
             self.last_reload_ok, self.last_reload_error = True, None
             log.info("reloaded", extra={"rules": len(runtime.ruleset)})
+            _log_warnings(runtime)
         record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
                       self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
         if self.metrics is not None:
             self.metrics.reload_result(self.last_reload_ok)
         if self.notifier:
             self.notifier.ready()
+            first = (self.last_reload_error or "").split("\n")[0]
+            self.notifier.status("running" if self.last_reload_ok else f"reload refused, previous set running: {first}")
 
     def _swap(self, runtime: Runtime) -> None:
         old_sources = _all_sources(self.pipeline.runtime)
@@ -229,6 +268,11 @@ class Daemon:
         self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
         self.directory_watcher = self._watch_directory(runtime)
         self._start_tailers(runtime, first_start=False)
+
+
+def _log_warnings(runtime: Runtime) -> None:
+    for warning in runtime.warnings:
+        log.warning("configuration warning", extra={"warning": str(warning)})
 
 
 def _all_sources(runtime: Runtime) -> dict[str, object]:
@@ -315,11 +359,18 @@ def _grant_review(daemon: Daemon, db_path: Path, out_dir: Path) -> None:
 
 def serve(config_path: Path, state_dir: Path | None = None) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
+    make_private()  # umask 077, also when started by hand rather than by the unit
     runtime = load_runtime(config_path)  # a ConfigError reaches the CLI: exit 78
+    _log_warnings(runtime)
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
-    store, quarantine = open_store(runtime, state_dir)
+    try:
+        store, quarantine = open_store(runtime, state_dir)
+    except (OSError, sqlite3.Error) as exc:  # checked by `check`, but the disk may have changed since
+        raise ConfigError([ConfigProblem(Location(str(config_path), 0, 0), "state_dir",
+                                         f"cannot open the store: {exc}")]) from None
+    tighten(store_files(store.path) + [quarantine.path])  # files an earlier start left under umask 022
     metrics = Metrics(store.path)
     metrics.declare_sources(_all_sources(runtime))
     if ops.metrics.enabled:
@@ -335,6 +386,7 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster)
     daemon.install_signal_handlers()
+    daemon.arm_stop_timeout()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
@@ -364,6 +416,7 @@ def serve(config_path: Path, state_dir: Path | None = None) -> int:
             cluster.stop()
         metrics.stop()
         store.close()
+        daemon.finished()
 
 
 def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,
