@@ -153,7 +153,7 @@ def parse_yaml(text: str, file: str, problems: Problems) -> Doc | None:
     if root is None:
         doc.data = {}
         return doc
-    builder = _Builder(doc, loader, problems, budget=_distinct_nodes(root) + ALIAS_EXPANSION_LIMIT)
+    builder = _Builder(doc, loader, problems)
     try:
         doc.data = builder.build(root, ())
     except _TooLarge:
@@ -174,56 +174,54 @@ class _TooLarge(Exception):
     pass
 
 
-def _distinct_nodes(root: yaml.Node) -> int:
-    """Nodes in the composed graph, each counted once however many aliases name it."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                stack.append(key_node)
-                stack.append(value_node)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    return len(seen)
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _Builder:
     """Builds plain data from the composed nodes, recording where each value came from."""
 
-    def __init__(self, doc: Doc, loader: Any, problems: Problems, *, budget: int):
+    def __init__(self, doc: Doc, loader: Any, problems: Problems):
         self.doc = doc
         self.loader = loader
         self.problems = problems
-        self.budget = budget
+        self.budget = ALIAS_EXPANSION_LIMIT  # values built again through an alias
+        self._collections: set[int] = set()  # collection nodes built once already
 
-    def build(self, node: yaml.Node, path: PathKey) -> Any:
-        self.budget -= 1
-        if self.budget < 0:
-            raise _TooLarge()
+    def build(self, node: yaml.Node, path: PathKey, aliased: bool = False) -> Any:
         doc = self.doc
+        collection = isinstance(node, (yaml.MappingNode, yaml.SequenceNode))
+        if collection:
+            aliased = aliased or id(node) in self._collections
+            self._collections.add(id(node))
+        if aliased:
+            self.budget -= 1
+            if self.budget < 0:
+                raise _TooLarge()
         doc.marks[path] = _loc(doc.file, node)
-        if len(path) >= MAX_DEPTH and isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if collection and len(path) >= MAX_DEPTH:
             self.problems.add(doc, path, f"nested deeper than {MAX_DEPTH} levels")
             return None
         if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
+            return self._mapping(node, path, aliased)
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            return [self.build(item, path + (i,), aliased) for i, item in enumerate(node.value)]
+        if node.tag == _STR_TAG:  # most values: what the constructor would return, without it
+            return node.value
         value = self._scalar(node, path)
         if not node.style and not isinstance(value, str):  # plain: None (Python loader) or '' (C loader)
             doc.plain[path] = node.value  # what was written, before YAML 1.1 typed it
         return value
 
-    def _mapping(self, node: yaml.MappingNode, path: PathKey) -> dict[str, Any]:
+    def _mapping(self, node: yaml.MappingNode, path: PathKey, aliased: bool) -> dict[str, Any]:
         doc = self.doc
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self._scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key_node, yaml.ScalarNode):
+                key = None
+            elif key_node.tag == _STR_TAG:
+                key = key_node.value
+            else:
+                key = self._scalar(key_node, path)
             if not isinstance(key, (str, int, float, bool)):
                 self.problems.items.append(
                     ConfigProblem(_loc(doc.file, key_node), format_key_path(path), "keys must be scalars")
@@ -235,7 +233,7 @@ class _Builder:
                     ConfigProblem(_loc(doc.file, key_node), format_key_path(path + (key,)), "duplicate key")
                 )
                 continue
-            out[key] = self.build(value_node, path + (key,))
+            out[key] = self.build(value_node, path + (key,), aliased)
             doc.key_marks[path + (key,)] = _loc(doc.file, key_node)
         return out
 
