@@ -47,7 +47,8 @@ def _worker(args: tuple[int, int, str, str]) -> dict:
         for i in range(count):
             mutation = mutate(rnd, deployment)
             deployment.write(mutation)
-            outcome = deployment.check() if via == "check" else deployment.load(mutation)
+            outcome = deployment.check(deployment.config_for(mutation)) if via == "check" \
+                else deployment.load(mutation)
             codes[outcome.code] += 1
             kinds[f"{mutation.file}: {mutation.kind}"] += 1
             failure = outcome.failure

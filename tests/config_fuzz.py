@@ -46,6 +46,110 @@ SEED_FILES = {
 # The deployment's config reads its own copy of the shipped rules, so they can be broken too.
 RULES_CONFIG = "rules:\n  include_shipped: false\n  paths: [rules, rules.d]\n"
 
+# A second config with every section of the README's reference, so that each key of
+# each section is mutated too (the example deployment uses only a few).
+FULL_CONFIG = """\
+state_dir: out/state
+timezone: Asia/Shanghai
+sources:
+  - name: crm
+    paths: [out/logs/access.log*]
+    format: neo-crm
+    start_at: beginning
+    poll_interval_s: 1.0
+    use_inotify: true
+    drain_grace_s: 5
+    max_record_bytes: 16777216
+  - name: app
+    paths: [out/logs/app.log]
+    format: app
+    start_at: end
+  - name: db
+    paths: [out/logs/postgres*.csv]
+    format: pgaudit
+formats:
+  app:
+    kind: regex
+    description: the app's own log
+    options: {pattern: '^(?P<ts>\\S+) (?P<user>\\S+) (?P<op>\\w+) (?P<ip>\\S+)'}
+    fields:
+      "@timestamp": {path: ts, time_format: iso8601, timezone: Asia/Shanghai}
+      user.id: {path: user, lower: true}
+      source.ip: {path: ip, extract: '^(\\d{1,3}(?:\\.\\d{1,3}){3})$'}
+      event.action: {path: op, map: {view: read, dl: download, "ex*": export}, default: read}
+  crm2:
+    extends: neo-crm
+    fields:
+      neo.purpose: null
+pseudonym:
+  key_file: out/pseudonym.key
+  cache_size: 524288
+directory:
+  path: directory.yaml
+  reload_check_s: 5
+categories:
+  identity: {description: "name, gender, birthday, id numbers"}
+  contact: {description: "phone, address, address book"}
+  media: {description: "photos, calendar"}
+  property: {sensitive: true, description: "transactions, balance, points, coupons"}
+  location: {sensitive: true, description: precise location}
+  device: {description: "IMEI, MAC, Android ID, IDFA"}
+  biometric: {sensitive: true, description: face}
+  order: {description: orders and delivery}
+  health: {sensitive: true, description: health records}
+rules:
+  include_shipped: true
+  paths: [rules.d]
+correlate:
+  episode_gap: 4h
+  tiers: {by_rule_kind: {departed: T5, entitlement: T5}, leak: T4, default: T6}
+  criminal_bands:
+    insider_factor: 0.5
+    other_records: 5000
+    bands:
+      - {name: location-property, records: 50, categories: [location, property]}
+entitlement:
+  destinations:
+    countries: [CN]
+    networks: [10.0.0.0/8]
+  assignments:
+    csv: {path: assignments.csv}
+    cache: {size: 100000, ttl_s: 300}
+  departed:
+    grace_working_days: 3
+    account_feed: accounts.csv
+    check_every: 1h
+  review: {period: 90d, every: 7d}
+working_days:
+  override_file: working-days.yaml
+elastic:
+  hosts: [https://127.0.0.1:9200]
+  api_key_file: es.key
+  events_data_stream: logs-neo_auditd.access-default
+  ship: {enabled: true, bulk_max_docs: 5000}
+  scale_out:
+    partitions: 16
+    lease_ttl: 30s
+    rules:
+      - {id: bulk-readers, title: "Many customers read", distinct: neo.data.subject_ids,
+         threshold: 200, window: 1h, filter: {event.action: [read, search]}}
+  sources:
+    - {name: fleet, index: "logs-neo_auditd.access-*", settle: 2m}
+store: {synchronous: NORMAL}
+pipeline: {batch_records: 20000, stop_timeout_s: 20}
+ops:
+  metrics: {enabled: true, listen: 127.0.0.1, port: 9464}
+  sentry: {dsn: "https://abc@127.0.0.1/1", environment: production, sample_rate: 1.0}
+  retention: {events: 184d, quarantine: 184d, check_every: 1h}
+"""
+FULL_CONFIG_FILES = {
+    "assignments.csv": "id,assignee\nO1,E10001\n",
+    "accounts.csv": "user_id,enabled,as_of\nE10001,true,2026-11-01T00:00:00+08:00\n",
+    "working-days.yaml": "years:\n  2027:\n    holidays: [2027-01-01, 2027-02-06..2027-02-12]\n"
+                         "    workdays: [2027-02-20]\n",
+    "es.key": "ZXhhbXBsZTprZXk=\n",
+}
+
 LOCATED = re.compile(r"^error: (?P<file>[^\n:]+?):(?P<line>\d+):(?P<column>\d+): ")
 FILE_LEVEL = re.compile(r"^error: (?P<file>/[^\n:]+?): ")  # a file missing or unreadable as a whole
 INTERNAL = ("cannot check this value", "cannot convert ", "cannot build this value", "Traceback")
@@ -124,6 +228,7 @@ class Deployment:
         self.folder = folder
         self.seeds = {name: path.read_text(encoding="utf-8") for name, path in SEED_FILES.items()}
         self.seeds["config.yaml"] = _own_rules(self.seeds["config.yaml"])
+        self.seeds["full.yaml"] = FULL_CONFIG
         if metrics_port is not None:  # a daemon started from it must not collide with another's
             assert "port: 9464" in self.seeds["config.yaml"]
             self.seeds["config.yaml"] = self.seeds["config.yaml"].replace("port: 9464", f"port: {metrics_port}")
@@ -132,6 +237,9 @@ class Deployment:
         for name, text in self.seeds.items():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(text, encoding="utf-8")
+        for name, text in FULL_CONFIG_FILES.items():
+            (folder / name).write_text(text, encoding="utf-8")
+            (folder / name).chmod(0o600)
         (folder / "out").mkdir(exist_ok=True)
         if not (folder / "out" / "pseudonym.key").exists():
             create_key_file(folder / "out" / "pseudonym.key")
@@ -153,6 +261,10 @@ class Deployment:
         self._dirty.add(mutation.file)
         (self.folder / mutation.file).write_bytes(mutation.text.encode("utf-8", "surrogatepass"))
 
+    def config_for(self, mutation: Mutation) -> Path:
+        """The config that reads the mutated file (the full one reads only itself anew)."""
+        return self.folder / "full.yaml" if mutation.file == "full.yaml" else self.config
+
     def load(self, mutation: Mutation) -> Outcome:
         """The loader of the mutated file alone, as `check` and a reload run it (faster than
         the whole of `check` for rule and directory files)."""
@@ -162,8 +274,8 @@ class Deployment:
         from auditd.detect import load_rules
         from auditd.directory import load_directory
 
-        if mutation.file == "config.yaml":
-            return self.check()
+        if mutation.file in ("config.yaml", "full.yaml"):
+            return self.check(self.folder / mutation.file)
         problems = Problems()
         try:
             if mutation.file == "directory.yaml":
@@ -175,7 +287,7 @@ class Deployment:
             return Outcome(-1, escaped=traceback.format_exc())
         return Outcome(78 if problems else 0, [f"error: {p}" for p in problems.shown])
 
-    def check(self) -> Outcome:
+    def check(self, config: Path | None = None) -> Outcome:
         """`neo-auditd check` in this process: its exit code and the problems it printed."""
         from auditd.cli import main
 
@@ -184,7 +296,7 @@ class Deployment:
         os.umask(umask)
         try:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = main(["check", "-c", str(self.config)])
+                code = main(["check", "-c", str(config or self.config)])
         except BaseException:  # noqa: BLE001 - SystemExit included: check must return
             return Outcome(-1, escaped=traceback.format_exc())
         finally:

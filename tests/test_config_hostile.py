@@ -185,8 +185,9 @@ def deployment(tmp_path_factory) -> Deployment:
 
 def test_the_seed_deployment_is_accepted(deployment: Deployment) -> None:
     deployment.reset()
-    outcome = deployment.check()
-    assert outcome.code == 0 and outcome.failure is None, outcome
+    for config in (deployment.config, deployment.folder / "full.yaml"):
+        outcome = deployment.check(config)
+        assert outcome.code == 0 and outcome.failure is None, outcome
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -195,7 +196,7 @@ def test_the_seed_deployment_is_accepted(deployment: Deployment) -> None:
 def test_check_accepts_or_reports_every_mutation_with_a_location(deployment: Deployment, rnd) -> None:
     mutation = mutate(rnd, deployment)
     deployment.write(mutation)
-    outcome = deployment.check()
+    outcome = deployment.check(deployment.config_for(mutation))
     assert outcome.failure is None, f"{mutation.describe()}\n{outcome.failure}"
 
 
@@ -331,3 +332,23 @@ def test_a_running_daemon_survives_twenty_bad_sighups_and_still_alerts(tmp_path:
     assert code == 0, text[-3000:]
     assert text.count("reload rejected; the previous configuration keeps running") == 20
     assert "Traceback" not in text
+
+
+def test_run_refuses_what_check_refuses_with_the_same_located_problems(tmp_path: Path) -> None:
+    """`run` loads through the same path as `check`: a few sampled bad configs, end to end."""
+    deployment = Deployment(tmp_path, metrics_port=free_port())
+    rnd, tried = random.Random(78), 0
+    while tried < 5:
+        mutation = mutate(rnd, deployment)
+        if mutation.file not in ("config.yaml", "full.yaml"):
+            continue
+        deployment.write(mutation)
+        config = deployment.config_for(mutation)
+        checked = deployment.check(config)
+        if checked.code != 78:
+            continue
+        tried += 1
+        result = neo("run", "-c", str(config))
+        assert result.returncode == 78, f"{mutation.describe()}\n{result.stderr[-2000:]}"
+        assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == checked.problems
+        assert "Traceback" not in result.stderr
