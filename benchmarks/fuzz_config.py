@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PROGRESS_EVERY = 5000  # a line on stderr per worker
 sys.path.insert(0, str(REPO / "tests"))
 
 from config_fuzz import Deployment, mutate  # noqa: E402
@@ -52,6 +53,9 @@ def _worker(args: tuple[int, int, str, str]) -> dict:
             codes[outcome.code] += 1
             kinds[f"{mutation.file}: {mutation.kind}"] += 1
             failure = outcome.failure
+            if (i + 1) % PROGRESS_EVERY == 0:
+                print(f"  [{seed}] {i + 1:,}/{count:,} inputs, {len(failures) + (failure is not None)} failure(s), "
+                      f"{(i + 1) / (time.perf_counter() - started):,.0f}/s", file=sys.stderr, flush=True)
             if failure is not None:
                 saved = Path(out_dir) / f"failure-{seed}-{i}-{Path(mutation.file).name}"
                 saved.write_bytes(mutation.text.encode("utf-8", "surrogatepass"))
