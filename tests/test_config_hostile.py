@@ -352,3 +352,13 @@ def test_run_refuses_what_check_refuses_with_the_same_located_problems(tmp_path:
         assert result.returncode == 78, f"{mutation.describe()}\n{result.stderr[-2000:]}"
         assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == checked.problems
         assert "Traceback" not in result.stderr
+
+
+def test_an_unquoted_key_yaml_rewrites_is_refused(tmp_path: Path) -> None:
+    problems = Problems()
+    doc = parse_yaml("map:\n  01: read\n  yes: export\n  2027: fine\n", "f.yaml", problems)
+    assert doc is not None and doc.data == {"map": {"2027": "fine"}}
+    assert [str(p) for p in problems.items] == [
+        "f.yaml:2:3: map.01: YAML 1.1 reads the unquoted key 01 as 1; quote it ('01')",
+        "f.yaml:3:3: map.yes: YAML 1.1 reads the unquoted key yes as True; quote it ('yes')",
+    ]

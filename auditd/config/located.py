@@ -227,6 +227,11 @@ class _Builder:
                     ConfigProblem(_loc(doc.file, key_node), format_key_path(path), "keys must be scalars")
                 )
                 continue
+            if not isinstance(key, str) and str(key) != key_node.value:  # 01: or yes: as a key
+                self.problems.items.append(ConfigProblem(
+                    _loc(doc.file, key_node), format_key_path(path + (key_node.value,)),
+                    f"YAML 1.1 reads the unquoted key {key_node.value} as {key!r}; quote it ('{key_node.value}')"))
+                continue
             key = str(key)
             if key in out:
                 self.problems.items.append(

@@ -20,8 +20,9 @@ What changes for someone used to Python's ``re``:
 Matching is a search (anywhere in the value), as with ``re.search``. The engine's own
 error log (C++ on stderr) is switched off: its reasons come back as the problem text.
 RE2 is slower than ``re`` to *start* a match on short text (~0.5 µs against ~0.15),
-so the yes/no answer for short values is kept per distinct value in a bounded cache:
-the values rules test (user ids, hosts, actions) repeat endlessly.
+so the answer for a short value (a rule's yes/no, an extract's group) is kept per
+distinct value in a bounded cache: the values rules and extracts see (user ids, hosts,
+addresses, actions) repeat endlessly.
 """
 
 from __future__ import annotations
@@ -61,34 +62,26 @@ class RegexError(ValueError):
 class LinearRegex:
     """A compiled pattern: `search` (yes/no), `extract` (first group) and `named_groups`."""
 
-    __slots__ = ("pattern", "groups", "names", "_match", "search", "__weakref__")
+    __slots__ = ("pattern", "groups", "names", "_match", "search", "extract", "__weakref__")
 
     def __init__(self, pattern: str, compiled: "_re2.RE2"):
         self.pattern = pattern
         self.groups = compiled.NumberOfCapturingGroups()
         self.names = tuple((name.decode(), index) for name, index in compiled.NamedCapturingGroups())
         self._match = compiled.Match
-        self.search = self._cached_search()
+        self.search = _cached(self._search)
+        self.extract = _cached(self._extract)
 
     def _spans(self, text: str) -> tuple[bytes, list[tuple[int, int]]]:
         data = text.encode("utf-8", "surrogatepass")
         return data, self._match(_UNANCHORED, data, 0, len(data))
 
-    def _cached_search(self) -> Callable[[str], bool]:
-        match = self._match
+    def _search(self, text: str) -> bool:
+        """Whether the pattern matches anywhere in text."""
+        data = text.encode("utf-8", "surrogatepass")
+        return self._match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH
 
-        def uncached(text: str) -> bool:
-            data = text.encode("utf-8", "surrogatepass")
-            return match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH
-
-        cached = lru_cache(maxsize=CACHE_ENTRIES)(uncached)
-
-        def search(text: str) -> bool:
-            return cached(text) if len(text) <= CACHED_VALUE_CHARS else uncached(text)
-
-        return search
-
-    def extract(self, text: str) -> str | None:
+    def _extract(self, text: str) -> str | None:
         """The first group of the first match (the whole match without groups); None without a match."""
         data, spans = self._spans(text)
         if spans[0] == _NO_MATCH:
@@ -116,6 +109,17 @@ class LinearRegex:
 
     def __repr__(self) -> str:
         return f"LinearRegex({self.pattern!r})"
+
+
+def _cached(function: Callable[[str], object]) -> Callable[[str], object]:
+    """`function` answered from a bounded cache for short values (rules and extracts see
+    the same user ids, hosts and addresses over and over)."""
+    cached = lru_cache(maxsize=CACHE_ENTRIES)(function)
+
+    def answer(text: str) -> object:
+        return cached(text) if len(text) <= CACHED_VALUE_CHARS else function(text)
+
+    return answer
 
 
 def compile_regex(pattern: str) -> LinearRegex:

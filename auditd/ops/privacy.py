@@ -8,8 +8,9 @@ itself with `make_private`, so that everything it creates is its user's alone.
 
 `check_state` is what `check` (and every load) says about the places already there:
 a state folder or key file others can read is a warning, located at its key in the
-config; a state folder that cannot be created or written is a problem (exit 78),
-found before the daemon starts rather than by a traceback after.
+config, and so is one this user could not create or write; a state "folder" that is
+a file is a problem (exit 78), found before the daemon starts rather than by a
+traceback after.
 """
 
 from __future__ import annotations
@@ -59,13 +60,15 @@ def check_state(state_dir: Path, files: dict[PathKey, Path], doc: Doc | None, pr
 
 
 def _check_folder(path: Path, doc: Doc | None, key_path: PathKey, problems: Problems) -> None:
+    # What this user may write is only a warning: `check` often runs as root, or as an
+    # operator, for a daemon that runs as its own user (and `replay` may use --state-dir).
     try:
         st = os.stat(path)
     except FileNotFoundError:
         parent = _existing_parent(path)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            problems.add(doc, key_path, f"{path} does not exist and cannot be created "
-                                        f"({parent} is not a writable folder)")
+            problems.warn(doc, key_path, f"{path} does not exist, and this user cannot create it "
+                                         f"({parent} is not a folder it may write)")
         return
     except OSError as exc:
         problems.add(doc, key_path, f"cannot use {path}: {exc.strerror}")
@@ -73,7 +76,7 @@ def _check_folder(path: Path, doc: Doc | None, key_path: PathKey, problems: Prob
     if not stat.S_ISDIR(st.st_mode):
         problems.add(doc, key_path, f"{path} is not a folder")
     elif not os.access(path, os.W_OK | os.X_OK):
-        problems.add(doc, key_path, f"{path} is not writable by this user")
+        problems.warn(doc, key_path, f"{path} is not writable by this user")
     elif stat.S_IMODE(st.st_mode) & 0o007:
         problems.warn(doc, key_path, f"{path} is open to every user (mode {stat.S_IMODE(st.st_mode):04o}); "
                                      f"it holds personal information: chmod 700 it")
