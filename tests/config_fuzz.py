@@ -172,7 +172,7 @@ _Dumper.add_representer(RawToken, _represent_raw)
 
 # Values that are wrong somewhere: types, ranges, YAML 1.1 surprises, hostile text.
 WRONG_VALUES: tuple[Any, ...] = (
-    None, True, False, 0, -1, 1, 2**70, -(2**70), 0.5, -0.5, float("nan"), float("inf"), 1e308,
+    None, True, False, 0, -1, 1, 2**70, -(2**70), 10**400, 0.5, -0.5, float("nan"), float("inf"), 1e308,
     "", " ", "x", "\x00", "\u202e", "../../etc/passwd", "/dev/zero", "/proc/self/mem", "/", ".",
     "a" * 5000, "(", "^(a+)+$", "(a)\\1", "{", "%s%n", "${HOME}", "{{7*7}}",
     [], [None], [1, "a", {}], {}, {"x": 1}, {"": None}, [[[[]]]],

@@ -56,7 +56,9 @@ class Duration:
     def from_config(cls, value: Any) -> "Duration":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"expected a duration such as '15m', '4h' or '90d', got {_describe(value)}")
-        if isinstance(value, (int, float)):
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            seconds = float("inf")  # refused below
+        elif isinstance(value, (int, float)):
             seconds = float(value)
         else:
             m = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,15})?)\s*(ms|s|m|h|d|w)\s*", value)
@@ -64,7 +66,7 @@ class Duration:
                 raise ValueError(f"expected a duration such as '15m', '4h' or '90d', got {value!r}")
             seconds = float(m.group(1)) * cls._UNITS[m.group(2)]
         if not 0 <= seconds <= MAX_DURATION_S:  # also refuses NaN
-            raise ValueError(f"expected a duration from 0 to 100 years, got {value!r}")
+            raise ValueError(f"expected a duration from 0 to 100 years, got {_short(value)}")
         return cls(seconds)
 
     @property
@@ -156,6 +158,11 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
     return _convert_scalar(tp, value, doc, path, problems)
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -176,12 +183,12 @@ def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Prob
         if isinstance(value, int) and not isinstance(value, bool):
             if abs(value) <= MAX_INT:
                 return value
-            problems.add(doc, path, f"{value} is out of range (at most {MAX_INT})")
+            problems.add(doc, path, f"{_short(value)} is out of range (at most {MAX_INT})")
             return MISSING
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, int) and abs(value) > MAX_INT or not math.isfinite(value):
-                problems.add(doc, path, f"expected a finite number, got {value!r}")
+                problems.add(doc, path, f"expected a finite number, got {_short(value)}")
                 return MISSING
             return float(value)
     elif tp is str:
