@@ -446,3 +446,49 @@ def test_a_daemon_crashing_mid_batch_reports_it_without_the_batch(fake_sentry: F
     for what, value in PLANTED.items():
         assert value.encode() not in raw, f"the planted {what} reached Sentry"
         assert json.dumps(value).encode()[1:-1] not in raw, f"the planted {what} reached Sentry (escaped)"
+
+
+# --- what the hooks do with each kind of record ---------------------------------------------
+
+
+def test_error_messages_lose_quoted_values_and_long_text_is_cut() -> None:
+    from auditd.ops.sentry import MAX_TEXT_CHARS, scrub_message
+
+    assert scrub_message("KeyError: 'C9F3KX7Q2'") == "KeyError: '[Filtered]'"
+    assert scrub_message('no employee "王小明" in S011') == 'no employee "[Filtered]" in S011'
+    long = "x" * 100 + "a" * 100_000 + "@"  # minutes of backtracking for the old e-mail pattern
+    assert scrub_text(long) == "x" * 100 + "a" * (MAX_TEXT_CHARS - 100) + "…[truncated]"
+
+
+def test_the_secret_assignment_pattern_reads_each_key_once() -> None:
+    assert scrub_text("db_password=hunter2 user=alice") == "db_password=[Filtered] user=alice"
+    assert scrub_text("password" * 500 + "=x") == "password" * 500 + "=[Filtered]"
+    assert scrub_text("name=bob; sessionId: abc") == "name=bob; sessionId: [Filtered]"
+
+
+def test_events_keep_no_frame_variables_log_parameters_or_request_bodies() -> None:
+    event = {
+        "exception": {"values": [{"type": "KeyError", "value": "'C9F3KX7Q2'", "stacktrace": {"frames": [
+            {"function": "handle", "lineno": 3, "vars": {"batch": "raw line C9F3KX7Q2"}}]}}]},
+        "threads": {"values": [{"stacktrace": {"frames": [{"function": "run", "vars": {"x": "C9F3KX7Q2"}}]}}]},
+        "logentry": {"message": "no assignee for %s", "params": ["C9F3KX7Q2"], "formatted": "no assignee for C9F3KX7Q2"},
+        "request": {"url": "http://127.0.0.1/x", "data": "C9F3KX7Q2", "cookies": "s=1"},
+    }
+    cleaned = scrub_event(event)
+    assert "C9F3KX7Q2" not in json.dumps(cleaned)
+    assert cleaned["exception"]["values"][0]["stacktrace"]["frames"] == [{"function": "handle", "lineno": 3}]
+    assert cleaned["logentry"] == {"message": "no assignee for %s", "formatted": "no assignee for %s"}
+    assert cleaned["request"] == {"url": "http://127.0.0.1/x"}
+
+
+def test_log_breadcrumbs_and_sentry_logs_carry_the_template_only() -> None:
+    from auditd.ops.sentry import scrub_breadcrumb, scrub_log
+
+    record = logging.LogRecord("auditd", logging.WARNING, __file__, 1, "no assignee for %s", ("C9F3KX7Q2",), None)
+    crumb = {"type": "log", "category": "auditd", "message": record.getMessage(), "data": {}}
+    assert scrub_breadcrumb(crumb, {"log_record": record})["message"] == "no assignee for %s"
+    log = {"body": "no assignee for C9F3KX7Q2", "attributes": {
+        "sentry.message.template": "no assignee for %s", "sentry.message.parameter.0": "C9F3KX7Q2",
+        "logger.name": "auditd"}}
+    assert scrub_log(log) == {"body": "no assignee for %s", "attributes": {
+        "sentry.message.template": "no assignee for %s", "logger.name": "auditd"}}
