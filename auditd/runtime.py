@@ -22,7 +22,7 @@ from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.entitlement import build_checker
 from auditd.errors import ConfigError, ConfigProblem
-from auditd.ops.privacy import check_state
+from auditd.ops.privacy import check_named_file, check_state
 from auditd.sources.framing import FRAMERS
 from auditd.workdays import WorkingCalendar, load_calendar
 
@@ -66,6 +66,12 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None) -
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
     check_state(settings.state_dir, {("store", "path"): settings.store_path,
                                      ("quarantine", "path"): settings.quarantine_path}, doc, problems)
+    if settings.elastic is not None:  # read when the client is built: checked now, not at start
+        if settings.elastic.api_key_file is not None:
+            check_named_file(settings.elastic.api_key_file, doc, ("elastic", "api_key_file"), problems,
+                             max_bytes=64 * 1024, secret=True)
+        if settings.elastic.ca_certs is not None:
+            check_named_file(settings.elastic.ca_certs, doc, ("elastic", "ca_certs"), problems)
     problems.raise_if_any()
     pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size)
     enricher = Enricher(

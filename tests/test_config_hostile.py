@@ -362,3 +362,32 @@ def test_an_unquoted_key_yaml_rewrites_is_refused(tmp_path: Path) -> None:
         "f.yaml:2:3: map.01: YAML 1.1 reads the unquoted key 01 as 1; quote it ('01')",
         "f.yaml:3:3: map.yes: YAML 1.1 reads the unquoted key yes as True; quote it ('yes')",
     ]
+
+
+@pytest.mark.parametrize("old, new, key, why", [
+    ("  key_file: out/pseudonym.key", "  key_file: /dev/zero", "pseudonym.key_file",
+     "cannot read pseudonym key file /dev/zero: not a regular file"),
+    ("  key_file: out/pseudonym.key", "  key_file: /proc/self/mem", "pseudonym.key_file",
+     "cannot read pseudonym key file /proc/self/mem: Input/output error"),
+    ("  path: directory.yaml", "  path: /dev/zero", "directory.path", "cannot read /dev/zero: not a regular file"),
+    ("format: neo-crm ", "format: /dev/zero ", "sources[0].format", "cannot read /dev/zero: not a regular file"),
+])
+def test_a_device_or_special_file_named_in_the_config_is_refused_not_read(example: Path, old, new, key, why) -> None:
+    """Today's main reads /dev/zero as the key file until memory runs out."""
+    config = example / "config.yaml"
+    edit(config, old, new)
+    result = neo("check", "-c", str(config), timeout=60)
+    assert result.returncode == 78, result.stderr
+    line = line_of(config, new.strip())
+    assert any(p.startswith(f"error: {config}:{line}:") and f" {key}: {why}" in p
+               for p in result.stderr.splitlines()), result.stderr
+
+
+def test_an_elastic_api_key_file_is_checked_at_load(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path)
+    full = tmp_path / "full.yaml"
+    edit(full, "api_key_file: es.key", "api_key_file: /dev/zero")
+    outcome = deployment.check(full)
+    assert outcome.code == 78
+    assert outcome.problems == [f"error: {full}:{line_of(full, '/dev/zero')}:17: elastic.api_key_file: "
+                                "cannot read /dev/zero: not a regular file"]

@@ -275,11 +275,12 @@ def _yaml_kind(value: Any) -> str:
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
-def read_config_text(path: Path) -> str:
-    """A regular file's text, UTF-8. Raises OSError (with strerror) or UnicodeDecodeError.
+def read_regular_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """A regular file's bytes and its stat. Raises OSError (with strerror).
 
-    Opened non-blocking, so that a FIFO named by mistake cannot hang `check` or a reload,
-    and only a regular file of a sane size is read.
+    Opened non-blocking, so that a FIFO named by mistake cannot hang `check` or a
+    reload; only a regular file is read (not /dev/zero, not /proc/self/mem), and at
+    most `max_bytes` of it.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -288,22 +289,33 @@ def read_config_text(path: Path) -> str:
             raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        too_big = OSError(errno.EFBIG, f"larger than {_size(max_bytes)}")
+        if st.st_size > max_bytes:
+            raise too_big
         chunks = []
-        remaining = MAX_FILE_BYTES + 1
+        remaining = max_bytes + 1
         while remaining > 0:
             chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-        if remaining <= 0:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        if remaining <= 0:  # it grew while being read
+            raise too_big
     finally:
         os.close(fd)
-    text = b"".join(chunks).decode("utf-8")
-    return text[1:] if text.startswith("\ufeff") else text  # a BOM from Windows editors
+    return b"".join(chunks), st
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n:,} bytes"
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text (UTF-8; a BOM from Windows editors dropped). Raises OSError
+    or UnicodeDecodeError; see `read_regular_file`."""
+    text = read_regular_file(path, MAX_FILE_BYTES)[0].decode("utf-8")
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def load_yaml_file(path: Path, problems: Problems, *, key_path: PathKey = (), referrer: Doc | None = None) -> Doc | None:

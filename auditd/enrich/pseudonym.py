@@ -30,11 +30,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
-from auditd.config.located import Doc, PathKey, Problems
+from auditd.config.located import Doc, PathKey, Problems, read_regular_file
 
 PREFIX = "p:"
 DIGEST_BYTES = 16
 MIN_KEY_BYTES = 16
+MAX_KEY_FILE_BYTES = 4096  # keygen writes 65; a bigger file is the wrong file
 
 
 class Pseudonymiser:
@@ -143,9 +144,9 @@ def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = Non
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
+        # a regular file of a key's size: /dev/zero or a FIFO named by mistake must not hang `check`
+        data, st = read_regular_file(path, MAX_KEY_FILE_BYTES)
+        mode = st.st_mode
     except FileNotFoundError:
         problems.add(referrer, key_path, f"pseudonym key file not found: {path}")
         return None

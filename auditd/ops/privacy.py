@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 
-from auditd.config.located import Doc, PathKey, Problems
+from auditd.config.located import Doc, PathKey, Problems, read_regular_file
 
 PRIVATE_UMASK = 0o077
 PRIVATE_FILE_MODE = 0o600
@@ -99,3 +99,21 @@ def _existing_parent(path: Path) -> Path | None:
         if parent.exists():
             return parent
     return None
+
+
+def check_named_file(path: Path, doc: Doc | None, key_path: PathKey, problems: Problems, *,
+                     max_bytes: int = 1024 * 1024, secret: bool = False) -> None:
+    """A file the config names and the daemon reads later (an API key, CA certificates):
+    a regular file of a sane size now, rather than a hang or an error at start; a secret
+    that others can read is a warning."""
+    try:
+        _, st = read_regular_file(path, max_bytes)
+    except FileNotFoundError:
+        problems.add(doc, key_path, f"file not found: {path}")
+        return
+    except (OSError, ValueError) as exc:
+        problems.add(doc, key_path, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+        return
+    if secret and stat.S_IMODE(st.st_mode) & 0o004:
+        problems.warn(doc, key_path, f"{path} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o}) "
+                                     f"and holds a secret: chmod 600 it")
