@@ -24,6 +24,7 @@ import argparse
 import collections
 import multiprocessing
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_EVERY = 5000  # a line on stderr per worker
+MEMORY_LIMIT_BYTES = 3 * 1024**3  # per worker
 sys.path.insert(0, str(REPO / "tests"))
 
 from config_fuzz import Deployment, mutate  # noqa: E402
@@ -38,6 +40,9 @@ from config_fuzz import Deployment, mutate  # noqa: E402
 
 def _worker(args: tuple[int, int, str, str]) -> dict:
     seed, count, via, out_dir = args
+    # An input that makes a loader allocate without end (a key file of /dev/zero did)
+    # is a MemoryError here, reported as a failure, rather than the machine's memory.
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, resource.getrlimit(resource.RLIMIT_AS)[1]))
     rnd = random.Random(seed)
     codes: collections.Counter[int] = collections.Counter()
     kinds: collections.Counter[str] = collections.Counter()
