@@ -3,6 +3,14 @@
 Every error about a config, rule, playbook or directory file must name file, line,
 column and key path, so YAML is composed into nodes (with the C loader when
 available) and each value's position is kept beside the plain data, keyed by its path.
+
+Every file is hostile input, so reading one never hangs, crashes or exhausts memory:
+it is opened non-blocking and must be a regular file of at most `MAX_FILE_BYTES`
+(not a FIFO, not /dev/zero); nesting deeper than `MAX_DEPTH` and aliases expanding to
+more than `ALIAS_EXPANSION_LIMIT` values are refused; a scalar YAML cannot construct
+(2026-13-45 as a date, a bad !!tag) is a located problem. The text of unquoted
+scalars that YAML 1.1 typed (00123, 1:30, yes) is kept, so that loaders wanting text
+can refuse what YAML rewrote (`Doc.read_as_text`) instead of using 83 or 90.
 """
 
 from __future__ import annotations

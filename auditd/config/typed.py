@@ -6,6 +6,11 @@ datetime (made timezone-aware), Duration, and any class with a
 ``from_config(value) -> instance`` classmethod that raises ValueError with a message.
 A dataclass may define ``check(self) -> Iterable[tuple[str, str]]`` returning
 (relative key, message) pairs for cross-field rules. Unknown keys are errors.
+
+Nothing a file holds ends in a traceback: whatever a ``from_config``, a constructor or
+a ``check`` raises becomes a problem at the value's location; floats must be finite,
+integers fit in 64 bits, paths hold no NUL, and text the YAML reader rewrote (00123)
+is refused with "quote it". Unknown keys and enum values say what was probably meant.
 """
 
 from __future__ import annotations
