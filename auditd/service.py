@@ -82,7 +82,8 @@ class Daemon:
         self.tailers: dict[str, FileTailer] = {}
         self.last_reload_ok: bool | None = None
         self.last_reload_error: str | None = None
-        # pinged only on proof of life (a chunk done, nothing to read), never by a timer
+        # pinged only on proof of life (a chunk done, nothing to read), never by a timer; a
+        # loop that waits on purpose (storage back pressure) calls watchdog.holding_back(why)
         self.watchdog = Watchdog(notifier)
         self.pipeline.on_progress = self.watchdog.progressed
         self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else \
