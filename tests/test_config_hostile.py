@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config_fuzz import EXAMPLES, Deployment, mutate
+from config_fuzz import EXAMPLES, Deployment, Mutation, mutate
 
 from auditd.config.located import Problems, parse_yaml
 from auditd.detect import load_rules
@@ -300,8 +300,10 @@ def test_a_running_daemon_survives_twenty_bad_sighups_and_still_alerts(tmp_path:
     logs.mkdir(parents=True)
     (logs / "access.log").write_text("")
     db = tmp_path / "out" / "state" / "neo-auditd.db"
-    # bad ones only, each refused by the loaders in this process first
-    rnd, bad = random.Random(12), []
+    # the typo first (today's main dies of it), then sampled bad ones, each
+    # refused by the loaders in this process first
+    typo = deployment.seeds["config.yaml"].replace("timezone: Asia/Shanghai", "timezone: Asia/Shanghia")
+    rnd, bad = random.Random(12), [Mutation("config.yaml", "typo", "timezone", typo)]
     while len(bad) < 20:
         mutation = mutate(rnd, deployment)
         deployment.write(mutation)
