@@ -403,7 +403,6 @@ def test_a_daemon_crashing_mid_batch_reports_it_without_the_batch(fake_sentry: F
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     create_key_file(tmp_path / "pseudonym.key")
     (tmp_path / "logs").mkdir()

@@ -6,7 +6,6 @@ is the `assigned` scope's lookup against a real loopback HTTP server that never 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import select
