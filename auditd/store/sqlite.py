@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
@@ -151,12 +152,19 @@ class WalCheckpointer:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # a checkpoint syncs as the writer would
+            failing_since = None
             while not self._stopping.wait(self._interval):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
+                    if failing_since is not None:
+                        log.info("WAL checkpoints work again", extra={"file.path": str(self._path)})
+                        failing_since = None
                 except sqlite3.Error as exc:  # the writer checkpoints past its own bound meanwhile
-                    log.warning("WAL checkpoint failed: %s", exc, extra={"file.path": str(self._path)})
+                    now = time.monotonic()
+                    if failing_since is None or now - failing_since >= 60:  # a full disk: once a minute
+                        failing_since = now
+                        log.warning("WAL checkpoint failed: %s", exc, extra={"file.path": str(self._path)})
         finally:
             conn.close()
 
