@@ -66,9 +66,9 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
     state = StateStore()
-    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone,
-                         context=KindContext(zone=settings.zone, state=state), kinds=kinds)
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
+    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone,
+                         context=KindContext(zone=settings.zone, state=state, calendar=calendar), kinds=kinds)
     problems.raise_if_any()
     pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size)
     enricher = Enricher(

@@ -11,6 +11,7 @@ whole. Its only mutable part is `stats`, the counters.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -83,8 +84,11 @@ class RuleSet:
     """
 
     def __init__(self, rules: Sequence[CompiledRule], *, sensitive_categories: Iterable[str] = (),
-                 timing_every: int = 64):
+                 timing_every: int = 64, context: KindContext | None = None,
+                 kinds: Mapping[str, RuleKind] = KINDS):
         self.rules = tuple(rules)
+        self.context = context or KindContext()
+        self.kinds = kinds
         self._by_id = {r.id: r for r in self.rules}
         self._sensitive = frozenset(sensitive_categories)
         self.stats = RuleStats([r.id for r in self.rules], timing_every=timing_every)
@@ -177,6 +181,17 @@ class RuleSet:
             return None
         return self.make_alert(rule, event, verdict)
 
+    def with_fresh_state(self, rule: CompiledRule) -> CompiledRule:
+        """The rule with its detector built again on an empty state of its own (a
+        sample sequence starts from nothing, whatever ran before)."""
+        if rule.detector is None:
+            return rule
+        from auditd.detect.state import StateStore
+
+        context = dataclasses.replace(self.context, state=StateStore.in_memory())
+        return dataclasses.replace(rule, detector=self.kinds[rule.spec.kind].build(rule.spec, rule.spec.params,
+                                                                                   context))
+
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Let the enabled rules whose kinds keep state act on the passing of time."""
         alerts: list[Alert] = []
@@ -228,7 +243,7 @@ def load_rules(paths: Iterable[Path | str], problems: Problems, *, categories: C
     specs = build_specs(defs, problems, zone=zone, categories=names, kinds=kinds)
     parse_ip = make_ip_parser()
     rules = [compile_rule(spec, i, parse_ip=parse_ip, context=context, kinds=kinds) for i, spec in enumerate(specs)]
-    return RuleSet(rules, sensitive_categories=sensitive, timing_every=timing_every)
+    return RuleSet(rules, sensitive_categories=sensitive, timing_every=timing_every, context=context, kinds=kinds)
 
 
 def _categories(categories: Categories | None) -> tuple[frozenset[str] | None, frozenset[str]]:

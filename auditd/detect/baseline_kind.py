@@ -1,0 +1,266 @@
+"""The `baseline` kind: an actor's volume in this hour (or day) against their own usual
+for the same hour of the day (of the week, once enough weeks exist) and against their
+role's peers.
+
+    - rule: records_far_above_usual
+      kind: baseline
+      params: {measure: records, bucket: 1h, min_days: 5, floor: 100}
+      condition: data_access and succeeded
+
+The alert explains itself: "412 records this hour (Tue 02:00); E10011's usual for
+Tuesdays 02:00 ≤ 35 (30 active days of history); peers in role store_clerk ≤ 50 when active".
+
+How the usual is kept (per key, a few hundred bytes whatever the history's length):
+- one robust running estimate per slot — each hour of the day (24 slots) and each hour
+  of the week (168): an exponentially weighted mean and mean absolute deviation, their
+  first observations averaged plainly (weight 1/n until it falls to `alpha`), and each
+  new observation clipped to the current upper bound once the key alerts, so that one
+  spike barely moves the usual (winsorised). Stored as log-coded 16-bit integers
+  (0.03 % resolution) in two byte strings, never as dicts of floats;
+- a slot's observation is the bucket's total when it closes; the quiet buckets of a day
+  the actor worked count as zeros, while a day without any activity (leave, a rest day)
+  is no observation at all, so a holiday does not teach that the actor never works;
+- the weekly profile is used once the key has `weekly_after_days` active days (28 by
+  default): each hour-of-week slot gets one observation per active week, and a spread
+  estimated from fewer than four observations is noise (one unusual day would be a
+  third of it). Until then the hour-of-day profile serves;
+- the upper bound is mean + k × max(deviation, ½√mean): counts are at least as noisy as
+  a Poisson count's, so a steady slot does not get a hair trigger;
+- peers: the same estimate per role (the first of `peer_group`'s values), fed with each
+  member's buckets in which they were active; an alert needs the count above the
+  peers' bound too (when the peers have one for that slot), and above `floor`.
+
+Alerts need `min_days` active days of the key's own history: the learning period.
+One alert per key and bucket; it cites the bucket's first event and the one that
+crossed the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from auditd.config.typed import Duration
+from auditd.detect.kind_support import KEY_SEPARATOR, FieldRef, group_key, rule_state
+from auditd.detect.kind_types import Detector, KindContext, Verdict
+from auditd.detect.state import DEFAULT_MAX_KEYS
+from auditd.event import AccessEvent
+
+if TYPE_CHECKING:
+    from auditd.detect.spec import RuleSpec
+
+_SCALE = 2048.0  # log2 code steps per doubling: 16 bits reach 2**32
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_PEER = "peer" + KEY_SEPARATOR
+
+
+def encode(x: float) -> int:
+    return min(65535, max(0, round(math.log2(1.0 + x) * _SCALE)))
+
+
+def decode(code: int) -> float:
+    return 2.0 ** (code / _SCALE) - 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineParams:
+    measure: Literal["events", "records"] = "events"  # records: the sum of neo.data.record_count
+    bucket: Literal["1h", "1d"] = "1h"
+    group_by: tuple[FieldRef, ...] = (FieldRef.from_config("user.id"),)
+    peer_group: FieldRef | None = field(default_factory=lambda: FieldRef.from_config("user.roles"))
+    min_days: int = 5  # active days of the key's own history before it alerts
+    weekly_after_days: int = 28  # active days before the hour-of-week profile is used
+    k: float = 4.0  # how many deviations above the mean is unusual
+    floor: int = 20  # never alert on a bucket smaller than this
+    alpha: float = 0.1  # weight of a new observation once the first 1/alpha are averaged
+    peer_alpha: float = 0.02
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def check(self):
+        if self.min_days < 1:
+            yield "min_days", "must be at least 1"
+        if self.weekly_after_days < 7:
+            yield "weekly_after_days", "must be at least 7 (a week)"
+        if self.k <= 0:
+            yield "k", "must be above zero"
+        if self.floor < 1:
+            yield "floor", "must be at least 1"
+        for name in ("alpha", "peer_alpha"):
+            if not 0 < getattr(self, name) <= 1:
+                yield name, "must be above 0 and at most 1"
+        if not self.group_by:
+            yield "group_by", "name at least one field"
+
+
+class Profile(msgspec.Struct, array_like=True, gc=False):
+    bucket: int = -1  # the open bucket (local buckets since 1970-01-01)
+    total: int = 0  # its measure so far
+    limit: float = math.inf  # above this the open bucket alerts (inf: not yet, or already did)
+    first_id: str = ""  # the bucket's first event
+    days: int = 0  # active days seen (for peers: observations)
+    daily: bytes = b""  # per slot of the day: (mean, deviation) log-coded uint16
+    weekly: bytes = b""  # per slot of the week, the same
+
+
+class _Slots:
+    """The profile arithmetic for one bucket size."""
+
+    def __init__(self, bucket_s: int, params: BaselineParams):
+        self.size = bucket_s
+        self.per_day = 86400 // bucket_s
+        self.per_week = 7 * self.per_day
+        self.p = params
+        self.empty_daily = bytes(4 * self.per_day)
+        self.empty_weekly = bytes(4 * self.per_week)
+
+    def slots(self, bucket: int) -> tuple[int, int]:
+        day_slot = bucket % self.per_day
+        weekday = (bucket // self.per_day + 3) % 7  # 1970-01-01 was a Thursday
+        return day_slot, weekday * self.per_day + day_slot
+
+    def bound(self, data: bytes, slot: int) -> tuple[float, float] | None:
+        """(mean, upper bound) of a slot, or None when it has no observation."""
+        if not data:
+            return None
+        codes = array("H", data[4 * slot:4 * slot + 4])
+        mean, dev = decode(codes[0]), decode(codes[1])
+        return mean, mean + self.p.k * max(dev, 0.5 * math.sqrt(mean))
+
+    def observe(self, data: bytes, slot: int, x: float, weight: float, clip: bool) -> bytes:
+        codes = array("H", data)
+        mean, dev = decode(codes[2 * slot]), decode(codes[2 * slot + 1])
+        if clip:
+            x = min(x, mean + self.p.k * max(dev, 0.5 * math.sqrt(mean), 1.0))
+        new_mean = mean + weight * (x - mean)
+        codes[2 * slot] = encode(new_mean)
+        codes[2 * slot + 1] = encode(dev + weight * (abs(x - mean) - dev))
+        return codes.tobytes()
+
+
+class BaselineKind:
+    params_type = BaselineParams
+
+    def build(self, rule: RuleSpec, params: BaselineParams, context: KindContext) -> Detector:
+        state = rule_state(rule, params, context, Profile)
+        key_of = group_key(params.group_by)
+        size = 3600 if params.bucket == "1h" else 86400
+        s = _Slots(size, params)
+        per_day = s.per_day
+        zone = context.zone
+        records = params.measure == "records"
+        unit = "records" if records else "accesses"
+        peer_of = params.peer_group.values() if params.peer_group is not None else None
+        offset = [None]  # the zone's offset, refreshed whenever a bucket changes
+
+        def local_bucket(event: AccessEvent) -> int:
+            t = event.timestamp.timestamp()
+            off = offset[0]
+            if off is None:
+                off = offset[0] = zone.utcoffset(event.timestamp).total_seconds()
+            return int((t + off) // size)
+
+        def weight(n: int, alpha: float) -> float:
+            return max(alpha, 1.0 / max(1, n))
+
+        def close(key: str, prof: Profile, peer: str | None, new_bucket: int) -> None:
+            """Record the closed bucket, and the quiet buckets of active days as zeros."""
+            old = prof.bucket
+            learned = prof.days >= params.min_days
+            if not prof.daily:
+                prof.daily, prof.weekly = s.empty_daily, s.empty_weekly
+            quiet = list(range(old + 1, min(new_bucket, (old // per_day + 1) * per_day)))
+            if new_bucket // per_day != old // per_day:
+                quiet += range(max(old + 1, (new_bucket // per_day) * per_day), new_bucket)
+            weeks = max(1, prof.days // 7)
+            for b, x in [(old, prof.total)] + [(b, 0) for b in quiet]:
+                d_slot, w_slot = s.slots(b)
+                prof.daily = s.observe(prof.daily, d_slot, x, weight(prof.days, params.alpha), learned)
+                prof.weekly = s.observe(prof.weekly, w_slot, x, weight(weeks, params.alpha), learned)
+            if peer is not None and prof.total > 0:
+                pp = state.get(peer) or Profile(daily=s.empty_daily, weekly=s.empty_weekly)
+                pp.days += 1
+                d_slot, w_slot = s.slots(old)
+                w = weight(pp.days, params.peer_alpha)
+                pp.daily = s.observe(pp.daily, d_slot, prof.total, w, pp.days > 20)
+                pp.weekly = s.observe(pp.weekly, w_slot, prof.total, w, pp.days > 20)
+                state.put(peer, pp)
+
+        def limit_for(prof: Profile, peer: str | None, bucket: int) -> float:
+            if prof.days < params.min_days:
+                return math.inf
+            d_slot, w_slot = s.slots(bucket)
+            own = s.bound(prof.weekly, w_slot) if prof.days >= params.weekly_after_days else None
+            own = own or s.bound(prof.daily, d_slot)
+            limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
+            if peer is not None:
+                pp = state.get(peer)
+                if pp is not None and pp.days >= 20:
+                    theirs = s.bound(pp.daily, d_slot)
+                    if theirs is not None and theirs[0] > 0:
+                        limit = max(limit, theirs[1])
+            return limit
+
+        def explain(key: str, prof: Profile, peer: str | None, bucket: int) -> str:
+            d_slot, w_slot = s.slots(bucket)
+            weekday = _DAYS[(bucket // per_day + 3) % 7]
+            hour = f"{d_slot * size // 3600:02d}:00"
+            weekly = prof.days >= params.weekly_after_days
+            own = s.bound(prof.weekly, w_slot) if weekly else s.bound(prof.daily, d_slot)
+            if size == 3600:
+                now = f"{prof.total} {unit} this hour ({weekday} {hour})"
+                usual = f"for {weekday}s {hour}" if weekly else f"for {hour}"
+            else:
+                now = f"{prof.total} {unit} today ({weekday})"
+                usual = f"for {weekday}s" if weekly else "for a day"
+            text = (f"{now}; {key}'s usual {usual} ≤ {_num(own[1] if own else 0)} "
+                    f"({prof.days} active days of history)")
+            if peer is not None:
+                pp = state.get(peer)
+                theirs = s.bound(pp.daily, d_slot) if pp is not None and pp.days >= 20 else None
+                role = peer[len(_PEER):]
+                text += (f"; peers in role {role} ≤ {_num(theirs[1])} when active" if theirs and theirs[0] > 0
+                         else f"; no peer in role {role} active then")
+            return text
+
+        def detect(event: AccessEvent) -> Verdict | None:
+            key = key_of(event)
+            if key is None:
+                return None
+            bucket = local_bucket(event)
+            prof = state.get(key)
+            if prof is None:
+                prof = Profile()
+            if bucket != prof.bucket:
+                if bucket < prof.bucket:
+                    return None  # a late event of a closed bucket: its bucket is history
+                offset[0] = None
+                bucket = local_bucket(event)
+                peer = None
+                if peer_of is not None:
+                    roles = peer_of(event)
+                    peer = _PEER + str(roles[0]) if roles else None
+                if prof.bucket >= 0:
+                    if bucket // per_day != prof.bucket // per_day:
+                        prof.days += 1
+                    close(key, prof, peer, bucket)
+                prof.bucket, prof.total, prof.first_id = bucket, 0, event.event_id
+                prof.limit = limit_for(prof, peer, bucket)
+            prof.total += event.record_count if records else 1
+            state.put(key, prof)
+            if prof.total > prof.limit:
+                prof.limit = math.inf  # one alert per bucket
+                roles = peer_of(event) if peer_of is not None else ()
+                peer = _PEER + str(roles[0]) if roles else None
+                ids = (prof.first_id, event.event_id) if prof.first_id != event.event_id else (event.event_id,)
+                return Verdict(reason=explain(key, prof, peer, bucket), event_ids=ids)
+            return None
+
+        return detect
+
+
+def _num(x: float) -> str:
+    return str(int(math.ceil(x))) if x >= 10 else f"{x:.1f}".rstrip("0").rstrip(".")

@@ -1,0 +1,300 @@
+"""Kinds about what is new or out of place for an actor: `first_seen`, `off_hours` and
+`enumeration`.
+
+first_seen — a value new for the key (a data category, resource type, source subnet,
+user agent, partner, API name) once the key's learning period is over:
+
+    - rule: first_access_to_a_category
+      kind: first_seen
+      params: {field: neo.data.categories, learning: 7d}
+
+  The learning period runs from the key's own first event, so a new hire learns too.
+  Values are kept as 63-bit hashes, at most `max_values` per key; a key that reaches
+  the cap (a value that is different every time is no behaviour) starts learning
+  afresh rather than alerting on every event.
+
+off_hours — outside the actor's shift (or their store's opening hours) from the
+directory, widened by the directory's shift grace (`neo.actor.off_shift`), and, with
+`rest_days: true`, any access on a mainland-China rest day (statutory holidays off,
+make-up working days on); `hours:` gives fixed hours for actors the directory does not
+know (a cloud principal). One alert per key and `realert`, so that a night of work is
+one alert with its count, not one per event.
+
+enumeration — sequential or near-sequential resource ids: the enrich stage gives each
+numeric record id a keyed pseudonym of its block of 64 consecutive ids
+(`neo.resource.seq_block`) and its place in the block (`neo.resource.seq_offset`),
+so the state holds no id; `min_ids` distinct ids of one block within `window` is a
+walk through the id space (a clerk's customers are scattered across blocks: a store's
+customers are one id in every few dozen).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from auditd.config.typed import Duration
+from auditd.detect.kind_support import FieldRef, ValueHasher, describe_key, epoch, group_key, rule_state
+from auditd.detect.kind_types import Detector, KindContext, Verdict
+from auditd.detect.state import DEFAULT_MAX_KEYS
+from auditd.directory.schedule import Schedule
+from auditd.event import AccessEvent
+
+if TYPE_CHECKING:
+    from auditd.detect.spec import RuleSpec
+
+USER = (FieldRef.from_config("user.id"),)
+
+
+# -- first_seen --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FirstSeenParams:
+    field: FieldRef
+    learning: Duration = Duration(7 * 86400.0)  # from the key's first event
+    group_by: tuple[FieldRef, ...] = USER
+    transform: Literal["none", "subnet"] = "none"  # subnet: an address's /24 (IPv4) or /64 (IPv6)
+    max_values: int = 256
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def check(self):
+        if self.learning.seconds < 0:
+            yield "learning", "must not be negative"
+        if not 1 <= self.max_values <= 4096:
+            yield "max_values", "must be between 1 and 4096"
+        if self.transform == "subnet" and self.field.kind != "ip" and self.field.map_key is None:
+            yield "transform", f"'subnet' needs an address field; {self.field.name} is not one"
+        if not self.group_by:
+            yield "group_by", "name at least one field"
+
+
+class Seen(msgspec.Struct, array_like=True, gc=False):
+    since: float  # the key's first event (the learning period runs from here)
+    values: set[int] = set()
+
+
+def subnet(value: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+class FirstSeenKind:
+    params_type = FirstSeenParams
+
+    def build(self, rule: RuleSpec, params: FirstSeenParams, context: KindContext) -> Detector:
+        state = rule_state(rule, params, context, Seen)
+        key_of = group_key(params.group_by)
+        values_of = params.field.values()
+        hasher = ValueHasher()
+        learning, cap = params.learning.seconds, params.max_values
+        to_subnet = params.transform == "subnet"
+        subnets: dict[str, str | None] = {}
+
+        def detect(event: AccessEvent) -> Verdict | None:
+            values = values_of(event)
+            if not values:
+                return None
+            key = key_of(event)
+            if key is None:
+                return None
+            if to_subnet:
+                out = []
+                for v in values:
+                    net = subnets.get(v, "")
+                    if net == "":
+                        if len(subnets) > 65536:
+                            subnets.clear()
+                        net = subnets[v] = subnet(str(v))
+                    if net is not None:
+                        out.append(net)
+                values = out
+            t = epoch(event)
+            seen = state.get(key)
+            if seen is None:
+                seen = Seen(since=t)
+            known = seen.values
+            new = []
+            for v in values:
+                h = hasher(v)
+                if h not in known:
+                    new.append(v)
+                    known.add(h)
+            if not new:
+                return None
+            if len(known) > cap:
+                seen = Seen(since=t, values={hasher(v) for v in values})
+                state.put(key, seen)
+                return None
+            state.put(key, seen)
+            if t - seen.since < learning:
+                return None
+            days = (t - seen.since) / 86400
+            shown = ", ".join(repr(str(v)) for v in new)
+            return Verdict(reason=f"{params.field.name} {shown} new for {describe_key(params.group_by, key)} "
+                                  f"({len(known) - len(new)} value(s) known from {days:.0f} day(s) of history)")
+
+        return detect
+
+
+# -- off_hours ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OffHoursParams:
+    shift: bool = True  # outside the actor's shift or store hours (neo.actor.off_shift)
+    rest_days: bool = False  # any access on a mainland-China rest day is off hours too
+    hours: Schedule | None = None  # fixed hours for actors without a directory shift
+    group_by: tuple[FieldRef, ...] = USER
+    realert: Duration = Duration(4 * 3600.0)
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def check(self):
+        if not (self.shift or self.rest_days or self.hours is not None):
+            yield "", "enable at least one of shift, rest_days, hours"
+
+
+class Quiet(msgspec.Struct, array_like=True, gc=False):
+    alerted: float  # the last alert
+    count: int = 0  # off-hours events since
+
+
+class OffHoursKind:
+    params_type = OffHoursParams
+
+    def build(self, rule: RuleSpec, params: OffHoursParams, context: KindContext) -> Detector:
+        state = rule_state(rule, params, context, Quiet)
+        key_of = group_key(params.group_by)
+        zone, hours, quiet = context.zone, params.hours, params.realert.seconds
+        calendar = getattr(context, "calendar", None)
+        if calendar is None and params.rest_days:
+            from auditd.workdays import WorkingCalendar
+
+            calendar = WorkingCalendar()
+        rest: dict[dt.date, bool] = {}
+
+        def why(event: AccessEvent) -> str | None:
+            off = event.actor_off_shift
+            if params.shift and off:
+                return "outside the actor's shift or store hours"
+            local = None
+            if params.rest_days:
+                local = event.timestamp.astimezone(zone)
+                day = local.date()
+                is_rest = rest.get(day)
+                if is_rest is None:
+                    is_rest = rest[day] = not calendar.is_workday(day)
+                if is_rest:
+                    return f"on {day.isoformat()}, a rest day in mainland China"
+            if hours is not None and off is None:
+                local = local or event.timestamp.astimezone(zone)
+                if not hours.covers(local):
+                    return f"at {local:%a %H:%M}, outside the hours {hours}"
+            return None
+
+        def detect(event: AccessEvent) -> Verdict | None:
+            reason = why(event)
+            if reason is None:
+                return None
+            key = key_of(event)
+            if key is None:
+                return None
+            t = epoch(event)
+            q = state.get(key)
+            if q is not None and t - q.alerted < quiet:
+                q.count += 1
+                state.put(key, q)
+                return None
+            before = q.count if q is not None else 0
+            state.put(key, Quiet(alerted=t, count=0))
+            more = f"; {before} more off-hours event(s) since the last alert" if before else ""
+            when = event.timestamp.astimezone(zone)
+            return Verdict(reason=f"{describe_key(params.group_by, key)} at {when:%Y-%m-%d %H:%M %Z}: {reason}{more}")
+
+        return detect
+
+
+# -- enumeration ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EnumerationParams:
+    min_ids: int = 12  # distinct ids of one block of 64 consecutive ids
+    window: Duration = Duration(1800.0)
+    group_by: tuple[FieldRef, ...] = USER
+    realert: Duration = Duration(3600.0)
+    max_blocks: int = 32  # blocks remembered per key, the most recent
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def check(self):
+        if not 2 <= self.min_ids <= 64:
+            yield "min_ids", "must be between 2 and 64 (a block holds 64 ids)"
+        if self.window.seconds <= 0:
+            yield "window", "must be longer than zero"
+        if not 1 <= self.max_blocks <= 1024:
+            yield "max_blocks", "must be between 1 and 1024"
+
+
+class Walk(msgspec.Struct, array_like=True, gc=False):
+    blocks: list[int] = []  # block pseudonyms' hashes, least recent first
+    masks: list[int] = []  # per block, a bit per offset seen within the window
+    times: list[float] = []  # per block, when its window began
+    ids: list[str] = []  # the latest events that landed in an already visited block
+    alerted: float = 0.0
+
+
+class EnumerationKind:
+    params_type = EnumerationParams
+
+    def build(self, rule: RuleSpec, params: EnumerationParams, context: KindContext) -> Detector:
+        state = rule_state(rule, params, context, Walk)
+        key_of = group_key(params.group_by)
+        hasher = ValueHasher()
+        window, quiet, need = params.window.seconds, params.realert.seconds, params.min_ids
+
+        def detect(event: AccessEvent) -> Verdict | None:
+            block, offset = event.resource_seq_block, event.resource_seq_offset
+            if block is None or offset is None or not 0 <= offset < 64:
+                return None
+            key = key_of(event)
+            if key is None:
+                return None
+            t = epoch(event)
+            w = state.get(key)
+            if w is None:
+                w = Walk()
+            h = hasher(block)
+            try:
+                i = w.blocks.index(h)
+            except ValueError:
+                w.blocks.append(h)
+                w.masks.append(1 << offset)
+                w.times.append(t)
+                if len(w.blocks) > params.max_blocks:
+                    del w.blocks[0], w.masks[0], w.times[0]
+                state.put(key, w)
+                return None
+            if t - w.times[i] > window:
+                w.masks[i], w.times[i] = 0, t
+            w.masks[i] |= 1 << offset
+            w.ids.append(event.event_id)
+            if len(w.ids) > need:
+                del w.ids[0]
+            n = w.masks[i].bit_count()
+            if n >= need and t - w.alerted >= quiet:
+                cited = tuple(dict.fromkeys(w.ids))
+                w.alerted, w.masks[i], w.ids = t, 0, []
+                state.put(key, w)
+                return Verdict(reason=f"{n} distinct {event.resource_type or 'record'} ids from one run of 64 "
+                                      f"consecutive ids within {params.window.seconds / 60:g} min by "
+                                      f"{describe_key(params.group_by, key)}: a walk through the id space",
+                               event_ids=cited)
+            state.put(key, w)
+            return None
+
+        return detect
