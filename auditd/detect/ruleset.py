@@ -89,6 +89,8 @@ class RuleSet:
         self.rules = tuple(rules)
         self.context = context or KindContext()
         self.kinds = kinds
+        # runtime suppressions (auditd.detect.suppressions), per rule index; set by the pipeline
+        self._suppress: list[Any] = [None] * len(self.rules)
         self._by_id = {r.id: r for r in self.rules}
         self._sensitive = frozenset(sensitive_categories)
         self.stats = RuleStats([r.id for r in self.rules], timing_every=timing_every)
@@ -104,6 +106,18 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+    def set_suppressions(self, checks: Mapping[str, Callable[[AccessEvent], Any]]) -> None:
+        """Swap in the store's suppressions (rule id, or '*' for all -> check)."""
+        every = checks.get("*")
+        out: list[Any] = []
+        for rule in self.rules:
+            own = checks.get(rule.id)
+            if own is not None and every is not None:
+                out.append(lambda e, a=own, b=every: a(e) or b(e))
+            else:
+                out.append(own or every)
+        self._suppress = out
 
     def rule(self, rule_id: str) -> CompiledRule:
         return self._by_id[rule_id]
@@ -166,6 +180,11 @@ class RuleSet:
         verdict = None if rule.detector is None else rule.detector(event)
         if rule.detector is not None and verdict is None:
             return None
+        # after the detector: a suppressed key's state keeps learning, only its alert is held back
+        suppress = self._suppress[rule.index]
+        if suppress is not None and suppress(event) is not None:
+            stats.excepted[rule.index] += 1
+            return None
         stats.alerts[rule.index] += 1
         return self.make_alert(rule, event, verdict)
 
@@ -200,6 +219,10 @@ class RuleSet:
             if tick is None or not rule.spec.enabled:
                 continue
             for finding in tick(now):
+                suppress = self._suppress[rule.index]
+                if suppress is not None and suppress(finding.event) is not None:
+                    self.stats.excepted[rule.index] += 1
+                    continue
                 self.stats.alerts[rule.index] += 1
                 alerts.append(self.make_alert(rule, finding.event, finding.verdict))
         return alerts

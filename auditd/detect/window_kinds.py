@@ -213,9 +213,10 @@ class SequenceParams:
     def check(self):
         if len(self.steps) < 2:
             yield "steps", "name at least two steps"
-        names = [s.name for s in self.steps]
+        # a step that did not convert is MISSING here (and already reported)
+        names = [s.name if isinstance(s, Step) else None for s in self.steps]
         for i, name in enumerate(names):
-            if name in names[:i]:
+            if name is not None and name in names[:i]:
                 yield ("steps", i, "name"), f"step name '{name}' is used twice"
         if self.timespan.seconds <= 0:
             yield "timespan", "must be longer than zero"

@@ -27,6 +27,7 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
+from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
 from auditd.sources.identity import FileIdentity
 
@@ -90,6 +91,20 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     runs: int
 
 
+class AllowanceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A rule file's exception or a store's suppression: an alert held back on purpose."""
+
+    source: str  # 'rule file' or 'store'
+    name: str
+    rule_id: str
+    match: str
+    owner: str
+    reason: str
+    expires: str
+    where: str
+    active: bool
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: dt.datetime
     store_path: str
@@ -99,6 +114,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     last_reload: ReloadStatus | None
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
+    allowances: list[AllowanceStatus] = []  # exceptions and suppressions, together
 
 
 # -- connections and shared queries ------------------------------------------------------
@@ -197,10 +213,11 @@ def read_last_reload(conn: sqlite3.Connection) -> ReloadStatus | None:
 
 # -- the status ----------------------------------------------------------------------------
 def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime, *,
-                   rules_loaded: int | None = None) -> Status:
+                   rules_loaded: int | None = None, ruleset=None) -> Status:
     """Read the store at `store_path`; `settings`, when given, adds sources not yet seen.
 
     `rules_loaded` defaults to the count the daemon recorded with its last (re)load.
+    `ruleset`, when given, adds its rule files' exceptions to the store's suppressions.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -224,6 +241,9 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             last_reload=last_reload,
             rule_state=rule_state(conn),
             jobs=job_runs(conn),
+            allowances=[AllowanceStatus(**{f: getattr(a, f) for f in AllowanceStatus.__struct_fields__})
+                        for a in allowances(ruleset, conn, now, settings.zone if settings is not None
+                                            else DEFAULT_ZONE)],
         )
     except sqlite3.DatabaseError as exc:
         raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
@@ -290,6 +310,11 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),
                                 [(r.rule_id, f"{r.keys:,}", f"{r.evicted:,}", f"{r.bad_rows:,}")
                                  for r in status.rule_state]))
+    if status.allowances:
+        lines += ["", "exceptions and suppressions (alerts held back on purpose):"]
+        lines += _indent(_table(("RULE", "NAME", "MATCH", "OWNER", "EXPIRES", "STATE", "WHERE"), [
+            (a.rule_id, a.name, _clip(a.match, 40), a.owner, a.expires, "in force" if a.active else "expired",
+             a.where) for a in status.allowances]))
     if status.jobs:
         lines += ["", "jobs:"]
         lines += _indent(_table(("JOB", "LAST RUN", "RESULT", "RUNS"), [
