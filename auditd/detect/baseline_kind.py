@@ -133,10 +133,12 @@ class _Slots:
     def observe(self, data: bytes, slot: int, x: float, weight: float, clip: bool) -> bytes:
         codes = array("H", data)
         mean, dev = decode(codes[2 * slot]), decode(codes[2 * slot + 1])
+        if weight >= 1.0:  # the slot's first observation: no spread yet
+            codes[2 * slot], codes[2 * slot + 1] = encode(x), 0
+            return codes.tobytes()
         if clip:
             x = min(x, mean + self.p.k * max(dev, 0.5 * math.sqrt(mean), 1.0))
-        new_mean = mean + weight * (x - mean)
-        codes[2 * slot] = encode(new_mean)
+        codes[2 * slot] = encode(mean + weight * (x - mean))
         codes[2 * slot + 1] = encode(dev + weight * (abs(x - mean) - dev))
         return codes.tobytes()
 
@@ -175,10 +177,10 @@ class BaselineKind:
             quiet = list(range(old + 1, min(new_bucket, (old // per_day + 1) * per_day)))
             if new_bucket // per_day != old // per_day:
                 quiet += range(max(old + 1, (new_bucket // per_day) * per_day), new_bucket)
-            weeks = max(1, prof.days // 7)
+            weeks = prof.days // 7 + 1  # observations of an hour-of-week slot, about
             for b, x in [(old, prof.total)] + [(b, 0) for b in quiet]:
                 d_slot, w_slot = s.slots(b)
-                prof.daily = s.observe(prof.daily, d_slot, x, weight(prof.days, params.alpha), learned)
+                prof.daily = s.observe(prof.daily, d_slot, x, weight(prof.days + 1, params.alpha), learned)
                 prof.weekly = s.observe(prof.weekly, w_slot, x, weight(weeks, params.alpha), learned)
             if peer is not None and prof.total > 0:
                 pp = state.get(peer) or Profile(daily=s.empty_daily, weekly=s.empty_weekly)
