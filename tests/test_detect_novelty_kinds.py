@@ -40,8 +40,9 @@ OFF_HOURS = """- rule: off_hours
 """
 ENUMERATION = """- rule: walk
   desc: consecutive ids
-  kind: enumeration
-  params: {min_ids: 10, window: 30m}
+  kind: threshold
+  params: {gte: 10, distinct: neo.resource.seq_offset, partition_by: neo.resource.seq_block, timespan: 30m,
+           max_partitions: 4}
   condition: event.action = read
   severity: high
   tags: [sandbox]
@@ -168,7 +169,9 @@ def test_enumeration_finds_consecutive_ids_through_the_enricher_without_keeping_
     assert not any(e.resource_id.startswith("C000") for e in walk)  # pseudonymised as before
     rules, _ = rules_from(tmp_path, ENUMERATION, memory_conn())
     (alert,) = run(rules, walk)
-    assert alert.event_ids[-1] == "E1-9" and "10 distinct customer ids from one run of 64" in alert.reason
+    assert alert.event_ids == tuple(f"E1-{k}" for k in range(10))
+    assert alert.reason == ("10 distinct neo.resource.seq_offset of one neo.resource.seq_block within 30m "
+                            "for user.id E1 (threshold 10)")
 
 
 def test_scattered_ids_are_no_walk(tmp_path):
@@ -177,6 +180,23 @@ def test_scattered_ids_are_no_walk(tmp_path):
     enricher.enrich(store_customers)
     rules, _ = rules_from(tmp_path, ENUMERATION, memory_conn())
     assert run(rules, store_customers) == []
+
+
+def test_a_walk_is_found_among_other_work_and_state_stays_bounded(tmp_path):
+    enricher = Enricher(None, Pseudonymiser(b"k" * 32))
+    scattered = walk_events(100_000, 60, stride=997)  # 60 blocks: more than max_partitions
+    walk = walk_events(64 * 300, 10, step_s=20)
+    for k, e in enumerate(walk):
+        e.event_id = f"w{k}"
+    mixed = sorted(scattered + walk, key=lambda e: e.timestamp)
+    enricher.enrich(mixed)
+    conn = memory_conn()
+    rules, state = rules_from(tmp_path, ENUMERATION, conn)
+    (alert,) = run(rules, mixed)
+    assert alert.event_ids == tuple(f"w{k}" for k in range(10))
+    commit(conn, state)
+    (value,) = [v for (v,) in conn.execute("SELECT value FROM detector_state")]
+    assert len(value) < 600  # four windows at most, however many blocks were visited
 
 
 def test_a_slow_walk_outside_the_window_is_no_walk(tmp_path):

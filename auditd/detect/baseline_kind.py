@@ -30,7 +30,9 @@ How the usual is kept (per key, a few hundred bytes whatever the history's lengt
   member's buckets in which they were active; an alert needs the count above the
   peers' bound too (when the peers have one for that slot), and above `floor`.
 
-Alerts need `min_days` active days of the key's own history: the learning period.
+The learning period: the key's own usual is used once it has `min_days` active days;
+before that, the peers' usual stands in (a new hire, or an actor who never exported
+before, is compared with the role), and without that either, nothing alerts.
 One alert per key and bucket; it cites the bucket's first event and the one that
 crossed the bound.
 """
@@ -78,6 +80,7 @@ class BaselineParams:
     floor: int = 20  # never alert on a bucket smaller than this
     alpha: float = 0.1  # weight of a new observation once the first 1/alpha are averaged
     peer_alpha: float = 0.02
+    peer_min_observations: int = 20  # members' active buckets before the peers' usual counts
     max_keys: int = DEFAULT_MAX_KEYS
 
     def check(self):
@@ -87,6 +90,8 @@ class BaselineParams:
             yield "weekly_after_days", "must be at least 7 (a week)"
         if self.k <= 0:
             yield "k", "must be above zero"
+        if self.peer_min_observations < 1:
+            yield "peer_min_observations", "must be at least 1"
         if self.floor < 1:
             yield "floor", "must be at least 1"
         for name in ("alpha", "peer_alpha"):
@@ -187,24 +192,30 @@ class BaselineKind:
                 pp.days += 1
                 d_slot, w_slot = s.slots(old)
                 w = weight(pp.days, params.peer_alpha)
-                pp.daily = s.observe(pp.daily, d_slot, prof.total, w, pp.days > 20)
-                pp.weekly = s.observe(pp.weekly, w_slot, prof.total, w, pp.days > 20)
+                learned_peers = pp.days > params.peer_min_observations
+                pp.daily = s.observe(pp.daily, d_slot, prof.total, w, learned_peers)
+                pp.weekly = s.observe(pp.weekly, w_slot, prof.total, w, learned_peers)
                 state.put(peer, pp)
 
+        def peer_bound(peer: str | None, d_slot: int) -> tuple[float, float] | None:
+            if peer is None:
+                return None
+            pp = state.get(peer)
+            if pp is None or pp.days < params.peer_min_observations:
+                return None
+            theirs = s.bound(pp.daily, d_slot)
+            return theirs if theirs is not None and theirs[0] > 0 else None
+
         def limit_for(prof: Profile, peer: str | None, bucket: int) -> float:
-            if prof.days < params.min_days:
-                return math.inf
             d_slot, w_slot = s.slots(bucket)
+            theirs = peer_bound(peer, d_slot)
+            if prof.days < params.min_days:
+                # too little of the key's own history: its peers' usual stands in, if known
+                return max(float(params.floor) - 0.5, theirs[1]) if theirs is not None else math.inf
             own = s.bound(prof.weekly, w_slot) if prof.days >= params.weekly_after_days else None
             own = own or s.bound(prof.daily, d_slot)
             limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
-            if peer is not None:
-                pp = state.get(peer)
-                if pp is not None and pp.days >= 20:
-                    theirs = s.bound(pp.daily, d_slot)
-                    if theirs is not None and theirs[0] > 0:
-                        limit = max(limit, theirs[1])
-            return limit
+            return max(limit, theirs[1]) if theirs is not None else limit
 
         def explain(key: str, prof: Profile, peer: str | None, bucket: int) -> str:
             d_slot, w_slot = s.slots(bucket)
@@ -218,14 +229,16 @@ class BaselineKind:
             else:
                 now = f"{prof.total} {unit} today ({weekday})"
                 usual = f"for {weekday}s" if weekly else "for a day"
-            text = (f"{now}; {key}'s usual {usual} ≤ {_num(own[1] if own else 0)} "
-                    f"({prof.days} active days of history)")
+            if prof.days < params.min_days:
+                text = f"{now}; {key} has {prof.days} active day(s) of history, too few for a usual of its own"
+            else:
+                text = (f"{now}; {key}'s usual {usual} ≤ {_num(own[1] if own else 0)} "
+                        f"({prof.days} active days of history)")
             if peer is not None:
-                pp = state.get(peer)
-                theirs = s.bound(pp.daily, d_slot) if pp is not None and pp.days >= 20 else None
+                theirs = peer_bound(peer, d_slot)
                 role = peer[len(_PEER):]
-                text += (f"; peers in role {role} ≤ {_num(theirs[1])} when active" if theirs and theirs[0] > 0
-                         else f"; no peer in role {role} active then")
+                text += (f"; peers in role {role} ≤ {_num(theirs[1])} when active" if theirs is not None
+                         else f"; no usual known for peers in role {role} then")
             return text
 
         def detect(event: AccessEvent) -> Verdict | None:

@@ -14,9 +14,8 @@ event means. For `match` the condition is the whole verdict.
   key within a sliding window; steps in order within a window (Sigma's correlations);
 - baseline (`baseline_kind.py`): volume per hour (or day) against the key's own usual
   for that hour and its role peers';
-- first_seen, off_hours, enumeration (`novelty_kinds.py`): a value new for the key
-  after its learning period; outside the shift or on a rest day; a walk through
-  consecutive record ids.
+- first_seen, off_hours (`novelty_kinds.py`): a value new for the key after its
+  learning period; outside the shift or on a rest day.
 
 The stateful ones keep per-key state in the store handed over through
 `KindContext.state` (never opened here: constructors do no I/O).
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from auditd.detect.kind_types import Detector, KindContext, RuleKind, Verdict
 from auditd.detect.baseline_kind import BaselineKind
 from auditd.detect.lifecycle_kinds import DepartedKind, EntitlementKind
-from auditd.detect.novelty_kinds import EnumerationKind, FirstSeenKind, OffHoursKind
+from auditd.detect.novelty_kinds import FirstSeenKind, OffHoursKind
 from auditd.detect.window_kinds import SequenceKind, ThresholdKind
 
 if TYPE_CHECKING:
@@ -64,6 +63,5 @@ KINDS: Mapping[str, RuleKind] = MappingProxyType({
     "baseline": BaselineKind(),
     "first_seen": FirstSeenKind(),
     "off_hours": OffHoursKind(),
-    "enumeration": EnumerationKind(),
 })
 DEFAULT_KIND = "match"

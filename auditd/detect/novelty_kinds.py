@@ -1,5 +1,4 @@
-"""Kinds about what is new or out of place for an actor: `first_seen`, `off_hours` and
-`enumeration`.
+"""Kinds about what is new or out of place for an actor: `first_seen` and `off_hours`.
 
 first_seen — a value new for the key (a data category, resource type, source subnet,
 user agent, partner, API name) once the key's learning period is over:
@@ -20,12 +19,11 @@ make-up working days on); `hours:` gives fixed hours for actors the directory do
 know (a cloud principal). One alert per key and `realert`, so that a night of work is
 one alert with its count, not one per event.
 
-enumeration — sequential or near-sequential resource ids: the enrich stage gives each
+Sequential record ids (enumeration) are a threshold rule: the enrich stage gives each
 numeric record id a keyed pseudonym of its block of 64 consecutive ids
 (`neo.resource.seq_block`) and its place in the block (`neo.resource.seq_offset`),
-so the state holds no id; `min_ids` distinct ids of one block within `window` is a
-walk through the id space (a clerk's customers are scattered across blocks: a store's
-customers are one id in every few dozen).
+and `kind: threshold` with `partition_by: neo.resource.seq_block` counts the distinct
+places an actor visits in one block (rules/behaviour.yaml, sequential_record_ids).
 """
 
 from __future__ import annotations
@@ -216,85 +214,5 @@ class OffHoursKind:
             more = f"; {before} more off-hours event(s) since the last alert" if before else ""
             when = event.timestamp.astimezone(zone)
             return Verdict(reason=f"{describe_key(params.group_by, key)} at {when:%Y-%m-%d %H:%M %Z}: {reason}{more}")
-
-        return detect
-
-
-# -- enumeration ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class EnumerationParams:
-    min_ids: int = 12  # distinct ids of one block of 64 consecutive ids
-    window: Duration = Duration(1800.0)
-    group_by: tuple[FieldRef, ...] = USER
-    realert: Duration = Duration(3600.0)
-    max_blocks: int = 32  # blocks remembered per key, the most recent
-    max_keys: int = DEFAULT_MAX_KEYS
-
-    def check(self):
-        if not 2 <= self.min_ids <= 64:
-            yield "min_ids", "must be between 2 and 64 (a block holds 64 ids)"
-        if self.window.seconds <= 0:
-            yield "window", "must be longer than zero"
-        if not 1 <= self.max_blocks <= 1024:
-            yield "max_blocks", "must be between 1 and 1024"
-
-
-class Walk(msgspec.Struct, array_like=True, gc=False):
-    blocks: list[int] = []  # block pseudonyms' hashes, least recent first
-    masks: list[int] = []  # per block, a bit per offset seen within the window
-    times: list[float] = []  # per block, when its window began
-    ids: list[str] = []  # the latest events that landed in an already visited block
-    alerted: float = 0.0
-
-
-class EnumerationKind:
-    params_type = EnumerationParams
-
-    def build(self, rule: RuleSpec, params: EnumerationParams, context: KindContext) -> Detector:
-        state = rule_state(rule, params, context, Walk)
-        key_of = group_key(params.group_by)
-        hasher = ValueHasher()
-        window, quiet, need = params.window.seconds, params.realert.seconds, params.min_ids
-
-        def detect(event: AccessEvent) -> Verdict | None:
-            block, offset = event.resource_seq_block, event.resource_seq_offset
-            if block is None or offset is None or not 0 <= offset < 64:
-                return None
-            key = key_of(event)
-            if key is None:
-                return None
-            t = epoch(event)
-            w = state.get(key)
-            if w is None:
-                w = Walk()
-            h = hasher(block)
-            try:
-                i = w.blocks.index(h)
-            except ValueError:
-                w.blocks.append(h)
-                w.masks.append(1 << offset)
-                w.times.append(t)
-                if len(w.blocks) > params.max_blocks:
-                    del w.blocks[0], w.masks[0], w.times[0]
-                state.put(key, w)
-                return None
-            if t - w.times[i] > window:
-                w.masks[i], w.times[i] = 0, t
-            w.masks[i] |= 1 << offset
-            w.ids.append(event.event_id)
-            if len(w.ids) > need:
-                del w.ids[0]
-            n = w.masks[i].bit_count()
-            if n >= need and t - w.alerted >= quiet:
-                cited = tuple(dict.fromkeys(w.ids))
-                w.alerted, w.masks[i], w.ids = t, 0, []
-                state.put(key, w)
-                return Verdict(reason=f"{n} distinct {event.resource_type or 'record'} ids from one run of 64 "
-                                      f"consecutive ids within {params.window.seconds / 60:g} min by "
-                                      f"{describe_key(params.group_by, key)}: a walk through the id space",
-                               event_ids=cited)
-            state.put(key, w)
-            return None
 
         return detect

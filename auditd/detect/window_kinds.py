@@ -5,6 +5,9 @@ window), after Sigma's correlation rules so that those map onto them:
     Sigma                      neo-auditd
     event_count   gte: N        kind: threshold, params {gte: N, timespan, group_by}
     value_count   field: F      kind: threshold, params {gte: N, distinct: F, ...}
+    group-by on a field of many values (a record-id block)
+                                kind: threshold, params {partition_by: F, ...}: one window
+                                per value inside the group key's state, the most recent kept
     temporal_ordered            kind: sequence,  params {steps: [...], timespan}
     temporal                    kind: sequence,  params {steps: [...], ordered: false}
 
@@ -57,6 +60,10 @@ class ThresholdParams:
     timespan: Duration
     group_by: tuple[FieldRef, ...] = USER
     distinct: FieldRef | None = None  # count distinct values of this field (Sigma value_count)
+    # a window per value of this field within each group key (at most max_partitions, the
+    # most recent): Sigma's group-by on one more field, without a key per value in the store
+    partition_by: FieldRef | None = None
+    max_partitions: int = 32
     realert: Duration | None = None  # quiet time per key after an alert; default: the timespan
     cite: int = MAX_CITED
     max_keys: int = DEFAULT_MAX_KEYS
@@ -72,6 +79,8 @@ class ThresholdParams:
             yield "max_keys", "must be at least 1"
         if not 1 <= self.cite <= 1000:
             yield "cite", "must be between 1 and 1000"
+        if not 1 <= self.max_partitions <= 1024:
+            yield "max_partitions", "must be between 1 and 1024"
 
 
 class Window(msgspec.Struct, array_like=True, gc=False):
@@ -81,26 +90,34 @@ class Window(msgspec.Struct, array_like=True, gc=False):
     alerted: float = 0.0  # when the key last alerted (realert)
 
 
+class Partitioned(msgspec.Struct, array_like=True, gc=False):
+    parts: list[int] = []  # partition values' hashes, least recent first
+    windows: list[Window] = []
+    alerted: float = 0.0
+
+
 class ThresholdKind:
     params_type = ThresholdParams
 
     def build(self, rule: RuleSpec, params: ThresholdParams, context: KindContext) -> Detector:
+        if params.partition_by is not None:
+            return self._partitioned(rule, params, context)
         state = rule_state(rule, params, context, Window)
         key_of = group_key(params.group_by)
         gte, span, cite = params.gte, params.timespan.seconds, params.cite
         quiet = (params.realert or params.timespan).seconds
-        values_of = params.distinct.values() if params.distinct is not None else None
-        hasher = ValueHasher()
         what = f"distinct {params.distinct.name}" if params.distinct is not None else "events"
         span_text = _span(span)
 
         def fire(key: str, w: Window, t: float) -> Verdict:
-            n = len(w.values) if values_of is not None else len(w.times)
+            n = len(w.values) if params.distinct is not None else len(w.times)
             cited = _unique(w.ids, cite)
             w.times, w.ids, w.values, w.alerted = [], [], [], t
             state.put(key, w)
             return Verdict(reason=f"{n} {what} within {span_text} for {describe_key(params.group_by, key)} "
                                   f"(threshold {gte})", event_ids=cited)
+
+        slide = _slider(params)
 
         def detect(event: AccessEvent) -> Verdict | None:
             key = key_of(event)
@@ -110,42 +127,100 @@ class ThresholdKind:
             w = state.get(key)
             if w is None:
                 w = Window()
-            times, ids = w.times, w.ids
-            if values_of is None:
-                times.append(t)
-                ids.append(event.event_id)
-                if len(times) > gte:
-                    del times[0], ids[0]
-                full = len(times) >= gte and t - times[0] <= span
-            else:
-                vals = w.values
-                eid = event.event_id
-                for v in values_of(event):
-                    h = hasher(v)
-                    try:
-                        i = vals.index(h)
-                    except ValueError:
-                        pass
-                    else:  # seen again: only its latest time counts
-                        del times[i], ids[i], vals[i]
-                    times.append(t)
-                    ids.append(eid)
-                    vals.append(h)
-                cutoff = t - span
-                drop = 0
-                while drop < len(times) and times[drop] < cutoff:
-                    drop += 1
-                if len(times) - drop > gte:
-                    drop = len(times) - gte
-                if drop:
-                    del times[:drop], ids[:drop], vals[:drop]
-                full = len(vals) >= gte
-            if full and t - w.alerted >= quiet:
+            if slide(w, event, t) and t - w.alerted >= quiet:
                 return fire(key, w, t)
             state.put(key, w)
             return None
 
         return detect
+
+    @staticmethod
+    def _partitioned(rule: RuleSpec, params: ThresholdParams, context: KindContext) -> Detector:
+        state = rule_state(rule, params, context, Partitioned)
+        key_of = group_key(params.group_by)
+        part_of = params.partition_by.getter()
+        hasher = ValueHasher()
+        slide = _slider(params)
+        quiet = (params.realert or params.timespan).seconds
+        what = f"distinct {params.distinct.name}" if params.distinct is not None else "events"
+        span_text = _span(params.timespan.seconds)
+
+        def detect(event: AccessEvent) -> Verdict | None:
+            part = part_of(event)
+            if part is None:
+                return None
+            key = key_of(event)
+            if key is None:
+                return None
+            t = epoch(event)
+            p = state.get(key)
+            if p is None:
+                p = Partitioned()
+            h = hasher(part)
+            try:
+                i = p.parts.index(h)
+            except ValueError:
+                w = Window()
+            else:  # the most recently used partition goes last
+                w = p.windows[i]
+                del p.parts[i], p.windows[i]
+            p.parts.append(h)
+            p.windows.append(w)
+            if len(p.parts) > params.max_partitions:
+                del p.parts[0], p.windows[0]
+            i = len(p.parts) - 1
+            if slide(w, event, t) and t - p.alerted >= quiet:
+                n = len(w.values) if params.distinct is not None else len(w.times)
+                cited = _unique(w.ids, params.cite)
+                p.windows[i], p.alerted = Window(), t
+                state.put(key, p)
+                return Verdict(reason=f"{n} {what} of one {params.partition_by.name} within {span_text} for "
+                                      f"{describe_key(params.group_by, key)} (threshold {params.gte})",
+                               event_ids=cited)
+            state.put(key, p)
+            return None
+
+        return detect
+
+
+def _slider(params: ThresholdParams):
+    """The window's update for one event: whether it is full afterwards."""
+    gte, span = params.gte, params.timespan.seconds
+    values_of = params.distinct.values() if params.distinct is not None else None
+    hasher = ValueHasher()
+
+    def slide(w: Window, event: AccessEvent, t: float) -> bool:
+        times, ids = w.times, w.ids
+        if values_of is None:
+            times.append(t)
+            ids.append(event.event_id)
+            if len(times) > gte:
+                del times[0], ids[0]
+            return len(times) >= gte and t - times[0] <= span
+        vals = w.values
+        eid = event.event_id
+        for v in values_of(event):
+            h = hasher(v)
+            try:
+                i = vals.index(h)
+            except ValueError:
+                pass
+            else:  # seen again: only its latest time counts
+                del times[i], ids[i], vals[i]
+            times.append(t)
+            ids.append(eid)
+            vals.append(h)
+        cutoff = t - span
+        drop = 0
+        while drop < len(times) and times[drop] < cutoff:
+            drop += 1
+        if len(times) - drop > gte:
+            drop = len(times) - gte
+        if drop:
+            del times[:drop], ids[:drop], vals[:drop]
+        return len(vals) >= gte
+
+    return slide
 
 
 # -- sequence: temporal_ordered and temporal ---------------------------------------------
