@@ -31,8 +31,10 @@ How the usual is kept (per key, a few hundred bytes whatever the history's lengt
   peers' bound too (when the peers have one for that slot), and above `floor`.
 
 The learning period: the key's own usual is used once it has `min_days` active days;
-before that, the peers' usual stands in (a new hire, or an actor who never exported
-before, is compared with the role), and without that either, nothing alerts.
+before that nothing alerts, unless `peers_stand_in` is set: then the peers' usual
+stands in (a new hire, or an actor who never exported before, is compared with the
+role). Worth it where the role's members are alike (how often they export), not where
+their volume varies with the work (records an hour).
 One alert per key and bucket; it cites the bucket's first event and the one that
 crossed the bound.
 """
@@ -81,6 +83,8 @@ class BaselineParams:
     alpha: float = 0.1  # weight of a new observation once the first 1/alpha are averaged
     peer_alpha: float = 0.02
     peer_min_observations: int = 20  # members' active buckets before the peers' usual counts
+    # while the key's own history is short, judge it by its peers' usual alone
+    peers_stand_in: bool = False
     max_keys: int = DEFAULT_MAX_KEYS
 
     def check(self):
@@ -210,8 +214,10 @@ class BaselineKind:
             d_slot, w_slot = s.slots(bucket)
             theirs = peer_bound(peer, d_slot)
             if prof.days < params.min_days:
-                # too little of the key's own history: its peers' usual stands in, if known
-                return max(float(params.floor) - 0.5, theirs[1]) if theirs is not None else math.inf
+                # too little of the key's own history: its peers' usual stands in, if asked and known
+                if params.peers_stand_in and theirs is not None:
+                    return max(float(params.floor) - 0.5, theirs[1])
+                return math.inf
             own = s.bound(prof.weekly, w_slot) if prof.days >= params.weekly_after_days else None
             own = own or s.bound(prof.daily, d_slot)
             limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
