@@ -80,8 +80,8 @@ def test_a_day_without_activity_is_not_a_day_of_zeros(tmp_path):
     run(rules, workday_history(7))
     back = workday_history(1, first=20)  # back after two weeks away, working as before
     assert run(rules, back) == []
-    (alert,) = run(rules, [ev(day(21, 10, 5), "more", record_count=40)])  # the bound is still the usual's
-    assert "E1's usual for 10:00 ≤ 2" in alert.reason
+    (alert,) = run(rules, [ev(day(21, 10, 5), "more", record_count=50)])  # the bound is still the usual's
+    assert "E1's usual for 10:00 ≤ 45 " in alert.reason
 
 
 def test_peers_in_the_role_raise_the_bound(tmp_path):
@@ -120,7 +120,7 @@ def test_hour_of_week_once_enough_active_days(tmp_path):
     # judged by the hour of the week (14 active days on), heavy Mondays are usual
     assert [a for a in alerts if a.timestamp >= day(14)] == []
     (alert,) = run(rules, [ev(day(22, 11, 5), "tue", record_count=130)])  # a Tuesday like a Monday
-    assert alert.reason.startswith("130 records this hour (Tue 11:00); E1's usual for Tues 11:00 ≤ 23 ")
+    assert alert.reason.startswith("130 records this hour (Tue 11:00); E1's usual for Tues 11:00 ≤ 45 ")
 
 
 def test_a_restart_mid_hour_keeps_the_hours_count(tmp_path):

@@ -24,8 +24,9 @@ How the usual is kept (per key, a few hundred bytes whatever the history's lengt
   default): each hour-of-week slot gets one observation per active week, and a spread
   estimated from fewer than four observations is noise (one unusual day would be a
   third of it). Until then the hour-of-day profile serves;
-- the upper bound is mean + k × max(deviation, ½√mean): counts are at least as noisy as
-  a Poisson count's, so a steady slot does not get a hair trigger;
+- the upper bound is mean + k × max(deviation, ½√mean), and at least `ratio` × mean:
+  counts are at least as noisy as a Poisson count's, so a steady slot does not get a
+  hair trigger, and "far above the usual" means a multiple of it, not a bit more;
 - peers: the same estimate per role (the first of `peer_group`'s values), fed with each
   member's buckets in which they were active; an alert needs the count above the
   peers' bound too (when the peers have one for that slot), and above `floor`.
@@ -79,6 +80,7 @@ class BaselineParams:
     min_days: int = 5  # active days of the key's own history before it alerts
     weekly_after_days: int = 28  # active days before the hour-of-week profile is used
     k: float = 4.0  # how many deviations above the mean is unusual
+    ratio: float = 3.0  # and at least this many times the mean: far above, not just above
     floor: int = 20  # never alert on a bucket smaller than this
     alpha: float = 0.1  # weight of a new observation once the first 1/alpha are averaged
     peer_alpha: float = 0.02
@@ -94,6 +96,8 @@ class BaselineParams:
             yield "weekly_after_days", "must be at least 7 (a week)"
         if self.k <= 0:
             yield "k", "must be above zero"
+        if self.ratio < 1:
+            yield "ratio", "must be at least 1"
         if self.peer_min_observations < 1:
             yield "peer_min_observations", "must be at least 1"
         if self.floor < 1:
@@ -137,7 +141,7 @@ class _Slots:
             return None
         codes = array("H", data[4 * slot:4 * slot + 4])
         mean, dev = decode(codes[0]), decode(codes[1])
-        return mean, mean + self.p.k * max(dev, 0.5 * math.sqrt(mean))
+        return mean, max(mean + self.p.k * max(dev, 0.5 * math.sqrt(mean)), self.p.ratio * mean)
 
     def observe(self, data: bytes, slot: int, x: float, weight: float, clip: bool) -> bytes:
         codes = array("H", data)
@@ -196,9 +200,9 @@ class BaselineKind:
                 pp.days += 1
                 d_slot, w_slot = s.slots(old)
                 w = weight(pp.days, params.peer_alpha)
-                learned_peers = pp.days > params.peer_min_observations
-                pp.daily = s.observe(pp.daily, d_slot, prof.total, w, learned_peers)
-                pp.weekly = s.observe(pp.weekly, w_slot, prof.total, w, learned_peers)
+                # never clipped: members differ, and a heavy member is the role's usual too
+                pp.daily = s.observe(pp.daily, d_slot, prof.total, w, False)
+                pp.weekly = s.observe(pp.weekly, w_slot, prof.total, w, False)
                 state.put(peer, pp)
 
         def peer_bound(peer: str | None, d_slot: int) -> tuple[float, float] | None:
