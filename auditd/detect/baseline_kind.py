@@ -11,12 +11,14 @@ The alert explains itself: "412 records this hour (Tue 02:00); E10011's usual fo
 Tuesdays 02:00 ≤ 35 (30 active days of history); peers in role store_clerk ≤ 50 when active".
 
 How the usual is kept (per key, a few hundred bytes whatever the history's length):
-- one robust running estimate per slot — each hour of the day (24 slots) and each hour
-  of the week (168): an exponentially weighted mean and mean absolute deviation, their
-  first observations averaged plainly (weight 1/n until it falls to `alpha`), and each
-  new observation clipped to the current upper bound once the key alerts, so that one
-  spike barely moves the usual (winsorised). Stored as log-coded 16-bit integers
-  (0.03 % resolution) in two byte strings, never as dicts of floats;
+- one robust running estimate per slot — each hour of the day (24 slots): an
+  exponentially weighted mean and mean absolute deviation; each hour of the week (168
+  slots): the mean, its spread taken from the hour of the day (the wider of the two);
+  the first observations averaged plainly (weight 1/n until it falls to `alpha`), and
+  each new observation clipped to the current upper bound once the key alerts, so
+  that one spike barely moves the usual (winsorised). Stored as log-coded 16-bit
+  integers (0.03 % resolution) in two byte strings (432 bytes for hours), never as
+  dicts of floats;
 - a slot's observation is the bucket's total when it closes; the quiet buckets of a day
   the actor worked count as zeros, while a day without any activity (leave, a rest day)
   is no observation at all, so a holiday does not teach that the actor never works;
@@ -116,7 +118,7 @@ class Profile(msgspec.Struct, array_like=True, gc=False):
     first_id: str = ""  # the bucket's first event
     days: int = 0  # active days seen (for peers: observations)
     daily: bytes = b""  # per slot of the day: (mean, deviation) log-coded uint16
-    weekly: bytes = b""  # per slot of the week, the same
+    weekly: bytes = b""  # per slot of the week, the mean only (log-coded uint16); peers have none
 
 
 class _Slots:
@@ -128,7 +130,7 @@ class _Slots:
         self.per_week = 7 * self.per_day
         self.p = params
         self.empty_daily = bytes(4 * self.per_day)
-        self.empty_weekly = bytes(4 * self.per_week)
+        self.empty_weekly = bytes(2 * self.per_week)
 
     def slots(self, bucket: int) -> tuple[int, int]:
         day_slot = bucket % self.per_day
@@ -142,6 +144,24 @@ class _Slots:
         codes = array("H", data[4 * slot:4 * slot + 4])
         mean, dev = decode(codes[0]), decode(codes[1])
         return mean, max(mean + self.p.k * max(dev, 0.5 * math.sqrt(mean)), self.p.ratio * mean)
+
+    def bound_weekly(self, prof: "Profile", w_slot: int, d_slot: int) -> tuple[float, float] | None:
+        """The hour of the week's mean with the hour of the day's spread (which spans
+        every weekday, so it is the wider one: the cautious choice)."""
+        if not prof.weekly or not prof.daily:
+            return None
+        mean = decode(array("H", prof.weekly[2 * w_slot:2 * w_slot + 2])[0])
+        dev = decode(array("H", prof.daily[4 * d_slot + 2:4 * d_slot + 4])[0])
+        return mean, max(mean + self.p.k * max(dev, 0.5 * math.sqrt(mean)), self.p.ratio * mean)
+
+    def observe_mean(self, data: bytes, slot: int, x: float, weight: float, cap: float | None) -> bytes:
+        codes = array("H", data)
+        if weight >= 1.0:
+            codes[slot] = encode(x)
+        else:
+            mean = decode(codes[slot])
+            codes[slot] = encode(mean + weight * ((min(x, cap) if cap is not None else x) - mean))
+        return codes.tobytes()
 
     def observe(self, data: bytes, slot: int, x: float, weight: float, clip: bool) -> bytes:
         codes = array("H", data)
@@ -193,16 +213,15 @@ class BaselineKind:
             weeks = prof.days // 7 + 1  # observations of an hour-of-week slot, about
             for b, x in [(old, prof.total)] + [(b, 0) for b in quiet]:
                 d_slot, w_slot = s.slots(b)
+                cap = s.bound(prof.daily, d_slot)[1] if learned and x else None
+                prof.weekly = s.observe_mean(prof.weekly, w_slot, x, weight(weeks, params.alpha), cap)
                 prof.daily = s.observe(prof.daily, d_slot, x, weight(prof.days + 1, params.alpha), learned)
-                prof.weekly = s.observe(prof.weekly, w_slot, x, weight(weeks, params.alpha), learned)
             if peer is not None and prof.total > 0:
-                pp = state.get(peer) or Profile(daily=s.empty_daily, weekly=s.empty_weekly)
+                pp = state.get(peer) or Profile(daily=s.empty_daily)
                 pp.days += 1
-                d_slot, w_slot = s.slots(old)
-                w = weight(pp.days, params.peer_alpha)
+                d_slot, _ = s.slots(old)
                 # never clipped: members differ, and a heavy member is the role's usual too
-                pp.daily = s.observe(pp.daily, d_slot, prof.total, w, False)
-                pp.weekly = s.observe(pp.weekly, w_slot, prof.total, w, False)
+                pp.daily = s.observe(pp.daily, d_slot, prof.total, weight(pp.days, params.peer_alpha), False)
                 state.put(peer, pp)
 
         def peer_bound(peer: str | None, d_slot: int) -> tuple[float, float] | None:
@@ -222,7 +241,7 @@ class BaselineKind:
                 if params.peers_stand_in and theirs is not None:
                     return max(float(params.floor) - 0.5, theirs[1])
                 return math.inf
-            own = s.bound(prof.weekly, w_slot) if prof.days >= params.weekly_after_days else None
+            own = s.bound_weekly(prof, w_slot, d_slot) if prof.days >= params.weekly_after_days else None
             own = own or s.bound(prof.daily, d_slot)
             limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
             return max(limit, theirs[1]) if theirs is not None else limit
@@ -232,7 +251,7 @@ class BaselineKind:
             weekday = _DAYS[(bucket // per_day + 3) % 7]
             hour = f"{d_slot * size // 3600:02d}:00"
             weekly = prof.days >= params.weekly_after_days
-            own = s.bound(prof.weekly, w_slot) if weekly else s.bound(prof.daily, d_slot)
+            own = s.bound_weekly(prof, w_slot, d_slot) if weekly else s.bound(prof.daily, d_slot)
             if size == 3600:
                 now = f"{prof.total} {unit} this hour ({weekday} {hour})"
                 usual = f"for {weekday}s {hour}" if weekly else f"for {hour}"
