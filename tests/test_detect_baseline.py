@@ -58,7 +58,7 @@ def test_no_alert_while_learning_then_an_alert_in_numbers(tmp_path):
     assert run(rules, workday_history(7)) == []  # a week of the usual raises nothing
     (alert,) = run(rules, [ev(day(7, 11, 10), "r1", record_count=15), ev(day(7, 11, 20), "spike",
                                                                            action="export", record_count=400)])
-    assert alert.reason.startswith("415 records this hour (Mon 11:00); E1's usual for 11:00 ≤ ")
+    assert alert.reason.startswith("415 records this hour (Mon 11:00); E1's usual around 11:00 ≤ ")
     usual = float(alert.reason.split("≤ ")[1].split(" ")[0])
     assert 15 <= usual <= 50  # 15 records an hour, give or take its noise
     assert "(7 active days of history)" in alert.reason
@@ -81,7 +81,7 @@ def test_a_day_without_activity_is_not_a_day_of_zeros(tmp_path):
     back = workday_history(1, first=20)  # back after two weeks away, working as before
     assert run(rules, back) == []
     (alert,) = run(rules, [ev(day(21, 10, 5), "more", record_count=50)])  # the bound is still the usual's
-    assert "E1's usual for 10:00 ≤ 45 " in alert.reason
+    assert "E1's usual around 10:00 ≤ 45 " in alert.reason
 
 
 def test_peers_in_the_role_raise_the_bound(tmp_path):
@@ -104,7 +104,7 @@ def test_night_hours_of_a_day_worker_are_learned_as_quiet(tmp_path):
     run(rules, workday_history(6))
     night = [ev(day(6, 2, m), f"n{m}", record_count=4) for m in range(0, 60, 4)]  # 60 records at 02:00
     (alert,) = run(rules, night)
-    assert alert.reason.startswith("52 records this hour (Sun 02:00); E1's usual for 02:00 ≤ 0 ")
+    assert alert.reason.startswith("52 records this hour (Sun 02:00); E1's usual around 02:00 ≤ 0 ")
     assert alert.event_ids == ("n0", "n48")
 
 
@@ -120,7 +120,7 @@ def test_hour_of_week_once_enough_active_days(tmp_path):
     # judged by the hour of the week (14 active days on), heavy Mondays are usual
     assert [a for a in alerts if a.timestamp >= day(14)] == []
     (alert,) = run(rules, [ev(day(22, 11, 5), "tue", record_count=300)])  # a Tuesday far above a Monday
-    assert alert.reason.startswith("300 records this hour (Tue 11:00); E1's usual for Tues 11:00 ≤ ")
+    assert alert.reason.startswith("300 records this hour (Tue 11:00); E1's usual around Tues 11:00 ≤ ")
     bound = float(alert.reason.split("≤ ")[1].split(" ")[0])
     assert 45 <= bound < 300  # the Tuesdays' mean (15) with the hour's spread over every weekday
 

@@ -7,8 +7,8 @@ role's peers.
       params: {measure: records, bucket: 1h, min_days: 5, floor: 100}
       condition: data_access and succeeded
 
-The alert explains itself: "412 records this hour (Tue 02:00); E10011's usual for
-Tuesdays 02:00 ≤ 35 (30 active days of history); peers in role store_clerk ≤ 50 when active".
+The alert explains itself: "412 records this hour (Tue 02:00); E10011's usual around
+Tues 02:00 ≤ 35 (30 active days of history); peers in role store_clerk ≤ 50 when active".
 
 How the usual is kept (per key, a few hundred bytes whatever the history's length):
 - one robust running estimate per slot — each hour of the day (24 slots): an
@@ -26,6 +26,9 @@ How the usual is kept (per key, a few hundred bytes whatever the history's lengt
   default): each hour-of-week slot gets one observation per active week, and a spread
   estimated from fewer than four observations is noise (one unusual day would be a
   third of it). Until then the hour-of-day profile serves;
+- the bound for an hour is the widest of that hour's and the hours beside it (overtime
+  and early starts move work into the next hour: not an anomaly; a night among quiet
+  nights stays quiet);
 - the upper bound is mean + k × max(deviation, ½√mean), and at least `ratio` × mean:
   counts are at least as noisy as a Poisson count's, so a steady slot does not get a
   hair trigger, and "far above the usual" means a multiple of it, not a bit more;
@@ -233,6 +236,19 @@ class BaselineKind:
             theirs = s.bound(pp.daily, d_slot)
             return theirs if theirs is not None and theirs[0] > 0 else None
 
+        def own_bound(prof: Profile, bucket: int) -> tuple[float, float] | None:
+            """The key's usual for the bucket's slot: the widest of the slot and the
+            slots beside it (an hour of overtime or an early start moves work into the
+            hour next to the usual ones: not an anomaly)."""
+            weekly = prof.days >= params.weekly_after_days
+            best = None
+            for b in (bucket - 1, bucket, bucket + 1) if per_day > 1 else (bucket,):
+                d_slot, w_slot = s.slots(b)
+                got = s.bound_weekly(prof, w_slot, d_slot) if weekly else s.bound(prof.daily, d_slot)
+                if got is not None and (best is None or got[1] > best[1]):
+                    best = got
+            return best
+
         def limit_for(prof: Profile, peer: str | None, bucket: int) -> float:
             d_slot, w_slot = s.slots(bucket)
             theirs = peer_bound(peer, d_slot)
@@ -241,8 +257,7 @@ class BaselineKind:
                 if params.peers_stand_in and theirs is not None:
                     return max(float(params.floor) - 0.5, theirs[1])
                 return math.inf
-            own = s.bound_weekly(prof, w_slot, d_slot) if prof.days >= params.weekly_after_days else None
-            own = own or s.bound(prof.daily, d_slot)
+            own = own_bound(prof, bucket)
             limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
             return max(limit, theirs[1]) if theirs is not None else limit
 
@@ -251,10 +266,10 @@ class BaselineKind:
             weekday = _DAYS[(bucket // per_day + 3) % 7]
             hour = f"{d_slot * size // 3600:02d}:00"
             weekly = prof.days >= params.weekly_after_days
-            own = s.bound_weekly(prof, w_slot, d_slot) if weekly else s.bound(prof.daily, d_slot)
+            own = own_bound(prof, bucket)
             if size == 3600:
                 now = f"{prof.total} {unit} this hour ({weekday} {hour})"
-                usual = f"for {weekday}s {hour}" if weekly else f"for {hour}"
+                usual = f"around {weekday}s {hour}" if weekly else f"around {hour}"
             else:
                 now = f"{prof.total} {unit} today ({weekday})"
                 usual = f"for {weekday}s" if weekly else "for a day"
