@@ -41,6 +41,13 @@ CATEGORIES = {"store_clerk": ("identity", "order", "contact"), "store_manager": 
 ACTIONS = ("read", "read", "read", "search", "list", "read", "update", "read", "print", "read")
 ZONE = dt.timezone(dt.timedelta(hours=8))
 BATCH = 4096
+MACROS = """- list: data_actions
+  items: [read, search, list, export, download, print, unmask, share]
+- macro: succeeded
+  condition: event.outcome = success
+- macro: data_access
+  condition: event.action in data_actions
+"""
 
 
 def batches(actors: int, days: int, per_day: int, seed: int = 11):
@@ -87,10 +94,16 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--per-day", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/neo-behaviour"))
-    parser.add_argument("--rules", type=Path, nargs="+", default=[REPO / "rules"])
+    parser.add_argument("--rules", type=Path, nargs="+",
+                        help="rule files or folders (default: the shipped behaviour rules and the macros they use)")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
+    if not args.rules:  # the stateful rules only: the per-event rules keep no state
+        (args.workdir / "rules").mkdir()
+        shutil.copy(REPO / "rules" / "behaviour.yaml", args.workdir / "rules" / "behaviour.yaml")
+        (args.workdir / "rules" / "macros.yaml").write_text(MACROS)
+        args.rules = [args.workdir / "rules"]
     store = Store(args.workdir / "neo-auditd.db").open()
     state = StateStore()
     state.bind(store.conn)
@@ -111,7 +124,8 @@ def main() -> int:
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     counters = rule_counters(store.conn)
     store.close()
-    disk = sum(p.stat().st_size for p in args.workdir.iterdir() if p.name.startswith("neo-auditd.db"))
+    disk = sum(p.stat().st_size for p in args.workdir.iterdir() if p.name.startswith("neo-auditd.db")
+               and not p.name.endswith(".bak"))
     print(f"actors {args.actors:,}, days {args.days} (working days only), {args.per_day} accesses a day: "
           f"{events:,} events through {len(ruleset.rules)} rules in {seconds:.0f} s ({events / seconds:,.0f}/s)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "

@@ -157,26 +157,26 @@ class _Slots:
         dev = decode(array("H", prof.daily[4 * d_slot + 2:4 * d_slot + 4])[0])
         return mean, max(mean + self.p.k * max(dev, 0.5 * math.sqrt(mean)), self.p.ratio * mean)
 
-    def observe_mean(self, data: bytes, slot: int, x: float, weight: float, cap: float | None) -> bytes:
-        codes = array("H", data)
+    def observe_mean(self, codes: array, slot: int, x: float, weight: float, cap: float | None) -> None:
+        """One observation into an hour-of-week slot's mean (codes changed in place)."""
         if weight >= 1.0:
             codes[slot] = encode(x)
-        else:
+        elif x or codes[slot]:  # a quiet hour of a quiet slot changes nothing
             mean = decode(codes[slot])
             codes[slot] = encode(mean + weight * ((min(x, cap) if cap is not None else x) - mean))
-        return codes.tobytes()
 
-    def observe(self, data: bytes, slot: int, x: float, weight: float, clip: bool) -> bytes:
-        codes = array("H", data)
-        mean, dev = decode(codes[2 * slot]), decode(codes[2 * slot + 1])
+    def observe(self, codes: array, slot: int, x: float, weight: float, clip: bool) -> None:
+        """One observation into an hour-of-day slot's mean and deviation (in place)."""
         if weight >= 1.0:  # the slot's first observation: no spread yet
             codes[2 * slot], codes[2 * slot + 1] = encode(x), 0
-            return codes.tobytes()
+            return
+        if not x and not codes[2 * slot] and not codes[2 * slot + 1]:
+            return  # a quiet hour of a quiet slot (the nights of a day worker) changes nothing
+        mean, dev = decode(codes[2 * slot]), decode(codes[2 * slot + 1])
         if clip:
             x = min(x, mean + self.p.k * max(dev, 0.5 * math.sqrt(mean), 1.0))
         codes[2 * slot] = encode(mean + weight * (x - mean))
         codes[2 * slot + 1] = encode(dev + weight * (abs(x - mean) - dev))
-        return codes.tobytes()
 
 
 class BaselineKind:
@@ -214,17 +214,22 @@ class BaselineKind:
             if new_bucket // per_day != old // per_day:
                 quiet += range(max(old + 1, (new_bucket // per_day) * per_day), new_bucket)
             weeks = prof.days // 7 + 1  # observations of an hour-of-week slot, about
+            daily, weekly = array("H", prof.daily), array("H", prof.weekly)  # decoded once, not per slot
+            w_day, w_week = weight(prof.days + 1, params.alpha), weight(weeks, params.alpha)
             for b, x in [(old, prof.total)] + [(b, 0) for b in quiet]:
                 d_slot, w_slot = s.slots(b)
                 cap = s.bound(prof.daily, d_slot)[1] if learned and x else None
-                prof.weekly = s.observe_mean(prof.weekly, w_slot, x, weight(weeks, params.alpha), cap)
-                prof.daily = s.observe(prof.daily, d_slot, x, weight(prof.days + 1, params.alpha), learned)
+                s.observe_mean(weekly, w_slot, x, w_week, cap)
+                s.observe(daily, d_slot, x, w_day, learned)
+            prof.daily, prof.weekly = daily.tobytes(), weekly.tobytes()
             if peer is not None and prof.total > 0:
                 pp = state.get(peer) or Profile(daily=s.empty_daily)
                 pp.days += 1
                 d_slot, _ = s.slots(old)
                 # never clipped: members differ, and a heavy member is the role's usual too
-                pp.daily = s.observe(pp.daily, d_slot, prof.total, weight(pp.days, params.peer_alpha), False)
+                codes = array("H", pp.daily)
+                s.observe(codes, d_slot, prof.total, weight(pp.days, params.peer_alpha), False)
+                pp.daily = codes.tobytes()
                 state.put(peer, pp)
 
         def peer_bound(peer: str | None, d_slot: int) -> tuple[float, float] | None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from auditd.config.typed import Duration
-from auditd.detect.kind_support import FieldRef, ValueHasher, describe_key, epoch, group_key, rule_state
+from auditd.detect.kind_support import FieldRef, ValueHasher, describe_key, group_key, rule_state
 from auditd.detect.kind_types import Detector, KindContext, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.directory.schedule import Schedule
@@ -114,7 +114,7 @@ class FirstSeenKind:
                     if net is not None:
                         out.append(net)
                 values = out
-            t = epoch(event)
+            t = event.timestamp.timestamp()
             seen = state.get(key)
             if seen is None:
                 seen = Seen(since=t)
@@ -203,7 +203,7 @@ class OffHoursKind:
             key = key_of(event)
             if key is None:
                 return None
-            t = epoch(event)
+            t = event.timestamp.timestamp()
             q = state.get(key)
             if q is not None and t - q.alerted < quiet:
                 q.count += 1

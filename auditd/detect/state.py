@@ -71,6 +71,7 @@ class RuleState:
         self._deleted: set[str] = set()
         self._count: int | None = None  # keys in the store, once counted
         self._reported_bad = 0  # bad rows already added to detector_rules
+        self._in_batch = False  # in the owner's touched set since its last flush or discard
         self.stats = RuleStats()
 
     # -- reads and writes, during detection ----------------------------------------------
@@ -87,13 +88,17 @@ class RuleState:
             raise ValueError("a state value cannot be None; delete the key instead")
         self._cache[key] = value
         self._dirty.add(key)
-        self._deleted.discard(key)
-        self._owner._touched.add(self)
+        if self._deleted:
+            self._deleted.discard(key)
+        if not self._in_batch:  # the per-event path: one flag test, not a set insert
+            self._in_batch = True
+            self._owner._touched.add(self)
 
     def delete(self, key: str) -> None:
         self._cache[key] = _ABSENT
         self._dirty.discard(key)
         self._deleted.add(key)
+        self._in_batch = True
         self._owner._touched.add(self)
 
     def items(self) -> Iterator[tuple[str, Any]]:
@@ -118,6 +123,7 @@ class RuleState:
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
             # one damaged row costs that key its history, never the rule's other keys
             self.stats.bad_rows += 1
+            self._in_batch = True
             self._owner._touched.add(self)
             log.error("unreadable detector state; the key starts afresh",
                       extra={"rule.id": self.rule_id, "error": str(exc)})
@@ -126,16 +132,22 @@ class RuleState:
 
     # -- the batch's commit --------------------------------------------------------------
     def _flush(self, conn: sqlite3.Connection, touched: int) -> None:
+        # the key count is kept from the statements' own row counts: counting the
+        # rule's rows at every flush would read all of them (100,000 keys) per batch
+        count = self._count if self._count is not None else self._count_keys(conn)
         if self._deleted:
-            conn.executemany("DELETE FROM detector_state WHERE rule_id = ? AND rule_hash = ? AND key = ?",
-                             [(self.rule_id, self.rule_hash, k) for k in sorted(self._deleted)])
+            cur = conn.executemany("DELETE FROM detector_state WHERE rule_id = ? AND rule_hash = ? AND key = ?",
+                                   [(self.rule_id, self.rule_hash, k) for k in sorted(self._deleted)])
+            count -= max(0, cur.rowcount)
         if self._dirty:
-            conn.executemany(
-                "INSERT INTO detector_state (rule_id, rule_hash, key, touched, value) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (rule_id, rule_hash, key) DO UPDATE SET touched = excluded.touched,"
-                " value = excluded.value",
-                [(self.rule_id, self.rule_hash, k, touched, self._encode(self._cache[k])) for k in sorted(self._dirty)])
-        count = self._count_keys(conn)
+            encode, rule_id, rule_hash = self._encode, self.rule_id, self.rule_hash
+            rows = [(touched, encode(self._cache[k]), rule_id, rule_hash, k) for k in sorted(self._dirty)]
+            conn.executemany("UPDATE detector_state SET touched = ?, value = ? WHERE rule_id = ? AND rule_hash = ?"
+                             " AND key = ?", rows)
+            cur = conn.executemany(
+                "INSERT OR IGNORE INTO detector_state (touched, value, rule_id, rule_hash, key) VALUES (?, ?, ?, ?, ?)",
+                rows)
+            count += max(0, cur.rowcount)  # the keys that were new
         evicted = self._evict(conn, count - self.max_keys) if count > self.max_keys else 0
         self.stats.keys = count - evicted
         self._count = self.stats.keys
@@ -234,6 +246,7 @@ class StateStore:
         self._generation += 1
         for state in sorted(self._touched, key=lambda s: (s.rule_id, s.rule_hash)):
             state._flush(conn, self._generation)
+            state._in_batch = False
         self._touched.clear()
         if sum(len(s._cache) for s in self._rules.values()) > self.CACHE_LIMIT:
             for state in self._rules.values():
@@ -243,6 +256,7 @@ class StateStore:
         """The batch's transaction failed: forget what it changed in memory."""
         for state in self._touched:
             state._forget_changes()
+            state._in_batch = False
         self._touched.clear()
         self._generation = 0
 

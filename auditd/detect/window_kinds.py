@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from auditd.config.typed import Duration
-from auditd.detect.kind_support import FieldRef, describe_key, epoch, group_key, rule_state, ValueHasher
+from auditd.detect.kind_support import FieldRef, ValueHasher, describe_key, group_key, rule_state
 from auditd.detect.kind_types import Detector, KindContext, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.event import AccessEvent
@@ -123,7 +123,7 @@ class ThresholdKind:
             key = key_of(event)
             if key is None:
                 return None
-            t = epoch(event)
+            t = event.timestamp.timestamp()
             w = state.get(key)
             if w is None:
                 w = Window()
@@ -152,7 +152,7 @@ class ThresholdKind:
             key = key_of(event)
             if key is None:
                 return None
-            t = epoch(event)
+            t = event.timestamp.timestamp()
             p = state.get(key)
             if p is None:
                 p = Partitioned()
@@ -353,7 +353,7 @@ class SequenceKind:
             key = key_of(event)
             if key is None:
                 return None
-            t = epoch(event)
+            t = event.timestamp.timestamp()
             p = state.get(key)
             if p is None or len(p.times) != len(steps):
                 p = Progress([[] for _ in steps], [[] for _ in steps])
