@@ -11,6 +11,7 @@ import msgspec
 
 from auditd import __version__
 from auditd.errors import EX_CONFIG, ConfigError, StoreFormatError
+from auditd.store.health import StoreDamaged
 
 DESCRIPTION = """\
 neo-auditd checks every access to customers' personal information against the
@@ -27,30 +28,66 @@ def _json_out(obj) -> None:
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
 
 
-def _config_error(exc: ConfigError, as_json: bool) -> int:
+def _config_error(exc: ConfigError, as_json: bool, warnings: Sequence[object] = ()) -> int:
     if as_json:
-        _json_out({"ok": False, "problems": [str(p) for p in exc.problems]})
+        _json_out({"ok": False, "problems": [str(p) for p in exc.problems], "warnings": [str(w) for w in warnings]})
+    _print_warnings(warnings)
     for problem in exc.problems:
         print(f"error: {problem}", file=sys.stderr)
     print(f"{len(exc.problems)} problem(s) found; nothing was started", file=sys.stderr)
     return EX_CONFIG
 
 
+def _print_warnings(warnings: Sequence[object]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _environment_checks(runtime, today, *, cluster: bool):
+    """What the files alone cannot tell: the working-day years ahead and, with `cluster`,
+    whether Elasticsearch takes the index templates. (problems, warnings), both located."""
+    from auditd.config.located import Problems
+    from auditd.settings import load_settings
+    from auditd.workdays import coverage, coverage_warning, uncovered
+
+    problems, warnings = Problems(), []
+    _, doc = load_settings(runtime.config_path, Problems())  # where each key is, for the messages
+    override_file = runtime.settings.working_days.override_file
+    text = coverage_warning(uncovered(coverage(runtime.calendar, today)), override_file)
+    if text is not None and doc is not None:
+        key = ("working_days", "override_file") if override_file is not None else ("working_days",)
+        warnings.append(doc.problem(key, text))
+    elastic = runtime.settings.elastic
+    if cluster and elastic is not None and elastic.ship.enabled:
+        from auditd.elastic.preflight import check_templates
+
+        check_templates(elastic, doc, problems, warnings)
+    return problems, warnings
+
+
 # -- commands ----------------------------------------------------------------------------------
 def cmd_check(args) -> int:
+    import datetime as dt
+
     from auditd.runtime import load_runtime
 
     try:
         runtime = load_runtime(args.config)
     except ConfigError as exc:
         return _config_error(exc, args.json)
+    today = args.as_of or dt.datetime.now(runtime.settings.zone).date()
+    problems, warnings = _environment_checks(runtime, today, cluster=not args.offline)
+    if problems:
+        return _config_error(ConfigError(problems.items), args.json, warnings)
     summary = {
         "ok": True,
         "config": str(args.config),
         "sources": [s.name for s in runtime.settings.sources],
         "rules": len(runtime.ruleset),
         "employees": len(runtime.directory) if runtime.directory is not None else 0,
+        "warnings": [str(w) for w in warnings],
     }
+    _print_warnings(warnings)
     if args.json:
         _json_out(summary)
     else:
@@ -65,7 +102,7 @@ def cmd_run(args) -> int:
 
     setup_logging(args.log_level)
     try:
-        return serve(args.config, args.state_dir)
+        return serve(args.config, args.state_dir, new_store=args.new_store)
     except ConfigError as exc:
         return _config_error(exc, False)
 
@@ -106,10 +143,19 @@ def cmd_replay(args) -> int:
     if missing:
         print(f"error: no such file: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
+    ship = runtime.settings.elastic is not None and runtime.settings.elastic.ship.enabled and not args.no_ship
+    if ship:  # a template the cluster refuses would keep the shipper, and so the replay, waiting
+        import datetime as dt
+
+        today = dt.datetime.now(runtime.settings.zone).date()
+        problems, warnings = _environment_checks(runtime, today, cluster=True)
+        if problems:
+            return _config_error(ConfigError(problems.items), args.json, warnings)
+        _print_warnings(warnings)
     store, quarantine = open_store(runtime, args.state_dir)
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
-    if runtime.settings.elastic is not None and runtime.settings.elastic.ship.enabled and not args.no_ship:
+    if ship:
         cluster = Cluster(runtime, store)
         cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
@@ -215,16 +261,17 @@ def _settings_and_store_path(args):
 
 
 def _incident_conn(args):
+    """The store, and the zone its times are shown in (the config's `timezone`)."""
     from auditd.store.sqlite import Store
 
-    _, path = _settings_and_store_path(args)
-    return Store(path).open()
+    settings, path = _settings_and_store_path(args)
+    return Store(path).open(), settings.zone
 
 
 def cmd_incidents_list(args) -> int:
     from auditd.correlate import CorrelateError, list_incidents, render_incident_table
 
-    store = _incident_conn(args)
+    store, zone = _incident_conn(args)
     try:
         rows = list_incidents(store.conn, status=args.status, tier=args.tier, limit=args.limit)
     except CorrelateError as exc:
@@ -235,16 +282,20 @@ def cmd_incidents_list(args) -> int:
     if args.json:
         _json_out(rows)
     else:
-        print(render_incident_table(rows))
+        print(render_incident_table(rows, zone))
     return 0
 
 
 def cmd_incidents_show(args) -> int:
-    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+    import msgspec
 
-    store = _incident_conn(args)
+    from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
+    from auditd.correlate.evidence import readable_evidence
+
+    store, zone = _incident_conn(args)
     try:
         detail = get_incident(store.conn, args.id)
+        detail = msgspec.structs.replace(detail, evidence=readable_evidence(store.evidence(detail.evidence_event_ids)))
     except UnknownIncident:
         print(f"error: no incident {args.id}", file=sys.stderr)
         return 1
@@ -253,7 +304,7 @@ def cmd_incidents_show(args) -> int:
     if args.json:
         _json_out(detail)
     else:
-        print(render_incident_detail(detail))
+        print(render_incident_detail(detail, zone))
     return 0
 
 
@@ -405,7 +456,75 @@ def cmd_review_grants(args) -> int:
     return 0
 
 
+def cmd_store_check(args) -> int:
+    import sqlite3
+
+    from auditd.store import health
+    from auditd.store.migrations import LATEST, check_version
+
+    _, path = _settings_and_store_path(args)
+    result: dict = {"store": str(path), "ok": False}
+    try:
+        health.preflight(path)
+        if not path.exists():
+            raise health.StoreMissing(f"{path}: no store there (has the daemon run with this config?)")
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+        try:
+            result["schema_version"] = check_version(conn, path)
+            result["schema_latest"] = LATEST
+            report = health.check(conn, full=args.full)
+        except sqlite3.DatabaseError as exc:
+            raise health.damaged(exc, path) from exc
+        finally:
+            conn.close()
+    except health.StoreDamaged as exc:
+        result["error"] = str(exc)
+        _store_result(result, args.json)
+        return health.EX_DATAERR
+    result.update(ok=report.ok, check="integrity_check" if args.full else "quick_check",
+                  seconds=report.seconds, problems=report.problems)
+    _store_result(result, args.json)
+    return 0 if report.ok else health.EX_DATAERR
+
+
+def cmd_store_backup(args) -> int:
+    from auditd.store import health
+
+    _, path = _settings_and_store_path(args)
+    try:
+        size, seconds = health.backup(path, args.target)
+    except (FileExistsError, health.StoreDamaged) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, FileExistsError) else health.EX_DATAERR
+    result = {"store": str(path), "backup": str(args.target), "bytes": size, "seconds": seconds, "ok": True}
+    _store_result(result, args.json)
+    return 0
+
+
+def _store_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        _json_out(result)
+    elif result.get("error"):
+        print(f"neo-auditd: {result['error']}", file=sys.stderr)
+    elif "backup" in result:
+        print(f"backed up {result['store']} to {result['backup']} ({result['bytes']:,} bytes, "
+              f"{result['seconds']} s, checked)")
+    else:
+        verdict = "ok" if result["ok"] else "DAMAGED: " + "; ".join(result["problems"][:5])
+        print(f"{result['store']}: schema {result['schema_version']} of {result['schema_latest']}, "
+              f"{result['check']} {verdict} ({result['seconds']} s)")
+
+
 # -- parser ------------------------------------------------------------------------------------
+def _date_arg(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 2027-01-15, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-auditd", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -422,11 +541,23 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     state_arg(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--new-store", action="store_true",
+                   help="start an empty store even though one was kept here before and is now missing, empty "
+                        "or damaged (it is set aside, not deleted); every alert in the logs still on disk is "
+                        "raised again -- restore a backup instead if you have one")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors")
+    p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors",
+                       description="Validate everything the daemon loads; exit 78 with every problem located "
+                                   "(file:line:column: key). Also asks Elasticsearch, when configured, whether "
+                                   "it takes the index templates, and warns about working-day years ahead that "
+                                   "no calendar knows.")
     config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--offline", action="store_true", help="do not contact Elasticsearch")
+    p.add_argument("--as-of", type=_date_arg, metavar="DATE",
+                   help="check the working-day calendar as if today were DATE (YYYY-MM-DD), e.g. to see "
+                        "whether next year's holidays are in the override file yet")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("replay", help="run the pipeline over log files from their start, then exit")
@@ -450,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, overdue steps")
+    p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, "
+                                      "Elasticsearch shipping, working days ahead")
     config_arg(p)
     state_arg(p)
     p.add_argument("--json", action="store_true")
@@ -513,6 +645,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id", type=int)
     q.add_argument("--by", required=True, help="who removes it")
     q.set_defaults(func=cmd_suppress_remove)
+
+    p = sub.add_parser("store", help="check the store's integrity, or back it up while the daemon runs")
+    ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("check", help="header, schema version and PRAGMA quick_check; exit 0, or 65 if damaged")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--full", action="store_true", help="PRAGMA integrity_check: slower, checks every index entry")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_store_check)
+    q = ssub.add_parser("backup", help="a consistent copy of the store (SQLite online backup), checked; "
+                                       "safe while the daemon runs")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("target", type=Path, metavar="PATH", help="the new file (never overwritten)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_store_backup)
     return parser
 
 
@@ -523,6 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreFormatError as exc:  # a newer version's store: restarting will not help
         print(f"neo-auditd: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except StoreDamaged as exc:  # missing, not ours, or damaged: restarting will not help either
+        print(f"neo-auditd: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

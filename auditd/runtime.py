@@ -75,6 +75,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         directory, pseudonymiser, sensitive_categories=settings.sensitive_categories(), zone=settings.zone,
         working_days_between=calendar.working_days_between,
         entitlement=build_checker(settings.entitlement, pseudonymise=pseudonymiser, zone=settings.zone),
+        shift_grace_s=settings.directory.shift_grace.seconds if settings.directory is not None else 0.0,
     )
     return Runtime(
         settings=settings,

@@ -32,6 +32,8 @@ from auditd.pipeline import Pipeline
 from auditd.runtime import Runtime, load_runtime
 from auditd.sources.tail import FileTailer, ReplaySource
 from auditd.store.quarantine_file import QuarantineFile
+from auditd.store import health
+from auditd.store.health import CheckReport
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
@@ -40,15 +42,61 @@ REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 log = logging.getLogger("neo_auditd.service")
 
 
-def open_store(runtime: Runtime, state_dir: Path | None = None) -> tuple[Store, QuarantineFile]:
+def open_store(runtime: Runtime, state_dir: Path | None = None, *, new_store: bool = False,
+               on_damage: Callable[[CheckReport], None] | None = None) -> tuple[Store, QuarantineFile]:
+    """Open the store after making sure it is the one kept here and whole (see
+    store/health.py); raises StoreDamaged (exit 65) when it is not."""
     settings = runtime.settings
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
+    health.preflight(db_path, new_store=new_store)
     store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
     store.open(background_checkpoints=True)
+    try:
+        health.stamp(store.conn, db_path, new_store=new_store)
+        _check_store(store, settings.store.startup_check_max_bytes, on_damage)
+    except BaseException:
+        store.close()
+        raise
     quarantine = QuarantineFile(q_path, store)
     quarantine.catch_up()
     return store, quarantine
+
+
+class _DamageRelay:
+    """Hands a background check's finding of damage to the daemon, once it exists."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: Callable[[CheckReport], None] | None = None
+        self._pending: CheckReport | None = None
+
+    def __call__(self, report: CheckReport) -> None:
+        with self._lock:
+            if self._target is None:
+                self._pending = report
+                return
+            target = self._target
+        target(report)
+
+    def connect(self, target: Callable[[CheckReport], None]) -> None:
+        with self._lock:
+            self._target, pending = target, self._pending
+        if pending is not None:
+            target(pending)
+
+
+def _check_store(store: Store, inline_max_bytes: int, on_damage: Callable[[CheckReport], None] | None) -> None:
+    size = store.path.stat().st_size
+    if size <= inline_max_bytes or on_damage is None:
+        report = health.check(store.conn)
+        health.record_check(store.conn, report)
+        if not report.ok:
+            raise health.StoreDamaged(f"{store.path} is damaged ({'; '.join(report.problems[:3])}): "
+                                      f"{health.RESTORE_HINT}")
+        return
+    log.info("store checked in the background", extra={"file.path": str(store.path), "bytes": size})
+    health.BackgroundCheck(store.path, on_damage=on_damage).start()
 
 
 class Daemon:
@@ -68,6 +116,7 @@ class Daemon:
         self._last_lag = 0.0
         self.directory_watcher = self._watch_directory(runtime)
         self.on_batch = on_batch
+        self.exit_code = 0
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._tick = threading.Event()
@@ -87,9 +136,14 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
-    def request_stop(self) -> None:
+    def request_stop(self, exit_code: int = 0) -> None:
+        self.exit_code = max(self.exit_code, exit_code)
         self._stop.set()
         self._wake.set()
+
+    def store_damaged(self, report: CheckReport) -> None:
+        """From the background store check: stop; systemd does not restart on 65."""
+        self.request_stop(health.EX_DATAERR)
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -132,8 +186,8 @@ class Daemon:
                 tailer.stop()
             if self.notifier:
                 self.notifier.stopping()
-        log.info("stopped", extra={"events": self.pipeline.totals.events})
-        return 0
+        log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code})
+        return self.exit_code
 
     def _pump(self) -> bool:
         """Process one round of every source; True if anything was read."""
@@ -325,13 +379,15 @@ def _current_directory(daemon: Daemon):
     return watcher.directory if watcher is not None else daemon.pipeline.runtime.directory
 
 
-def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[str, RuleKind] = KINDS) -> int:
+def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[str, RuleKind] = KINDS,
+          new_store: bool = False) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
     runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
-    store, quarantine = open_store(runtime, state_dir)
+    damage = _DamageRelay()  # a background store check may finish before the daemon exists
+    store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
     metrics = Metrics(store.path)
     metrics.declare_sources(_all_sources(runtime))
     if ops.metrics.enabled:
@@ -344,9 +400,13 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     cluster = Cluster(runtime, store) if runtime.settings.elastic is not None else None
     if cluster is not None:
         cluster.start()
+        if cluster.shipper is not None:
+            metrics.watch_shipper(cluster.shipper)
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds)
+    metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
+    damage.connect(daemon.store_damaged)
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)

@@ -42,6 +42,14 @@ class StoreSettings:
     path: Path | None = None  # default: <state_dir>/neo-auditd.db
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     keep_events: bool = True  # events are evidence; retention purges them later
+    # The start-up integrity check (PRAGMA quick_check, ~1 s per 200 MB) runs before
+    # the daemon reads anything on a store up to this size; a larger one starts at
+    # once and is checked in the background, its progress in `status`.
+    startup_check_max_bytes: int = 256 * 1024 * 1024
+
+    def check(self):
+        if self.startup_check_max_bytes < 0:
+            yield "startup_check_max_bytes", "must be 0 or more"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,13 @@ class PseudonymSettings:
 class DirectorySettings:
     path: Path
     reload_check_s: float = 5.0
+    # an access this long before a shift starts or after it ends is still on shift
+    # (neo.actor.off_shift false): overtime and early starts are work, not anomalies
+    shift_grace: Duration = Duration(3600.0)
+
+    def check(self):
+        if not 0 <= self.shift_grace.seconds <= 12 * 3600:
+            yield "shift_grace", "must be between 0 and 12h"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,82 @@
 #!/usr/bin/env bash
 # Set up neo-auditd on a fresh machine and run the daemon on the example deployment,
-# with the embedded store (SQLite) and a generated day of the example company's access
-# log. Stop it with Ctrl-C (SIGTERM/SIGINT drain and checkpoint). Meanwhile, in another
-# terminal:   .venv/bin/neo-auditd incidents list -c examples/config.yaml
+# with the embedded store (SQLite) and a generated week of the example company's access
+# log. Once the daemon has caught up with the log, it prints, per planted scenario,
+# whether the alerts found it, and how many alerts match no planted scenario
+# (examples/score.py against examples/out/logs/ground_truth.jsonl); then the daemon
+# keeps running in the foreground until Ctrl-C (it drains and checkpoints).
+# Meanwhile, in another terminal:   .venv/bin/neo-auditd incidents list -c examples/config.yaml
+#
+#   NEO_DEMO_LINES=100000   lines to generate (a new number needs: rm -r examples/out)
+#   NEO_DEMO_EXIT=1         stop the daemon after the table, and exit with score.py's status
+#   NEO_DEMO_TIMEOUT=900    seconds to wait for the daemon to catch up
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${NEO_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
+# NEO_DEMO_INSTALL=0 keeps the venv's neo-auditd as it is (a test runs a copy of examples/)
+[ "${NEO_DEMO_INSTALL:-1}" = 0 ] || "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
+NEO="$VENV/bin/neo-auditd"
+OUT=examples/out
+LOG=$OUT/logs/access.log
 
-mkdir -p examples/out/logs
-if [ ! -f examples/out/logs/access.log ]; then
-    "$VENV/bin/python" examples/generate.py --out examples/out/logs --lines "${NEO_DEMO_LINES:-100000}" --seed 1
+mkdir -p "$OUT/logs"
+if [ ! -f "$LOG" ] || [ ! -f "$OUT/logs/ground_truth.jsonl" ]; then
+    rm -rf "$OUT/state"  # a store of another log would score alerts this log never planted
+    "$VENV/bin/python" examples/generate.py --out "$OUT/logs" --lines "${NEO_DEMO_LINES:-100000}" --seed 1
 fi
-[ -f examples/out/pseudonym.key ] || "$VENV/bin/neo-auditd" keygen examples/out/pseudonym.key
-"$VENV/bin/neo-auditd" check -c examples/config.yaml
-echo "neo-auditd: tailing examples/out/logs/access.log*; metrics on http://127.0.0.1:9464/metrics" >&2
-exec "$VENV/bin/neo-auditd" run -c examples/config.yaml
+[ -f "$OUT/pseudonym.key" ] || "$NEO" keygen "$OUT/pseudonym.key"
+"$NEO" check -c examples/config.yaml
+
+echo "neo-auditd: tailing $LOG*; logs in $OUT/neo-auditd.log; metrics on http://127.0.0.1:9464/metrics" >&2
+"$NEO" run -c examples/config.yaml >>"$OUT/neo-auditd.log" 2>&1 &
+daemon=$!
+stop() {
+    trap - INT TERM EXIT
+    if kill -0 "$daemon" 2>/dev/null; then
+        kill -TERM "$daemon" 2>/dev/null || true
+        wait "$daemon" 2>/dev/null || true
+    fi
+}
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap stop EXIT
+
+# caught up: every line of the log is an event, a quarantined line or a skipped one
+lines=$(wc -l <"$LOG")
+deadline=$((SECONDS + ${NEO_DEMO_TIMEOUT:-900}))
+while :; do
+    if ! kill -0 "$daemon" 2>/dev/null; then
+        echo "neo-auditd stopped; see $OUT/neo-auditd.log" >&2
+        tail -n 20 "$OUT/neo-auditd.log" >&2
+        exit 1
+    fi
+    done_lines=$("$NEO" status -c examples/config.yaml --json 2>/dev/null | "$VENV/bin/python" -c '
+import json, sys
+try:
+    status = json.load(sys.stdin)
+except ValueError:
+    print(0)
+else:
+    print(sum(s["events"] + s["quarantined"] + s["skipped"] for s in status["sources"]))' || true)
+    [ "${done_lines:-0}" -ge "$lines" ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "neo-auditd has read $done_lines of $lines lines after ${NEO_DEMO_TIMEOUT:-900} s; giving up" >&2
+        exit 1
+    fi
+    sleep 2
+done
+echo "neo-auditd has read all $lines lines; planted scenarios and what the alerts made of them:"
+echo
+set +e
+NEO_AUDITD="$NEO" "$VENV/bin/python" examples/score.py -c examples/config.yaml --truth "$OUT/logs/ground_truth.jsonl"
+scored=$?
+set -e
+echo
+if [ "${NEO_DEMO_EXIT:-0}" = 1 ]; then
+    stop
+    exit "$scored"
+fi
+echo "neo-auditd keeps running (Ctrl-C stops it); try: $NEO incidents list -c examples/config.yaml"
+wait "$daemon"

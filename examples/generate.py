@@ -1,47 +1,52 @@
 #!/usr/bin/env python3
-"""Generate neo-crm's access log for the example deployment, with planted violations.
+"""Generate neo-crm's access log for the example deployment, with planted scenarios.
 
     python examples/generate.py --out DIR --lines N --seed S --start 2026-11-02
 
 Writes DIR/access.log in the format of docs/example-access-log.md, and
-DIR/ground_truth.jsonl with one line per planted violation: {req, line, kind, user_id,
-description}. The staff, their roles, shifts and stores come from
-examples/directory.yaml, read with the daemon's own loader, so "normal" here means
-exactly what the directory entitles. The same arguments give the same bytes.
+DIR/ground_truth.jsonl with one line per planted scenario:
+{scenario, actor, time, until, event_ids, reqs, lines, needs, description, model}.
+`event_ids` are the ids neo-auditd gives those lines (docs/example-access-log.md says
+how they are made), so a detector's alerts can be scored against the file without
+trusting the detector. The same arguments give the same bytes.
 
-Normal traffic: every employee works their shifts (login, accesses, logout) with a
-lunch dip; each role has its own mix of operations; store staff touch only their own
-store's customers, dispatchers their region's, head-office roles any store's; purposes
-and tickets are given wherever a grant requires them. Every normal access is entitled,
-so the planted lines are the only violations (the kinds are in `KINDS`).
+The generator imports nothing from the daemon: it reads the HR directory with its own
+reader (directory_reader.py), so a bug in the daemon's directory cannot hide itself.
+
+The normal model (MODEL_VERSION) is frozen: staff work their shifts (login, accesses
+spread through the shift with a lunch dip, logout), each role with its own mix of
+operations, purposes and tickets wherever a grant requires them, and with the variance
+real staff have: overtime up to 50 minutes past a shift, early starts, single days
+and weeks of leave, role changes and new hires on the dates the directory gives, and a
+team (finance) that works Saturdays. Every normal access is entitled and within an
+hour of its shift. Later work adds scenarios (SCENARIOS, appended at the end), never
+changes the normal model; the streams of randomness are separate so that the normal
+traffic does not depend on what is planted.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: use the daemon's own directory loader
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # directory_reader, scenarios: beside this file
+from directory_reader import Company, Person, read_company  # noqa: E402
+from scenarios import plant, truth_rows  # noqa: E402
 
-from auditd.config.located import Problems  # noqa: E402
-from auditd.config.typed import DEFAULT_ZONE  # noqa: E402
-from auditd.directory import Directory, Employee, RoleAssignment, load_directory  # noqa: E402
-
+MODEL_VERSION = 2  # the normal model; frozen (see the module docstring)
+ZONE = ZoneInfo("Asia/Shanghai")
 DIRECTORY = Path(__file__).resolve().parent / "directory.yaml"
 CUSTOMERS = 160_000  # customer n belongs to store index (n - 1) % number of stores
 LISTED_SUBJECTS = 50  # the app lists the customer ids of results up to this size only
-KINDS = (
-    "departed", "category_not_granted", "out_of_scope", "missing_purpose", "unmask_without_grant",
-    "share_beyond_allowance", "export_outside_mainland", "bulk_export", "off_shift",
-)
+FINGERPRINT_BYTES = 1024  # the daemon's default sources[].fingerprint_bytes
 
 # op -> (resource type, fields returned)
 OPS = {
@@ -93,6 +98,7 @@ class Act:
 
 
 CS = dict(purposes=("after-sales", "complaint", "refund", "delivery-query"), ticket="T")
+DSR = dict(ticket="DSR", masked=False)  # the DPO works on data-subject requests, unmasked
 ROLE_ACTS: dict[str, tuple[Act, ...]] = {
     "store_clerk": (
         Act("customer.view", 30), Act("customer.search", 15, (1, 12)), Act("order.view", 25),
@@ -116,13 +122,12 @@ ROLE_ACTS: dict[str, tuple[Act, ...]] = {
         Act("location.view", 5, purposes=("delivery",), ticket="O"),
         Act("customer.share", 15, masked=False, purposes=("delivery",), ticket="O", dest="P-LOGI"),
     ),
-    "finance": (
+    "finance": (  # never customers' identity: a first look at it is a scenario (first_category)
         Act("payment.view", 35, purposes=("reconciliation", "refund", "chargeback")), Act("order.view", 20),
         Act("order.list", 15, (20, 200)), Act("points.view", 10, purposes=("reconciliation",)),
         Act("order.export", 3, (100, 800), purposes=("reconciliation",), dest="fin"),
         Act("customer.share", 5, purposes=("payment-settlement",), dest="P-PAY",
             fields=("order_id", "amount", "txn_id"), res_type="payment"),
-        Act("customer.view", 5, purposes=("refund-verification",), ticket="REF", fields=("name", "member_level")),
     ),
     "analyst": (
         Act("customer.search", 35, (20, 50)), Act("order.list", 40, (20, 500)),
@@ -130,14 +135,14 @@ ROLE_ACTS: dict[str, tuple[Act, ...]] = {
         Act("customer.export", 5, (50, 800), purposes=("membership-analysis",), dest="bi"),
     ),
     "dpo": (
-        Act("customer.view", 40, masked=False, purposes=("data-subject-request",), ticket="DSR"),
-        Act("customer.search", 15, (1, 5), purposes=("data-subject-request",), ticket="DSR"),
-        Act("customer.export", 10, masked=False, purposes=("data-subject-access",), ticket="DSR", dest="dsr"),
-        Act("customer.delete", 5, masked=False, purposes=("erasure",), ticket="DSR"),
-        Act("payment.view", 10, purposes=("audit",), ticket="DSR"),
-        Act("order.list", 10, (1, 30), purposes=("audit",), ticket="DSR"),
-        Act("face.view", 5, masked=False, purposes=("audit",), ticket="DSR"),
-        Act("location.view", 5, purposes=("audit",), ticket="DSR"),
+        Act("customer.view", 40, purposes=("data-subject-request",), **DSR),
+        Act("customer.search", 15, (1, 5), purposes=("data-subject-request",), **DSR),
+        Act("customer.export", 10, purposes=("data-subject-access",), dest="dsr", **DSR),
+        Act("customer.delete", 5, purposes=("data-subject-erasure",), **DSR),
+        Act("payment.view", 10, purposes=("data-subject-access",), **DSR),
+        Act("order.list", 10, (1, 30), purposes=("data-subject-access",), **DSR),
+        Act("face.view", 5, purposes=("data-subject-access",), **DSR),
+        Act("location.view", 5, purposes=("data-subject-access",), **DSR),
     ),
     "it_admin": (
         Act("customer.view", 70, purposes=("account-support",), ticket="INC", fields=("name", "member_level")),
@@ -150,38 +155,47 @@ APP_HOSTS = {"pos": ("pos-api-01", "pos-api-02"), "crm": ("crm-web-01", "crm-web
              "ops": ("ops-web-01", "ops-web-02")}
 ROLE_APP = {"store_clerk": "pos", "store_manager": "pos", "dispatcher": "ops"}  # the rest: crm
 
+# the variance of the normal model (frozen with it)
+OVERTIME = (0.20, 10, 50)  # chance a shift runs over, and by how many minutes (at most)
+EARLY_START = (0.10, 5, 20)  # chance someone starts early, and by how many minutes
+DAY_OFF = 0.04  # chance of a single day of leave on a working day
+WEEK_OFF = (1 / 12, 3)  # chance someone takes a block of leave in the range, and its days
+LUNCH = (12 * 60, 13 * 60 + 30)  # local minutes: fewer accesses while people eat
+LUNCH_KEEP = 0.35
+
 
 @dataclass
 class Actor:
-    emp: Employee
-    role: str
+    """One employee in one role (someone promoted mid-range is two actors, one id)."""
+
+    person: Person
+    role: str  # the example role whose behaviour this is
     stores: tuple[int, ...]  # store indices whose customers this actor serves
+    ip: str
     heads: tuple[str, ...]  # pre-rendered '"app":…,"host":…,' per host
-    who: str  # pre-rendered '"emp":{…},"ip":"…",'
     acts: tuple[Act, ...]
     cum_weights: tuple[float, ...]
-    spans: list[tuple[int, int]] = field(default_factory=list)  # working spans, epoch ms
+    shifts: list[tuple[int, int]] = field(default_factory=list)  # the directory's shift windows, epoch ms
+    spans: list[tuple[int, int]] = field(default_factory=list)  # when they actually worked, epoch ms
 
+    @property
+    def id(self) -> str:
+        return self.person.id
 
-@dataclass(frozen=True)
-class Planted:
-    kind: str
-    actor: Actor
-    t_ms: int
-    act: Act
-    customer_store: int | None  # None: the actor's usual choice
-    description: str
+    def who(self, ip: str | None = None) -> str:
+        return ('"emp":' + json.dumps({"id": self.person.id, "name": self.person.name}, ensure_ascii=False,
+                                      separators=(",", ":")) + f',"ip":"{ip or self.ip}",')
 
 
 class World:
     """The company as the generator sees it: stores, staff, the time range."""
 
-    def __init__(self, directory: Directory, start: dt.date, days: int, zone: dt.tzinfo = DEFAULT_ZONE):
-        self.directory = directory
+    def __init__(self, company: Company, start: dt.date, days: int, zone: dt.tzinfo = ZONE):
+        self.company = company
         self.zone = zone
         self.start, self.days = start, days
-        self.store_ids = sorted(directory.stores)
-        self.store_region = [directory.stores[s].region for s in self.store_ids]
+        self.store_ids = list(company.stores)
+        self.store_region = [company.stores[s] for s in self.store_ids]
         self.t0_ms = self.local_ms(start)
         self.t1_ms = self.local_ms(start + dt.timedelta(days=days))
         self._minute, self._minute_text, self._suffix = -1, "", ""  # stamp()'s cache
@@ -189,6 +203,9 @@ class World:
     def local_ms(self, day: dt.date, minute: int = 0) -> int:
         local = dt.datetime(day.year, day.month, day.day, tzinfo=self.zone) + dt.timedelta(minutes=minute)
         return int(local.timestamp() * 1000)
+
+    def day_of(self, t_ms: int) -> dt.date:
+        return dt.datetime.fromtimestamp(t_ms / 1000, self.zone).date()
 
     def stamp(self, t_ms: int) -> str:
         """'2026-11-02T09:15:03.123+08:00' for an epoch-ms instant; lines come in time order,
@@ -210,68 +227,94 @@ def behaviour_of(role_id: str) -> str | None:
     that benchmarks can build directories with many roles from the same behaviours."""
     if role_id in ROLE_ACTS:
         return role_id
-    base = max((r for r in ROLE_ACTS if role_id.startswith(r + "_")), key=len, default=None)
-    return base
+    return max((r for r in ROLE_ACTS if role_id.startswith(r + "_")), key=len, default=None)
 
 
-def build_actors(world: World) -> list[Actor]:
-    """One actor per employee who held a role in the range (the departed included)."""
+def build_actors(world: World, rng: random.Random) -> list[Actor]:
+    """One actor per employee and role held in the range (the departed: their last role)."""
     actors = []
-    for n, emp in enumerate(sorted(world.directory.employees.values(), key=lambda e: e.id)):
-        moment = dt.datetime.fromtimestamp(world.t0_ms / 1000, world.zone)
-        if emp.departure is not None and emp.departure <= moment:
-            moment = emp.departure - dt.timedelta(seconds=1)  # who they were when they left
-        held = [a for a in emp.assignments if a.valid_at(moment) and behaviour_of(a.role.id) is not None]
-        if not held:
-            continue
-        role = behaviour_of(held[0].role.id)
-        own = world.store_ids.index(emp.store) if emp.store else None
-        if own is not None and role in ("store_clerk", "store_manager"):
-            stores = (own,)
-        elif role == "dispatcher":
-            stores = tuple(i for i, r in enumerate(world.store_region) if r == emp.region)
-        else:
-            stores = tuple(range(len(world.store_ids)))
-        app = ROLE_APP.get(role, "crm")
-        if own is not None:
-            ip = f"10.{20 + own}.{n % 200 + 10}.{n % 50 + 20}"
-        else:
-            ip = f"10.10.{n % 30 + 1}.{n % 200 + 20}"
-        who = ('"emp":' + json.dumps({"id": emp.id, "name": emp.name}, ensure_ascii=False, separators=(",", ":"))
-               + f',"ip":"{ip}",')
-        acts = ROLE_ACTS[role]
-        cum = tuple(float(sum(a.weight for a in acts[:i + 1])) for i in range(len(acts)))
-        heads = tuple(f'"app":"{app}","host":"{h}",' for h in APP_HOSTS[app])
-        spans = working_spans(world, emp, held[0])
-        actors.append(Actor(emp, role, stores, heads, who, acts, cum, spans))
+    for n, person in enumerate(world.company.people):
+        leave = leave_days(world, rng)
+        held = [a for a in person.assignments if behaviour_of(a.role) is not None]
+        if person.departure_ms is not None and person.departure_ms <= world.t0_ms:
+            held = [a for a in held if _overlaps(a.start_ms, a.end_ms, person.departure_ms - 1, person.departure_ms)]
+            held = held[:1]  # who they were when they left: for planting only
+        for assignment in held:
+            role = behaviour_of(assignment.role)
+            actor = _actor(world, person, role, n)
+            actor.shifts = shift_windows(world, person)
+            start = max(x for x in (world.t0_ms, person.hired_ms, assignment.start_ms) if x is not None)
+            end = min(x for x in (world.t1_ms, person.departure_ms, assignment.end_ms) if x is not None)
+            if person.status != "suspended" and start < end:
+                actor.spans = working_spans(world, actor.shifts, start, end, leave, rng)
+            if actor.spans or (person.departure_ms is not None and person.departure_ms <= world.t1_ms):
+                actors.append(actor)
     return actors
 
 
-def working_spans(world: World, emp: Employee, held: RoleAssignment) -> list[tuple[int, int]]:
-    """The employee's shifts inside the range while employed in this role; none if suspended."""
-    if emp.status == "suspended" or emp.shift is None:
+def _overlaps(a: int | None, b: int | None, start: int, end: int) -> bool:
+    return (a is None or a < end) and (b is None or start < b)
+
+
+def _actor(world: World, person: Person, role: str, n: int) -> Actor:
+    own = world.store_ids.index(person.store) if person.store in world.company.stores else None
+    if own is not None and role in ("store_clerk", "store_manager"):
+        stores = (own,)
+    elif role == "dispatcher":
+        stores = tuple(i for i, r in enumerate(world.store_region) if r == person.region)
+    else:
+        stores = tuple(range(len(world.store_ids)))
+    ip = f"10.{20 + own}.{n % 200 + 10}.{n % 50 + 20}" if own is not None else f"10.10.{n % 30 + 1}.{n % 200 + 20}"
+    acts = ROLE_ACTS[role]
+    cum = tuple(float(sum(a.weight for a in acts[:i + 1])) for i in range(len(acts)))
+    app = ROLE_APP.get(role, "crm")
+    heads = tuple(f'"app":"{app}","host":"{h}",' for h in APP_HOSTS[app])
+    return Actor(person, role, stores or tuple(range(len(world.store_ids))), ip, heads, acts, cum)
+
+
+def shift_windows(world: World, person: Person) -> list[tuple[int, int]]:
+    """The directory's shift windows that start in the range (or the day before it)."""
+    if person.hours is None:
         return []
-    start_ms, end_ms = world.t0_ms, world.t1_ms
-    for bound in (emp.hired_at, held.valid_from):
-        if bound is not None:
-            start_ms = max(start_ms, int(bound.timestamp() * 1000))
-    for bound in (emp.departure, held.valid_until):
-        if bound is not None:
-            end_ms = min(end_ms, int(bound.timestamp() * 1000))
-    spans = set()
-    for i in range(world.days):
-        for a, b in emp.shift.intervals_on(world.start + dt.timedelta(days=i), world.zone):
-            a_ms, b_ms = max(int(a * 1000), start_ms), min(int(b * 1000), end_ms)
-            if a_ms < b_ms:
-                spans.add((a_ms, b_ms))
-    return sorted(spans)
+    out = []
+    for i in range(-1, world.days):
+        out.extend(person.hours.windows_on(world.start + dt.timedelta(days=i), world.zone))
+    return sorted(w for w in out if w[1] > world.t0_ms and w[0] < world.t1_ms)
+
+
+def leave_days(world: World, rng: random.Random) -> frozenset[dt.date]:
+    """Days this person is away: single days, and now and then a block of them."""
+    days = {world.start + dt.timedelta(days=i) for i in range(world.days) if rng.random() < DAY_OFF}
+    chance, length = WEEK_OFF
+    if rng.random() < chance:
+        first = rng.randrange(world.days)
+        days.update(world.start + dt.timedelta(days=first + i) for i in range(length))
+    return frozenset(days)
+
+
+def working_spans(world: World, shifts: list[tuple[int, int]], start: int, end: int,
+                  leave: frozenset[dt.date], rng: random.Random) -> list[tuple[int, int]]:
+    """The shifts actually worked inside [start, end): leave days off, overtime and early
+    starts on some, clipped to the employment and the role."""
+    spans = []
+    for a, b in shifts:
+        early, over = 0, 0
+        if rng.random() < EARLY_START[0]:
+            early = rng.randint(EARLY_START[1], EARLY_START[2]) * 60_000
+        if rng.random() < OVERTIME[0]:
+            over = rng.randint(OVERTIME[1], OVERTIME[2]) * 60_000
+        if world.day_of(a) in leave:
+            continue
+        a, b = max(a - early, start), min(b + over, end)
+        if a < b:
+            spans.append((a, b))
+    return spans
 
 
 # ---------------------------------------------------------------- normal traffic
 
-LUNCH = (12 * 60, 13 * 60 + 30)  # local minutes: fewer accesses while people eat
-LUNCH_KEEP = 0.35
 ACCESS, LOGIN, LOGOUT, PLANTED = 0, 1, 2, 3
+MAX_INDEX = 0xFFFFF  # actors, and planted lines, that `encode` can number
 
 
 def encode(t_ms: int, index: int, kind: int) -> int:
@@ -279,11 +322,8 @@ def encode(t_ms: int, index: int, kind: int) -> int:
     return (t_ms << 24) | (index << 4) | kind
 
 
-MAX_INDEX = 0xFFFFF  # actors, and planted lines, that `encode` can number
-
-
 def schedule_normal(world: World, actors: list[Actor], lines: int, rng: random.Random) -> list[int]:
-    """Share `lines` among everyone's shifts by role rate × length; place each in time."""
+    """Share `lines` among everyone's working spans by role rate × length; place each in time."""
     spans = [(i, a, b) for i, actor in enumerate(actors) for a, b in actor.spans]
     weights = [RATE_PER_HOUR[actors[i].role] * (b - a) for i, a, b in spans]
     total = sum(weights)
@@ -310,121 +350,6 @@ def schedule_normal(world: World, actors: list[Actor], lines: int, rng: random.R
     return codes
 
 
-# ---------------------------------------------------------------- planted violations
-
-def plant(world: World, actors: list[Actor], per_kind: int, rng: random.Random) -> list[Planted]:
-    planter = Planter(world, actors, rng)
-    out = []
-    for kind in KINDS:
-        for i in range(per_kind):
-            planted = getattr(planter, kind)(i)
-            if planted is None:
-                print(f"generate: no way to plant {kind!r} in this range; skipped", file=sys.stderr)
-                continue
-            out.append(planted)
-    return out
-
-
-class Planter:
-    """One method per kind of violation; each line is wrong in that one way only (a clerk's
-    payment read is in their shift, on their own store's customer, and so on)."""
-
-    def __init__(self, world: World, actors: list[Actor], rng: random.Random):
-        self.world, self.actors, self.rng = world, actors, rng
-        self.working: dict[str, list[Actor]] = {}
-        for actor in actors:
-            if actor.spans:
-                self.working.setdefault(actor.role, []).append(actor)
-
-    def _on_shift(self, role: str) -> tuple[Actor, int]:
-        actor = self.rng.choice(self.working[role])
-        return actor, _time_in(self.rng.choice(actor.spans), self.rng)
-
-    def departed(self, i: int) -> Planted | None:
-        """An access inside the leaver's old shift hours (so that it is not off-shift too)."""
-        world = self.world
-        gone = [a for a in self.actors if a.emp.departure is not None and a.emp.shift is not None
-                and a.emp.departure.timestamp() * 1000 < world.t1_ms]
-        gone.sort(key=lambda a: (not a.emp.account_enabled, a.emp.id))  # a live account is how it happens
-        for actor in gone:
-            after = int(actor.emp.departure.timestamp() * 1000) + 60_000
-            spans = [(max(a, after), b) for day in range(world.days)
-                     for a, b in _shift_ms(world, actor.emp, world.start + dt.timedelta(days=day)) if b > after]
-            if spans:
-                left = actor.emp.departure.astimezone(world.zone).isoformat(timespec="minutes")
-                return Planted("departed", actor, _time_in(self.rng.choice(spans), self.rng), actor.acts[0], None,
-                               f"{actor.emp.id} ({actor.role}) departed at {left}; {actor.acts[0].op} afterwards")
-        return None
-
-    def category_not_granted(self, i: int) -> Planted:
-        clerk, t = self._on_shift("store_clerk")
-        return Planted("category_not_granted", clerk, t, Act("payment.view"), None,
-                       f"{clerk.emp.id} (store_clerk) read payment data (property), "
-                       "which store_clerk is not granted")
-
-    def out_of_scope(self, i: int) -> Planted:
-        clerk, t = self._on_shift("store_clerk")
-        region = clerk.emp.region
-        other = self.rng.choice([s for s, r in enumerate(self.world.store_region) if r != region])
-        store, other_region = self.world.store_ids[other], self.world.store_region[other]
-        return Planted("out_of_scope", clerk, t, Act("customer.view"), other,
-                       f"{clerk.emp.id} (store_clerk of {clerk.emp.store}, {region}) read a customer of "
-                       f"{store} in {other_region}; the grant is own_store")
-
-    def missing_purpose(self, i: int) -> Planted:
-        agent, t = self._on_shift("cs_agent")
-        return Planted("missing_purpose", agent, t, Act("customer.view"), None,
-                       f"{agent.emp.id} (cs_agent) read a customer with neither ticket nor purpose; "
-                       "the grant requires one")
-
-    def unmask_without_grant(self, i: int) -> Planted:
-        clerk, t = self._on_shift("store_clerk")
-        act = Act("customer.unmask", masked=False) if i % 2 == 0 else Act("customer.view", masked=False)
-        return Planted("unmask_without_grant", clerk, t, act, None,
-                       f"{clerk.emp.id} (store_clerk) saw a customer's phone unmasked ({act.op}); no unmask grant")
-
-    def share_beyond_allowance(self, i: int) -> Planted:
-        disp, t = self._on_shift("dispatcher")
-        act = Act("customer.share", masked=False, purposes=("delivery",), ticket="O", dest="P-LOGI",
-                  fields=("name", "phone", "address", "birthday", "gender"))
-        return Planted("share_beyond_allowance", disp, t, act, None,
-                       f"{disp.emp.id} (dispatcher) shared birthday and gender with P-LOGI, which may receive "
-                       "name, phone, address only")
-
-    def export_outside_mainland(self, i: int) -> Planted:
-        analyst, t = self._on_shift("analyst")
-        act = Act("order.export", count=(200, 800), purposes=("sales-analysis",), dest="offshore")
-        return Planted("export_outside_mainland", analyst, t, act, None,
-                       f"{analyst.emp.id} (analyst) exported orders to bi-backup.example.sg (SG), "
-                       "outside mainland China")
-
-    def bulk_export(self, i: int) -> Planted:
-        analyst, t = self._on_shift("analyst")
-        act = Act("customer.export", count=(40_000, 90_000), purposes=("membership-analysis",), dest="bi")
-        return Planted("bulk_export", analyst, t, act, None,
-                       f"{analyst.emp.id} (analyst) exported tens of thousands of customer records at once "
-                       "(normal exports: at most 800)")
-
-    def off_shift(self, i: int) -> Planted:
-        clerk = self.rng.choice(self.working["store_clerk"])
-        worked = self.rng.choice(clerk.spans)  # 03:00 of a day they work: employed, just not on shift
-        day = dt.datetime.fromtimestamp(worked[0] / 1000, self.world.zone).date()
-        t = self.world.local_ms(day, 3 * 60) + int(self.rng.random() * 3_600_000)
-        return Planted("off_shift", clerk, t, Act("customer.view"), None,
-                       f"{clerk.emp.id} (store_clerk, shift {clerk.emp.shift}) read a customer at 03:xx")
-
-
-def _shift_ms(world: World, emp: Employee, day: dt.date) -> list[tuple[int, int]]:
-    return [(max(int(a * 1000), world.t0_ms), min(int(b * 1000), world.t1_ms))
-            for a, b in emp.shift.intervals_on(day, world.zone)]
-
-
-def _time_in(span: tuple[int, int], rng: random.Random) -> int:
-    a, b = span
-    margin = min(600_000, (b - a) // 4)  # not at the very edge of a shift
-    return a + margin + int(rng.random() * (b - a - 2 * margin))
-
-
 # ---------------------------------------------------------------- rendering
 
 class Renderer:
@@ -436,31 +361,44 @@ class Renderer:
         self.n_stores = len(world.store_ids)
         self.per_store = CUSTOMERS // self.n_stores
         self.fields_json = {op: _compact(f) for op, (_, f) in OPS.items()}
+        self.who: dict[int, str] = {}  # id(actor) -> its pre-rendered employee and ip
+
+    def _who(self, actor: Actor, ip: str | None) -> str:
+        if ip is not None:
+            return actor.who(ip)
+        text = self.who.get(id(actor))
+        if text is None:
+            text = self.who[id(actor)] = actor.who()
+        return text
 
     def auth(self, actor: Actor, ts: str, req: str, op: str) -> str:
         rng = self.rng
         result = "denied" if op == "auth.login" and rng.random() < 0.02 else "ok"  # mistyped passwords
         head = actor.heads[int(rng.random() * len(actor.heads))]
-        return f'{{"ts":"{ts}",{head}"req":"{req}",{actor.who}"op":"{op}","result":"{result}"}}'
+        return f'{{"ts":"{ts}",{head}"req":"{req}",{self._who(actor, None)}"op":"{op}","result":"{result}"}}'
 
-    def access(self, actor: Actor, act: Act, ts: str, req: str, store: int | None = None,
-               planted: bool = False) -> str:
+    def access(self, actor: Actor, act: Act, ts: str, req: str, store: int | None = None, *,
+               planted: bool = False, customer: int | None = None, ip: str | None = None) -> str:
         rng = self.rng
         lo, hi = act.count
         count = lo if lo == hi else rng.randint(lo, hi)
-        if store is None:
+        if customer is not None:
+            store = (customer - 1) % self.n_stores
+        elif store is None:
             store = actor.stores[int(rng.random() * len(actor.stores))]
         res_type = act.res_type or OPS[act.op][0]
         scattered = len(actor.stores) == self.n_stores and count > 1  # a head-office query spans stores
-        customers = self._customers(store, scattered, min(count, LISTED_SUBJECTS))
+        customers = [customer] if customer is not None else self._customers(store, scattered,
+                                                                             min(count, LISTED_SUBJECTS))
         parts = [f'{{"ts":"{ts}",{actor.heads[int(rng.random() * len(actor.heads))]}"req":"{req}",'
-                 f'{actor.who}"op":"{act.op}","res":{self._res(res_type, count, customers[0], store, scattered)}']
+                 f'{self._who(actor, ip)}"op":"{act.op}","res":'
+                 f'{self._res(res_type, count, customers[0], store, scattered)}']
         if count <= LISTED_SUBJECTS:
             parts.append(',"subjects":["' + '","'.join(f"C{n:08d}" for n in customers) + '"]')
         fields = _compact(act.fields) if act.fields else self.fields_json[act.op]
         parts.append(f',"count":{count},"fields":{fields},"masked":{"true" if act.masked else "false"}')
         if act.ticket:
-            parts.append(f',"ticket":"{TICKETS[act.ticket].format(rng.randrange(1, 999_999))}"')
+            parts.append(f',"ticket":"{TICKETS[act.ticket].format(rng.randrange(1, 99_999))}"')
         if act.purposes:
             parts.append(f',"purpose":"{act.purposes[int(rng.random() * len(act.purposes))]}"')
         if act.dest:
@@ -488,35 +426,49 @@ class Renderer:
         return f'{{"type":"{res_type}","id":"{rid}","store":"{store_id}"}}'
 
 
-def write(out: Path, world: World, actors: list[Actor], codes: list[int], planted: list[Planted],
-          rng: random.Random) -> None:
-    render = Renderer(world, rng)
-    truth = []
+def event_id_prefix(first_line: bytes) -> str:
+    """What neo-auditd puts before ':<byte offset>' in the event ids of a file whose first
+    line this is: the first 16 hex digits of the BLAKE2b-128 of that line, its newline
+    included, cut at FINGERPRINT_BYTES (docs/example-access-log.md)."""
+    head = first_line[:FINGERPRINT_BYTES]
+    return hashlib.blake2b(head, digest_size=16).hexdigest()[:16]
+
+
+def write(out: Path, world: World, actors: list[Actor], codes: list[int], planted: list,
+          scenarios: list, render: Renderer, planted_render: Renderer) -> None:
+    """The log, then the ground truth with the ids the daemon gives the planted lines."""
     stamp = world.stamp
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "access.log", "w", encoding="utf-8", newline="\n") as f:
-        buf: list[str] = []
+    located: dict[int, tuple[str, int, int]] = {}  # planted index -> (req, line, byte offset)
+    offset, prefix = 0, None
+    with open(out / "access.log", "wb") as f:
+        buf: list[bytes] = []
+        rng_rand = render.rng.random
         for line_no, code in enumerate(codes, 1):
             t_ms, index, kind = code >> 24, (code >> 4) & MAX_INDEX, code & 0xF
             ts, req = stamp(t_ms), f"r-{line_no:08d}"
             if kind == ACCESS:
                 actor = actors[index]
-                act = actor.acts[_pick(actor.cum_weights, rng.random() * actor.cum_weights[-1])]
-                buf.append(render.access(actor, act, ts, req))
+                act = actor.acts[_pick(actor.cum_weights, rng_rand() * actor.cum_weights[-1])]
+                text = render.access(actor, act, ts, req)
             elif kind == PLANTED:
                 p = planted[index]
-                buf.append(render.access(p.actor, p.act, ts, req, p.customer_store, planted=True))
-                truth.append({"req": req, "line": line_no, "kind": p.kind, "user_id": p.actor.emp.id,
-                              "description": p.description})
+                text = planted_render.access(p.actor, p.act, ts, req, p.store, planted=True, customer=p.customer,
+                                             ip=p.ip)
+                located[index] = (req, line_no, offset)
             else:
-                buf.append(render.auth(actors[index], ts, req, "auth.login" if kind == LOGIN else "auth.logout"))
+                text = render.auth(actors[index], ts, req, "auth.login" if kind == LOGIN else "auth.logout")
+            data = text.encode("utf-8") + b"\n"
+            if prefix is None:
+                prefix = event_id_prefix(data)
+            offset += len(data)
+            buf.append(data)
             if len(buf) >= 65536:
-                f.write("\n".join(buf) + "\n")
+                f.write(b"".join(buf))
                 buf.clear()
-        if buf:
-            f.write("\n".join(buf) + "\n")
+        f.write(b"".join(buf))
     with open(out / "ground_truth.jsonl", "w", encoding="utf-8", newline="\n") as f:
-        for row in truth:
+        for row in truth_rows(world, scenarios, planted, located, prefix or "", MODEL_VERSION):
             f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
@@ -535,22 +487,21 @@ def _pick(cum_weights: tuple[float, ...], x: float) -> int:
 
 def generate(out: Path, lines: int, seed: int, start: dt.date, days: int = 7, per_kind: int = 2,
              directory_path: Path = DIRECTORY) -> None:
-    problems = Problems()
-    directory = load_directory(directory_path, problems)
-    if directory is None:
-        raise SystemExit("\n".join(str(p) for p in problems.items))
-    world = World(directory, start, days)
-    rng = random.Random(seed)
-    actors = build_actors(world)
-    if len(actors) > MAX_INDEX or per_kind * len(KINDS) > MAX_INDEX:
-        raise SystemExit(f"at most {MAX_INDEX} employees and {MAX_INDEX // len(KINDS)} planted lines per kind")
-    planted = plant(world, actors, per_kind, rng)
+    world = World(read_company(directory_path, ZONE), start, days)
+    # separate streams: what is planted never moves the normal traffic, and vice versa
+    actors = build_actors(world, random.Random(f"{seed}:staff"))
+    if len(actors) > MAX_INDEX:
+        raise SystemExit(f"at most {MAX_INDEX} employees")
+    scenarios, planted = plant(world, actors, per_kind, random.Random(f"{seed}:scenarios"), sys.modules[__name__])
+    if len(planted) > MAX_INDEX:
+        raise SystemExit(f"at most {MAX_INDEX} planted lines; lower --per-kind")
     if lines < len(planted):
-        raise SystemExit(f"--lines must be at least {len(planted)} (the planted violations)")
-    codes = schedule_normal(world, actors, lines - len(planted), rng)
+        raise SystemExit(f"--lines must be at least {len(planted)} (the planted scenarios' lines)")
+    codes = schedule_normal(world, actors, lines - len(planted), random.Random(f"{seed}:schedule"))
     codes += [encode(p.t_ms, i, PLANTED) for i, p in enumerate(planted)]
     codes.sort()
-    write(out, world, actors, codes, planted, rng)
+    write(out, world, actors, codes, planted, scenarios, Renderer(world, random.Random(f"{seed}:render")),
+          Renderer(world, random.Random(f"{seed}:render-planted")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -561,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2026, 11, 2),
                         help="first local day (default 2026-11-02)")
     parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--per-kind", type=int, default=2, help="planted violations of each kind")
+    parser.add_argument("--per-kind", type=int, default=2, help="planted instances of each scenario")
     parser.add_argument("--directory", type=Path, default=DIRECTORY)
     args = parser.parse_args(argv)
     began = time.perf_counter()

@@ -22,8 +22,11 @@ client's ``info()`` and ``ping()``) and the mapper-extras/x-pack field types
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import time
 import urllib.error
@@ -89,6 +92,25 @@ class ElasticServer:
     def stop(self) -> None:
         """Stop and wait for the process to exit; the data dir is kept."""
         self._run_script("stop")
+
+    def pid(self) -> int:
+        """The server's process id; only for a server the script runs on this machine."""
+        result = self._run_script("status", check=False)
+        match = re.search(r"running \(pid (\d+)\)", result.stderr)
+        if result.returncode != 0 or match is None:
+            raise ElasticServerError(f"no server of the script's on port {self.port}: {_last_lines(result.stderr)}")
+        return int(match.group(1))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: the kernel still accepts connections, nothing
+        answers (a hung node, a long GC pause); SIGCONT again however the block ends."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def wait_healthy(self, timeout_s: float = 120.0) -> bool:
         """Wait until the cluster is yellow or green; False if it is not by then."""

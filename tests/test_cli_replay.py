@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 import random
 import subprocess
 import sys
@@ -140,3 +142,39 @@ def test_example_log_incidents_list_and_show(tmp_path: Path):
     assert "C0" not in json.dumps(listed) + shown.stdout + text
     missing = neo("incidents", "show", "-c", str(config), "INC-19990101-0001")
     assert missing.returncode == 1 and "no incident" in missing.stderr
+
+
+def test_incidents_show_the_evidence_in_words_and_every_time_in_the_configured_zone(tmp_path: Path):
+    out = tmp_path / "logs"
+    subprocess.run([sys.executable, str(REPO / "examples" / "generate.py"), "--out", str(out), "--lines", "20000",
+                    "--seed", "3"], check=True, capture_output=True)
+    config = deployment(tmp_path, CRM_SOURCE)
+    # the company's zone also places the shifts: a zone of Shanghai's offset under another name
+    config.write_text(config.read_text() + "timezone: Asia/Hong_Kong\n")
+    assert neo("replay", "-c", str(config), "--json", str(out / "access.log")).returncode == 0
+    truth = [json.loads(x) for x in (out / "ground_truth.jsonl").read_text("utf-8").splitlines()]
+    bulk = next(t for t in truth if t["scenario"] == "bulk_export")
+    listed = json.loads(neo("incidents", "list", "-c", str(config), "--json").stdout)
+    detail = None
+    for incident in listed:
+        shown = json.loads(neo("incidents", "show", "-c", str(config), incident["incident_id"], "--json").stdout)
+        if bulk["event_ids"][0] in shown["evidence_event_ids"]:
+            detail = shown
+    assert detail is not None
+    count = json.loads((out / "access.log").read_text("utf-8").splitlines()[bulk["lines"][0] - 1])["count"]
+    assert detail["summary"]["affected_count"] == count > 40_000  # not 0: the export named no subjects
+    assert {a["rule_id"] for a in detail["alerts"]} >= {"bulk_export_of_customer_data"}
+    assert all(bulk["event_ids"][0] in a["event_ids"] for a in detail["alerts"])
+    (evidence,) = detail["evidence"]
+    assert (evidence["event_id"], evidence["actor"], evidence["action"], evidence["record_count"]) == (
+        bulk["event_ids"][0], bulk["actor"], "export", count)
+    text = neo("incidents", "show", "-c", str(config), detail["summary"]["incident_id"]).stdout
+    local = dt.datetime.fromisoformat(bulk["time"]).astimezone(ZoneInfo("Asia/Hong_Kong")).strftime("%Y-%m-%d %H:%M")
+    evidence_rows = text.split("Evidence (")[1].split("Timeline")[0]
+    assert "TIME" in evidence_rows and "ENTITLED" in evidence_rows and f"{count:,}" in evidence_rows
+    assert local in evidence_rows and bulk["actor"] in evidence_rows
+    assert f"Affected    {count:,} customers" in text and "(Asia/Hong_Kong)" in text
+    assert "+00:00" not in text.split("Timeline")[1] and "+08:00" in text.split("Timeline")[1]
+    assert "C0" not in text
+    table = neo("incidents", "list", "-c", str(config)).stdout
+    assert table.rstrip().endswith("times Asia/Hong_Kong; * sensitive data")

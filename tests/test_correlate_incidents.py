@@ -120,6 +120,23 @@ def test_a_late_alert_within_the_gap_widens_the_episode_backwards(conn, correlat
 # --- counting and idempotence -----------------------------------------------------------
 
 
+def test_an_export_that_names_no_customers_affects_as_many_as_it_carried(conn, correlator):
+    """57,312 records and no subject ids (the application lists them only up to 50):
+    57,312 customers affected, not 0; two rules on the one export count it once."""
+    export = dict(record_count=57_312, categories=("identity",), severity="high")
+    (change,) = apply(correlator, conn, [
+        make_alert(1, rule_id="bulk_export", **export),
+        Alert(**{**{f: getattr(make_alert(1, **export), f) for f in Alert.__struct_fields__},
+                 "alert_id": "alert-1b", "rule_id": "export_band", "severity": "critical"}),
+    ])
+    assert change.affected_count == 57_312 and change.affected_added == 57_312
+    detail = get_incident(conn, change.incident_id)
+    assert detail.summary.affected_count == 57_312 and detail.affected_subjects == ()
+    # a list that names 3 of the 10 customers it returned: 3 pseudonyms and 7 unnamed
+    (change,) = apply(correlator, conn, [make_alert(2, minutes=1, subjects=("p:a", "p:b", "p:c"), record_count=10)])
+    assert change.affected_added == 10 and change.affected_count == 57_322
+
+
 def test_distinct_customers_are_counted_once_across_alerts_and_batches(conn, correlator):
     apply(correlator, conn, [make_alert(1, subjects=("p:a", "p:b")), make_alert(2, subjects=("p:b", "p:c"))])
     (change,) = apply(correlator, conn, [make_alert(3, minutes=1, subjects=("p:a", "p:d"))])
@@ -175,12 +192,17 @@ def test_tier_rules_of_the_first_cut(conn, correlator):
         make_alert(3, actor="E3", rule_kind="departed"),
         make_alert(4, actor="E4", severity="critical", sensitive=True, categories=("property",)),
         make_alert(5, actor="E5", severity="critical", sensitive=False),
+        make_alert(6, actor="E6", severity="high"),
+        make_alert(7, actor="E7", severity="low"),
     ])}
+    # a severity is the tier it stands for: critical a suspected leak, high a violation
     assert {actor: c.tier for actor, c in by_actor.items()} == {
-        "E1": "T6", "E2": "T5", "E3": "T5", "E4": "T4", "E5": "T6",
+        "E1": "T6", "E2": "T5", "E3": "T5", "E4": "T4", "E5": "T4", "E6": "T5", "E7": "T6",
     }
-    assert by_actor["E4"].title == "Suspected leak: E4"
-    assert by_actor["E3"].title == "Activity by departed employee: E3"
+    # the headline, then what happened: the title of the alert that set the grade
+    assert by_actor["E4"].title == "Suspected leak: bulk-view by E4"
+    assert by_actor["E3"].title == "Activity by departed employee: bulk-view by E3"
+    assert by_actor["E6"].title == "bulk-view by E6"
 
 
 def test_tier_is_raised_but_never_lowered_automatically(conn, correlator):

@@ -68,7 +68,7 @@ def test_the_table_shows_shanghai_times(conn):
     assert lines[0].split() == ["ID", "TIER", "STATUS", "SEVERITY", "ACTOR", "ALERTS", "AFFECTED",
                                 "LAST", "SEEN", "TITLE"]
     e3 = next(line for line in lines if " E3 " in line)
-    assert "2026-11-29 01:50:00" in e3 and "T4" in e3 and "Suspected leak: E3" in e3
+    assert "2026-11-29 01:50:00" in e3 and "T4" in e3 and "Suspected leak: bulk-view by E3" in e3
     assert lines[-1] == "times Asia/Shanghai; * sensitive data"
     assert render_incident_table([]) == "no incidents\n"
 
@@ -88,7 +88,8 @@ def test_the_detail_shows_the_incident_and_its_timeline(conn):
     text = render_incident_detail(get_incident(conn, incident_id))
     assert "Discovered  2026-11-29 10:00:00 (Asia/Shanghai)" in text
     assert "Affected    2 customers" in text and "Pseudonyms  p:b, p:c" in text
-    assert "Assignee    bob" in text and "Evidence    event-2" in text
+    assert "Assignee    bob" in text and "Evidence (1 events)\n  event-2" in text
+    assert "Alerts (1)\n  2026-11-29 01:40:00  medium    bulk-view: bulk-view by E2" in text
     assert "Timeline (hash chain verified)" in text
     assert [line.split()[3] for line in text.splitlines() if line.startswith("    ")] == [
         "opened", "alerts_added", "assigned",
@@ -166,3 +167,22 @@ def test_bands_are_the_2017_thresholds_halved_for_insiders():
     # art. 5(6): families add up in proportion: 228/250 + 228/2500 >= 1 > 227/250 + 227/2500
     assert band(["order", "identity"], 228) == "transaction-health"
     assert band(["order", "identity"], 227) is None
+
+
+def test_by_severity_takes_only_known_severities_and_tiers(tmp_path):
+    from auditd.settings import load_settings
+
+    def problems_of(tiers: str) -> list[str]:
+        path = tmp_path / "c.yaml"
+        path.write_text(f"state_dir: s\nsources: []\npseudonym: {{key_file: k}}\ncorrelate:\n  tiers: {tiers}\n",
+                        encoding="utf-8")
+        problems = Problems()
+        load_settings(path, problems)
+        return [str(p) for p in problems.items]
+
+    assert problems_of("{by_severity: {critical: T3, high: T5, medium: T5}}") == []
+    assert problems_of("{by_severity: {severe: T4}}") == [
+        f"{tmp_path / 'c.yaml'}:5:33: correlate.tiers.by_severity.severe: unknown severity 'severe' "
+        "(valid: info, low, medium, high, critical)"]
+    (bad_tier,) = problems_of("{by_severity: {high: T9}}")
+    assert "correlate.tiers.by_severity.high" in bad_tier

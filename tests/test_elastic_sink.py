@@ -97,9 +97,12 @@ def test_outage_of_30_seconds_loses_and_doubles_nothing(
     events = list(synthetic_events(total))
     store = Store(tmp_path / "neo.db").open()
     writer_done = threading.Event()
+    outage = threading.Event()
 
     def pipeline_writes() -> None:  # the pipeline keeps committing while the cluster is away
         for start in range(0, total, chunk):
+            if start == total // 2:  # the second half only once the cluster is down, however slow it stops
+                outage.wait(300)
             with store.transaction() as conn:
                 store.insert_events(conn, "crm", events[start:start + chunk])
             time.sleep(0.4)
@@ -112,6 +115,7 @@ def test_outage_of_30_seconds_loses_and_doubles_nothing(
     try:
         wait_for(lambda: shipper.stats().events_written >= 10_000, 60, "shipping to begin")
         elasticsearch_server.stop()
+        outage.set()
         time.sleep(30)
         lag_during_outage = shipper.lag()
         elasticsearch_server.start()

@@ -95,6 +95,39 @@ def test_off_shift_in_shanghai_time(directory):
                                                   False, None]
 
 
+def test_a_shift_grace_keeps_overtime_and_early_starts_on_shift(directory):
+    events = enriched(
+        directory,
+        ev("E1", "2026-11-02T07:31"), ev("E1", "2026-11-02T07:29"),  # early start: 59 and 61 minutes
+        ev("E1", "2026-11-02T17:59"), ev("E1", "2026-11-02T18:01"),  # overtime: 59 and 61 minutes
+        ev("E1", "2026-11-02T03:00"),  # still the middle of the night
+        ev("E3", "2026-11-07T06:30"),  # Friday's night shift ran over into Saturday morning
+        ev("E3", "2026-11-06T21:30"),  # an early start, the evening before the shift's day
+        ev("E3", "2026-11-08T02:00"),  # no Saturday night shift
+        shift_grace_s=3600,
+    )
+    assert [e.actor_off_shift for e in events] == [False, True, False, True, True, False, False, True]
+    # without a grace the shift is exact (the enricher's default; the config's is 1h)
+    assert enriched(directory, ev("E1", "2026-11-02T17:01"))[0].actor_off_shift is True
+
+
+def test_the_config_sets_the_grace_and_refuses_a_silly_one(tmp_path):
+    from auditd.settings import load_settings
+
+    def settings(grace: str):
+        path = tmp_path / "c.yaml"
+        path.write_text("state_dir: s\nsources: []\npseudonym: {key_file: k}\n"
+                        f"directory: {{path: d.yaml, shift_grace: {grace}}}\n", encoding="utf-8")
+        problems = Problems()
+        loaded, _ = load_settings(path, problems)
+        return loaded, [str(p) for p in problems.items]
+
+    loaded, problems = settings("90m")
+    assert problems == [] and loaded.directory.shift_grace.seconds == 5400
+    _, problems = settings("2d")
+    assert len(problems) == 1 and "directory.shift_grace: must be between 0 and 12h" in problems[0]
+
+
 def test_events_out_of_order_and_across_days_are_right(directory):
     times = ["2026-11-03T10:00", "2026-11-02T03:00", "2026-11-05T10:00", "2026-11-02T10:00", "2026-11-03T03:00"]
     enricher = Enricher(directory, Pseudonymiser(KEY), cached_days=1)

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 LINES = 50_000
 # ground-truth kind -> the reason code the checker must give (departed: the departed kind)
 EXPECTED = {
-    "departed": "departed",
+    "departed_access": "departed",
     "category_not_granted": "category_not_granted",
     "out_of_scope": "out_of_scope",
     "missing_purpose": "purpose_missing",
@@ -113,13 +113,21 @@ def _alerts_by_request(db: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _planted(truth: list[dict]) -> tuple[dict[str, str], set[str]]:
+    """Request id -> scenario for this test's scenarios, and every other planted request
+    (a bulk export of points, the DPO's share: planted elsewhere, outside the grant too)."""
+    mine = {req: t["scenario"] for t in truth if t["scenario"] in EXPECTED for req in t["reqs"]}
+    other = {req for t in truth if t["scenario"] not in EXPECTED for req in t["reqs"]}
+    return mine, other
+
+
 def test_precision_and_recall_are_one(replayed):
     db, truth = replayed
-    planted = {t["req"]: t for t in truth if t["kind"] in EXPECTED}
-    assert len(planted) == 3 * len(EXPECTED)
-    flagged = _alerts_by_request(db)
+    planted, other = _planted(truth)
+    assert len({t["scenario"] + t["reqs"][0] for t in truth if t["scenario"] in EXPECTED}) == 3 * len(EXPECTED)
+    flagged = {req: alerts for req, alerts in _alerts_by_request(db).items() if req not in other}
     found = {req for req, alerts in flagged.items()
-             if req in planted and any(_code(a) == EXPECTED[planted[req]["kind"]] for a in alerts)}
+             if req in planted and any(_code(a) == EXPECTED[planted[req]] for a in alerts)}
     precision = len(found) / len(flagged) if flagged else 0.0
     recall = len(found) / len(planted)
     print(f"\nentitlement/departed alerts on {LINES:,} lines: {len(flagged)} accesses flagged, "
@@ -135,7 +143,7 @@ def test_each_planted_access_raises_one_alert_of_ours(replayed):
     for alerts in flagged.values():
         assert len(alerts) == 1, [a["rule_id"] for a in alerts]
     departed = [a for alerts in flagged.values() for a in alerts if a["rule_kind"] == "departed"]
-    assert {a["severity"] for a in departed} == {"critical"} and {a["actor"] for a in departed} == {"E10046"}
+    assert {a["severity"] for a in departed} == {"high"} and {a["actor"] for a in departed} == {"E10046"}
 
 
 def test_the_checker_judged_every_normal_access_entitled(replayed):
@@ -143,7 +151,7 @@ def test_the_checker_judged_every_normal_access_entitled(replayed):
     import sqlite3
 
     db, truth = replayed
-    planted = {t["req"] for t in truth if t["kind"] in EXPECTED}
+    planted, other = _planted(truth)
     decode = msgspec.msgpack.Decoder(list[AccessEvent]).decode
     denied, unjudged, judged = set(), 0, 0
     with sqlite3.connect(db) as conn:
@@ -154,7 +162,7 @@ def test_the_checker_judged_every_normal_access_entitled(replayed):
                 if event.entitlement_granted is False:
                     denied.add(event.request_id)
     assert judged == LINES and unjudged == 0
-    assert denied == planted
+    assert set(planted) <= denied <= set(planted) | other
 
 
 def _code(alert: dict) -> str | None:

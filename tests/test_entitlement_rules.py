@@ -58,12 +58,13 @@ def test_sample_reasons_are_real_codes_and_match_what_the_rule_takes(ruleset):
                 assert code in taken, (rule.id, code)
 
 
-def test_departed_is_critical_and_entitlement_rules_are_not(ruleset):
+def test_violations_are_high_and_a_transfer_abroad_is_critical(ruleset):
     severities = {r.id: r.spec.severity for r in ruleset.rules}
-    assert severities["departed_employee_activity"] == "critical"
-    # a critical alert on sensitive data grades as a suspected leak (T4); a least-privilege
-    # violation is T5 by the correlator's kind mapping, so these stay below critical
-    assert severities["sensitive_data_outside_grants"] == "high"
+    # a severity is the tier it stands for: high a violation (T5, as the correlator grades
+    # entitlement and departed rules), critical a suspected leak (T4)
+    assert severities["departed_employee_activity"] == "high"
+    assert severities["least_privilege_violation"] == severities["sensitive_data_outside_grants"] == "high"
+    assert severities["transfer_outside_allowed_destinations"] == "critical"
 
 
 def event(**kw) -> AccessEvent:
@@ -83,9 +84,9 @@ def test_an_entitlement_alert_carries_the_whole_reason(ruleset):
 
 def test_a_departed_alert_without_the_checker_still_says_why(ruleset):
     [alert] = ruleset.evaluate(event(action="login", actor_departed=True, actor_departed_working_days=4))
-    assert (alert.rule_id, alert.severity) == ("departed_employee_activity", "critical")
+    assert (alert.rule_id, alert.severity) == ("departed_employee_activity", "high")
     assert alert.reason == "departed: E10002 had left, 4 working day(s) after leaving"
-    assert alert.title == "Departed employee E10002 (-) did login (4 working days after leaving)"
+    assert alert.title == "E10002 (-) logged in 4 working day(s) after leaving the company, from -"
 
 
 def test_a_departed_access_raises_one_alert_not_two(ruleset):

@@ -84,7 +84,7 @@ def test_unit_essentials() -> None:
         "Type": ["notify"], "NotifyAccess": ["main"], "WatchdogSec": ["30"],
         "ExecStart": [f"{EXEC_BINARY} run -c /etc/neo-auditd/config.yaml"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"], "Restart": ["on-failure"],
-        "RestartPreventExitStatus": ["78"], "User": ["neo-auditd"], "Group": ["neo-auditd"],
+        "RestartPreventExitStatus": ["65 78"], "User": ["neo-auditd"], "Group": ["neo-auditd"],
         "StateDirectory": ["neo-auditd"], "LogsDirectory": ["neo-auditd"],
         "ConfigurationDirectory": ["neo-auditd"], "CapabilityBoundingSet": [""],
         "UMask": ["0077"],
@@ -94,9 +94,10 @@ def test_unit_essentials() -> None:
     assert "DynamicUser" not in directives
 
 
-def test_exit_code_for_configuration_errors_matches_the_code() -> None:
+def test_exit_codes_that_a_restart_cannot_fix_match_the_code() -> None:
     from auditd.errors import EX_CONFIG
-    assert _directives(UNIT.read_text())["RestartPreventExitStatus"] == [str(EX_CONFIG)]
+    from auditd.store.health import EX_DATAERR
+    assert _directives(UNIT.read_text())["RestartPreventExitStatus"] == [f"{EX_DATAERR} {EX_CONFIG}"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating files owned by another user needs root")

@@ -3,6 +3,14 @@
 The correlator only ever moves a tier upward with these grades; a person may move it
 down (``actions.set_tier``) and a later grade does not undo that unless it is higher
 than the grade the person overrode.
+
+A rule's severity is a promise about the tier (``TierSettings.by_severity``): critical
+means a suspected leak (T4), high a violation (T5), anything lower an anomaly (T6).
+Rule kinds, single rules and the criminal bands may grade higher, never lower.
+
+Affected customers are the distinct pseudonyms the alerts named, plus, for an event
+that counted more records than it named (an export of 57,312 customers lists none),
+the records it did not name: an export's count is never 0.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auditd.correlate.settings import Band, CorrelateSettings, tier_rank
-from auditd.detect.alert import SEVERITIES
+from auditd.detect.alert import SEVERITIES, Alert
 
 # headlines for incident titles; rule kinds without one take their first alert's title
 KIND_HEADLINES = {
@@ -31,6 +39,7 @@ class Facts:
     max_record_count: int  # the largest single alert's record count, all of the incident's
     rules: frozenset[tuple[str, str]]  # (rule id, rule kind) of this batch's alerts
     severe_sensitive: bool  # a batch alert at leak severity or above, on sensitive data
+    severity: str = "info"  # the incident's highest alert severity
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,10 @@ class Grader:
     def grade(self, facts: Facts, band: str | None) -> Grade:
         """The highest tier any rule gives; ties keep the most specific reason."""
         best = Grade(self.tiers.default, "default tier", None)
+        tier = self.tiers.by_severity.get(facts.severity)
+        if tier is not None:
+            leak = tier_rank(tier) <= tier_rank(self.tiers.leak)
+            best = _higher(best, Grade(tier, f"{facts.severity} alert", LEAK_HEADLINE if leak else None))
         for rule_id, kind in sorted(facts.rules):
             tier = self.tiers.by_rule.get(rule_id)
             if tier is not None:
@@ -94,3 +107,14 @@ class Grader:
 def _higher(current: Grade, candidate: Grade) -> Grade:
     # a tie goes to the candidate: later checks in grade() are the more specific reasons
     return candidate if tier_rank(candidate.tier) <= tier_rank(current.tier) else current
+
+
+def unnamed_customers(alert: Alert) -> int:
+    """Customers an alert's event carried records of without naming them."""
+    return max(0, alert.record_count - len(alert.subject_ids))
+
+
+def incident_title(headline: str | None, lead_title: str) -> str:
+    """The grade's headline before the title of the alert that set the grade, so the
+    incident list says what happened, not only to whom."""
+    return f"{headline}: {lead_title}" if headline else lead_title

@@ -25,7 +25,9 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate import changelog
 from auditd.correlate.actions import apply_action, validate
-from auditd.correlate.grading import SEVERITY_RANK, Facts, Grade, Grader
+from auditd.correlate.grading import (
+    SEVERITY_RANK, Facts, Grade, Grader, incident_title, unnamed_customers,
+)
 from auditd.correlate.model import (
     ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary,
     system_clock,
@@ -112,6 +114,7 @@ class Working:
     batch_rules: set[tuple[str, str]] = field(default_factory=set)
     batch_categories: set[str] = field(default_factory=set)
     severe_sensitive: bool = False
+    unnamed: dict[tuple[str, ...], int] = field(default_factory=dict)  # per event: customers counted, not named
 
     def add(self, alert: Alert, leak_rank: int) -> None:
         ts = alert.timestamp
@@ -122,6 +125,9 @@ class Working:
         self.alert_count += 1
         self.alerts.append(alert)
         self.subjects.update(alert.subject_ids)
+        unnamed = unnamed_customers(alert)
+        if unnamed > self.unnamed.get(alert.event_ids, 0):  # several rules on one event count it once
+            self.unnamed[alert.event_ids] = unnamed
         self.batch_rules.add((alert.rule_id, alert.rule_kind))
         self.batch_categories.update(alert.categories)
         if alert.record_count > self.max_record_count:
@@ -324,10 +330,12 @@ class Correlator:
         work.merge_batch()
         # sorted: inserts in key order touch fewer b-tree pages
         affected_added = store.add_subjects(incident_id, sorted(work.subjects)) if work.subjects else 0
+        affected_added += sum(work.unnamed.values())
         work.affected_count += affected_added
         facts = Facts(actor=work.actor, categories=frozenset(work.categories),
                       affected=work.affected_count, max_record_count=work.max_record_count,
-                      rules=frozenset(work.batch_rules), severe_sensitive=work.severe_sensitive)
+                      rules=frozenset(work.batch_rules), severe_sensitive=work.severe_sensitive,
+                      severity=work.severity)
         band = self.grader.band_reached(facts)
         band_reached = band is not None and work.band is None
         if band_reached:
@@ -432,7 +440,9 @@ def _open(alert: Alert, index: int, now: str) -> Working:
 def _title(grade: Grade, work: Working) -> str:
     if grade.headline is None:
         return work.title if work.opening is None else work.opening.title
-    return f"{grade.headline}: {work.actor}" if work.actor else f"{grade.headline}: {work.group_key}"
+    lead = work.opening or max(work.alerts, key=lambda a: SEVERITY_RANK.get(a.severity, -1))
+    return incident_title(grade.headline, lead.title)
+
 
 
 def act(conn: sqlite3.Connection, action: Action, *, settings: CorrelateSettings | None = None,

@@ -141,6 +141,35 @@ class IncidentSummary(msgspec.Struct, kw_only=True, frozen=True):
     updated_at: dt.datetime
 
 
+class AlertBrief(msgspec.Struct, kw_only=True, frozen=True):
+    """One alert of an incident as a responder reads it (titles carry no customer ids)."""
+
+    alert_id: str
+    rule_id: str
+    rule_kind: str
+    severity: str
+    title: str
+    timestamp: dt.datetime
+    event_ids: tuple[str, ...] = ()
+
+
+class EvidenceEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """One evidence event in readable form: who did what to which records, and whether it
+    was entitled. Customer ids appear only as pseudonyms."""
+
+    event_id: str
+    timestamp: dt.datetime
+    actor: str | None
+    action: str
+    outcome: str | None
+    resource: str | None  # type, pseudonym and store: 'customer p:3b… (S021)'
+    record_count: int | None
+    categories: tuple[str, ...]
+    destination: str | None  # 'bi-backup.example.sg (SG)', 'P-LOGI'
+    entitled: bool | None
+    reason: str | None  # the entitlement reason code
+
+
 class IncidentDetail(msgspec.Struct, kw_only=True, frozen=True):
     summary: IncidentSummary
     rules: tuple[str, ...]
@@ -152,3 +181,5 @@ class IncidentDetail(msgspec.Struct, kw_only=True, frozen=True):
     timeline: tuple[TimelineEntry, ...]
     timeline_verified: bool
     timeline_first_bad_seq: int | None
+    alerts: tuple[AlertBrief, ...] = ()  # at most the limit asked for, oldest first
+    evidence: tuple[EvidenceEvent, ...] = ()  # filled by a caller that reads the events (the CLI)

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import msgspec
 
 from auditd.correlate.model import (
-    STATUSES, CorrelateError, IncidentDetail, IncidentSummary, UnknownIncident,
+    STATUSES, AlertBrief, CorrelateError, IncidentDetail, IncidentSummary, UnknownIncident,
 )
 from auditd.store.times import from_db, to_db
 from auditd.correlate.settings import TIERS
@@ -22,13 +22,7 @@ _SUMMARY_COLUMNS = (
 _list_decoder = msgspec.json.Decoder(tuple[str, ...])
 
 
-class _Evidence(msgspec.Struct):
-    """The part of a stored Alert document that get_incident needs."""
-
-    event_ids: tuple[str, ...] = ()
-
-
-_evidence_decoder = msgspec.json.Decoder(_Evidence)
+_brief_decoder = msgspec.json.Decoder(AlertBrief)  # the part of a stored Alert document shown
 
 
 def _summary(row: tuple[Any, ...]) -> IncidentSummary:
@@ -100,8 +94,9 @@ def get_incident(conn: sqlite3.Connection, incident_id: str, limit: int = 1000) 
         (incident_id, limit + 1),
     ).fetchall()
     events: dict[str, None] = {}  # insertion-ordered set: evidence in event order
-    for _, doc in alerts[:limit]:
-        events.update(dict.fromkeys(_evidence_decoder.decode(doc).event_ids))
+    briefs = [_brief_decoder.decode(doc) for _, doc in alerts[:limit]]
+    for brief in briefs:
+        events.update(dict.fromkeys(brief.event_ids))
     ok, first_bad = verify_timeline(conn, incident_id)
     return IncidentDetail(
         summary=summary,
@@ -114,4 +109,5 @@ def get_incident(conn: sqlite3.Connection, incident_id: str, limit: int = 1000) 
         timeline=tuple(read_timeline(conn, incident_id)),
         timeline_verified=ok,
         timeline_first_bad_seq=first_bad,
+        alerts=tuple(briefs),
     )

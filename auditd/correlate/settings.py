@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from auditd.config.typed import Duration
+from auditd.detect.alert import SEVERITIES
 
 Tier = Literal["T1", "T2", "T3", "T4", "T5", "T6"]
 TIERS: tuple[str, ...] = ("T1", "T2", "T3", "T4", "T5", "T6")  # most severe first
@@ -43,6 +44,16 @@ class TierSettings:
     leak: Tier = "T4"
     leak_severity: Literal["info", "low", "medium", "high", "critical"] = "critical"  # at least
     default: Tier = "T6"
+    # the tier an alert's severity stands for (README "Severity and tier"): a rule says
+    # "critical" for a suspected leak and "high" for a violation; lower ones are anomalies
+    by_severity: dict[Literal["info", "low", "medium", "high", "critical"], Tier] = field(
+        default_factory=lambda: {"critical": "T4", "high": "T5"}
+    )
+
+    def check(self) -> Iterable[tuple[str | tuple[str | int, ...], str]]:
+        for severity in self.by_severity:
+            if severity not in SEVERITIES:
+                yield ("by_severity", severity), f"unknown severity '{severity}' (valid: {', '.join(SEVERITIES)})"
 
 
 @dataclass(frozen=True, slots=True)

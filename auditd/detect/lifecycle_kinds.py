@@ -29,7 +29,7 @@ from auditd.event import AccessEvent
 if TYPE_CHECKING:
     from auditd.detect.spec import RuleSpec
 
-# `departed` has its own kind (and highest severity): an entitlement rule that also
+# `departed` has its own kind and rule: an entitlement rule that also
 # took it would raise a second alert for the same access
 DEFAULT_ENTITLEMENT_REASONS = tuple(code for code in DENIALS if code != DEPARTED)
 

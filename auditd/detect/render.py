@@ -6,6 +6,13 @@ only. ``neo.resource.id`` (a customer's own id when the resource is a customer),
 ``neo.purpose`` and ``neo.ticket`` (free text an employee typed) and ``labels``
 (anything a log carried) are therefore refused at load time, and so is every field
 added to the event later until it is listed here.
+
+A placeholder may name a filter that says a value in words: ``{event.action|past}``
+("exported"), ``{neo.data.record_count|count}`` ("57,312"),
+``{neo.data.record_count|records}`` ("57,312 customers' records", "1 customer's
+record") and ``{neo.entitlement.reason|why}`` ("category property", "scope own_store,
+a record of S021 (R-QJ)", "no ticket or purpose"). A rendered title is one line: runs
+of spaces (an empty value) close up.
 """
 
 from __future__ import annotations
@@ -32,6 +39,68 @@ SAFE_FIELDS = frozenset({
 MAX_TITLE = 200  # SMS gateways and chat previews cut longer titles anyway
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+PAST_TENSE = {
+    "read": "read", "search": "searched", "list": "listed", "export": "exported", "download": "downloaded",
+    "print": "printed", "update": "updated", "delete": "deleted", "unmask": "unmasked", "share": "shared",
+    "login": "logged in", "logout": "logged out", "grant": "granted", "revoke": "revoked",
+}
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else text_of(value)
+
+
+NO_RECORDS = frozenset({"login", "logout", "grant", "revoke"})  # actions that touch no customer records
+
+
+def _records(value: Any, event: AccessEvent) -> str:
+    if not isinstance(value, int) or isinstance(value, bool) or event.action in NO_RECORDS:
+        return ""  # an access that names no records (a login): the sentence closes up
+    return "1 customer's record" if value == 1 else f"{value:,} customers' records"
+
+
+def _past(value: Any) -> str:
+    return PAST_TENSE.get(value, text_of(value)) if isinstance(value, str) else text_of(value)
+
+
+_WHY_PATTERNS = {
+    # reason code -> (pattern over the checker's detail, words); auditd/entitlement/checker.py writes them
+    "category_not_granted": (re.compile(r"covers (?P<category>\S+) data"), "category {category}"),
+    "action_not_granted": (re.compile(r"(?P<category>\S+) data, not (?P<action>\w+)$"),
+                           "action {action} on {category} data"),
+    "out_of_scope": (re.compile(r"^(?P<scope>\w+)(?::.*?the record's (?:store|region) is (?P<where>[^,]+))?"),
+                     "scope {scope}, a record of {where}"),
+    "share_fields_beyond_allowance": (re.compile(r"also sent (?P<fields>.+)$"),
+                                      "fields beyond the partner's allowance: {fields}"),
+}
+_WHY_WORDS = {
+    "purpose_missing": "no ticket or purpose", "unmasked_without_grant": "unmasked without an unmask grant",
+    "unknown_actor": "not in the HR directory", "scope_unverified": "scope not verifiable",
+}
+
+
+def _why(value: Any) -> str:
+    """An entitlement reason ('code: detail') in a few words for a title."""
+    if not isinstance(value, str):
+        return text_of(value)
+    code, _, detail = value.partition(":")
+    detail = detail.strip()
+    if code in _WHY_WORDS:
+        return _WHY_WORDS[code]
+    pattern = _WHY_PATTERNS.get(code)
+    m = pattern[0].search(detail) if pattern else None
+    if m is None:
+        return detail or code
+    words = pattern[1]
+    if m.groupdict().get("where") is None and "{where}" in words:
+        words = words.split(",")[0]
+    return words.format(**{k: v for k, v in m.groupdict().items() if v is not None})
+
+
+FILTERS: dict[str, Callable[[Any, AccessEvent], str]] = {
+    "count": lambda value, _: _count(value), "records": _records,
+    "past": lambda value, _: _past(value), "why": lambda value, _: _why(value),
+}
 
 
 def unsafe_field_message(name: str) -> str | None:
@@ -71,12 +140,15 @@ def compile_title(template: str) -> tuple[Callable[[AccessEvent], str] | None, l
         elif m.group(1) is None:
             problems.append(f"unmatched '{token}' in title (write '{token * 2}' for a brace)")
         else:
-            name = m.group(1).strip()
+            name, _, filter_name = (p.strip() for p in m.group(1).partition("|"))
             why = unsafe_field_message(name)
             if why:
                 problems.append(f"title: {why}")
+            elif filter_name and filter_name not in FILTERS:
+                problems.append(f"title: unknown filter '{filter_name}' (valid: {', '.join(sorted(FILTERS))})")
             else:
-                parts.append(operator.attrgetter(FIELDS[name].attr))
+                get = operator.attrgetter(FIELDS[name].attr)
+                parts.append(_filtered(get, FILTERS[filter_name]) if filter_name else get)
     parts.append(template[last:])
     if problems:
         return None, problems
@@ -84,9 +156,16 @@ def compile_title(template: str) -> tuple[Callable[[AccessEvent], str] | None, l
 
     def render(event: AccessEvent) -> str:
         text = "".join(p if isinstance(p, str) else text_of(p(event)) for p in pieces)
+        if "  " in text:
+            text = " ".join(text.split())
         return text if len(text) <= MAX_TITLE else text[:MAX_TITLE - 1] + "…"
 
     return render, problems
+
+
+def _filtered(get: Callable[[AccessEvent], Any],
+              words: Callable[[Any, AccessEvent], str]) -> Callable[[AccessEvent], str]:
+    return lambda event: words(get(event), event)
 
 
 def json_value(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
-from auditd.elastic.client import Backoff, is_transient
+from auditd.elastic.client import TRANSIENT_STATUSES, Backoff, is_transient
 
 log = logging.getLogger("neo_auditd.elastic")
 
@@ -85,11 +85,13 @@ class GaveUp(Exception):
 
 class BulkSender:
     def __init__(self, es: Elasticsearch, backoff: Backoff, *, abort: threading.Event,
-                 give_up: Callable[[], bool] = lambda: False):
+                 give_up: Callable[[], bool] = lambda: False,
+                 on_failure: Callable[[str, bool], None] = lambda error, refused: None):
         self.es = es
         self.backoff = backoff
         self.abort = abort  # set: stop now
         self.give_up = give_up  # true once a drain deadline has passed
+        self.on_failure = on_failure  # (error, refused: waiting will not cure it), before each wait
         self.counters = BulkCounters()
         self._lock = threading.Lock()  # counters are read by the metrics thread
 
@@ -109,6 +111,8 @@ class BulkSender:
                     self.counters.retries += len(pending)
                 log.warning("bulk: %d of %d items to retry (e.g. %s %s)", len(pending), len(items),
                             pending[0].status, pending[0].reason[:200])
+                self.on_failure(pending[0].reason or f"status {pending[0].status}",
+                                pending[0].status not in TRANSIENT_STATUSES)
                 self._wait()
         self.backoff.reset()
         return items
@@ -135,6 +139,7 @@ class BulkSender:
             with self._lock:
                 self.counters.failures += 1
                 self.counters.last_error = _short(exc)
+            self.on_failure(_short(exc), not is_transient(exc))
             return None
 
     def _apply(self, target: str, items: list[Item], response: dict[str, Any]) -> list[Item]:

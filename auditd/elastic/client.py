@@ -7,6 +7,7 @@ it may drop anything (it may not).
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import threading
@@ -20,8 +21,31 @@ from auditd.elastic.settings import ElasticSettings
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
+class _RequestLinesToDebug(logging.Filter):
+    """The transport logs every request at INFO ("POST http://…/_bulk [status:200 …]"):
+    thousands of lines an hour that say nothing the metrics do not. Demote them to DEBUG,
+    where `run --log-level DEBUG` still shows them; warnings and errors pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+TRANSPORT_LOGGER = "elastic_transport.transport"
+
+
+def quiet_request_lines() -> None:
+    """Install the demotion once per process (the logger is global, as logging is)."""
+    logger = logging.getLogger(TRANSPORT_LOGGER)
+    if not any(isinstance(f, _RequestLinesToDebug) for f in logger.filters):
+        logger.addFilter(_RequestLinesToDebug())
+
+
 def build_client(settings: ElasticSettings) -> Elasticsearch:
     """A client for the configured hosts; reads the API key file, connects lazily."""
+    quiet_request_lines()
     api_key = None
     if settings.api_key_file is not None:
         api_key = settings.api_key_file.read_text(encoding="utf-8").strip()

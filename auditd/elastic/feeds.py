@@ -37,31 +37,17 @@ from auditd.elastic.documents import (
     event_document,
     incident_document,
 )
+from auditd.ops.shipping import EVENTS_KEY, Position, format_position, parse_position
 from auditd.event import AccessEvent
 from auditd.ops.status import table_exists
 from auditd.store.encoding import segment_decoder
 
 log = logging.getLogger("neo_auditd.elastic")
 
-EVENTS_KEY = "elastic.shipped_seq"
 ALERTS_KEY = "elastic.shipped_alert_rowid"
 
 _decode_segment = segment_decoder()
 _decode_alert = msgspec.json.Decoder(Alert).decode
-
-
-Position = tuple[int, int]  # (event segment seq, events of it shipped)
-
-
-def parse_position(text: str | None) -> Position:
-    if not text:
-        return (0, 0)
-    seq, _, done = text.partition(":")
-    return (int(seq), int(done or 0))
-
-
-def format_position(position: Position) -> str:
-    return f"{position[0]}:{position[1]}"
 
 
 def read_meta(conn: sqlite3.Connection, key: str) -> str | None:

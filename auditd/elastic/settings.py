@@ -21,6 +21,7 @@ unknown keys and bad values are located configuration errors (exit 78).
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -233,6 +234,11 @@ class ElasticSettings:
         for key in ("alerts_index", "incidents_index", "leases_index"):
             if not _INDEX_NAME.fullmatch(getattr(self, key)):
                 yield key, "expected a lowercase index name (letters, digits, '.', '_', '-')"
+            elif _STREAM_NAME.fullmatch(self.events_data_stream) and fnmatch.fnmatchcase(
+                    getattr(self, key), self.events_pattern):
+                # two templates would claim the index; the cluster refuses the second one
+                yield key, (f"{getattr(self, key)!r} matches {self.events_pattern!r}, the pattern of the events "
+                            "data stream's template: name it outside that pattern")
         if self.retention < LEGAL_MINIMUM_RETENTION:
             yield "retention", f"{self.retention.seconds / 86400:g} days is shorter than the legal minimum ({LEGAL_BASIS})"
         yield from _positive(self, "request_timeout_s", "number_of_shards")

@@ -36,7 +36,7 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from auditd.elastic import templates
 from auditd.elastic.bulk import BulkSender, GaveUp, Item, Outcome
-from auditd.elastic.client import Backoff
+from auditd.elastic.client import Backoff, is_transient
 from auditd.elastic.feeds import (
     ALERTS_KEY,
     EVENTS_KEY,
@@ -49,6 +49,12 @@ from auditd.elastic.feeds import (
     write_meta,
 )
 from auditd.elastic.settings import ElasticSettings
+from auditd.ops.shipping import (
+    ShipperHealth,
+    dead_letter_count,
+    read_shipper_record,
+    write_shipper_record,
+)
 from auditd.store.sqlite import immediate
 from auditd.store.times import to_db
 
@@ -70,9 +76,10 @@ def unshipped_guard_sql() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ShipperStats:
-    """A snapshot for metrics and `status`."""
+    """A snapshot for metrics and tests (`status` reads the store: see ops.shipping)."""
 
     running: bool
+    state: str  # ops.shipping.STATES
     lag: int  # events not shipped yet
     events_written: int
     already_present: int  # 409s: sent before, answer lost (or an older incident snapshot)
@@ -83,6 +90,7 @@ class ShipperStats:
     failures: int  # bulk requests that failed whole, and passes that failed before one (templates)
     written_by_target: dict[str, int]
     last_error: str | None
+    last_error_at: dt.datetime | None
     last_shipped_at: dt.datetime | None
 
 
@@ -113,8 +121,9 @@ class EventShipper:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._deadline: float | None = None
+        self.health = ShipperHealth(clock)
         self._sender = BulkSender(es, Backoff(self.ship.retry_backoff_initial_s, self.ship.retry_backoff_max_s),
-                                  abort=self._abort, give_up=self._past_deadline)
+                                  abort=self._abort, give_up=self._give_up, on_failure=self._failed)
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._worker: ThreadPoolExecutor | None = None
@@ -122,10 +131,8 @@ class EventShipper:
         self._db_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._next_side_at = 0.0
-        self._last_shipped_at: dt.datetime | None = None
         self._last_lag = 0
         self._pass_failures = 0  # passes that failed outside a bulk request (templates, the store)
-        self._last_pass_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> "EventShipper":
@@ -134,6 +141,7 @@ class EventShipper:
             conn = _connect(self.store_path)
             for feed in (self.events, *self.side_feeds):
                 feed.load(conn)
+            self.health.carry_over(read_shipper_record(conn))
             self._conn = conn
             # Events are read and encoded on a worker thread with a connection of its
             # own, one page ahead, while the previous page is in flight.
@@ -146,6 +154,8 @@ class EventShipper:
         self._abort.clear()
         self._stopping.clear()
         self._deadline = None
+        self.health.started()
+        self._record_health()
         self._thread = threading.Thread(target=self._run, name="elastic-shipper", daemon=True)
         self._thread.start()
 
@@ -166,6 +176,8 @@ class EventShipper:
                 self._thread.join(5)
             self._thread = None
         drained = self.lag() == 0
+        self.health.stopped()
+        self._record_health()
         self.close()
         return drained
 
@@ -194,13 +206,14 @@ class EventShipper:
 
     def stats(self) -> ShipperStats:
         c = self._sender.snapshot()
+        health = self.health
         return ShipperStats(
-            running=self._thread is not None and self._thread.is_alive(), lag=self.lag(),
+            running=self._thread is not None and self._thread.is_alive(), state=health.state, lag=self.lag(),
             events_written=c.by_target.get(self.events.target, 0), already_present=c.present,
             dead_letters=c.dead, requests=c.requests, bytes_sent=c.bytes_sent, retries=c.retries,
             failures=c.failures + self._pass_failures, written_by_target=dict(c.by_target),
-            last_error=c.last_error or self._last_pass_error,
-            last_shipped_at=self._last_shipped_at,
+            last_error=health.last_error, last_error_at=health.last_error_at,
+            last_shipped_at=health.last_shipped_at,
         )
 
     # -- the work --------------------------------------------------------------------------
@@ -225,21 +238,29 @@ class EventShipper:
                 worked = self._pass()
             except GaveUp:
                 break
+            except templates.TemplateRefused as exc:
+                # Waiting will not cure it; retry slowly (someone may fix the other
+                # template), say so once per reason, and never hold up a drain for it.
+                if exc.reason != self.health.last_error:
+                    log.error("elastic shipper: %s; events wait in the store", exc)
+                self._pass_failed(exc.reason, refused=True)
+                if not self._sender.backoff.wait(self._abort, self._give_up):
+                    break
+                continue
             except (ApiError, TransportError) as exc:  # installing the templates, while the cluster is away
                 log.warning("elastic shipper: cluster not ready (%s); retrying", exc)
-                self._pass_failures += 1
-                self._last_pass_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                self._prefetched = None
-                if not self._sender.backoff.wait(self._abort, self._past_deadline):
+                self._pass_failed(f"{type(exc).__name__}: {str(exc)[:300]}", refused=not is_transient(exc))
+                if not self._sender.backoff.wait(self._abort, self._give_up):
                     break
                 continue
-            except Exception:  # noqa: BLE001 - a bug or a store error must not end shipping silently
+            except Exception as exc:  # noqa: BLE001 - a bug or a store error must not end shipping silently
                 log.exception("elastic shipper pass failed; retrying")
-                self._pass_failures += 1
-                self._prefetched = None
-                if not self._sender.backoff.wait(self._abort, self._past_deadline):
+                self._pass_failed(f"{type(exc).__name__}: {str(exc)[:300]}", refused=False)
+                if not self._sender.backoff.wait(self._abort, self._give_up):
                     break
                 continue
+            self.health.succeeded()
+            self._record_health()
             if self._stopping.is_set() and (not worked or self._past_deadline()):
                 break
             if not worked:
@@ -296,7 +317,7 @@ class EventShipper:
     def _send(self, feed: EventFeed | AlertFeed | IncidentFeed, page: Page) -> None:
         if page.items:
             self._sender.send(feed.target, page.items)
-            self._last_shipped_at = self.clock()
+            self.health.succeeded(shipped=True)
 
     def _record(self, feed: EventFeed | AlertFeed | IncidentFeed, page: Page) -> None:
         dead = page.dead + [item for item in page.items if item.outcome is Outcome.DEAD]
@@ -312,6 +333,7 @@ class EventShipper:
                     feed.save(conn, page)
                 else:
                     write_meta(conn, _KEYS[feed.name], page.position)
+                write_shipper_record(conn, self.health.due(force=True))
         feed.recorded(page)
         for item in dead:
             log.error("dead letter: %s %s to %s: %s %s", feed.name, item.doc_id, feed.target,
@@ -328,15 +350,41 @@ class EventShipper:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
+    def _give_up(self) -> bool:
+        """Past the drain deadline, or draining while the cluster refuses us: no wait will help."""
+        return self._past_deadline() or (self._stopping.is_set() and self.health.refused)
+
+    # -- health, where `status` reads it ---------------------------------------------------
+    def _failed(self, error: str, refused: bool) -> None:
+        self.health.failed(error, refused=refused)
+        self._record_health()
+
+    def _pass_failed(self, error: str, *, refused: bool) -> None:
+        self._pass_failures += 1
+        self._prefetched = None
+        self._failed(error, refused)
+
+    def _record_health(self) -> None:
+        """Write the state to the store if it changed or the last record is getting old.
+
+        Best effort: status then shows an older record, and nothing else depends on it.
+        """
+        record = self.health.due()
+        if record is None:
+            return
+        try:
+            with self._db_lock:
+                if self._conn is None:
+                    return
+                with immediate(self._conn):
+                    write_shipper_record(self._conn, record)
+        except sqlite3.Error as exc:
+            log.warning("cannot record the shipper's state in the store: %s", exc)
+
 
 def _connect(path: Path) -> sqlite3.Connection:
     uri = path.resolve().as_uri() + "?mode=rw"
     return sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
 
 
-def dead_letter_count(conn: sqlite3.Connection) -> int:
-    """Rows in the dead-letter table (0 before the shipper first ran)."""
-    row = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'elastic_dead_letters'").fetchone()
-    if not row[0]:
-        return 0
-    return conn.execute("SELECT COUNT(*) FROM elastic_dead_letters").fetchone()[0]
+__all__ = ["EventShipper", "ShipperStats", "dead_letter_count", "unshipped_guard_sql"]

@@ -14,11 +14,13 @@ field takes effect on the next backing index (events) or at once (the other indi
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from elasticsearch import BadRequestError, Elasticsearch
 
 from auditd.elastic.settings import ElasticSettings
+from auditd.errors import NeoError
 from auditd.event import FIELDS
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -177,6 +179,58 @@ def plain_indices(settings: ElasticSettings) -> dict[str, tuple[dict[str, Any], 
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    key: str  # the `elastic.` setting that names what it covers: where an operator changes it
+    body: dict[str, Any]
+
+
+def all_templates(settings: ElasticSettings) -> list[Template]:
+    """Every index template this config installs, in installing order."""
+    out = [Template(f"{TEMPLATE_PREFIX}-events-{settings.events_data_stream}", "events_data_stream",
+                    events_template(settings))]
+    keys = {settings.alerts_index: "alerts_index", settings.incidents_index: "incidents_index",
+            settings.leases_index: "leases_index"}
+    for index, (mappings, small) in plain_indices(settings).items():
+        # a template too, so an index deleted by hand comes back with its mapping
+        out.append(Template(f"{TEMPLATE_PREFIX}-{index}", keys[index], {
+            "index_patterns": [index], "priority": settings.template_priority,
+            "template": {"settings": _index_settings(settings, small=small), "mappings": mappings},
+            "_meta": {"managed_by": "neo-auditd"},
+        }))
+    return out
+
+
+class TemplateRefused(NeoError):
+    """The cluster refuses one of this config's templates for what it is (HTTP 400), most
+    often because another template matches the same indices at the same priority.
+    Waiting does not help; changing the config (or the other template) does."""
+
+    def __init__(self, template: Template, reason: str):
+        self.template = template
+        self.reason = reason
+        super().__init__(refusal_message(template, reason))
+
+
+def refusal_message(template: Template, reason: str) -> str:
+    text = f"Elasticsearch refuses the index template {template.name}: {reason}"
+    if "same priority" in reason:
+        patterns = ", ".join(template.body.get("index_patterns", []))
+        text += (f". Another template already covers {patterns} at priority {template.body.get('priority')}"
+                 " (another config with the same data stream type and dataset?): give this config a data stream"
+                 " of its own dataset, or another elastic.template_priority")
+    return text
+
+
+def _reason(exc: BadRequestError) -> str:
+    info = exc.info if isinstance(exc.info, dict) else {}
+    error = info.get("error")
+    if isinstance(error, dict) and error.get("reason"):
+        return str(error["reason"])
+    return str(exc.message)
+
+
 class Installer:
     """Installs once per process, on first use: the shipper and the cluster detector
     both need the templates before their first write (else the cluster would create
@@ -198,16 +252,16 @@ class Installer:
 
 
 def install(es: Elasticsearch, settings: ElasticSettings) -> None:
-    """Put the templates and create the indices; safe to run at every start."""
-    es.indices.put_index_template(name=f"{TEMPLATE_PREFIX}-events-{settings.events_data_stream}",
-                                  **events_template(settings))
-    for index, (mappings, small) in plain_indices(settings).items():
-        # a template too, so an index deleted by hand comes back with its mapping
-        es.indices.put_index_template(
-            name=f"{TEMPLATE_PREFIX}-{index}", index_patterns=[index], priority=settings.template_priority,
-            template={"settings": _index_settings(settings, small=small), "mappings": mappings},
-            _meta={"managed_by": "neo-auditd"},
-        )
+    """Put the templates and create the indices; safe to run at every start.
+
+    Raises TemplateRefused when the cluster refuses a template (see `simulate`).
+    """
+    for template in all_templates(settings):
+        try:
+            es.indices.put_index_template(name=template.name, **template.body)
+        except BadRequestError as exc:
+            raise TemplateRefused(template, _reason(exc)) from exc
+    for index, (mappings, _) in plain_indices(settings).items():
         try:
             es.indices.create(index=index)
         except BadRequestError as exc:
@@ -215,3 +269,19 @@ def install(es: Elasticsearch, settings: ElasticSettings) -> None:
                 raise
             # existing index: add fields a newer version maps (a type change raises)
             es.indices.put_mapping(index=index, **mappings)
+
+
+def simulate(es: Elasticsearch, settings: ElasticSettings) -> list[TemplateRefused]:
+    """What installing would refuse, found without changing anything.
+
+    The cluster's simulate API validates a template exactly as putting it does (a
+    template of the same name is replaced, others must not overlap at its priority).
+    Raises what the client raises when the cluster cannot be asked.
+    """
+    refused = []
+    for template in all_templates(settings):
+        try:
+            es.indices.simulate_template(name=template.name, **template.body)
+        except BadRequestError as exc:
+            refused.append(TemplateRefused(template, _reason(exc)))
+    return refused

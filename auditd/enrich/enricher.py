@@ -76,11 +76,13 @@ class Enricher:
         working_days_between: WorkingDaysBetween | None = None,
         entitlement: EntitlementCheck | None = None,
         cached_days: int = 3,
+        shift_grace_s: float = 0.0,
     ):
         """`working_days_between(last_day_employed, event_day)`, when given, fills
         `actor_departed_working_days` (the working-day calendar is not this stage's).
         `entitlement`, when given, judges each access after the directory join; it is
-        handed every directory this enricher is given."""
+        handed every directory this enricher is given. An access up to `shift_grace_s`
+        before a shift starts or after it ends is on shift (overtime, early starts)."""
         self.entitlement = entitlement
         self.pseudonymiser = pseudonymiser
         self.sensitive_categories = frozenset(sensitive_categories)
@@ -88,6 +90,7 @@ class Enricher:
         self.zone = zone
         self.working_days_between = working_days_between
         self.cached_days = max(1, cached_days)
+        self.shift_grace_s = max(0.0, shift_grace_s)
         self._sensitive: dict[tuple[str, ...], bool] = {}
         self.set_directory(directory)
 
@@ -178,8 +181,19 @@ class Enricher:
             known=True, name=employee.name, status=view.status, store=employee.store,
             region=employee.region, departed=view.departed, departed_working_days=departed_days,
             roles=tuple(r.id for r in view.roles),
-            shift_spans=shift.intervals_on(day, self.zone) if shift is not None else None,
+            shift_spans=self._shift_spans(shift, day) if shift is not None else None,
         )
+
+    def _shift_spans(self, shift, day: dt.date) -> tuple[tuple[float, float], ...]:
+        """The shift's spans that reach into the day, widened by the grace (once per
+        employee and day, never per event)."""
+        grace = self.shift_grace_s
+        if not grace:
+            return shift.intervals_on(day, self.zone)
+        spans: set[tuple[float, float]] = set()
+        for offset in (-1, 0, 1):  # yesterday's overtime and tomorrow's early start reach today
+            spans.update(shift.intervals_on(day + dt.timedelta(days=offset), self.zone))
+        return tuple(sorted((start - grace, end + grace) for start, end in spans))
 
     def mark_sensitive(self, events: list[AccessEvent]) -> None:
         known = self._sensitive

@@ -3,13 +3,16 @@
 `Metrics` owns its own CollectorRegistry (no prometheus_client globals), so tests and a
 replay in the same process never share counters, and constructing it does no I/O.
 
-Two kinds of figures:
+Three kinds of figures:
 - pushed by the daemon as it works (events, quarantined and skipped records, alerts,
   notices, lag, timings, reload results): process-local counters that start at zero
   with the process, as Prometheus counters should;
 - read from the store at scrape time (incidents by tier and status): the store is the truth and survives restarts. They are read through a
   separate read-only SQLite connection, so a scrape never waits for the pipeline's
-  write transaction and never holds it up (WAL readers do not block the writer).
+  write transaction and never holds it up (WAL readers do not block the writer);
+- read from live objects at scrape time, once the daemon hands them over: the
+  Elasticsearch shipper (its state and counters; its backlog from the store, as
+  `status` reads it) and the working-day calendar in force (which years ahead it knows).
 
 Labels carry source names, file paths, rule ids, tiers, statuses and channel kinds,
 all from the operator's configuration; never anything from an event (no user or
@@ -27,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -37,7 +41,14 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from auditd.ops.shipping import STATES, read_backlog
 from auditd.ops.status import FileLag, connect_readonly, incident_counts, rule_state
+from auditd.workdays import WorkingCalendar, coverage
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from auditd.elastic.sink import EventShipper
 
 log = logging.getLogger("neo_auditd.metrics")
 
@@ -150,6 +161,16 @@ class Metrics:
         self._reload_ok.set(1 if ok else 0)
         self._reload_ts.set(self._clock())
 
+    # -- what is read at scrape time from live objects -------------------------------------
+    def watch_shipper(self, shipper: EventShipper) -> None:
+        """Add the Elasticsearch shipper's state, backlog and counters to every scrape."""
+        self.registry.register(_Guarded(ShipperCollector(shipper), "elastic shipper"))
+
+    def watch_calendar(self, calendar: Callable[[], WorkingCalendar], zone: ZoneInfo) -> None:
+        """Add per year ahead whether the working-day calendar knows it; `calendar` gives
+        the one in force (a reload may replace it)."""
+        self.registry.register(_Guarded(CalendarCollector(calendar, zone, self._clock), "working days"))
+
     # -- the HTTP endpoint ---------------------------------------------------------------
     def start_http(self, listen: str, port: int) -> int:
         """Serve /metrics on listen:port from a daemon thread; return the bound port (for port 0)."""
@@ -229,6 +250,79 @@ class StoreCollector(Collector):
             return incident_counts(conn), rule_state(conn)
         finally:
             conn.close()
+
+
+class ShipperCollector(Collector):
+    """The shipper's state and counters from the object, its backlog from the store.
+
+    The backlog is read exactly as `status` reads it (the recorded cursor against the
+    segments), through a read-only connection of its own.
+    """
+
+    def __init__(self, shipper: EventShipper) -> None:
+        self._shipper = shipper
+
+    def collect(self) -> Iterator[Metric]:
+        p, stats = PREFIX + "elastic_", self._shipper.stats()
+        state = GaugeMetricFamily(p + "shipper_state", "1 for the shipper's current state.", labels=["state"])
+        for name in STATES:
+            state.add_metric([name], 1 if stats.state == name else 0)
+        yield state
+        conn = connect_readonly(self._shipper.store_path, timeout_s=1.0)
+        try:
+            backlog = read_backlog(conn)
+        finally:
+            conn.close()
+        yield GaugeMetricFamily(p + "backlog_events", "Events in the store not shipped yet.", value=backlog.events)
+        yield GaugeMetricFamily(p + "backlog_bytes", "Stored bytes of the events not shipped yet.",
+                                value=backlog.bytes)
+        if backlog.oldest_event_at is not None:
+            yield GaugeMetricFamily(p + "oldest_unshipped_event_timestamp_seconds",
+                                    "Event time of the oldest event not shipped yet (absent when none).",
+                                    value=backlog.oldest_event_at.timestamp())
+        for name, help_text, value in (
+                ("last_error_timestamp_seconds", "When the shipper last failed (absent if never).",
+                 stats.last_error_at),
+                ("last_shipped_timestamp_seconds", "When Elasticsearch last took a bulk request in full.",
+                 stats.last_shipped_at)):
+            if value is not None:
+                yield GaugeMetricFamily(p + name, help_text, value=value.timestamp())
+        written = CounterMetricFamily(p + "documents_written", "Documents Elasticsearch created, per target.",
+                                      labels=["target"])
+        for target, count in sorted(stats.written_by_target.items()):
+            written.add_metric([target], count)
+        yield written
+        for name, help_text, value in (
+                ("documents_present", "Documents already there (409): an earlier attempt's answer was lost.",
+                 stats.already_present),
+                ("dead_letters", "Documents Elasticsearch refused for what they are, kept in the store.",
+                 stats.dead_letters),
+                ("requests", "Bulk requests sent.", stats.requests),
+                ("request_failures", "Bulk requests and passes that failed as a whole.", stats.failures),
+                ("retries", "Documents sent again.", stats.retries),
+                ("sent_bytes", "Bytes of bulk bodies sent.", stats.bytes_sent)):
+            yield CounterMetricFamily(p + name, help_text, value=value)
+
+
+class CalendarCollector(Collector):
+    """Per year from today to 12 months on, and per year the fallback has answered:
+    1 if the override file or chinese-calendar knows it, 0 if only the fallback does."""
+
+    def __init__(self, calendar: Callable[[], WorkingCalendar], zone: ZoneInfo, clock: Callable[[], float]) -> None:
+        self._calendar = calendar
+        self._zone = zone
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        calendar = self._calendar()
+        today = dt.datetime.fromtimestamp(self._clock(), self._zone).date()
+        family = GaugeMetricFamily(PREFIX + "working_days_year_covered",
+                                   "1 if a source knows the year's working days; 0: every day counts as one "
+                                   "(deadlines early, never late) until the year is added to the override file.",
+                                   labels=["year", "source"])
+        for year in coverage(calendar, today, extra_years=calendar.fallback_years):
+            family.add_metric([str(year.year), year.source or "none"], 1 if year.source else 0)
+        yield family
 
 
 class BootTimeProcessCollector(ProcessCollector):

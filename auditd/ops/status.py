@@ -29,7 +29,10 @@ from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
 from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
+from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.sources.identity import FileIdentity
+from auditd.store.health import read_check
+from auditd.workdays import YearCoverage, coverage, load_calendar, uncovered
 
 if TYPE_CHECKING:
     from auditd.settings import Settings
@@ -70,6 +73,13 @@ class ReloadStatus(msgspec.Struct, frozen=True, kw_only=True):
     at: dt.datetime
     error: str | None = None
     rules_in_force: int | None = None  # after this attempt: the new set's, or the old one still running
+
+
+class CalendarStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The working-day calendar over the next 12 months, as the config defines it."""
+
+    years: list[YearCoverage]  # source None: only the every-day fallback answers for that year
+    problem: str | None = None  # the override file could not be read (the daemon would not start)
 
 
 class RuleStateStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +125,9 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
     allowances: list[AllowanceStatus] = []  # exceptions and suppressions, together
+    store_check: dict | None = None  # the last or running integrity check (store/health.py)
+    elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
+    working_days: CalendarStatus | None = None  # None: no config given
 
 
 # -- connections and shared queries ------------------------------------------------------
@@ -150,6 +163,15 @@ def job_runs(conn: sqlite3.Connection) -> list[JobStatus]:
     return [JobStatus(job_id=job_id, last_started=_utc(started), last_finished=_utc(finished),
                       last_ok=None if ok is None else bool(ok), last_error=error, runs=runs)
             for job_id, started, finished, ok, error, runs in rows]
+
+
+def _store_check(conn: sqlite3.Connection) -> dict | None:
+    report = read_check(conn) if table_exists(conn, "meta") else None
+    if report is None:
+        return None
+    return {"state": report.state, "started_at": report.started_at, "finished_at": report.finished_at,
+            "tables_done": report.tables_done, "tables_total": report.tables_total,
+            "problems": report.problems, "seconds": report.seconds}
 
 
 def incident_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
@@ -244,6 +266,9 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             allowances=[AllowanceStatus(**{f: getattr(a, f) for f in AllowanceStatus.__struct_fields__})
                         for a in allowances(ruleset, conn, now, settings.zone if settings is not None
                                             else DEFAULT_ZONE)],
+            store_check=_store_check(conn),
+            elasticsearch=_elastic(conn, settings, now),
+            working_days=calendar_status(settings, now) if settings is not None else None,
         )
     except sqlite3.DatabaseError as exc:
         raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
@@ -276,6 +301,23 @@ def _sources(conn: sqlite3.Connection, configured: list[str] | None) -> list[Sou
     return out
 
 
+def _elastic(conn: sqlite3.Connection, settings: Settings | None, now: dt.datetime) -> ElasticStatus | None:
+    elastic = settings.elastic if settings is not None else None
+    return collect_elastic_status(conn, now, data_stream=elastic.events_data_stream if elastic else None,
+                                  shipping=elastic is not None and elastic.ship.enabled)
+
+
+def calendar_status(settings: Settings, now: dt.datetime) -> CalendarStatus:
+    """The config's calendar over the next 12 months (its override file read afresh)."""
+    from auditd.config.located import Problems
+
+    problems = Problems()
+    calendar = load_calendar(settings.working_days, problems)
+    if calendar is None:
+        return CalendarStatus(years=[], problem=str(problems.items[0]) if problems.items else "unreadable")
+    return CalendarStatus(years=coverage(calendar, now.astimezone(settings.zone).date()))
+
+
 def _utc(text: str | None) -> dt.datetime | None:
     if not text:
         return None
@@ -292,6 +334,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"store:        {status.store_path}",
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
         f"last reload:  {_reload_line(status.last_reload, zone)}",
+        f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
     ]
@@ -304,6 +347,8 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
             lines += ["", "files:"] + _indent(_table(("SOURCE", "PATH", "COMMITTED", "SIZE", "LAG"), files))
     else:
         lines.append("  none yet")
+    if status.elasticsearch is not None:
+        lines += [""] + _elastic_lines(status.elasticsearch, status.generated_at, zone)
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
     if status.rule_state:
         lines += ["", "rule state (evicted keys are detections missed: raise the rule's max_keys):"]
@@ -322,7 +367,55 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
              "running or cut short" if j.last_finished is None or (j.last_started and j.last_finished < j.last_started)
              else ("ok" if j.last_ok else f"failed: {_clip(j.last_error or '', 60)}"), f"{j.runs:,}")
             for j in status.jobs]))
+    if status.working_days is not None:
+        lines += [""] + _calendar_lines(status.working_days)
     return "\n".join(lines) + "\n"
+
+
+def _elastic_lines(es: ElasticStatus, now: dt.datetime, zone: ZoneInfo) -> list[str]:
+    record, backlog = es.record, es.backlog
+    head = f"elasticsearch: {es.data_stream or 'events'}" + ("" if es.shipping else " (shipping off in this config)")
+    state = es.state.upper() if es.state not in (RUNNING, "stopped") else es.state
+    if record is not None:
+        state += f" since {_when(record.since, zone)} (recorded {_ago(record.recorded_at, now)})"
+    if es.state == "unknown":
+        state += ": no word from the shipper lately; is the daemon running?"
+    elif es.state == RUNNING:
+        state += ", caught up" if backlog.events == 0 else ", behind"
+    oldest = ""
+    if backlog.oldest_event_at is not None:
+        oldest = f"; oldest event {_when(backlog.oldest_event_at, zone)} ({_ago(backlog.oldest_event_at, now)})"
+    lines = [head, f"  shipper:      {state}",
+             f"  backlog:      {backlog.events:,} events, {_bytes(backlog.bytes)}{oldest}"]
+    if record is not None and record.last_error is not None:
+        lines.append(f"  last error:   {_when(record.last_error_at, zone)}: {record.last_error}")
+    if record is not None:
+        lines.append(f"  last shipped: {_when(record.last_shipped_at, zone)}")
+    lines.append(f"  dead letters: {es.dead_letters:,}")
+    return lines
+
+
+def _calendar_lines(cal: CalendarStatus) -> list[str]:
+    if cal.problem is not None:
+        return [f"working days: UNREADABLE: {cal.problem}"]
+    parts = [f"{y.year} {y.source}" if y.source else f"{y.year} NOT COVERED" for y in cal.years]
+    lines = ["working days: " + ", ".join(parts)]
+    missing = uncovered(cal.years)
+    if missing:
+        lines.append(f"  deadlines in {', '.join(map(str, missing))} count every calendar day as a working day "
+                     "(early, never late): add the year to working_days.override_file")
+    return lines
+
+
+def _check_line(check: dict | None, zone: ZoneInfo) -> str:
+    if check is None:
+        return "not run yet"
+    started = _when(dt.datetime.fromisoformat(check["started_at"]), zone)
+    if check["state"] == "running":
+        return f"running since {started}: {check['tables_done']} of {check['tables_total']} tables checked"
+    if check["state"] == "ok":
+        return f"ok ({started}, {check['seconds']} s)"
+    return f"DAMAGED ({started}): {_clip('; '.join(check['problems']), 120)} -- see README, 'Backups and restore'"
 
 
 def _when(value: dt.datetime | None, zone: ZoneInfo) -> str:

@@ -26,6 +26,7 @@ from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent
 from auditd.sources.base import Checkpoint
 from auditd.store.encoding import EVENT_ENCODING, EVENT_ENCODING_KEY, decode_event, encode, segment_decoder
+from auditd.store.health import damaged, is_damage
 from auditd.store.migrations import migrate
 from auditd.store.times import now_db, to_db
 
@@ -163,6 +164,19 @@ class Store:
         WAL into the database file, so that the pipeline's commits do not wait for it
         (a checkpoint writes each byte a second time and syncs the disk)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect(background_checkpoints)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):  # not a database, or damaged past opening
+                raise damaged(exc, self.path) from exc
+            raise
+        self._conn = conn
+        if background_checkpoints:
+            self._checkpointer = WalCheckpointer(self.path, self.synchronous)
+            self._checkpointer.start()
+        return self
+
+    def _connect(self, background_checkpoints: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         # A segment is a batch's events in one blob (megabytes): large pages store it in
         # 16x fewer overflow pages and WAL frames. Only a new file takes it (an existing
@@ -182,11 +196,7 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        if background_checkpoints:
-            self._checkpointer = WalCheckpointer(self.path, self.synchronous)
-            self._checkpointer.start()
-        return self
+        return conn
 
     def close(self) -> None:
         if self._checkpointer is not None:

@@ -9,8 +9,9 @@ working-day due times.
 """
 
 from auditd.workdays.calendar import FALLBACK, OVERRIDE, PACKAGE, WorkingCalendar
+from auditd.workdays.coverage import YearCoverage, coverage, coverage_warning, uncovered, years_ahead
 from auditd.workdays.overrides import YearOverride, load_overrides
 from auditd.workdays.settings import WorkdaySettings, load_calendar
 
-__all__ = ["FALLBACK", "OVERRIDE", "PACKAGE", "WorkdaySettings", "WorkingCalendar", "YearOverride", "load_calendar",
-           "load_overrides"]
+__all__ = ["FALLBACK", "OVERRIDE", "PACKAGE", "WorkdaySettings", "WorkingCalendar", "YearCoverage", "YearOverride",
+           "coverage", "coverage_warning", "load_calendar", "load_overrides", "uncovered", "years_ahead"]

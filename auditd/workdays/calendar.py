@@ -62,6 +62,22 @@ class WorkingCalendar:
         """Which source answers for `year`: OVERRIDE, PACKAGE or FALLBACK."""
         return self._year(year).source
 
+    def known_source(self, year: int) -> str | None:
+        """OVERRIDE or PACKAGE if one knows `year`; None if only the fallback would answer.
+
+        Looks ahead without building the year or warning: for `check`, `status` and metrics.
+        """
+        if year in self._overrides:
+            return OVERRIDE
+        table = self._years.get(year)
+        if table is not None:
+            return None if table.source == FALLBACK else table.source
+        try:
+            self._package(dt.date(year, 1, 1))  # the package knows whole years or none
+        except NotImplementedError:
+            return None
+        return PACKAGE
+
     @property
     def fallback_years(self) -> tuple[int, ...]:
         """Years answered by the every-day-counts fallback so far (worth an alert to operators)."""
