@@ -7,7 +7,9 @@ user agent, partner, API name) once the key's learning period is over:
       kind: first_seen
       params: {field: neo.data.categories, learning: 7d}
 
-  The learning period runs from the key's own first event, so a new hire learns too.
+  The learning period runs from the key's own first event, so a new hire learns too,
+  and lasts until the key has `min_events` events as well: an actor who works little
+  has not shown all their usual values in three days.
   Values are kept as 63-bit hashes, at most `max_values` per key; a key that reaches
   the cap (a value that is different every time is no behaviour) starts learning
   afresh rather than alerting on every event.
@@ -54,6 +56,7 @@ USER = (FieldRef.from_config("user.id"),)
 class FirstSeenParams:
     field: FieldRef
     learning: Duration = Duration(7 * 86400.0)  # from the key's first event
+    min_events: int = 0  # and at least this many of the key's events seen (a rare category is not new)
     group_by: tuple[FieldRef, ...] = USER
     transform: Literal["none", "subnet"] = "none"  # subnet: an address's /24 (IPv4) or /64 (IPv6)
     max_values: int = 256
@@ -62,6 +65,8 @@ class FirstSeenParams:
     def check(self):
         if self.learning.seconds < 0:
             yield "learning", "must not be negative"
+        if self.min_events < 0:
+            yield "min_events", "must not be negative"
         if not 1 <= self.max_values <= 4096:
             yield "max_values", "must be between 1 and 4096"
         if self.transform == "subnet" and self.field.kind != "ip" and self.field.map_key is None:
@@ -73,6 +78,7 @@ class FirstSeenParams:
 class Seen(msgspec.Struct, array_like=True, gc=False):
     since: float  # the key's first event (the learning period runs from here)
     values: set[int] = set()
+    events: int = 0  # the key's events seen, up to min_events (then no longer counted)
 
 
 def subnet(value: str) -> str | None:
@@ -92,7 +98,7 @@ class FirstSeenKind:
         key_of = group_key(params.group_by)
         values_of = params.field.values()
         hasher = ValueHasher()
-        learning, cap = params.learning.seconds, params.max_values
+        learning, cap, min_events = params.learning.seconds, params.max_values, params.min_events
         to_subnet = params.transform == "subnet"
         subnets: dict[str, str | None] = {}
 
@@ -118,6 +124,9 @@ class FirstSeenKind:
             seen = state.get(key)
             if seen is None:
                 seen = Seen(since=t)
+            if seen.events < min_events:
+                seen.events += 1
+                state.put(key, seen)
             known = seen.values
             new = []
             for v in values:
@@ -132,7 +141,7 @@ class FirstSeenKind:
                 state.put(key, seen)
                 return None
             state.put(key, seen)
-            if t - seen.since < learning:
+            if t - seen.since < learning or seen.events < min_events:
                 return None
             days = (t - seen.since) / 86400
             shown = ", ".join(repr(str(v)) for v in new)
