@@ -383,9 +383,8 @@ def cmd_suppress_list(args) -> int:
 
     from auditd.detect.suppressions import read_all
 
-    settings, path = _settings_and_store_path(args)
     now = dt.datetime.now(dt.timezone.utc)
-    store = _incident_conn(args)
+    store, zone = _incident_conn(args)
     try:
         rows = [s for s in read_all(store.conn) if args.all or s.active(now)]
     finally:
@@ -402,7 +401,7 @@ def cmd_suppress_list(args) -> int:
     for s in rows:
         state = "active" if s.active(now) else (f"removed by {s.removed_by}" if s.removed_at else "expired")
         print(f"{s.id:>4}  {s.rule_id}  {', '.join(f'{f}={v}' for f, v in zip(s.fields, s.values))}  "
-              f"until {s.expires_at.astimezone(settings.zone).isoformat(timespec='minutes')}  "
+              f"until {s.expires_at.astimezone(zone).isoformat(timespec='minutes')}  "
               f"owner {s.owner}  [{state}]  {s.reason}")
     return 0
 
@@ -412,7 +411,7 @@ def cmd_suppress_remove(args) -> int:
 
     from auditd.detect.suppressions import remove
 
-    store = _incident_conn(args)
+    store, _ = _incident_conn(args)
     try:
         done = remove(store.conn, args.id, by=args.by, now=dt.datetime.now(dt.timezone.utc))
     finally:
