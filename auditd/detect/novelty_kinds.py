@@ -120,22 +120,22 @@ class FirstSeenKind:
                     if net is not None:
                         out.append(net)
                 values = out
-            t = event.timestamp.timestamp()
             seen = state.get(key)
             if seen is None:
-                seen = Seen(since=t)
+                seen = Seen(since=event.timestamp.timestamp())
             if seen.events < min_events:
                 seen.events += 1
                 state.put(key, seen)
             known = seen.values
-            new = []
+            new = None
             for v in values:
                 h = hasher(v)
                 if h not in known:
-                    new.append(v)
+                    new = [v] if new is None else new + [v]
                     known.add(h)
-            if not new:
+            if new is None:  # the common case: nothing new, nothing to write
                 return None
+            t = event.timestamp.timestamp()
             if len(known) > cap:
                 seen = Seen(since=t, values={hasher(v) for v in values})
                 state.put(key, seen)

@@ -157,13 +157,12 @@ class ThresholdKind:
             if p is None:
                 p = Partitioned()
             h = hasher(part)
-            try:
+            if h in p.parts:  # the most recently used partition goes last
                 i = p.parts.index(h)
-            except ValueError:
-                w = Window()
-            else:  # the most recently used partition goes last
                 w = p.windows[i]
                 del p.parts[i], p.windows[i]
+            else:
+                w = Window()
             p.parts.append(h)
             p.windows.append(w)
             if len(p.parts) > params.max_partitions:
@@ -201,11 +200,8 @@ def _slider(params: ThresholdParams):
         eid = event.event_id
         for v in values_of(event):
             h = hasher(v)
-            try:
+            if h in vals:  # seen again: only its latest time counts (a test, not a raised ValueError)
                 i = vals.index(h)
-            except ValueError:
-                pass
-            else:  # seen again: only its latest time counts
                 del times[i], ids[i], vals[i]
             times.append(t)
             ids.append(eid)
