@@ -139,9 +139,10 @@ def cmd_replay(args) -> int:
     if source not in names:
         print(f"error: unknown source {source!r}; configured: {', '.join(names) or 'none'}", file=sys.stderr)
         return 2
-    missing = [p for p in args.paths if not Path(p).is_file()]
-    if missing:
-        print(f"error: no such file: {', '.join(map(str, missing))}", file=sys.stderr)
+    refused = _refused_replay_paths(runtime, args)
+    if refused:
+        for problem in refused:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
     ship = runtime.settings.elastic is not None and runtime.settings.elastic.ship.enabled and not args.no_ship
     if ship:  # a template the cluster refuses would keep the shipper, and so the replay, waiting
@@ -174,6 +175,37 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _refused_replay_paths(runtime, args) -> list[str]:
+    """Why given paths cannot be replayed: missing, not regular files, or the daemon's own.
+
+    A symlink given on the command line is the operator's explicit choice and is
+    followed, but never into the state directory, a key or the configuration.
+    """
+    import os
+    import stat
+
+    from auditd.runtime import daemon_files
+    from auditd.sources.guard import Protected, type_reason
+
+    own = daemon_files(runtime.settings, Path(args.config))
+    if args.state_dir is not None:
+        own = Protected.of([*own.directories, args.state_dir], own.files)
+    problems = []
+    for path in args.paths:
+        try:
+            mode = os.stat(path).st_mode  # a stat never waits, even on a FIFO
+        except OSError:
+            problems.append(f"no such file: {path}")
+            continue
+        real = os.path.realpath(path)
+        if not stat.S_ISREG(mode):
+            problems.append(f"{path}: {type_reason(mode)[1]}, not a regular file; only files are replayed")
+        elif own.refuses(real) or (os.stat(real).st_dev, os.stat(real).st_ino) in own.places():
+            problems.append(f"{path}: is the daemon's own file ({real}): state, keys and configuration "
+                            f"are never replayed")
+    return problems
+
+
 def _replay_summary(pipeline, store) -> dict:
     t = pipeline.totals
     incidents = store.conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0]
@@ -186,6 +218,7 @@ def _replay_summary(pipeline, store) -> dict:
         "incidents": incidents,
         "incidents_opened": t.incidents_opened,
         "alerts_by_rule": dict(sorted(t.alerts_by_rule.items())),
+        "unmapped_actions": dict(sorted(t.unmapped_actions.items())),
         "by_source": t.by_source,
         "seconds": round(t.seconds, 3),
         "events_per_second": round(t.records / t.seconds, 1) if t.seconds else 0.0,
@@ -562,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the pipeline over log files from their start, then exit")
     config_arg(p)
     state_arg(p)
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="log files to replay")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="log files to replay (gzip files and CloudTrail documents too); a symlink given is "
+                        "followed, but FIFOs, devices and the daemon's own files are refused")
     p.add_argument("--source", help="the configured source whose format applies (default: the first)")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")

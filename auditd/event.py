@@ -17,8 +17,11 @@ import msgspec
 
 ACTIONS = (
     "read", "search", "list", "export", "download", "print", "update", "delete",
-    "unmask", "share", "login", "logout", "grant", "revoke",
+    "unmask", "share", "login", "logout", "grant", "revoke", "other",
 )
+# An operation the format does not map (an API call an audit trail must still keep);
+# its raw name is in labels.event_name (decode.normalise.UNMAPPED_LABEL).
+OTHER_ACTION = "other"
 OUTCOMES = ("success", "failure", "denied", "unknown")
 
 

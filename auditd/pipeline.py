@@ -12,10 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from auditd.decode.quarantine import Quarantined
+from auditd.decode.normalise import UNMAPPED_LABEL
 from auditd.detect import suppressions
 from auditd.detect.alert import Alert
+from auditd.event import OTHER_ACTION
 from auditd.runtime import Runtime
-from auditd.sources.base import Batch
+from auditd.sources.base import NO_FILE, Batch
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store.sqlite import Segment, Store
 
@@ -38,6 +40,7 @@ class Totals:
     seconds_with_shipping: float | None = None
     by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     alerts_by_rule: dict[str, int] = field(default_factory=dict)
+    unmapped_actions: dict[str, int] = field(default_factory=dict)  # operation name -> events mapped to `other`
 
     def add_source(self, source: str, events: int, quarantined: int, skipped: int) -> None:
         row = self.by_source.setdefault(source, {"events": 0, "quarantined": 0, "skipped": 0})
@@ -80,7 +83,7 @@ class Pipeline:
         self.refresh_suppressions(runtime)
         segment = Segment(encode=self.store.keep_events)
         try:
-            cited, quarantined, skipped, alerts, eval_seconds = self._stages(runtime, batch, segment)
+            cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(runtime, batch, segment)
             detected = time.perf_counter()
             latest, n_events = segment.last, segment.count
             with self.store.transaction() as conn:
@@ -91,7 +94,11 @@ class Pipeline:
                     self.store.insert_evidence(conn, cited)
                     changes = runtime.correlator.apply(conn, alerts)
                 runtime.state.flush(conn)  # the rules' state moves with the checkpoint
-                self.store.save_checkpoints(conn, [batch.checkpoint, *batch.extra_checkpoints])
+                checkpoints = [c for c in (batch.checkpoint, *batch.extra_checkpoints) if c.fingerprint != NO_FILE]
+                if checkpoints:
+                    self.store.save_checkpoints(conn, checkpoints)
+                if batch.report is not None:
+                    self.store.save_source_report(conn, batch.source, batch.report)
                 if batch.forget:
                     self.store.forget_checkpoints(conn, batch.source, batch.forget)
                 self.store.bump_stats(
@@ -103,17 +110,21 @@ class Pipeline:
             raise
         committed = time.perf_counter()
         self.quarantine_file.append(quarantined)
-        self._count(batch, n_events, quarantined, skipped, alerts, changes)
+        self._count(batch, n_events, quarantined, skipped, alerts, changes, unmapped)
         if self.metrics is not None:
             self.metrics.observe_batch(
                 batch.source, events=n_events, quarantined=len(quarantined), skipped=skipped,
                 alerts_by_rule=Counter(a.rule_id for a in alerts), eval_seconds=eval_seconds,
                 commit_seconds=committed - detected, last_event_ts=latest,
             )
+            if batch.report is not None:
+                self.metrics.observe_source_report(batch.source, batch.report)
+            if unmapped:
+                self.metrics.unmapped_actions(batch.source, unmapped)
 
     @staticmethod
     def _stages(runtime: Runtime, batch: Batch,
-                segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float]:
+                segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float, Counter]:
         """Normalise, enrich, detect and encode for the store, a chunk of the batch at a
         time: every stage walks the events, and a chunk's events stay in the CPU's caches
         from one stage to the next (a whole batch's do not). The events' order, and so
@@ -124,16 +135,24 @@ class Pipeline:
         only the events that alerts cite are kept, for the evidence table. An alert
         cites events of its own chunk (a windowed kind that cites earlier events of its
         window must keep those itself).
+
+        What the source could not cut into records (`batch.rejected`) is quarantined
+        first; a format that maps unknown operations to ``other`` has them counted
+        by name (`unmapped`).
         """
         normaliser = runtime.normaliser(batch.source)
         enrich = batch.source not in runtime.pre_enriched
         cited: list = []  # events that alerts cite
-        quarantined: list[Quarantined] = []
+        quarantined = [Quarantined.of(batch.source, batch.path, r.offset, r.reason, r.data) for r in batch.rejected]
+        unmapped: Counter = Counter()
+        count_other = getattr(normaliser, "counts_unmapped", False)
         alerts: list[Alert] = []
         skipped, eval_seconds = 0, 0.0
         for start in range(0, len(batch.records), CHUNK_RECORDS):
             chunk, chunk_quarantined, chunk_skipped = normaliser.process(
                 batch, start=start, stop=start + CHUNK_RECORDS)
+            if count_other:
+                unmapped.update(e.labels.get(UNMAPPED_LABEL, "") for e in chunk if e.action == OTHER_ACTION)
             if enrich:
                 runtime.enricher.enrich(chunk)
             started = time.perf_counter()
@@ -145,7 +164,7 @@ class Pipeline:
                 cited += _cited(chunk, chunk_alerts)
             quarantined += chunk_quarantined
             skipped += chunk_skipped
-        return cited, quarantined, skipped, alerts, eval_seconds
+        return cited, quarantined, skipped, alerts, eval_seconds, unmapped
 
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Time passed: stateful rules may close windows and alert, in one transaction."""
@@ -167,8 +186,10 @@ class Pipeline:
         return alerts
 
     def _count(self, batch: Batch, events: int, quarantined: list[Quarantined], skipped: int,
-               alerts: list[Alert], changes: list) -> None:
+               alerts: list[Alert], changes: list, unmapped: Counter) -> None:
         t = self.totals
+        for name, count in unmapped.items():
+            t.unmapped_actions[name] = t.unmapped_actions.get(name, 0) + count
         t.records += len(batch.records)
         t.events += events
         t.quarantined += len(quarantined)

@@ -6,6 +6,8 @@ validated exactly as a start is, and an invalid set never replaces a running one
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,8 @@ from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.entitlement import build_checker
 from auditd.errors import ConfigError
-from auditd.sources.framing import FRAMERS
+from auditd.sources.guard import Protected, inside
+from auditd.sources.globs import static_directory
 from auditd.workdays import WorkingCalendar, load_calendar
 
 
@@ -58,6 +61,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     if settings is None:
         problems.raise_if_any()
         raise ConfigError([])  # pragma: no cover - load_settings always reports why
+    settings = _guard_sources(settings, Path(config_path), doc, problems)
     normalisers, framers = _load_sources(settings, doc, problems)
     directory = None
     if settings.directory is not None:
@@ -101,8 +105,44 @@ def _load_sources(settings: Settings, doc, problems: Problems):
         if fmt is None:
             continue
         normalisers[source.name] = Normaliser(fmt, source.name)
-        framers[source.name] = FRAMERS[fmt.framing]
+        framers[source.name] = fmt.make_framer
     return normalisers, framers
+
+
+def daemon_files(settings: Settings, config_path: Path) -> Protected:
+    """The daemon's own files, which no source may read: the state directory, the store
+    and quarantine, the key files, the configuration, HR directory and rule files."""
+    files = [settings.store_path, settings.quarantine_path, settings.pseudonym.key_file, config_path]
+    files += [Path(f"{settings.store_path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    if settings.directory is not None:
+        files.append(settings.directory.path)
+    if settings.elastic is not None and settings.elastic.api_key_file is not None:
+        files.append(settings.elastic.api_key_file)
+    if settings.working_days.override_file is not None:
+        files.append(settings.working_days.override_file)
+    rule_files = [p for p in settings.rules.paths if not p.is_dir()]
+    return Protected.of([settings.state_dir, *(p for p in settings.rules.paths if p.is_dir())], files + rule_files)
+
+
+def _guard_sources(settings: Settings, config_path: Path, doc, problems: Problems) -> Settings:
+    """Sources that refuse the daemon's own files; a glob or allow_dirs reaching into
+    them is a configuration error (the file readers refuse them anyway)."""
+    protected = daemon_files(settings, config_path)
+    for i, source in enumerate(settings.sources):
+        for j, pattern in enumerate(source.paths):
+            static = os.path.realpath(static_directory(os.path.abspath(pattern))[0])
+            if protected.refuses(static) or protected.refuses(os.path.realpath(pattern)):
+                problems.add(doc, ("sources", i, "paths", j),
+                             "reaches into the daemon's own files (state directory, keys, configuration): "
+                             "never a source")
+        for j, directory in enumerate(source.allow_dirs):
+            real = os.path.realpath(directory)
+            if protected.refuses(real) or any(inside(d, real) for d in protected.directories):
+                problems.add(doc, ("sources", i, "allow_dirs", j),
+                             "holds the daemon's own files (state directory, keys, configuration): "
+                             "a symlink could reach them; name a narrower directory")
+    sources = [source.with_protected(protected) for source in settings.sources]
+    return dataclasses.replace(settings, sources=sources)
 
 
 def _add_cluster_sources(settings: Settings, normalisers: dict) -> frozenset[str]:

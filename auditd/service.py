@@ -443,6 +443,8 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
             cluster.wake()
         if progress:
             progress(reader.bytes_done(), total)
+    if progress:
+        progress(total, total)  # every byte read: the bar ends at 100 %, whatever the last batch was
     pipeline.totals.seconds = time.monotonic() - started
     if cluster is not None and cluster.shipper is not None:
         cluster.shipper.stop(drain_timeout=REPLAY_DRAIN_S)

@@ -178,3 +178,23 @@ def test_incidents_show_the_evidence_in_words_and_every_time_in_the_configured_z
     assert "C0" not in text
     table = neo("incidents", "list", "-c", str(config)).stdout
     assert table.rstrip().endswith("times Asia/Hong_Kong; * sensitive data")
+
+
+def test_the_replay_progress_ends_at_100_percent(tmp_path):
+    """On a terminal the bar must end at 100 %, also when the last line has no newline."""
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store, replay
+
+    config = deployment(tmp_path, CRM_SOURCE)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "access.log"
+    log.write_text("\n".join(good_line(n) for n in range(3000)))  # no newline at the end
+    runtime = load_runtime(config)
+    store, quarantine = open_store(runtime)
+    calls: list[tuple[int, int]] = []
+    try:
+        replay(runtime, store, quarantine, [log], "crm", progress=lambda done, total: calls.append((done, total)))
+    finally:
+        store.close()
+    assert calls[-1] == (log.stat().st_size, log.stat().st_size)
+    assert all(done <= total for done, total in calls)

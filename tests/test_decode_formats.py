@@ -46,14 +46,14 @@ fields:
 
 
 def test_kind_registry_is_one_literal_dict():
-    assert sorted(KINDS) == ["csv", "jsonl", "kv", "pgaudit", "regex"]
+    assert sorted(KINDS) == ["csv", "json", "jsonl", "kv", "pgaudit", "regex"]
 
 
 def test_unknown_kind_is_located_and_lists_the_valid_kinds(tmp_path):
     fmt, problems = load(tmp_path, "kind: xml\n" + BASE_FIELDS)
     assert fmt is None
     assert problems == [
-        f"{tmp_path}/format.yaml:1:7: kind: unknown kind 'xml' (valid kinds: csv, jsonl, kv, pgaudit, regex)"
+        f"{tmp_path}/format.yaml:1:7: kind: unknown kind 'xml' (valid kinds: csv, json, jsonl, kv, pgaudit, regex)"
     ]
 
 
@@ -298,10 +298,10 @@ def test_list_targets_take_lists_and_single_values_and_map_each_item(tmp_path):
 
 def test_required_field_missing_is_quarantined(tmp_path):
     fmt = jsonl_format(tmp_path, "  user.id: {path: emp, required: true}\n")
-    assert reason(fmt, jl(ts=T0, op="read")) == "missing required field 'user.id' (path emp)"
-    assert reason(fmt, jl(ts=T0, op="read", emp="")) == "missing required field 'user.id' (path emp)"
-    assert reason(fmt, jl(op="read", emp="E1")) == "missing required field '@timestamp' (path ts)"
-    assert reason(fmt, jl(ts=T0, emp="E1")) == "missing required field 'event.action' (path op)"
+    assert reason(fmt, jl(ts=T0, op="read")) == "missing required field 'user.id' (path emp): expected a value, found none"
+    assert reason(fmt, jl(ts=T0, op="read", emp="")) == "missing required field 'user.id' (path emp): expected a value, found none"
+    assert reason(fmt, jl(op="read", emp="E1")) == "missing required field '@timestamp' (path ts): expected a value, found none"
+    assert reason(fmt, jl(ts=T0, emp="E1")) == "missing required field 'event.action' (path op): expected a value, found none"
 
 
 @pytest.mark.parametrize(
@@ -496,7 +496,7 @@ def test_unknown_format_name_lists_the_known_ones():
     problems = Problems()
     assert load_format("neo-cmr", problems) is None
     assert str(problems.items[0]) == (
-        "<config>: unknown format 'neo-cmr' (known formats: cloudtrail, neo-crm, pgaudit; "
+        "<config>: unknown format 'neo-cmr' (known formats: cloudtrail, cloudtrail-files, neo-crm, pgaudit; "
         "or give the path of a .yaml file)"
     )
 

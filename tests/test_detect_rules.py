@@ -281,6 +281,30 @@ def test_index_buckets(tmp_path: Path) -> None:
     assert ids(ev(action="read", dataset="neo-crm")) == ["by_dataset"]
 
 
+def test_an_operation_no_format_maps_is_routed_as_other(tmp_path: Path) -> None:
+    # main: 'other' was no action, so a rule on it was an error ("unknown event.action")
+    rs = load(write(tmp_path, "other.yaml", """
+        - rule: unmapped_api
+          desc: d
+          condition: event.action = other and labels.event_name startswith Send
+          severity: low
+          tags: [sandbox]
+        - rule: reads
+          desc: d
+          condition: event.action = read
+          severity: low
+          tags: [sandbox]
+        - rule: any_cloudtrail
+          desc: d
+          condition: event.dataset = aws.cloudtrail
+          severity: low
+          tags: [sandbox]
+    """))
+    other = ev(action="other", dataset="aws.cloudtrail", labels={"event_name": "SendCommand"})
+    assert [r.id for r in rs.index.candidates(other)] == ["unmapped_api", "any_cloudtrail"]
+    assert [a.rule_id for a in rs.evaluate(other)] == ["unmapped_api", "any_cloudtrail"]
+
+
 events = st.builds(
     ev,
     action=st.sampled_from(ACTIONS),

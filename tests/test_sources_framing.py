@@ -8,7 +8,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditd.sources.framing import FRAMERS, CsvFramer, LineFramer
+from auditd.sources.framing import FRAMERS, CsvFramer, JsonDocumentFramer, LineFramer
 
 
 def frame_in_chunks(framer, stream: bytes, cuts: list[int]) -> tuple[list[bytes], list[int], int]:
@@ -139,5 +139,35 @@ def test_csv_framer_gives_the_same_records_for_any_chunking(rows, cuts):
     assert frame_in_chunks(CsvFramer(), stream, cuts) == whole
 
 
-def test_framers_registry_names_both():
-    assert {"lines": LineFramer, "csv": CsvFramer} == FRAMERS
+def test_framers_registry_names_each():
+    assert {"lines": LineFramer, "csv": CsvFramer, "json": JsonDocumentFramer} == FRAMERS
+
+
+def test_csv_framer_counts_the_configured_quote_character():
+    # main counted '"' whatever the format's quote: one stray '"' in a field joined every
+    # later line into one record, up to max_record_bytes
+    stream = b"a,say \"hi,x\nb,'multi\nline',y\nc,'it''s',z\n"
+    records, offsets, consumed = CsvFramer(quote="'").split(stream, 0)
+    assert records == [b'a,say "hi,x', b"b,'multi\nline',y", b"c,'it''s',z"]
+    assert [stream[o:o + len(r)] for r, o in zip(records, offsets)] == records and consumed == len(stream)
+
+
+def test_json_document_framer_cuts_cloudtrail_arrays_and_pretty_documents():
+    framer = JsonDocumentFramer()
+    doc = b'{"Records": [{"eventName": "A"}, {"eventName": "B"}]}'
+    assert framer.split_document(doc) == ([b'{"eventName": "A"}', b'{"eventName": "B"}'], [13, 33], [])
+    pretty = b'[\n  {"a": 1},\n  {"a": 1}\n]\n{\n  "b": "}{"\n}\n'
+    records, offsets, rejected = framer.split_document(pretty)
+    assert records == [b'{"a": 1}', b'{"a": 1}', b'{\n  "b": "}{"\n}'] and rejected == []
+    assert [pretty[o:o + len(r)] for r, o in zip(records, offsets)] == records
+
+
+def test_json_document_framer_rejects_what_is_not_a_document_with_the_reason():
+    framer = JsonDocumentFramer()
+    _, _, rejected = framer.split_document(b'{"Records": [{"a": 1}, {"b": ')
+    assert [(r.offset, r.reason) for r in rejected] == [
+        (0, "the document ends inside a JSON value (Input data was truncated)")]
+    records, _, rejected = framer.split_document(b'{"a": 1} 42 {"Records": "x"}')
+    assert records == [b'{"a": 1}']
+    assert [r.reason for r in rejected] == ["expected a JSON object or array, found a number",
+                                            "expected an array under 'Records', found a string"]

@@ -43,6 +43,20 @@ def test_an_encoded_event_carries_values_not_attribute_names(tmp_path):
     store.close()
 
 
+def test_an_other_event_is_stored_and_read_back_in_both_encodings(tmp_path):
+    path = tmp_path / "state.db"
+    other = msgspec.structs.replace(sample(1)[0], action="other", labels={"event_name": "SendCommand"}, event_id="o:1")
+    store = Store(path).open()
+    with store.transaction() as conn:
+        store.insert_events(conn, "aws", [other])
+    store.close()
+    _add_map_form_rows(path, [msgspec.structs.replace(other, event_id="o:2")])  # as an older version writes
+    store = Store(path).open()
+    assert [(e.action, e.labels["event_name"], e.event_id) for e in store.iter_events()] == [
+        ("other", "SendCommand", "o:1"), ("other", "SendCommand", "o:2")]
+    store.close()
+
+
 def _add_map_form_rows(path, events: list[AccessEvent]) -> None:
     """Rows as versions before the array encoding wrote them: events as msgpack maps
     (only the attributes that differ from their defaults)."""

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable
 from typing import Mapping as MappingType
 
@@ -31,11 +32,15 @@ from auditd.decode.mapping import (
 from auditd.decode.settings import (
     DEFAULT_CATEGORIES,
     DEFAULT_MAX_RECORD_BYTES,
+    CategoryRule,
     FormatSettings,
 )
 from auditd.decode.columnar import EventsFunction, build_columnar_events
 from auditd.decode.typed_json import build_typed_facts, typed_shape
 from auditd.errors import DecodeError
+from auditd.event import OTHER_ACTION
+from auditd.sources.base import Framer
+from auditd.sources.framing import FRAMERS
 
 SHIPPED_PACKAGE = "auditd.formats"
 FactsFunction = Callable[[bytes], "dict | None"]  # raw record -> AccessEvent kwargs, None: skipped
@@ -47,7 +52,9 @@ class Format:
 
     name: str
     kind: str
-    framing: str  # how the source must split the file into records ("lines", "csv")
+    framing: str  # how the source must split the file into records ("lines", "csv", "json")
+    make_framer: Callable[[], Framer]  # a framer for one source, with the format's options (quote...)
+    maps_other: bool  # event.action may be `other`: an operation the map does not know
     dataset: str
     description: str
     facts: FactsFunction  # raises DecodeError; None for a valid record that is not an access
@@ -98,10 +105,7 @@ def _compile_layers(layers: list[_Layer], problems: Problems, known_categories: 
     top = layers[-1]
     parser = _build_parser(layers, problems)
     fields, declared = _merged_fields(layers)
-    category_layer = _last(layers, "categories")
-    categories = None
-    if category_layer is not None and _complete(category_layer.settings.categories):
-        categories = (category_layer.settings.categories, _origin(category_layer, "categories"))
+    categories = _merged_categories(layers, problems)
     mapping = compile_mapping(fields, categories, _origin(top, "fields"), problems, known_categories, declared)
     if len(problems.items) > before or parser is None or mapping is None:
         return None
@@ -111,6 +115,8 @@ def _compile_layers(layers: list[_Layer], problems: Problems, known_categories: 
         name=top.name,
         kind=_value(layers, "kind", ""),
         framing=parser.framing,
+        make_framer=partial(FRAMERS[parser.framing], **getattr(parser, "framing_options", dict)()),
+        maps_other=_maps_other(fields),
         dataset=_value(layers, "dataset", top.name),
         description=_value(layers, "description", ""),
         facts=typed or generic,
@@ -132,6 +138,41 @@ def _last(layers: list[_Layer], key: str) -> _Layer | None:
 def _value(layers: list[_Layer], key: str, default: Any) -> Any:
     layer = _last(layers, key)
     return default if layer is None else getattr(layer.settings, key)
+
+
+def _merged_categories(layers: list[_Layer], problems: Problems) -> tuple[CategoryRule, Origin] | None:
+    """The categories rule, later layers replacing the keys they give (a format that
+    extends cloudtrail gives only its `map`, and keeps the bucket path)."""
+    merged: dict[str, Any] = {}
+    origin = None
+    for layer in layers:
+        rule = layer.settings.categories
+        if rule is None:
+            continue
+        if not _complete(rule):
+            return None  # reported when it was converted
+        origin = _origin(layer, "categories")
+        written = _written(origin.doc, origin.path) or {f.name: True for f in dataclasses.fields(CategoryRule)}
+        for alternative, other in (("path", "paths"), ("paths", "path")):
+            if alternative in written:
+                merged.pop(other, None)  # giving one of them replaces the other
+        merged.update({f.name: getattr(rule, f.name) for f in dataclasses.fields(CategoryRule) if f.name in written})
+    if origin is None:
+        return None
+    rule = CategoryRule(**merged)
+    if (rule.path is None) == (rule.paths is None):
+        problems.add(origin.doc, origin.path, "give exactly one of path, paths (here, or in the format it extends)")
+        return None
+    return rule, origin
+
+
+def _maps_other(fields: list[FieldEntry]) -> bool:
+    """Whether event.action can come out as `other` (the map's default, or a value)."""
+    spec = next((e.spec for e in fields if e.name == "event.action"), None)
+    if spec is None:
+        return False
+    values = [spec.value, spec.default, *(spec.map or {}).values()]
+    return OTHER_ACTION in values
 
 
 def _merged_fields(layers: list[_Layer]) -> tuple[list[FieldEntry], frozenset[str]]:

@@ -18,6 +18,7 @@ from auditd.config.located import Problems
 from auditd.decode.mapping import Origin
 from auditd.decode.settings import (
     CsvOptions,
+    JsonDocumentsOptions,
     JsonLinesOptions,
     KeyValueOptions,
     PgauditOptions,
@@ -31,6 +32,9 @@ class RecordParser(Protocol):
     framing: str  # how the source splits a file into records: sources.framing.FRAMERS
 
     def parse(self, record: bytes) -> dict | None: ...
+
+    # Optional: keyword arguments for the framer (a CSV quote character, a records key).
+    # def framing_options(self) -> dict[str, Any]: ...
 
 
 def decode_text(record: bytes) -> str:
@@ -63,11 +67,34 @@ class JsonLinesParser:
             value = self._decode(record)
         except msgspec.DecodeError as exc:
             raise DecodeError(f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError("invalid JSON: nested too deeply") from None
         except UnicodeDecodeError as exc:
             raise DecodeError(f"invalid UTF-8 at byte {exc.start}") from None
         if type(value) is not dict:
             raise DecodeError(f"expected a JSON object, got {_JSON_TYPE_NAMES.get(type(value), 'null')}")
         return value
+
+
+class JsonDocumentsParser(JsonLinesParser):
+    """JSON documents, each file read whole when complete: a CloudTrail file
+    (``{"Records": [...]}``), a JSON array, or objects one after another, compact or
+    pretty-printed. The framer (sources.framing.JsonDocumentFramer) cuts the records
+    out; each is one JSON object, decoded as a JSON line is."""
+
+    framing: ClassVar[str] = "json"
+    options_class: ClassVar[type] = JsonDocumentsOptions
+
+    def __init__(self, records_key: str = "Records") -> None:
+        super().__init__()
+        self._records_key = records_key
+
+    @classmethod
+    def build(cls, options: JsonDocumentsOptions, origin: Origin, problems: Problems) -> "JsonDocumentsParser":
+        return cls(options.records)
+
+    def framing_options(self) -> dict[str, Any]:
+        return {"records_key": self._records_key}
 
 
 class CsvParser:
@@ -82,6 +109,10 @@ class CsvParser:
         self._min_columns = options.min_columns or len(self._columns)
         self._dialect = {"delimiter": options.delimiter, "quotechar": options.quote, "strict": True}
         self._header = list(self._columns) if options.skip_header else None
+        self._quote = options.quote
+
+    def framing_options(self) -> dict[str, Any]:
+        return {"quote": self._quote}  # a record ends at a newline outside *these* quotes
 
     @classmethod
     def build(cls, options: CsvOptions, origin: Origin, problems: Problems) -> "CsvParser":
@@ -244,6 +275,7 @@ def parse_audit_message(text: str, csv_parser: CsvParser) -> dict[str, str]:
 
 KINDS: dict[str, type] = {
     "csv": CsvParser,
+    "json": JsonDocumentsParser,
     "jsonl": JsonLinesParser,
     "kv": KeyValueParser,
     "pgaudit": PgauditParser,

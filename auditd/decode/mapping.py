@@ -343,7 +343,7 @@ def make_apply(target: Target, convert: Callable[[Any], Any], required: bool, wh
         if value is not None:
             assign(facts, value)
         elif required:
-            raise DecodeError(f"missing required field {name!r} ({where})")
+            raise DecodeError(f"missing required field {name!r} ({where}): expected a value, found none")
 
     return apply
 

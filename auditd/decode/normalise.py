@@ -18,6 +18,9 @@ from auditd.event import AccessEvent
 from auditd.sources.base import Batch
 
 EVENT_ID_FINGERPRINT_CHARS = 16
+# Where a format that maps operations it does not know to `other` keeps the raw name,
+# so that rules and the unmapped-operation metric can name it.
+UNMAPPED_LABEL = "event_name"
 
 
 def event_id(fingerprint: str, offset: int) -> str:
@@ -30,6 +33,7 @@ class Normaliser:
     def __init__(self, fmt: Format, source_name: str | None = None):
         self.format = fmt
         self.source_name = source_name
+        self.counts_unmapped = fmt.maps_other  # the pipeline counts `other` events by name
 
     def process(self, batch: Batch, source_name: str | None = None, *, start: int = 0,
                 stop: int | None = None) -> tuple[list[AccessEvent], list[Quarantined], int]:

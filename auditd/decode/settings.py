@@ -127,6 +127,7 @@ class CategoryRule:
 
     A present value that the map does not list takes ``default`` (the operator's choice
     for tables or types nobody classified yet); an absent value means no categories.
+    A format that extends another gives only the keys it changes (often just ``map``).
     """
 
     path: str | None = None
@@ -136,8 +137,7 @@ class CategoryRule:
     default: list[str] = field(default_factory=list)
 
     def check(self):
-        if (self.path is None) == (self.paths is None):
-            yield "", "give exactly one of path, paths"
+        # exactly one of path, paths: checked once merged with the format it extends
         if self.paths is not None and not self.paths:
             yield "paths", "needs at least one path"
 
@@ -148,6 +148,18 @@ class CategoryRule:
 @dataclass(frozen=True, slots=True)
 class JsonLinesOptions:
     """One JSON object per record; nothing to configure yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonDocumentsOptions:
+    """Whole JSON documents: ``records`` names the array of records in an object
+    (CloudTrail's ``Records``); an object without it is a record itself."""
+
+    records: str = "Records"
+
+    def check(self):
+        if not self.records:
+            yield "records", "must not be empty"
 
 
 @dataclass(frozen=True, slots=True)

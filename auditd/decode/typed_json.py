@@ -246,7 +246,7 @@ def _typed_facts_function(decode, plan: _CopyPlan, rules, generic_facts, max_byt
             return generic_facts(record)  # it says why, or skips a blank line
         try:
             typed = decode(record)
-        except (msgspec.MsgspecError, ValueError):
+        except (msgspec.MsgspecError, ValueError, RecursionError):
             return generic_facts(record)  # the reference path decides, and says why
         if top_whole:
             facts = asdict(typed)

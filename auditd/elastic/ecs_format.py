@@ -20,13 +20,14 @@ import msgspec
 
 from auditd.decode.quarantine import Quarantined
 from auditd.errors import DecodeError
-from auditd.event import ATTR_TO_FIELD, REQUIRED_FIELDS, AccessEvent, from_ecs, get_path
+from auditd.event import ACTIONS, ATTR_TO_FIELD, OUTCOMES, REQUIRED_FIELDS, AccessEvent, from_ecs, get_path
 from auditd.sources.base import Batch
 
 FORMAT_NAME = "ecs"  # the name the service registers this decoder under
 
 _decode_json = msgspec.json.Decoder().decode
 _ATTRIBUTES = AccessEvent.__struct_fields__
+_VOCABULARIES = {"event.action": ACTIONS, "event.outcome": OUTCOMES}
 _POSITION = re.compile(r"`\$\[(\d+)\]")  # the first index of msgspec's path: the attribute
 
 
@@ -36,11 +37,18 @@ def decode_document(record: bytes) -> AccessEvent:
         doc = _decode_json(record)
     except msgspec.DecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise DecodeError("expected a JSON object")
     missing = [name for name in (*REQUIRED_FIELDS, "event.id") if get_path(doc, name) in (None, "")]
     if missing:
         raise DecodeError(f"missing {', '.join(missing)}")
+    for name, allowed in _VOCABULARIES.items():
+        value = get_path(doc, name)
+        if value is not None and value not in allowed:
+            found = repr(value) if isinstance(value, str) else f"a {type(value).__name__}"
+            raise DecodeError(f"{name}: expected one of {', '.join(allowed)}, found {found[:80]}")
     try:
         event = from_ecs(doc)
         # from_ecs trusts its input; a document from another writer may not match the
@@ -83,4 +91,7 @@ class EcsDocumentDecoder:
                 events.append(decode_document(record))
             except DecodeError as exc:
                 quarantined.append(Quarantined.of(name, batch.path, offset, str(exc), record))
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one document, not the source
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                quarantined.append(Quarantined.of(name, batch.path, offset, reason, record))
         return events, quarantined, skipped

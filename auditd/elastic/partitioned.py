@@ -50,6 +50,10 @@ from auditd.event import parse_time
 log = logging.getLogger("neo_auditd.elastic.cluster")
 
 EVIDENCE_EVENTS = 10  # latest event ids kept on an alert
+# Count rules up to this threshold time their alert by the event that crossed it (the
+# threshold-th of the window); above it, and for distinct counts, by the latest event
+# the first evaluation over the threshold saw.
+MAX_CROSSING_HITS = 100  # Elasticsearch's index.max_inner_result_window
 # Cardinality counts are near-exact below the precision threshold and cost about 8
 # bytes per unit of it per bucket (actors x windows); only the count around the rule's
 # threshold matters, so a small multiple of it is enough.
@@ -216,6 +220,11 @@ class ClusterDetector:
         if rule.distinct:
             per_window["distinct"] = {"cardinality": {"field": rule.distinct,
                                                       "precision_threshold": precision_threshold(rule)}}
+        elif rule.threshold <= MAX_CROSSING_HITS:
+            # the event that crossed the threshold: its time is the alert's, the same
+            # whichever evaluation first sees the window over it (a later one sees more)
+            per_window["crossing"] = {"top_hits": {"size": rule.threshold, "sort": [{TIME_FIELD: "asc"}],
+                                                   "_source": [TIME_FIELD]}}
         ranges = {w.key: {"range": {TIME_FIELD: {"gte": w.start.isoformat(), "lt": w.end.isoformat()}}}
                   for w in windows}
         return {"groups": {
@@ -241,12 +250,14 @@ class ClusterDetector:
     def _alert(self, rule: ThresholdRule, partition: int, value_of_group: str, window: Window,
                value: int, stats: dict[str, Any]) -> Alert:
         hits = [hit["_source"] for hit in stats["latest"]["hits"]["hits"]]
+        crossing = [hit["_source"] for hit in stats.get("crossing", {}).get("hits", {}).get("hits", [])]
         subjects = sorted({s for hit in hits for s in _as_list(hit.get("neo", {}).get("data", {}).get("subject_ids"))})
         counted = f"distinct {rule.distinct}" if rule.distinct else "events"
         return Alert(
             alert_id=alert_id(f"cluster:{rule.id}", rule.group_by, value_of_group, window.key),
             rule_id=rule.id, rule_kind="threshold", severity=rule.severity, title=rule.title,
-            timestamp=parse_time(hits[0][TIME_FIELD]) if hits else window.start,
+            timestamp=(parse_time(crossing[-1][TIME_FIELD]) if len(crossing) >= rule.threshold
+                       else parse_time(hits[0][TIME_FIELD]) if hits else window.start),
             event_ids=tuple(hit["event"]["id"] for hit in hits if hit.get("event", {}).get("id")),
             actor=value_of_group if rule.group_by == "user.id" else None,
             subject_ids=tuple(subjects),

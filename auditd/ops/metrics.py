@@ -16,7 +16,9 @@ Three kinds of figures:
 
 Labels carry source names, file paths, rule ids, tiers, statuses and channel kinds,
 all from the operator's configuration; never anything from an event (no user or
-subject ids), which would put personal data on the page and explode cardinality.
+subject ids), which would put personal data on the page and explode cardinality. The
+one exception is the name of an operation a format does not map (a CloudTrail API
+name): a name of the logging system's vocabulary, never personal data.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from prometheus_client.registry import Collector
 
 from auditd.ops.shipping import STATES, read_backlog
 from auditd.ops.status import FileLag, connect_readonly, incident_counts, rule_state
+from auditd.sources.base import SourceReport
+from auditd.sources.guard import REASONS
 from auditd.workdays import WorkingCalendar, coverage
 
 if TYPE_CHECKING:
@@ -97,6 +101,16 @@ class Metrics:
         self._alerts = Counter(p + "alerts", "Alerts raised, per rule id.", ["rule"], registry=r)
         self._notices = Counter(p + "notices", "Notice delivery attempts, per channel kind and outcome.",
                                 ["channel", "state"], registry=r)
+        self._source_files = Gauge(p + "source_files", "Files a source's globs match and it reads.",
+                                   ["source"], registry=r)
+        self._globs_unmatched = Gauge(p + "source_globs_unmatched", "Globs of a source that match no file.",
+                                      ["source"], registry=r)
+        self._files_refused = Gauge(p + "source_files_refused",
+                                    "Files a source's globs match but it refuses to read, by reason "
+                                    "(fifo, symlink_outside, daemon_file, ...).", ["source", "reason"], registry=r)
+        self._unmapped = Counter(p + "unmapped_actions",
+                                 "Events whose operation the format does not map, stored as action 'other', "
+                                 "by operation name.", ["source", "name"], registry=r)
         self._reload_ok = Gauge(p + "reload_success", "1 if the last configuration load or reload was applied.",
                                 registry=r)
         self._reload_ts = Gauge(p + "reload_timestamp_seconds",
@@ -125,6 +139,22 @@ class Metrics:
         self._commit.observe(commit_seconds)
         if last_event_ts is not None:
             self._advance_last_event(source, last_event_ts.timestamp())
+
+    def observe_source_report(self, source: str, report: SourceReport) -> None:
+        """A source's scan: files read, globs matching nothing, files refused by reason."""
+        self._source_files.labels(source).set(report.files)
+        self._globs_unmatched.labels(source).set(len(report.unmatched))
+        by_reason = {reason: 0 for reason in REASONS}
+        for _path, reason, _detail in report.refused:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        for reason, count in by_reason.items():
+            self._files_refused.labels(source, reason).set(count)
+
+    def unmapped_actions(self, source: str, counts: Mapping[str, int]) -> None:
+        """Events mapped to `other`, per operation name (an API name: never personal data,
+        and as many as the operations of the logging system)."""
+        for name, count in counts.items():
+            self._unmapped.labels(source, name).inc(count)
 
     def _advance_last_event(self, source: str, ts: float) -> None:
         # Batches can arrive out of event-time order (two files of one source): keep the newest.

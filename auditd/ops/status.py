@@ -30,8 +30,10 @@ from auditd.detect.state import rule_counters
 from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
 from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
+from auditd.sources.base import SourceReport
 from auditd.sources.identity import FileIdentity
 from auditd.store.health import read_check
+from auditd.store.sqlite import SOURCE_REPORT_KEY
 from auditd.workdays import YearCoverage, coverage, load_calendar, uncovered
 
 if TYPE_CHECKING:
@@ -57,6 +59,20 @@ class FileLag(msgspec.Struct, frozen=True, kw_only=True):
     lag_bytes: int
 
 
+class RefusedFile(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    reason: str  # sources.guard.REASONS
+    detail: str
+
+
+class ScanStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What the source's globs found at the daemon's last scan of them."""
+
+    files: int
+    unmatched_globs: list[str]  # globs that match nothing: a typo, or logs not there yet
+    refused: list[RefusedFile]
+
+
 class SourceStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     configured: bool | None  # None when no config was given to compare with
@@ -66,6 +82,7 @@ class SourceStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_event_at: dt.datetime | None  # event time, UTC
     lag_bytes: int
     files: list[FileLag]
+    scan: ScanStatus | None = None  # None until the daemon has scanned this source's globs
 
 
 class ReloadStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,6 +301,7 @@ def _sources(conn: sqlite3.Connection, configured: list[str] | None) -> list[Sou
     lags: dict[str, list[FileLag]] = {}
     for lag in file_lags(conn) if table_exists(conn, "checkpoints") else []:
         lags.setdefault(lag.source, []).append(lag)
+    scans = _scans(conn)
     # configured sources in config order first, then any the config no longer names
     names = list(configured or []) + sorted((set(stats) | set(lags)) - set(configured or []))
     out = []
@@ -297,6 +315,7 @@ def _sources(conn: sqlite3.Connection, configured: list[str] | None) -> list[Sou
             last_event_at=_utc(last_event_at),
             lag_bytes=sum(f.lag_bytes for f in files),
             files=files,
+            scan=scans.get(name),
         ))
     return out
 
@@ -316,6 +335,25 @@ def calendar_status(settings: Settings, now: dt.datetime) -> CalendarStatus:
     if calendar is None:
         return CalendarStatus(years=[], problem=str(problems.items[0]) if problems.items else "unreadable")
     return CalendarStatus(years=coverage(calendar, now.astimezone(settings.zone).date()))
+
+
+def _scans(conn: sqlite3.Connection) -> dict[str, ScanStatus]:
+    """The sources' last scan reports (meta rows the pipeline writes)."""
+    if not table_exists(conn, "meta"):
+        return {}
+    out: dict[str, ScanStatus] = {}
+    rows = conn.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                        (SOURCE_REPORT_KEY, SOURCE_REPORT_KEY[:-1] + chr(ord(SOURCE_REPORT_KEY[-1]) + 1)))
+    for key, value in rows:
+        try:
+            report = msgspec.json.decode(value, type=SourceReport)
+        except msgspec.MsgspecError as exc:
+            log.warning("ignoring a malformed source report", extra={"error": str(exc)})
+            continue
+        out[key[len(SOURCE_REPORT_KEY):]] = ScanStatus(
+            files=report.files, unmatched_globs=list(report.unmatched),
+            refused=[RefusedFile(path=p, reason=r, detail=d) for p, r, d in report.refused])
+    return out
 
 
 def _utc(text: str | None) -> dt.datetime | None:
@@ -345,6 +383,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
                  for s in status.sources for f in s.files]
         if files:
             lines += ["", "files:"] + _indent(_table(("SOURCE", "PATH", "COMMITTED", "SIZE", "LAG"), files))
+        lines += _scan_lines(status.sources)
     else:
         lines.append("  none yet")
     if status.elasticsearch is not None:
@@ -416,6 +455,17 @@ def _check_line(check: dict | None, zone: ZoneInfo) -> str:
     if check["state"] == "ok":
         return f"ok ({started}, {check['seconds']} s)"
     return f"DAMAGED ({started}): {_clip('; '.join(check['problems']), 120)} -- see README, 'Backups and restore'"
+
+
+def _scan_lines(sources: list[SourceStatus]) -> list[str]:
+    """Globs that match nothing and files refused: what an operator must look at."""
+    out: list[str] = []
+    for s in sources:
+        if s.scan is None:
+            continue
+        out += [f"{s.name}: glob {glob} matches no file" for glob in s.scan.unmatched_globs]
+        out += [f"{s.name}: not reading {f.path}: {f.detail}" for f in s.scan.refused]
+    return ["", "source files not read:"] + _indent(out) if out else []
 
 
 def _when(value: dt.datetime | None, zone: ZoneInfo) -> str:

@@ -6,25 +6,40 @@ checkpoint (same key as the tailer's) is found resumes past it, so an interrupte
 replay can be run again without counting anything twice. A copy of a file replayed
 before (another inode, say restored from an archive) is recognised by its content: the
 same first line and the same bytes before a checkpoint's offset; it resumes there too.
+
+The paths are the operator's explicit choice, so a symlink given is followed; but a
+file is opened without blocking (``O_NONBLOCK``: a FIFO never stalls the replay) and
+read only if the descriptor is a regular file; anything else is skipped and listed in
+``refused``. The CLI refuses the daemon's own files (state directory, keys,
+configuration) before it gets here. Gzip files and whole-document formats are read as
+the tailer reads them (wholefile.py), under the same checkpoint keys.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
 from collections.abc import Iterator
 
-from auditd.sources.base import Batch, Checkpoint, Framer
+from auditd.sources.base import Batch, Checkpoint, Framer, Rejected
+from auditd.sources.guard import Refusal, type_reason
 from auditd.sources.identity import FileIdentity, bytes_before, digest, read_head
+from auditd.sources.wholefile import DONE, Limits, content_key, is_gzip, pieces
+
+log = logging.getLogger(__name__)
 
 REPLAY_CHUNK_BYTES = 8 * 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class ReplaySource:
     def __init__(self, name: str, paths: list[Path], framer: Framer,
                  checkpoints: dict[str, Checkpoint] | None = None, *,
                  chunk_bytes: int = REPLAY_CHUNK_BYTES, fingerprint_bytes: int = 1024,
-                 max_record_bytes: int = 16 * 1024 * 1024):
+                 max_record_bytes: int = 16 * 1024 * 1024, max_document_bytes: int = 256 * 1024 * 1024,
+                 max_decompressed_bytes: int = 4096 * 1024 * 1024):
         self.name = name
         self.paths = [Path(p) for p in paths]
         self._framer = framer
@@ -32,10 +47,19 @@ class ReplaySource:
         self._chunk_bytes = chunk_bytes
         self._fingerprint_bytes = fingerprint_bytes
         self._max_record_bytes = max(max_record_bytes, chunk_bytes)
+        self._limits = Limits(chunk_bytes, self._max_record_bytes, max_document_bytes, max_decompressed_bytes)
         self._bytes_done = 0
+        self.refused: list[Refusal] = []  # paths given that are not regular files
 
     def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
+        total = 0
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # reported when it is opened
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return total
 
     def bytes_done(self) -> int:
         """Bytes of the given files behind us, skipped ones included (for a progress bar)."""
@@ -45,8 +69,60 @@ class ReplaySource:
         """Every record of every file, in order, at most `max_records` per batch."""
         for path in self.paths:
             done_before = self._bytes_done
-            with open(path, "rb", buffering=0) as fh:
-                yield from self._file_batches(fh, str(path), max_records, done_before)
+            fd = self._open(str(path))
+            if fd is None:
+                continue
+            with open(fd, "rb", buffering=0) as fh:
+                if getattr(self._framer, "whole_file", False) or is_gzip(fd):
+                    yield from self._whole_batches(fd, str(path), max_records, done_before)
+                else:
+                    yield from self._file_batches(fh, str(path), max_records, done_before)
+
+    def _open(self, path: str) -> int | None:
+        """A descriptor of a regular file, never waiting on a FIFO; None (and a refusal) else."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            self._refuse(Refusal(path, "unreadable", f"cannot open: {exc.strerror or exc}"))
+            return None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            reason, what = type_reason(mode)
+            self._refuse(Refusal(path, reason, f"{what}: only regular files are read"))
+            return None
+        return fd
+
+    def _refuse(self, refusal: Refusal) -> None:
+        log.warning("%s: not reading %s: %s", self.name, refusal.path, refusal.detail)
+        self.refused.append(refusal)
+
+    def _whole_batches(self, fd: int, path: str, max_records: int, done_before: int) -> Iterator[Batch]:
+        """A gzip file or a whole document: every record, resumable by the content key."""
+        size = os.fstat(fd).st_size
+        key = content_key(fd, size)
+        checkpoint = self._checkpoints.get(key)
+        if checkpoint is not None and checkpoint.cursor == DONE:
+            self._bytes_done = done_before + size
+            return  # replayed (or tailed) into this store before
+        resume_at = checkpoint.offset if checkpoint is not None else 0
+        records: list[bytes] = []
+        offsets: list[int] = []
+        rejected: list[Rejected] = []
+        for piece in pieces(fd, self._framer, self._limits):
+            for record, offset in zip(piece.records, piece.offsets):
+                if offset < resume_at:
+                    continue
+                if len(records) == max_records:
+                    yield Batch(self.name, path, key, records, offsets, Checkpoint(self.name, key, path, offset),
+                                rejected=rejected)
+                    records, offsets, rejected = [], [], []
+                records.append(record)
+                offsets.append(offset)
+            rejected += [r for r in piece.rejected if r.offset >= resume_at]
+        self._bytes_done = done_before + size
+        yield Batch(self.name, path, key, records, offsets, Checkpoint(self.name, key, path, size, cursor=DONE),
+                    rejected=rejected)
 
     def _file_batches(self, fh, path: str, max_records: int, done_before: int) -> Iterator[Batch]:
         fd = fh.fileno()

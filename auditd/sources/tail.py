@@ -23,6 +23,12 @@ A file is known by the hash of its first line plus (device, inode) — the check
    drained through its descriptor, and retired once quiet for ``drain_grace_s``.
 4. Orphans are forgotten after ``forget_after_s``; their keys ride on the next batch.
 
+Only regular files that really lie in the source's directories are opened, without
+following a link or blocking on a FIFO, and never the daemon's own files (see guard.py);
+what is refused is logged once with the reason and reported (``SourceReport``, carried
+by a batch) with the globs that match nothing. Gzip files, and every file of a
+whole-document format, are read once each when complete (wholefile.py), not tailed.
+
 Two files with identical first lines (a csv header, a banner) are told apart by inode,
 and a generation number keeps apart the old and new contents of one inode rewritten
 with the same first line. Whether a file still holds what we read, or is a copy of it,
@@ -41,20 +47,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
 
-from auditd.sources.base import Batch, Checkpoint, Framer
+from auditd.sources.base import NO_FILE, Batch, Checkpoint, Framer, SourceReport
 from auditd.sources.globs import PathMatcher
+from auditd.sources.guard import Refusal, classify, open_checked
 from auditd.sources.identity import (
-    FileIdentity, bytes_before, digest, is_prefix_copy, is_rotated_name, last_record_end, read_head,
+    FileIdentity, bytes_before, digest, is_compressed, is_prefix_copy, is_rotated_name, last_record_end, read_head,
 )
 from auditd.sources.replay import ReplaySource  # noqa: F401 - `neo-auditd replay` imports it from here
 from auditd.sources.settings import FileSourceSettings
 from auditd.sources.tracking import OpenFile, Orphan, Shadow, TrackedFile
 from auditd.sources.watch import ChangeWatcher
+from auditd.sources.wholefile import Limits, WholeFileReader, is_whole_key
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +85,17 @@ class FileTailer:
         self._opened: dict[Place, OpenFile] = {}
         self._tracked: dict[Place, TrackedFile] = {}
         self._shadows: dict[Place, Shadow] = {}
-        self._orphans = {key: Orphan.of_checkpoint(cp) for key, cp in checkpoints.items()}
+        self._orphans = {key: Orphan.of_checkpoint(cp) for key, cp in checkpoints.items() if not is_whole_key(key)}
         self._expired: list[str] = []
-        self._unreadable: set[str] = set()
+        self._whole_format = bool(getattr(framer, "whole_file", False))
+        limits = Limits(settings.read_chunk_bytes, settings.max_record_bytes, settings.max_document_bytes,
+                        settings.max_decompressed_bytes)
+        self._whole = WholeFileReader(
+            settings.name, framer, limits, {k: cp for k, cp in checkpoints.items() if is_whole_key(k)},
+            quiet_s=settings.drain_grace_s, forget_after_s=settings.forget_after_s, clock=clock)
+        self._refused: dict[str, Refusal] = {}
+        self._reported: SourceReport | None = None
+        self._report_due: SourceReport | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +111,7 @@ class FileTailer:
             self._watcher = None
         fds = [f.fd for f in self._tracked.values()] + [o.fd for o in self._opened.values()]
         fds += [s.opened.fd for s in self._shadows.values()]
+        self._whole.close()
         self._tracked.clear()
         self._opened.clear()
         self._shadows.clear()
@@ -114,7 +130,13 @@ class FileTailer:
         lag: dict[str, int] = {}
         for tracked in self._tracked.values():  # a drained old file may share its last path
             lag[tracked.path] = lag.get(tracked.path, 0) + max(0, tracked.size - tracked.position)
+        for path, size in self._whole.lag_bytes().items():
+            lag[path] = lag.get(path, 0) + size
         return lag
+
+    def report(self) -> SourceReport | None:
+        """What the last scan found (None before the first one)."""
+        return self._report_due or self._reported
 
     # -- one round -----------------------------------------------------------------------------
     def poll(self, max_records: int = 10_000) -> list[Batch]:
@@ -127,10 +149,17 @@ class FileTailer:
         self._settle_shadows(now)
         self._identify_opened(now)
         batches = self._read_files(max_records, now)
+        batches += self._whole.poll(max_records - sum(len(b) for b in batches), now)
         self._expire_orphans(now)
+        self._expired += self._whole.take_forget()
         if batches and self._expired:
             batches[0].forget.extend(self._not_in_use(self._expired))
             self._expired.clear()
+        if self._report_due is not None:
+            if not batches:  # a batch that only carries the report: it names no file
+                name = self.settings.name
+                batches.append(Batch(name, "", NO_FILE, [], [], Checkpoint(name, NO_FILE, "", 0)))
+            batches[0].report, self._reported, self._report_due = self._report_due, self._report_due, None
         return batches
 
     def _check_watcher(self) -> None:
@@ -184,38 +213,79 @@ class FileTailer:
         if self._watcher is not None:
             self._watcher.watch_new_directories()
         seen: set[Place] = set()
-        for path in self._matcher.scan():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue  # gone between the glob and the stat
-            if not stat.S_ISREG(st.st_mode):
+        refused: dict[str, Refusal] = {}
+        by_pattern = self._matcher.scan_patterns()
+        allowed = self._allowed_directories()
+        protected_places = self.settings.protected.places()
+        for path in sorted({path for paths in by_pattern.values() for path in paths}):
+            found = classify(path)
+            if found is None:
+                continue  # gone between the glob and the look, or a directory
+            if isinstance(found, Refusal):
+                refused[path] = found  # a FIFO, socket, device: never opened
                 continue
+            lst, st = found
             place = (st.st_dev, st.st_ino)
-            seen.add(place)
+            if self._is_whole(path) and self._whole.knows(path, st):
+                seen.add(place)
+                continue
             known = self._tracked.get(place) or self._opened.get(place) or self._shadows.get(place)
             if known is not None:
                 (known.opened if isinstance(known, Shadow) else known).path = path
-            else:
-                self._open(path, place)
+                seen.add(place)
+                continue
+            refusal = self._open(path, lst, place, allowed, protected_places, now)
+            if refusal is not None:
+                refused[path] = refusal
+            elif place in self._opened or self._whole.knows(path, st):
+                seen.add(place)
         self._forget_unseen(seen)
+        self._whole.end_scan(seen, now)
         self._skip_to_end = False  # only files found by the first scan may start at their end
+        self._note_scan(by_pattern, refused, len(seen))
 
-    def _open(self, path: str, place: Place) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if path not in self._unreadable:
-                self._unreadable.add(path)
-                log.warning("%s: cannot open %s: %s", self.settings.name, path, exc)
-            return
-        self._unreadable.discard(path)
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != place:  # replaced between stat and open: next scan
-            os.close(fd)
+    def _allowed_directories(self) -> tuple[str, ...]:
+        """Where a file this source reads must really lie: its globs' own directories, and
+        allow_dirs; symlink-free, as the descriptor check compares them."""
+        directories = [*self._matcher.own_directories(), *map(os.fspath, self.settings.allow_dirs)]
+        return tuple(sorted({os.path.realpath(d) for d in directories}))
+
+    def _is_whole(self, path: str) -> bool:
+        return self._whole_format or is_compressed(path)
+
+    def _open(self, path: str, lst: os.stat_result, place: Place, allowed: tuple[str, ...],
+              protected_places: set[Place], now: float) -> Refusal | None:
+        """Open a new candidate through the guard; a Refusal says why it is not read."""
+        opened = open_checked(path, lst, allowed, self.settings.protected, protected_places)
+        if isinstance(opened, Refusal):
+            if opened.reason == "replaced":
+                self._rescan.set()
+            return opened
+        if (opened.st.st_dev, opened.st.st_ino) != place:  # replaced between the look and the open
+            os.close(opened.fd)
             self._rescan.set()
-            return
-        self._opened[place] = OpenFile(fd, path, *place, skip_to_end=self._skip_to_end)
+            return None
+        if self._is_whole(path):
+            self._whole.offer(opened.fd, path, opened.st, now, skip=self._skip_to_end)
+        else:
+            self._opened[place] = OpenFile(opened.fd, path, *place, skip_to_end=self._skip_to_end)
+        return None
+
+    def _note_scan(self, by_pattern: dict[str, list[str]], refused: dict[str, Refusal], files: int) -> None:
+        """Log what is newly refused or unmatched, once; report the scan when it changed."""
+        name = self.settings.name
+        for path, refusal in refused.items():
+            if self._refused.get(path) != refusal:
+                log.warning("%s: not reading %s: %s", name, path, refusal.detail)
+        self._refused = refused
+        unmatched = tuple(pattern for pattern, paths in by_pattern.items() if not paths)
+        report = SourceReport(files, unmatched, tuple((r.path, r.reason, r.detail) for r in refused.values()))
+        previous = self.report()
+        for pattern in unmatched:
+            if previous is None or pattern not in previous.unmatched:
+                log.warning("%s: %s matches no file", name, pattern)
+        if report != previous:
+            self._report_due = report
 
     def _forget_unseen(self, seen: set[Place]) -> None:
         """Tracked files out of view keep draining; opened and shadow files are let go."""

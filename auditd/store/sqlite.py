@@ -21,16 +21,21 @@ from collections.abc import Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
 
+import msgspec
+
 from auditd.decode.quarantine import Quarantined
 from auditd.errors import StoreFormatError
 from auditd.event import AccessEvent
-from auditd.sources.base import Checkpoint
+from auditd.sources.base import Checkpoint, SourceReport
 from auditd.store.encoding import EVENT_ENCODING, EVENT_ENCODING_KEY, decode_event, encode, segment_decoder
 from auditd.store.health import damaged, is_damage
 from auditd.store.migrations import migrate
 from auditd.store.times import now_db, to_db
 
 log = logging.getLogger(__name__)
+
+SOURCE_REPORT_KEY = "source_report:"  # + source name: a meta row, what `status` shows of its scan
+_encode_json = msgspec.json.Encoder().encode
 
 PAGE_SIZE = 65536  # SQLite's largest
 WAL_CHECKPOINT_BYTES = 1000 * 4096
@@ -255,6 +260,13 @@ class Store:
             "offset=excluded.offset, tail_hash=excluded.tail_hash, cursor=excluded.cursor, "
             "updated_at=excluded.updated_at",
             [(c.source, c.fingerprint, c.path, c.offset, c.tail_hash, c.cursor, now) for c in checkpoints],
+        )
+
+    def save_source_report(self, conn: sqlite3.Connection, source: str, report: SourceReport) -> None:
+        """What a source's last scan found (read by `status`); one meta row per source."""
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (SOURCE_REPORT_KEY + source, _encode_json(report).decode()),
         )
 
     def forget_checkpoints(self, conn: sqlite3.Connection, source: str, fingerprints: Iterable[str]) -> None:
