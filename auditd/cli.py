@@ -456,6 +456,202 @@ def cmd_suppress_remove(args) -> int:
     return 0
 
 
+def _who(args) -> str:
+    import getpass
+
+    return (args.who or getpass.getuser()).strip()
+
+
+# `incidents ACTION`: the person's verbs and the correlate action each one applies
+_TRANSITIONS = {"ack": "triaged", "contain": "contained", "resolve": "resolved", "close": "closed"}
+
+
+def cmd_incidents_act(args) -> int:
+    """ack|assign|contain|resolve|close|dismiss|merge|note|loss|cii|tier: one action through the seam."""
+    import datetime as dt
+
+    from auditd.correlate import (
+        Assign, CorrelateError, Dismiss, Merge, Note, SetCII, SetLoss, SetTier, Transition, act,
+    )
+
+    settings, _ = _settings_and_store_path(args)
+    who, verb = _who(args), args.incidents_command
+    why = getattr(args, "why", None) or ""
+    if verb in _TRANSITIONS:
+        action = Transition(incident_id=args.id, who=who, status=_TRANSITIONS[verb], why=why)
+    elif verb == "assign":
+        action = Assign(incident_id=args.id, who=who, assignee=args.assignee)
+    elif verb == "dismiss":
+        action = Dismiss(incident_id=args.id, who=who, reason=args.reason.replace("-", "_"), why=why)
+    elif verb == "merge":
+        action = Merge(incident_id=args.id, who=who, into=args.into, why=why)
+    elif verb == "note":
+        action = Note(incident_id=args.id, who=who, text=args.text)
+    elif verb == "loss":
+        action = SetLoss(incident_id=args.id, who=who, yuan=args.yuan, why=why)
+    elif verb == "cii":
+        action = SetCII(incident_id=args.id, who=who, cii=args.flag == "on", why=why)
+    else:
+        action = SetTier(incident_id=args.id, who=who, tier=args.tier, why=why)
+    store, _ = _incident_conn(args)
+    try:
+        summary = act(store.conn, action, settings=settings.correlate,
+                      clock=lambda: dt.datetime.now(dt.timezone.utc))
+    except CorrelateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if args.json:
+        _json_out(summary)
+    else:
+        print(f"{summary.incident_id}: {summary.status}, {summary.tier}"
+              f"{', assigned to ' + summary.assignee if summary.assignee else ''}")
+    return 0
+
+
+def cmd_incidents_verify(args) -> int:
+    from auditd.correlate import UnknownIncident, list_incidents, verify_timeline
+
+    store, _ = _incident_conn(args)
+    try:
+        ids = [args.id] if args.id else [i.incident_id for i in list_incidents(store.conn, limit=1_000_000)]
+        results = {incident: verify_timeline(store.conn, incident) for incident in ids}
+    except UnknownIncident as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    bad = {i: seq for i, (ok, seq) in results.items() if not ok}
+    if args.json:
+        _json_out({"verified": len(results) - len(bad), "broken": [{"incident_id": i, "first_bad_seq": s}
+                                                                    for i, s in bad.items()]})
+    else:
+        for incident, seq in bad.items():
+            print(f"{incident}: timeline BROKEN at entry {seq} (edited, removed or re-chained)")
+        print(f"{len(results) - len(bad)} of {len(results)} timelines verified")
+    return 1 if bad else 0
+
+
+def _respond_runtime(args):
+    """The whole runtime (playbooks, templates, contacts) and the store, for respond commands."""
+    from auditd.runtime import load_runtime
+    from auditd.store.sqlite import Store
+
+    runtime = load_runtime(args.config)
+    path = (args.state_dir / "neo-auditd.db") if args.state_dir else runtime.settings.store_path
+    return runtime, Store(path).open()
+
+
+def cmd_playbook(args) -> int:
+    import datetime as dt
+
+    from auditd.correlate import UnknownIncident
+    from auditd.respond import people
+    from auditd.respond import steps as step_table
+    from auditd.respond.view import render_steps
+
+    try:
+        runtime, store = _respond_runtime(args)
+    except ConfigError as exc:
+        return _config_error(exc, getattr(args, "json", False))
+    now = dt.datetime.now(dt.timezone.utc)
+    conn, verb = store.conn, args.playbook_command
+    try:
+        if verb == "run-due":
+            report = runtime.responder.run(conn, now)
+            out = {"changes": report.changes, "planned": report.planned, "fired": report.fired,
+                   "late": report.late, "failed": report.failed, "escalated": report.escalated}
+            if args.json:
+                _json_out(out)
+            else:
+                print(f"{report.changes} change(s) read, {report.planned} step(s) planned, {len(report.fired)} fired "
+                      f"({len(report.late)} late), {len(report.failed)} failed, {len(report.escalated)} escalation(s)")
+                print(f"rendered files: {runtime.responder.out_dir}")
+            return 0
+        if verb == "show":
+            if conn.execute("SELECT 1 FROM incidents WHERE incident_id = ?", (args.id,)).fetchone() is None:
+                raise UnknownIncident(args.id)
+            rows = step_table.of_incident(conn, args.id)
+            if args.json:
+                _json_out([r.to_json() for r in rows])
+            else:
+                print(render_steps(args.id, rows, now, runtime.settings.zone))
+            return 0
+        who, correlator = _who(args), runtime.correlator
+        if verb == "done":
+            row = people.done(conn, correlator, args.id, args.step, who, now, note=args.note)
+        elif verb == "approve":
+            row = people.approve(conn, correlator, args.id, args.step, who, now)
+        else:
+            row = people.skip(conn, correlator, args.id, args.step, who, now, args.reason or "")
+    except (UnknownIncident, people.StepError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if args.json:
+        _json_out(row.to_json())
+    else:
+        print(f"{args.id} {row.step_id}: {row.state} by {row.closed_by}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import datetime as dt
+
+    from auditd.correlate import UnknownIncident
+    from auditd.respond.reports import ReportError, render_report, set_finding
+    from auditd.store.sqlite import immediate
+
+    try:
+        runtime, store = _respond_runtime(args)
+    except ConfigError as exc:
+        return _config_error(exc, args.json)
+    responder, now, who = runtime.responder, dt.datetime.now(dt.timezone.utc), _who(args)
+    try:
+        with immediate(store.conn):
+            for item in args.set or []:
+                name, sep, text = item.partition("=")
+                if not sep or not text.strip():
+                    raise ReportError(f"--set takes FIELD=TEXT, got {item!r}")
+                set_finding(store.conn, args.id, name.strip(), text, who, now)
+            people_count = len(responder.affected(store.conn, args.id)[0])
+            rendered = render_report(store.conn, args.id, args.kind, templates=responder.templates,
+                                     organisation=responder.settings.organisation, zone=runtime.settings.zone,
+                                     out_dir=responder.out_dir, now=now, who=who, people=people_count)
+    except (UnknownIncident, ReportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if args.json:
+        _json_out({"incident_id": rendered.incident_id, "kind": rendered.kind, "revision": rendered.revision,
+                   "cause_known": rendered.cause_known, "paths": rendered.paths, "sha256": rendered.sha256})
+    else:
+        print(f"{rendered.incident_id}: {rendered.kind} report r{rendered.revision}"
+              f"{'' if rendered.cause_known else ' (cause not yet known: marked so)'}")
+        for name, path in rendered.paths.items():
+            print(f"  {name:<12} {path}")
+    return 0
+
+
+def cmd_register(args) -> int:
+    from auditd.respond.register import register, render_register
+
+    settings, _ = _settings_and_store_path(args)
+    store, _ = _incident_conn(args)
+    try:
+        entries = register(store.conn, settings.zone)
+    finally:
+        store.close()
+    if args.json:
+        _json_out(entries)
+    else:
+        print(render_register(entries, settings.zone), end="")
+    return 0
+
+
 def cmd_review_grants(args) -> int:
     import datetime as dt
 
@@ -632,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_review_grants)
 
-    p = sub.add_parser("incidents", help="list and show incidents")
+    p = sub.add_parser("incidents", help="list, show, act on and verify incidents")
     isub = p.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
     q = isub.add_parser("list", help="incidents, newest first")
     config_arg(q)
@@ -648,6 +844,87 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_incidents_show)
+    q = isub.add_parser("verify", help="check the hash chain of one incident's timeline (or all); exit 1 if broken")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("id", nargs="?")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_incidents_verify)
+    verbs = {
+        "ack": "acknowledge: the incident is triaged", "contain": "the loss is stopped",
+        "resolve": "handling has ended (starts the 30-day closing-report clock)", "close": "closed for good",
+        "dismiss": "dismiss with a reason: false-positive, duplicate or accepted-risk",
+        "merge": "fold this incident into another (timelines kept, clocks from the earlier discovery)",
+        "assign": "give the incident to a responder", "note": "add a note to the timeline (pseudonyms only)",
+        "loss": "record the economic loss in yuan (may raise the tier)",
+        "cii": "mark whether critical information infrastructure is hit (1 h regulator clock)",
+        "tier": "set the tier by hand (raising it adds the new tier's steps on the original clocks)",
+    }
+    for verb, text in verbs.items():
+        q = isub.add_parser(verb, help=text)
+        config_arg(q)
+        state_arg(q)
+        q.add_argument("id")
+        if verb == "assign":
+            q.add_argument("assignee")
+        elif verb == "note":
+            q.add_argument("text")
+        elif verb == "merge":
+            q.add_argument("--into", required=True, help="the incident that absorbs this one")
+        elif verb == "dismiss":
+            q.add_argument("--reason", required=True, choices=["false-positive", "duplicate", "accepted-risk"])
+        elif verb == "loss":
+            q.add_argument("yuan", type=float)
+        elif verb == "cii":
+            q.add_argument("flag", choices=["on", "off"])
+        elif verb == "tier":
+            q.add_argument("tier", choices=["T1", "T2", "T3", "T4", "T5", "T6"])
+        if verb not in ("assign", "note"):
+            q.add_argument("--why", required=True, help="why (goes on the hash-chained timeline)")
+        q.add_argument("--who", help="who acts (default: your login name)")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=cmd_incidents_act)
+
+    p = sub.add_parser("playbook", help="an incident's playbook steps: show, done, approve, skip; run-due")
+    psub = p.add_subparsers(dest="playbook_command", metavar="ACTION", required=True)
+    helps = {"show": "the steps of an incident, their clocks and states",
+             "done": "mark a step done (a task, a reviewed report: you become its requester)",
+             "approve": "approve a step (four eyes: never the person who did what it approves)",
+             "skip": "skip a step with --reason (for customer notices: a PIPL art. 57(2) exemption)",
+             "run-due": "plan from the change log, fire ready steps, escalate overdue ones, once"}
+    for verb, text in helps.items():
+        q = psub.add_parser(verb, help=text)
+        config_arg(q)
+        state_arg(q)
+        if verb != "run-due":
+            q.add_argument("id", metavar="INCIDENT")
+        if verb in ("done", "approve", "skip"):
+            q.add_argument("step", metavar="STEP")
+            q.add_argument("--who", help="who acts (default: your login name)")
+        if verb == "done":
+            q.add_argument("--note", help="what was done")
+        if verb == "skip":
+            q.add_argument("--reason", required=True)
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=cmd_playbook)
+
+    p = sub.add_parser("report", help="render a regulator report (Markdown, HTML, JSON) of an incident now")
+    config_arg(p)
+    state_arg(p)
+    p.add_argument("id", metavar="INCIDENT")
+    p.add_argument("--kind", required=True, choices=["initial", "followup", "closing", "notice-draft"])
+    p.add_argument("--set", action="append", metavar="FIELD=TEXT",
+                   help="record a finding first: cause, leads, planned, support, other, harm, accountability, "
+                        "remediation, lessons, advice")
+    p.add_argument("--who", help="who renders (default: your login name)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("register", help="the breach register: every T1-T4 incident, its clocks, decisions, outputs")
+    config_arg(p)
+    state_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("suppress", help="hold back a rule's alerts for some actor or address until a date, "
                                         "in the store (beside the rule files' exceptions)")

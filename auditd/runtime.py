@@ -26,6 +26,7 @@ from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.entitlement import build_checker
 from auditd.errors import ConfigError
+from auditd.respond import Responder, build_responder
 from auditd.sources.guard import Protected, inside
 from auditd.sources.globs import static_directory
 from auditd.workdays import WorkingCalendar, load_calendar
@@ -44,6 +45,7 @@ class Runtime:
     # sources whose events come already enriched and pseudonymised (read back from the cluster)
     pre_enriched: frozenset[str] = frozenset()
     calendar: WorkingCalendar = field(default_factory=WorkingCalendar)  # mainland-China working days
+    responder: Responder | None = None  # playbooks, templates and contacts as loaded
     state: StateStore = field(default_factory=StateStore)  # stateful rules' state; the pipeline binds it
     loaded_at: float = field(default_factory=time.time)
 
@@ -73,8 +75,13 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
     ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone,
                          context=KindContext(zone=settings.zone, state=state, calendar=calendar), kinds=kinds)
+    pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size) if key is not None else None
+    correlator = Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate)
+    # playbooks are validated like rules: a reload with a bad one keeps the old set running
+    responder = build_responder(settings.respond, problems, calendar=calendar or WorkingCalendar(), zone=settings.zone,
+                                state_dir=settings.state_dir, correlator=correlator, pseudonymise=pseudonymiser,
+                                directory=lambda: directory, referrer=doc)
     problems.raise_if_any()
-    pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size)
     enricher = Enricher(
         directory, pseudonymiser, sensitive_categories=settings.sensitive_categories(), zone=settings.zone,
         working_days_between=calendar.working_days_between,
@@ -89,9 +96,10 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         ruleset=ruleset,
         directory=directory,
         enricher=enricher,
-        correlator=Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate),
+        correlator=correlator,
         pre_enriched=pre_enriched,
         calendar=calendar,
+        responder=responder,
         state=state,
     )
 

@@ -23,6 +23,7 @@ from auditd.decode.settings import FormatSettings
 from auditd.elastic.settings import ElasticSettings
 from auditd.entitlement.settings import EntitlementSettings
 from auditd.ops.settings import OpsSettings
+from auditd.respond.settings import RespondSettings
 from auditd.sources.settings import FileSourceSettings
 from auditd.workdays import WorkdaySettings
 
@@ -134,6 +135,7 @@ class Settings:
     entitlement: EntitlementSettings = field(default_factory=EntitlementSettings)
     working_days: WorkdaySettings = field(default_factory=WorkdaySettings)
     correlate: CorrelateSettings = field(default_factory=CorrelateSettings)
+    respond: RespondSettings = field(default_factory=RespondSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)

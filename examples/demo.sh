@@ -3,8 +3,9 @@
 # with the embedded store (SQLite) and a generated week of the example company's access
 # log. Once the daemon has caught up with the log, it prints, per planted scenario,
 # whether the alerts found it, and how many alerts match no planted scenario
-# (examples/score.py against examples/out/logs/ground_truth.jsonl); then the daemon
-# keeps running in the foreground until Ctrl-C (it drains and checkpoints).
+# (examples/score.py against examples/out/logs/ground_truth.jsonl), runs the playbooks'
+# due steps and says where the rendered reports and notices are; then the daemon keeps
+# running in the foreground until Ctrl-C (it drains and checkpoints).
 # Meanwhile, in another terminal:   .venv/bin/neo-auditd incidents list -c examples/config.yaml
 #
 #   NEO_DEMO_LINES=100000   lines to generate (a new number needs: rm -r examples/out)
@@ -26,6 +27,8 @@ if [ ! -f "$LOG" ] || [ ! -f "$OUT/logs/ground_truth.jsonl" ]; then
     rm -rf "$OUT/state"  # a store of another log would score alerts this log never planted
     "$VENV/bin/python" examples/generate.py --out "$OUT/logs" --lines "${NEO_DEMO_LINES:-100000}" --seed 1
 fi
+# neo-crm's export module writes whom each large export carried (respond.export_manifests)
+[ -f "$OUT/logs/exports.jsonl" ] || "$VENV/bin/python" examples/exports.py --log "$LOG" --out "$OUT/logs/exports.jsonl"
 [ -f "$OUT/pseudonym.key" ] || "$NEO" keygen "$OUT/pseudonym.key"
 "$NEO" check -c examples/config.yaml
 
@@ -73,6 +76,15 @@ set +e
 NEO_AUDITD="$NEO" "$VENV/bin/python" examples/score.py -c examples/config.yaml --truth "$OUT/logs/ground_truth.jsonl"
 scored=$?
 set -e
+echo
+# the playbooks' first steps, now rather than at the respond-due job's next run
+"$NEO" playbook run-due -c examples/config.yaml
+"$NEO" register -c examples/config.yaml | head -n 40
+echo "rendered reports and notices (for the delivery stage): $OUT/state/respond/"
+echo "  regulator reports:  $OUT/state/respond/reports/INCIDENT/initial-r1.{zh-CN,en}.{md,html} and .json"
+echo "  notices:            $OUT/state/respond/notices/INCIDENT/STEP/*.json (customers' after the DPO's approval:"
+echo "                      $NEO playbook done|approve -c examples/config.yaml INCIDENT STEP)"
+echo "  the breach register: $NEO register -c examples/config.yaml [--json]"
 echo
 if [ "${NEO_DEMO_EXIT:-0}" = 1 ]; then
     stop

@@ -25,7 +25,8 @@ from auditd.detect.testing import run_rule_tests
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M)
-CONFIG_KEYS = {"state_dir", "sources", "pseudonym", "formats"}
+CONFIG_KEYS = {"state_dir", "sources", "pseudonym", "formats", "respond", "deliver", "elastic", "correlate",
+               "entitlement", "working_days", "ops", "store", "pipeline", "directory", "rules", "categories"}
 MINIMAL = {"state_dir": "/var/lib/neo-auditd", "pseudonym": {"key_file": "/etc/neo-auditd/pseudonym.key"},
            "sources": []}
 
@@ -48,10 +49,12 @@ def test_there_are_examples_of_each_kind():
 def kind_of(data) -> str:
     if isinstance(data, list):
         return "rules"
-    if isinstance(data, dict) and CONFIG_KEYS & set(data):
-        return "config"
     if isinstance(data, dict) and {"kind", "extends"} & set(data):
         return "format"
+    if isinstance(data, dict) and CONFIG_KEYS & set(data):
+        return "config"
+    if isinstance(data, dict) and "playbook" in data:
+        return "playbook"
     return "unknown"
 
 
@@ -80,8 +83,14 @@ def test_the_example_loads(where, block, tmp_path):
         assert not problems.items, f"{where}: {[str(p) for p in problems.items]}"
         report = run_rule_tests([SHIPPED_RULES, tmp_path / "rules.yaml"])
         assert report.exit_code == 0, f"{where}: {report.text}"
+    elif kind == "playbook":  # an operator's playbook, as `respond.playbooks.paths` loads it
+        from auditd.respond.playbook import load_playbooks
+
+        (tmp_path / "T.yaml").write_text(block)
+        load_playbooks([tmp_path / "T.yaml"], problems)
+        assert not problems.items, f"{where}: {[str(p) for p in problems.items]}"
     else:
-        pytest.fail(f"{where}: not a config, format or rule example")
+        pytest.fail(f"{where}: not a config, format, rule or playbook example")
 
 
 def test_a_format_that_extends_one_and_gives_only_a_category_map_keeps_its_path(tmp_path):

@@ -90,5 +90,7 @@ def test_the_demo_ends_with_the_scoring_table(tmp_path):
              PER_EVENT_RULES_FIND}
     assert set(table) == set(PER_EVENT_RULES_FIND) and all(" found " in line for line in table.values())
     assert "not yet covered" not in out and " missed " not in out  # the behaviour scenarios are found too
+    assert "rendered reports and notices (for the delivery stage): examples/out/state/respond/" in out
+    assert list((tmp_path / "examples" / "out" / "state" / "respond" / "reports").glob("INC-*/initial-r1.json"))
     log = (tmp_path / "examples" / "out" / "neo-auditd.log").read_text(encoding="utf-8")
     assert '"message":"stopped"' in log  # the daemon drained and stopped after the table

@@ -98,7 +98,9 @@ def test_the_scheduler_really_runs_a_due_job(tmp_path):
 def test_every_registered_job_takes_its_interval_from_the_settings(tmp_path):
     settings = Settings(state_dir=tmp_path, sources=[], pseudonym=None)  # type: ignore[arg-type]
     specs = {s.id: s for s in job_specs(settings)}
-    assert set(specs) == set(REGISTRY) == {"retention", "departed-sweep", "grant-review", "detector-tick"}
+    assert set(specs) == set(REGISTRY) == {"retention", "departed-sweep", "grant-review", "detector-tick",
+                                           "respond-due"}
+    assert specs["respond-due"].every == dt.timedelta(seconds=30)
     assert specs["grant-review"].every == dt.timedelta(days=7)
     faster = with_overrides(settings, pipeline=PipelineSettings(tick_every=Duration(5)))
     assert {s.id: s for s in job_specs(faster)}["detector-tick"].every == dt.timedelta(seconds=5)

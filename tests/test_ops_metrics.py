@@ -68,6 +68,14 @@ def test_scrape_reports_exact_values(store: Store, metrics: Metrics) -> None:
         insert_incident(conn, "INC-1", "T2", "open")
         insert_incident(conn, "INC-2", "T2", "open")
         insert_incident(conn, "INC-3", "T5", "closed")
+        from auditd.respond import steps
+        from auditd.respond.due import Due
+        from auditd.respond.playbook import Step
+
+        # overdue as the metrics' clock sees it: due an hour before CLOCK, still open
+        due = dt.datetime.fromtimestamp(CLOCK, UTC) - dt.timedelta(hours=1)
+        for step_id in ("a", "b"):
+            steps.insert(conn, "INC-1", "T2", Step(id=step_id, kind="task", title=step_id, due=Due(60.0)), due, due)
     port = metrics.start_http("127.0.0.1", 0)
     newer = dt.datetime(2026, 9, 21, 14, 0, tzinfo=UTC)
     metrics.observe_batch("app", events=100, quarantined=2, skipped=1, alerts_by_rule={"departed-access": 2},
@@ -102,6 +110,7 @@ def test_scrape_reports_exact_values(store: Store, metrics: Metrics) -> None:
     # read from the store at scrape time
     assert value(s, "neo_auditd_incidents", tier="T2", status="open") == 2
     assert value(s, "neo_auditd_incidents", tier="T5", status="closed") == 1
+    assert value(s, "neo_auditd_playbook_steps_overdue") == 2
     assert value(s, "neo_auditd_store_scrape_success") == 1
 
 

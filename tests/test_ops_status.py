@@ -83,6 +83,16 @@ def fill(store: Store, logs: dict[str, Path]) -> None:
         insert_incident(conn, "INC-3", "T5", "triaged")
         insert_incident(conn, "INC-4", "T5", "closed")
         insert_incident(conn, "INC-5", "T4", "dismissed")
+        # playbook steps: one open past due, one open not yet due, one done past due
+        from auditd.respond import steps
+        from auditd.respond.due import Due
+        from auditd.respond.playbook import Step
+
+        for step_id, minutes in (("late", -30), ("later", 30), ("finished", -60)):
+            steps.insert(conn, "INC-1", "T2", Step(id=step_id, kind="task", title=step_id, due=Due(60.0)),
+                         NOW + dt.timedelta(minutes=minutes), NOW)
+        conn.execute("UPDATE playbook_steps SET closed_at = ?, state = 'done' WHERE step_id = 'finished'",
+                     (NOW.isoformat(),))
     record_reload(store.conn, False, dt.datetime(2026, 11, 2, 8, 30, tzinfo=UTC),
                   "config.yaml:3:5: rules[2].condition: unknown list 'sensitive_tabels'\nsecond problem")
 
@@ -111,6 +121,7 @@ def test_collects_what_the_store_knows(store: Store, logs: dict[str, Path]) -> N
         ],
         rules_loaded=42,
         open_incidents={"T2": 2, "T5": 1},
+        playbook_steps_overdue=1,
         last_reload=ReloadStatus(ok=False, at=dt.datetime(2026, 11, 2, 8, 30, tzinfo=UTC),
                                  error="config.yaml:3:5: rules[2].condition: unknown list 'sensitive_tabels'"
                                        "\nsecond problem"),

@@ -49,7 +49,7 @@ def test_a_failing_migration_leaves_the_store_as_it_was(tmp_path, monkeypatch):
         c.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("disk on fire")
 
-    # the first migration after the tables dropped below (3, 4, 5) breaks; later ones never run
+    # 3..5 apply, then 0006 fails: everything of this attempt must roll back (later ones never run)
     bad = tuple(m if m.version != 6 else migrations.Migration(m.version, m.name, broken) for m in MIGRATIONS)
     monkeypatch.setattr(migrations, "MIGRATIONS", bad)
     conn.execute("DROP TABLE incident_changes")

@@ -82,8 +82,30 @@ class Grader:
             return None
         return min(families, key=lambda band: (band.records, band.name)).name
 
-    def grade(self, facts: Facts, band: str | None) -> Grade:
-        """The highest tier any rule gives; ties keep the most specific reason."""
+    def by_size(self, current: Grade, records: int, loss: float | None, cii: bool) -> Grade:
+        """Raise a grade by DESIGN.md's bands: people whose PI leaked (only once the
+        incident is a leak, i.e. at the leak tier or above), the economic loss, and the
+        critical-infrastructure floor."""
+        best = current
+        if tier_rank(best.tier) <= tier_rank(self.tiers.leak):
+            for tier, threshold in sorted(self.tiers.people.items(), key=lambda kv: tier_rank(kv[0])):
+                if records >= threshold:
+                    best = _higher(best, Grade(tier, f"{records} people's PI leaked (band {threshold})",
+                                               LEAK_HEADLINE))
+                    break
+        if loss is not None:
+            for tier, threshold in sorted(self.tiers.loss_yuan.items(), key=lambda kv: tier_rank(kv[0])):
+                if loss >= threshold:
+                    best = _higher(best, Grade(tier, f"economic loss of ¥{loss:,.0f} (band ¥{threshold:,.0f})",
+                                               best.headline))
+                    break
+        if cii and self.tiers.cii_floor is not None:
+            best = _higher(best, Grade(self.tiers.cii_floor, "critical information infrastructure", best.headline))
+        return best
+
+    def grade(self, facts: Facts, band: str | None, *, loss: float | None = None, cii: bool = False) -> Grade:
+        """The highest tier any rule gives, raised by the size bands; ties keep the most
+        specific reason."""
         best = Grade(self.tiers.default, "default tier", None)
         tier = self.tiers.by_severity.get(facts.severity)
         if tier is not None:
@@ -101,7 +123,7 @@ class Grader:
             best = _higher(best, Grade(self.tiers.leak, reason, LEAK_HEADLINE))
         if band is not None:
             best = _higher(best, Grade(self.tiers.leak, f"criminal band '{band}' reached", LEAK_HEADLINE))
-        return best
+        return self.by_size(best, max(facts.affected, facts.max_record_count), loss, cii)
 
 
 def _higher(current: Grade, candidate: Grade) -> Grade:

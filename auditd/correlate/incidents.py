@@ -29,7 +29,7 @@ from auditd.correlate.grading import (
     SEVERITY_RANK, Facts, Grade, Grader, incident_title, unnamed_customers,
 )
 from auditd.correlate.model import (
-    ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary,
+    ACTIVE_STATUSES, CORRELATOR, Action, Clock, CorrelateError, IncidentChange, IncidentSummary, Merge,
     system_clock,
 )
 from auditd.correlate.queries import get_summary
@@ -47,7 +47,7 @@ _ZERO = dt.timedelta(0)
 _LOAD_COLUMNS = (
     "incident_id, group_key, actor, title, tier, auto_tier, status, severity, first_seen,"
     " last_seen, discovered_at, alert_count, affected_count, max_record_count, sensitive,"
-    " band, rules, categories, timeline_seq, timeline_head"
+    " band, rules, categories, timeline_seq, timeline_head, economic_loss, cii"
 )
 _INSERT_INCIDENT = (
     "INSERT INTO incidents (incident_id, group_key, actor, title, tier, auto_tier, status,"
@@ -106,6 +106,8 @@ class Working:
     rules: set[str] = field(default_factory=set)
     categories: set[str] = field(default_factory=set)
     head: Head = field(default_factory=Head)
+    economic_loss: float | None = None  # set by people (actions.py); grading reads it
+    cii: bool = False
     opening: Alert | None = None  # set only for incidents this batch opens
     opening_index: int = -1  # arrival index of the opening alert in the batch
     # this batch's part
@@ -207,7 +209,7 @@ class IncidentStore:
 def _working_from_row(row: tuple[Any, ...]) -> Working:
     (incident_id, key, actor, title, tier, auto_tier, status, severity, first_seen, last_seen,
      discovered_at, alert_count, affected_count, max_record_count, sensitive, band, rules,
-     categories, timeline_seq, timeline_head) = row
+     categories, timeline_seq, timeline_head, economic_loss, cii) = row
     return Working(
         incident_id=incident_id, group_key=key, actor=actor, title=title, tier=tier,
         auto_tier=auto_tier, status=status, severity=severity, first_seen=from_db(first_seen),
@@ -215,6 +217,7 @@ def _working_from_row(row: tuple[Any, ...]) -> Working:
         affected_count=affected_count, max_record_count=max_record_count,
         sensitive=bool(sensitive), band=band, rules=set(_list_decoder.decode(rules)),
         categories=set(_list_decoder.decode(categories)), head=Head(timeline_seq, timeline_head),
+        economic_loss=economic_loss, cii=bool(cii),
     )
 
 
@@ -249,9 +252,7 @@ class Correlator:
         now = to_db(self.clock())
         changes = self._apply_alerts(conn, list(alerts), now)
         for action in actions:
-            change = apply_action(conn, action, now)
-            if change is not None:
-                changes.append(change)
+            changes.extend(apply_action(conn, action, now, self.grader))
         changelog.append(conn, changes)
         return changes
 
@@ -340,7 +341,7 @@ class Correlator:
         band_reached = band is not None and work.band is None
         if band_reached:
             work.band = band
-        grade = self.grader.grade(facts, band)
+        grade = self.grader.grade(facts, band, loss=work.economic_loss, cii=work.cii)
         previous_tier = None if opened else work.tier
         tier_raised = self._regrade(work, grade, opened)
         self._entries(work, now, grade, rows, affected_added, band_reached, previous_tier, tier_raised)
@@ -352,7 +353,7 @@ class Correlator:
             tier_raised=tier_raised, band=work.band, band_reached=band_reached,
             alerts_added=len(work.alerts), alert_count=work.alert_count,
             affected_added=affected_added, affected_count=work.affected_count,
-            discovered_at=from_db(work.discovered_at),
+            discovered_at=from_db(work.discovered_at), economic_loss=work.economic_loss, cii=work.cii,
         )
 
     @staticmethod
@@ -448,8 +449,9 @@ def _title(grade: Grade, work: Working) -> str:
 def act(conn: sqlite3.Connection, action: Action, *, settings: CorrelateSettings | None = None,
         clock: Clock = system_clock) -> IncidentSummary:
     """One person's action through the seam, atomically: in the caller's transaction
-    when there is one, else in its own. Returns the incident as it now stands."""
+    when there is one, else in its own. Returns the incident as it now stands (for a
+    merge, the one that absorbed the other)."""
     correlator = Correlator(settings or CorrelateSettings(), clock)
     with savepoint(conn, "correlate_action"):
         correlator.apply(conn, actions=[action])
-    return get_summary(conn, action.incident_id)
+    return get_summary(conn, action.into if isinstance(action, Merge) else action.incident_id)

@@ -61,8 +61,11 @@ class IncidentChange(msgspec.Struct, kw_only=True, frozen=True):
 
     ``cause`` says what changed it: ``alerts`` (the correlator applied a batch's alerts;
     ``opened`` when they opened it), ``status_changed``, ``tier_changed``, ``assigned``,
-    ``note`` (people, through the command line), ``migrated`` (a snapshot of an incident
-    from before the log). ``version`` is the incident's timeline seq after the change.
+    ``note`` (people, through the command line), ``dismissed`` (with its reason),
+    ``merged`` (this incident absorbed another; its discovery may move earlier),
+    ``merged_away`` (this one was absorbed and dismissed as a duplicate), ``loss_set``,
+    ``cii_set``, ``step`` (the respond stage's trace of a playbook step), ``migrated``
+    (a snapshot of an incident from before the log). ``version`` is the incident's timeline seq after the change.
     """
 
     incident_id: str
@@ -86,6 +89,11 @@ class IncidentChange(msgspec.Struct, kw_only=True, frozen=True):
     affected_count: int = 0
     discovered_at: dt.datetime | None = None
     assignee: str | None = None
+    economic_loss: float | None = None  # yuan, once a person has set it
+    cii: bool = False  # critical information infrastructure: the 1 h regulator clock
+    dismissal_reason: str | None = None
+    merged_into: str | None = None  # cause merged_away: the incident that absorbed this one
+    merged_from: str | None = None  # cause merged: the incident absorbed into this one
 
 
 class Action(msgspec.Struct, kw_only=True, frozen=True, tag_field="action"):
@@ -111,6 +119,47 @@ class Assign(Action, tag="assign"):
 
 class Note(Action, tag="note"):
     text: str  # hashed into the chain for good: pseudonyms only, never a raw identifier
+
+
+DISMISSAL_REASONS = ("false_positive", "duplicate", "accepted_risk")
+
+
+class Dismiss(Action, tag="dismiss"):
+    """Dismiss with a reason: a false positive, a duplicate, or a risk accepted."""
+
+    reason: str  # one of DISMISSAL_REASONS
+    why: str
+
+
+class Merge(Action, tag="merge"):
+    """Fold `incident_id` into `into`: both timelines are kept (each chain intact), the
+    survivor takes the subjects, counts and the earlier discovery (the clocks), and the
+    absorbed one is dismissed as a duplicate."""
+
+    into: str
+    why: str
+
+
+class SetLoss(Action, tag="set_loss"):
+    """The economic loss once known, in yuan; may raise the tier (loss bands)."""
+
+    yuan: float
+    why: str
+
+
+class SetCII(Action, tag="set_cii"):
+    """Whether critical information infrastructure is affected (1 h regulator clock)."""
+
+    cii: bool
+    why: str
+
+
+class StepTrace(Action, tag="step"):
+    """The respond stage's trace of a playbook step on the incident's timeline."""
+
+    step_id: str
+    event: str  # planned, fired, done, approved, skipped, failed, escalated, cancelled, ...
+    detail: dict[str, Any] = {}
 
 
 class TimelineEntry(msgspec.Struct, kw_only=True, frozen=True):
@@ -139,6 +188,10 @@ class IncidentSummary(msgspec.Struct, kw_only=True, frozen=True):
     last_seen: dt.datetime
     discovered_at: dt.datetime
     updated_at: dt.datetime
+    economic_loss: float | None = None  # yuan; None while unknown
+    cii: bool = False
+    dismissal_reason: str | None = None
+    merged_into: str | None = None
 
 
 class AlertBrief(msgspec.Struct, kw_only=True, frozen=True):

@@ -17,7 +17,8 @@ from auditd.correlate.timeline import read_timeline, verify_timeline
 
 _SUMMARY_COLUMNS = (
     "incident_id, title, tier, status, severity, actor, assignee, alert_count, affected_count,"
-    " sensitive, band, categories, first_seen, last_seen, discovered_at, updated_at"
+    " sensitive, band, categories, first_seen, last_seen, discovered_at, updated_at,"
+    " economic_loss, cii, dismissal_reason, merged_into"
 )
 _list_decoder = msgspec.json.Decoder(tuple[str, ...])
 
@@ -27,13 +28,16 @@ _brief_decoder = msgspec.json.Decoder(AlertBrief)  # the part of a stored Alert 
 
 def _summary(row: tuple[Any, ...]) -> IncidentSummary:
     (incident_id, title, tier, status, severity, actor, assignee, alert_count, affected_count,
-     sensitive, band, categories, first_seen, last_seen, discovered_at, updated_at) = row
+     sensitive, band, categories, first_seen, last_seen, discovered_at, updated_at,
+     economic_loss, cii, dismissal_reason, merged_into) = row
     return IncidentSummary(
         incident_id=incident_id, title=title, tier=tier, status=status, severity=severity,
         actor=actor, assignee=assignee, alert_count=alert_count, affected_count=affected_count,
         sensitive=bool(sensitive), band=band, categories=_list_decoder.decode(categories),
         first_seen=from_db(first_seen), last_seen=from_db(last_seen),
         discovered_at=from_db(discovered_at), updated_at=from_db(updated_at),
+        economic_loss=economic_loss, cii=bool(cii), dismissal_reason=dismissal_reason,
+        merged_into=merged_into,
     )
 
 

@@ -49,11 +49,24 @@ class TierSettings:
     by_severity: dict[Literal["info", "low", "medium", "high", "critical"], Tier] = field(
         default_factory=lambda: {"critical": "T4", "high": "T5"}
     )
+    # DESIGN.md's tier table (CAC grading guide): people whose PI leaked, for a leak ...
+    people: dict[Tier, int] = field(
+        default_factory=lambda: {"T1": 100_000_000, "T2": 10_000_000, "T3": 1_000_000})
+    # ... and economic loss in yuan, for any incident once a person has set it
+    loss_yuan: dict[Tier, float] = field(
+        default_factory=lambda: {"T1": 100_000_000.0, "T2": 20_000_000.0, "T3": 5_000_000.0})
+    # the lowest tier an incident on critical information infrastructure may have; None:
+    # the flag only shortens the regulator clock (1 h instead of 4 h)
+    cii_floor: Tier | None = None
 
     def check(self) -> Iterable[tuple[str | tuple[str | int, ...], str]]:
         for severity in self.by_severity:
             if severity not in SEVERITIES:
                 yield ("by_severity", severity), f"unknown severity '{severity}' (valid: {', '.join(SEVERITIES)})"
+        for name in ("people", "loss_yuan"):
+            for tier, threshold in getattr(self, name).items():
+                if threshold <= 0:
+                    yield (name, tier), "must be more than 0"
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,10 @@ class EmployeeSpec:
     departure: dt.date | dt.datetime | None = None
     account_enabled: bool = True
     account_disabled_at: dt.datetime | None = None
+    # the employee's own e-mail and phone: a customer contact that matches them is never
+    # sent an incident notice about this employee (the suspected insider)
+    email: str | None = None
+    phone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,7 @@ class _Builder:
                 id=spec.id, name=spec.name, assignments=assignments, store=spec.store, region=region,
                 shift=shift, status=spec.status, hired_at=hired_at, departure=departure,
                 account_enabled=spec.account_enabled, account_disabled_at=spec.account_disabled_at,
+                email=spec.email, phone=spec.phone,
             )
 
     def _employee_region(self, doc: Doc, path: PathKey, spec: EmployeeSpec) -> str | None:

@@ -131,6 +131,8 @@ class Employee:
     departure: dt.datetime | None  # the first instant at which they are gone
     account_enabled: bool
     account_disabled_at: dt.datetime | None
+    email: str | None = None  # staff data; respond keeps the insider's own contacts off notices
+    phone: str | None = None
     # POSIX instants at which employee_as_of changes its answer, sorted
     transitions: tuple[float, ...] = field(init=False, repr=False, compare=False)
 

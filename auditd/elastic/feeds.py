@@ -12,7 +12,8 @@ never skipped; its deterministic ids make the second send a no-op in Elasticsear
 - incidents: the incidents index is a replica of correlate's incidents, fed by the
   incident change log (consumer ``elastic.incidents``, its cursor moved in the same
   transaction that records the page). Each changed incident's snapshot is written under
-  its fleet key with ``version = timeline_seq`` (external_gte), so an older snapshot
+  its fleet key with ``version = timeline_seq`` less the respond stage's step traces
+  (each daemon runs its own playbooks) (external_gte), so an older snapshot
   never replaces a newer one and a repeat changes nothing; daemons that saw the same
   episode write the same document.
 """
@@ -240,12 +241,16 @@ class IncidentFeed:
             last = seq  # the snapshot read below is at least as new as this change
         columns = ", ".join(INCIDENT_COLUMNS)
         marks = ",".join("?" * len(wanted))
-        rows = conn.execute(f"SELECT {columns} FROM incidents WHERE incident_id IN ({marks})", list(wanted)).fetchall()
+        rows = conn.execute(f"SELECT {columns}, step_entries FROM incidents WHERE incident_id IN ({marks})",
+                            list(wanted)).fetchall()
         items: list[Item] = []
-        for row in rows:
+        for *values, step_entries in rows:
+            row = tuple(values)
             document = incident_document(row, agent=self.agent)
             doc_id = document["neo"]["incident"]["id"]
-            version = row[INCIDENT_COLUMNS.index("timeline_seq")]
+            # each daemon traces its own playbook steps on its timeline: they do not count,
+            # so the daemon that saw more of the episode is the newer snapshot
+            version = row[INCIDENT_COLUMNS.index("timeline_seq")] - step_entries
             action = (b'{"index":{"_id":' + encode(doc_id) + b',"version":' + str(version).encode()
                       + b',"version_type":"external_gte"}}')
             items.append(Item(len(items), doc_id, action, encode(document)))

@@ -44,7 +44,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from auditd.ops.shipping import STATES, read_backlog
-from auditd.ops.status import FileLag, connect_readonly, incident_counts, rule_state
+from auditd.ops.status import FileLag, connect_readonly, incident_counts, overdue_steps, rule_state
 from auditd.sources.base import SourceReport
 from auditd.sources.guard import REASONS
 from auditd.workdays import WorkingCalendar, coverage
@@ -229,7 +229,7 @@ class Metrics:
 
 # -- collectors ------------------------------------------------------------------------------
 class StoreCollector(Collector):
-    """Incidents, read from the store at each scrape."""
+    """Incidents, rule state and overdue playbook steps, read from the store at each scrape."""
 
     def __init__(self, store_path: Path, clock: Callable[[], float]) -> None:
         self._store_path = store_path
@@ -241,7 +241,7 @@ class StoreCollector(Collector):
         success = GaugeMetricFamily(PREFIX + "store_scrape_success",
                                     "1 if the store-backed metrics could be read at this scrape.")
         try:
-            counts, states = self._read(now)
+            counts, states, overdue = self._read(now)
         except sqlite3.Error as exc:
             # Absent series look like "all clear" to many alerts: say plainly that we could not read.
             if not self._failing:
@@ -256,6 +256,9 @@ class StoreCollector(Collector):
         for tier, status, count in counts:
             incidents.add_metric([tier, status], count)
         yield incidents
+        if overdue is not None:  # None: the steps could not be counted (logged)
+            yield GaugeMetricFamily(PREFIX + "playbook_steps_overdue",
+                                    "Playbook steps open past their due time.", value=overdue)
         keys = GaugeMetricFamily(PREFIX + "rule_state_keys", "Keys a stateful rule holds in its state.",
                                  labels=["rule", "state_version"])
         evicted = CounterMetricFamily(PREFIX + "rule_state_evicted", "Keys a stateful rule evicted over its cap "
@@ -273,11 +276,11 @@ class StoreCollector(Collector):
         success.add_metric([], 1)
         yield success
 
-    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], list]:
+    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], list, int | None]:
         # A fresh connection per scrape: scrapes are rare, and it never pins an old snapshot.
         conn = connect_readonly(self._store_path, timeout_s=1.0)
         try:
-            return incident_counts(conn), rule_state(conn)
+            return incident_counts(conn), rule_state(conn), overdue_steps(conn, now)
         finally:
             conn.close()
 

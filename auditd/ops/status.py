@@ -34,6 +34,7 @@ from auditd.sources.base import SourceReport
 from auditd.sources.identity import FileIdentity
 from auditd.store.health import read_check
 from auditd.store.sqlite import SOURCE_REPORT_KEY
+from auditd.store.times import to_db
 from auditd.workdays import YearCoverage, coverage, load_calendar, uncovered
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("neo_auditd.status")
 
+# The respond stage's steps (store migration 0008): a step is overdue while it is open
+# (no closed_at) past its due_at; times are the store's fixed-width text, so text order
+# is time order.
+STEPS_TABLE = "playbook_steps"
+_OVERDUE_STEPS = f"SELECT COUNT(*) FROM {STEPS_TABLE} WHERE closed_at IS NULL AND due_at < ?"
 LAST_RELOAD_KEY = "last_reload"  # meta row the daemon writes after every load or reload
 MAX_ERROR_CHARS = 2000
 
@@ -138,6 +144,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     sources: list[SourceStatus]
     rules_loaded: int | None
     open_incidents: dict[str, int]  # tier -> incidents in an active status
+    playbook_steps_overdue: int | None = None  # None: the steps table could not be read
     last_reload: ReloadStatus | None
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
@@ -205,6 +212,18 @@ def open_incidents_by_tier(counts: Iterable[tuple[str, str, int]]) -> dict[str, 
         if status in ACTIVE_STATUSES:
             out[tier] = out.get(tier, 0) + count
     return dict(sorted(out.items()))
+
+
+def overdue_steps(conn: sqlite3.Connection, now: dt.datetime) -> int | None:
+    """Playbook steps open past their due time; None when they cannot be counted."""
+    if not table_exists(conn, STEPS_TABLE):
+        return 0  # a store from before the respond stage: nothing is due yet
+    try:
+        return int(conn.execute(_OVERDUE_STEPS, (to_db(now),)).fetchone()[0])
+    except sqlite3.OperationalError as exc:
+        # never a reassuring 0 when the count is unknown
+        log.warning("cannot count overdue playbook steps", extra={"error": str(exc)})
+        return None
 
 
 def file_lags(conn: sqlite3.Connection) -> list[FileLag]:
@@ -277,6 +296,7 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             sources=_sources(conn, configured),
             rules_loaded=rules_loaded,
             open_incidents=open_incidents_by_tier(incident_counts(conn)),
+            playbook_steps_overdue=overdue_steps(conn, now),
             last_reload=last_reload,
             rule_state=rule_state(conn),
             jobs=job_runs(conn),
@@ -389,6 +409,8 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
     if status.elasticsearch is not None:
         lines += [""] + _elastic_lines(status.elasticsearch, status.generated_at, zone)
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
+    overdue = status.playbook_steps_overdue
+    lines.append(f"overdue playbook steps: {'unknown' if overdue is None else overdue}")
     if status.rule_state:
         lines += ["", "rule state (evicted keys are detections missed: raise the rule's max_keys):"]
         lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),

@@ -1,4 +1,4 @@
--- 0007: runtime suppressions (`neo-auditd suppress add|list|remove`): the rule files'
+-- 0009: runtime suppressions (`neo-auditd suppress add|list|remove`): the rule files'
 -- `exceptions` for what cannot wait for a rule change, with the same fields (what to
 -- match, owner, reason, expiry), kept here so that every host's daemon and `status`
 -- see them. A removed suppression keeps its row (who removed it and when).

@@ -1,0 +1,236 @@
+"""Who the affected people are, and how to reach them: resolved, never stored.
+
+The store holds customers' pseudonyms only. A notice finds its person through a
+contact source, looked up by pseudonym at the moment the per-recipient file is
+rendered:
+
+- a CSV (``customer_id,name,language,channel,address``), pseudonymised with the
+  daemon's own key as it is loaded: the table kept in memory is keyed by pseudonym, and
+  the raw customer id is dropped there and then;
+- or an HTTP endpoint asked by pseudonym (GET, JSON ``{name, language, channel,
+  address}``, 404 for unknown).
+
+The raw name and address go into that one file (mode 0600, under the state directory)
+and nowhere else: not the store, not a log line, not a metric. The store keeps
+``contact:<pseudonym>:<channel>`` as the reference.
+
+Exports whose access-log line does not list every customer (the example app lists 50)
+are completed by the export manifest the source system writes: JSON lines
+``{"req": "r-1", "customers": ["C00000001", ...]}`` or CSV ``req,customer_id``,
+pseudonymised as they are read.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import re
+import stat
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from auditd.config.located import Doc, PathKey, Problems
+from auditd.errors import ConfigProblem, Location
+from auditd.respond.settings import CHANNELS, LANGUAGES, ContactSettings, ManifestSettings
+
+log = logging.getLogger("neo_auditd.respond")
+
+CSV_COLUMNS = ("customer_id", "name", "language", "channel", "address")
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+class ContactError(Exception):
+    """The contact source could not answer (an HTTP error, a timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    name: str
+    language: str
+    channel: str
+    address: str
+
+    def __repr__(self) -> str:  # never print a person's data by accident
+        return f"Contact(language={self.language!r}, channel={self.channel!r})"
+
+
+def normalise_address(address: str) -> str:
+    """For comparing an address with the directory's: e-mail lower-cased, phones as digits."""
+    address = address.strip().lower()
+    if "@" in address:
+        return address
+    digits = re.sub(r"\D", "", address)
+    return digits[-11:] if len(digits) >= 11 else digits
+
+
+def open_regular(path: Path) -> bytes:
+    """Read a file without following a link and without blocking on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class ContactBook:
+    """Contacts by pseudonym: from a CSV loaded at start (and reload), or an endpoint."""
+
+    def __init__(self, table: dict[str, Contact] | None = None, *, http_url: str | None = None,
+                 timeout_s: float = 5.0):
+        self._table = table or {}
+        self._url = http_url
+        self._timeout = timeout_s
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def lookup(self, pseudonym: str) -> Contact | None:
+        if self._url is None:
+            return self._table.get(pseudonym)
+        url = self._url.replace("{pseudonym}", urllib.parse.quote(pseudonym, safe=""))
+        try:
+            with urllib.request.urlopen(url, timeout=self._timeout) as response:
+                body = json.loads(response.read(1 << 16))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise ContactError(f"contact endpoint answered HTTP {exc.code}") from None
+        except (OSError, ValueError) as exc:
+            raise ContactError(f"contact endpoint failed: {type(exc).__name__}") from None
+        return _contact_from(body)
+
+
+def _contact_from(body: object) -> Contact | None:
+    if not isinstance(body, dict):
+        return None
+    values = {k: body.get(k) for k in ("name", "language", "channel", "address")}
+    if not all(isinstance(v, str) and v.strip() for v in values.values()):
+        return None
+    if values["language"] not in LANGUAGES or values["channel"] not in CHANNELS:
+        return None
+    return Contact(values["name"].strip(), values["language"], values["channel"], values["address"].strip())
+
+
+def load_contacts(settings: ContactSettings | None, pseudonymise: Callable[[str], str], problems: Problems, *,
+                  referrer: Doc | None = None, key_path: PathKey = ("respond", "contacts")) -> ContactBook:
+    if settings is None:
+        return ContactBook()
+    if settings.http is not None:
+        return ContactBook(http_url=settings.http.url, timeout_s=settings.http.timeout_s)
+    assert settings.csv is not None
+    try:
+        text = open_regular(settings.csv).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(referrer, key_path + ("csv",), f"cannot read {settings.csv}: {exc}")
+        return ContactBook()
+    return ContactBook(_parse_csv(text, str(settings.csv), pseudonymise, problems))
+
+
+def _parse_csv(text: str, file: str, pseudonymise: Callable[[str], str], problems: Problems) -> dict[str, Contact]:
+    table: dict[str, Contact] = {}
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != CSV_COLUMNS:
+        problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"the header must be {','.join(CSV_COLUMNS)}"))
+        return table
+    reported = 0
+    for row in reader:
+        line = reader.line_num
+        problem = _row_problem(row)
+        if problem is not None:
+            if reported < 20:  # name the line and column, never the person's data
+                problems.items.append(ConfigProblem(Location(file, line, 1), problem[0], problem[1]))
+            reported += 1
+            continue
+        customer, name, language, channel, address = (v.strip() for v in row)
+        table[pseudonymise(customer)] = Contact(name, language, channel, address)
+    if reported > 20:
+        problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"{reported - 20} more bad rows"))
+    return table
+
+
+def _row_problem(row: list[str]) -> tuple[str, str] | None:
+    if len(row) != len(CSV_COLUMNS):
+        return "", f"expected {len(CSV_COLUMNS)} columns, found {len(row)}"
+    for column, value in zip(CSV_COLUMNS, row):
+        if not value.strip():
+            return column, "must not be empty"
+    if row[2].strip() not in LANGUAGES:
+        return "language", f"unknown language (valid: {', '.join(LANGUAGES)})"
+    if row[3].strip() not in CHANNELS:
+        return "channel", f"unknown channel (valid: {', '.join(CHANNELS)})"
+    return None
+
+
+@dataclass
+class ManifestRead:
+    customers: dict[str, set[str]]  # request id -> pseudonyms
+    bad_lines: int = 0
+    unreadable_files: int = 0
+
+
+def read_manifests(manifests: Iterable[ManifestSettings], requests: set[str],
+                   pseudonymise: Callable[[str], str]) -> ManifestRead:
+    """The customers of these request ids, from every configured manifest; bad lines
+    and unreadable files are counted, never fatal."""
+    out = ManifestRead({})
+    if not requests:
+        return out
+    for manifest in manifests:
+        for pattern in manifest.paths:
+            for name in sorted(glob.glob(str(pattern))):
+                try:
+                    text = open_regular(Path(name)).decode("utf-8", errors="replace")
+                except OSError:
+                    out.unreadable_files += 1
+                    continue
+                reader = _jsonl_rows if manifest.format == "jsonl" else _csv_rows
+                for req, customers in reader(text, out):
+                    if req in requests:
+                        out.customers.setdefault(req, set()).update(pseudonymise(c) for c in customers)
+    return out
+
+
+def _jsonl_rows(text: str, out: ManifestRead) -> Iterable[tuple[str, list[str]]]:
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            req, customers = row["req"], row["customers"]
+            if not isinstance(req, str) or not isinstance(customers, list) or \
+                    not all(isinstance(c, str) and c for c in customers):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            out.bad_lines += 1
+            continue
+        yield req, customers
+
+
+def _csv_rows(text: str, out: ManifestRead) -> Iterable[tuple[str, list[str]]]:
+    for row in csv.reader(io.StringIO(text, newline="")):
+        if row == ["req", "customer_id"]:
+            continue
+        if len(row) != 2 or not row[0] or not row[1]:
+            out.bad_lines += 1
+            continue
+        yield row[0], [row[1]]

@@ -1,0 +1,87 @@
+"""Containment actions: a configured command or webhook, given the incident's values as data.
+
+The values (the actor's user id, the incident id, ...) come from log lines that an
+attacker can write, so they never become part of a command line: the command is the
+configured argv list, run without a shell (``subprocess`` with a list, ``shell=False``),
+and the values reach it in its environment (``NEO_*``) and as JSON on stdin. The
+environment is otherwise only PATH and LANG: nothing of the daemon's leaks into it.
+A command that outlives its timeout is killed with its whole process group, and the
+step is marked failed. The exit status goes on the incident's timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from auditd.respond.settings import ContainAction
+
+OUTPUT_LIMIT = 2000  # characters of stdout/stderr kept on the timeline
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    detail: dict[str, Any]  # exit status or HTTP status, timed out, a little output
+
+
+def payload(incident_id: str, step_id: str, actor: str | None, tier: str, categories: tuple[str, ...]) -> dict:
+    return {"incident_id": incident_id, "step": step_id, "actor": actor, "tier": tier,
+            "categories": list(categories)}
+
+
+def run_action(action: ContainAction, values: dict[str, Any]) -> Outcome:
+    if action.command is not None:
+        return run_command(action.command, values, action.timeout_s)
+    assert action.webhook is not None
+    return call_webhook(action.webhook.url, values, action.timeout_s)
+
+
+def run_command(argv: list[str], values: dict[str, Any], timeout_s: float) -> Outcome:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+           "NEO_INCIDENT_ID": str(values.get("incident_id") or ""), "NEO_STEP": str(values.get("step") or ""),
+           "NEO_ACTOR": str(values.get("actor") or ""), "NEO_TIER": str(values.get("tier") or "")}
+    data = json.dumps(values, ensure_ascii=False).encode("utf-8")
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, shell=False, start_new_session=True, close_fds=True)
+    except OSError as exc:
+        return Outcome(False, {"error": f"cannot start {argv[0]}: {exc.strerror or exc}"})
+    try:
+        out, err = proc.communicate(data, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        return Outcome(False, {"timed_out": True, "timeout_s": timeout_s, "exit_status": proc.returncode,
+                               "seconds": round(time.monotonic() - started, 3)})
+    return Outcome(proc.returncode == 0, {
+        "exit_status": proc.returncode, "seconds": round(time.monotonic() - started, 3),
+        "stdout": out.decode("utf-8", "replace")[:OUTPUT_LIMIT], "stderr": err.decode("utf-8", "replace")[:OUTPUT_LIMIT],
+    })
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is its children too
+    except ProcessLookupError:
+        pass
+
+
+def call_webhook(url: str, values: dict[str, Any], timeout_s: float) -> Outcome:
+    request = urllib.request.Request(url, data=json.dumps(values, ensure_ascii=False).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return Outcome(200 <= response.status < 300, {"http_status": response.status})
+    except urllib.error.HTTPError as exc:
+        return Outcome(False, {"http_status": exc.code})
+    except (OSError, ValueError) as exc:
+        return Outcome(False, {"error": f"{type(exc).__name__}: {exc}"[:OUTPUT_LIMIT]})
