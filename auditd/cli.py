@@ -11,6 +11,7 @@ import msgspec
 
 from auditd import __version__
 from auditd.errors import EX_CONFIG, ConfigError, StoreFormatError
+from auditd.ops.privacy import make_private
 from auditd.store.health import StoreDamaged
 
 DESCRIPTION = """\
@@ -85,9 +86,9 @@ def cmd_check(args) -> int:
         "sources": [s.name for s in runtime.settings.sources],
         "rules": len(runtime.ruleset),
         "employees": len(runtime.directory) if runtime.directory is not None else 0,
-        "warnings": [str(w) for w in warnings],
+        "warnings": [str(w) for w in (*runtime.warnings, *warnings)],
     }
-    _print_warnings(warnings)
+    _print_warnings([*runtime.warnings, *warnings])
     if args.json:
         _json_out(summary)
     else:
@@ -977,6 +978,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Everything this program creates (store, WAL, quarantine, keys, reviews) holds or
+    # guards personal information: its user's alone, also outside systemd's UMask=0077.
+    make_private()
     try:
         return args.func(args)
     except StoreFormatError as exc:  # a newer version's store: restarting will not help

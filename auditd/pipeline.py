@@ -10,6 +10,7 @@ import datetime as dt
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from auditd.decode.quarantine import Quarantined
 from auditd.decode.normalise import UNMAPPED_LABEL
@@ -57,6 +58,8 @@ class Pipeline:
         self.metrics = metrics
         self.totals = Totals()
         self._suppressions_seen: tuple[object, tuple[int, int]] | None = None
+        # called after each chunk went through the stages: proof of life for the watchdog
+        self.on_progress: Callable[[], None] | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -83,7 +86,8 @@ class Pipeline:
         self.refresh_suppressions(runtime)
         segment = Segment(encode=self.store.keep_events)
         try:
-            cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(runtime, batch, segment)
+            cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(
+                runtime, batch, segment, self.on_progress)
             detected = time.perf_counter()
             latest, n_events = segment.last, segment.count
             with self.store.transaction() as conn:
@@ -123,8 +127,8 @@ class Pipeline:
                 self.metrics.unmapped_actions(batch.source, unmapped)
 
     @staticmethod
-    def _stages(runtime: Runtime, batch: Batch,
-                segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float, Counter]:
+    def _stages(runtime: Runtime, batch: Batch, segment: Segment, progress: Callable[[], None] | None = None,
+                ) -> tuple[list, list[Quarantined], int, list[Alert], float, Counter]:
         """Normalise, enrich, detect and encode for the store, a chunk of the batch at a
         time: every stage walks the events, and a chunk's events stay in the CPU's caches
         from one stage to the next (a whole batch's do not). The events' order, and so
@@ -164,6 +168,8 @@ class Pipeline:
                 cited += _cited(chunk, chunk_alerts)
             quarantined += chunk_quarantined
             skipped += chunk_skipped
+            if progress is not None:
+                progress()
         return cited, quarantined, skipped, alerts, eval_seconds, unmapped
 
     def tick(self, now: dt.datetime) -> list[Alert]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -21,13 +23,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from auditd import __version__
 from auditd.detect.kinds import KINDS, RuleKind
 from auditd.directory import DirectoryWatcher, load_directory
-from auditd.errors import ConfigError
+from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.jobs import JobContext, JobRunner, job_specs
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
+from auditd.ops.privacy import make_private, store_files, tighten
 from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
 from auditd.ops.status import file_lags, record_reload
+from auditd.ops.watchdog import Watchdog
 from auditd.pipeline import Pipeline
 from auditd.runtime import Runtime, load_runtime
 from auditd.sources.tail import FileTailer, ReplaySource
@@ -37,6 +41,8 @@ from auditd.store.health import CheckReport
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
+IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
+EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 
 log = logging.getLogger("neo_auditd.service")
@@ -105,7 +111,8 @@ class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, store: Store, quarantine: QuarantineFile,
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
-                 kinds: Mapping[str, RuleKind] = KINDS):
+                 kinds: Mapping[str, RuleKind] = KINDS, stop_timeout_s: float | None = None,
+                 exit_now: Callable[[int], None] = os._exit):
         self.config_path = config_path
         self.kinds = kinds  # the rule kinds a reload builds with
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
@@ -117,6 +124,7 @@ class Daemon:
         self.directory_watcher = self._watch_directory(runtime)
         self.on_batch = on_batch
         self.exit_code = 0
+        self._exit_now = exit_now
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._tick = threading.Event()
@@ -125,10 +133,13 @@ class Daemon:
         self.tailers: dict[str, FileTailer] = {}
         self.last_reload_ok: bool | None = None
         self.last_reload_error: str | None = None
-        self._last_ping = 0.0
-        interval = notifier.watchdog_interval() if notifier else None
-        # ping at half the watchdog interval, also while catching up a backlog
-        self._ping_every = interval.total_seconds() / 2 if interval else None
+        # pinged only on proof of life (a chunk done, nothing to read), never by a timer; a
+        # loop that waits on purpose (storage back pressure) calls watchdog.holding_back(why)
+        self.watchdog = Watchdog(notifier)
+        self.pipeline.on_progress = self.watchdog.progressed
+        self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else \
+            runtime.settings.pipeline.stop_timeout_s
+        self._stopped = threading.Event()
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -144,6 +155,26 @@ class Daemon:
     def store_damaged(self, report: CheckReport) -> None:
         """From the background store check: stop; systemd does not restart on 65."""
         self.request_stop(health.EX_DATAERR)
+
+    def arm_stop_timeout(self) -> None:
+        """From now on, a stop that takes longer than `stop_timeout_s` ends the process
+        (the owner of the process calls this; `finished` disarms it)."""
+        threading.Thread(target=self._enforce_stop_timeout, name="stop-timeout", daemon=True).start()
+
+    def _enforce_stop_timeout(self) -> None:
+        """Once a stop is asked for, end the process after `stop_timeout_s` even if a
+        stage is wedged mid-batch (an assignment server that never answers, a stuck
+        lookup). Safe: the batch in flight is not committed, so its lines are read again
+        at the next start, as after kill -9; systemd would SIGKILL it a little later."""
+        self._stop.wait()
+        if self._stopped.wait(self.stop_timeout_s):
+            return
+        log.error("stop timed out: a stage is stuck mid-batch; exiting without it (its lines are read "
+                  "again at the next start)", extra={"stop_timeout_s": self.stop_timeout_s})
+        if self.notifier:
+            self.notifier.stopping()
+        logging.shutdown()
+        self._exit_now(EXIT_STOP_TIMEOUT)
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -189,6 +220,10 @@ class Daemon:
         log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code})
         return self.exit_code
 
+    def finished(self) -> None:
+        """Everything is closed: the stop timeout has nothing left to cut short."""
+        self._stopped.set()
+
     def _pump(self) -> bool:
         """Process one round of every source; True if anything was read."""
         batch_records = self.pipeline.runtime.settings.pipeline.batch_records
@@ -198,15 +233,17 @@ class Daemon:
                 if batch.records or batch.checkpoint:
                     self.pipeline.handle(batch)
                     worked = worked or bool(batch.records)
+                    self.watchdog.progressed()
                 if self.on_batch:
                     self.on_batch(self.pipeline)
                 self._keepalive()
         return worked
 
     def _idle(self) -> None:
+        self.watchdog.idle()  # nothing to read: waiting, not stuck
         sources = _all_sources(self.pipeline.runtime).values()
         timeout = min((s.poll_interval_s for s in sources), default=1.0)
-        self._wake.wait(timeout)
+        self._wake.wait(min(timeout, IDLE_WAKE_S, self.watchdog.every or IDLE_WAKE_S))
         self._wake.clear()
 
     @staticmethod
@@ -256,9 +293,6 @@ class Daemon:
         if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             self.metrics.set_lags(file_lags(self.store.conn))
-        if self._ping_every is not None and now - self._last_ping >= self._ping_every:
-            self._last_ping = now
-            self.notifier.watchdog()
 
     def _start_tailers(self, runtime: Runtime, first_start: bool) -> None:
         for source in runtime.settings.sources:
@@ -289,16 +323,22 @@ class Daemon:
             self.last_reload_ok, self.last_reload_error = False, str(exc)
             log.error("reload rejected; the previous configuration keeps running",
                       extra={"problems": [str(p) for p in exc.problems]})
+        except Exception as exc:  # a loader bug must not take the running daemon down with it
+            self.last_reload_ok, self.last_reload_error = False, f"{type(exc).__name__}: {exc}"
+            log.exception("reload failed; the previous configuration keeps running")
         else:
             self._swap(runtime)
             self.last_reload_ok, self.last_reload_error = True, None
             log.info("reloaded", extra={"rules": len(runtime.ruleset)})
+            _log_warnings(runtime)
         record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
                       self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
         if self.metrics is not None:
             self.metrics.reload_result(self.last_reload_ok)
         if self.notifier:
             self.notifier.ready()
+            first = (self.last_reload_error or "").split("\n")[0]
+            self.notifier.status("running" if self.last_reload_ok else f"reload refused, previous set running: {first}")
 
     def _swap(self, runtime: Runtime) -> None:
         old_sources = _all_sources(self.pipeline.runtime)
@@ -311,6 +351,11 @@ class Daemon:
         self._start_tailers(runtime, first_start=False)
         if self.jobs is not None:
             self.jobs.reschedule(job_specs(runtime.settings))
+
+
+def _log_warnings(runtime: Runtime) -> None:
+    for warning in runtime.warnings:
+        log.warning("configuration warning", extra={"warning": str(warning)})
 
 
 def _all_sources(runtime: Runtime) -> dict[str, object]:
@@ -382,12 +427,19 @@ def _current_directory(daemon: Daemon):
 def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[str, RuleKind] = KINDS,
           new_store: bool = False) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
+    make_private()  # umask 077, also when started by hand rather than by the unit
     runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
+    _log_warnings(runtime)
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
     damage = _DamageRelay()  # a background store check may finish before the daemon exists
-    store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
+    try:
+        store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
+    except (OSError, sqlite3.Error) as exc:  # checked by `check`, but the disk may have changed since
+        raise ConfigError([ConfigProblem(Location(str(config_path), 0, 0), "state_dir",
+                                         f"cannot open the store: {exc}")]) from None
+    tighten(store_files(store.path) + [quarantine.path])  # files an earlier start left under umask 022
     metrics = Metrics(store.path)
     metrics.declare_sources(_all_sources(runtime))
     if ops.metrics.enabled:
@@ -407,6 +459,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
     damage.connect(daemon.store_damaged)
+    daemon.arm_stop_timeout()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
@@ -421,6 +474,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
             cluster.stop()
         metrics.stop()
         store.close()
+        daemon.finished()
 
 
 def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,

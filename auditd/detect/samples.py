@@ -164,6 +164,10 @@ def sample_event(raw: dict[str, Any], doc: Doc, path: PathKey, problems: Problem
     kwargs: dict[str, Any] = {"event_id": event_id}
     for name, value, where in _flatten(raw, "", path, doc, problems):
         spec = FIELDS[name]
+        rewritten = _rewritten_by_yaml(spec, value, doc, where)
+        if rewritten:
+            problems.add(doc, rewritten[0], rewritten[1])
+            continue
         typed = _typed(spec, value, zone)
         if typed is _BAD:
             problems.add(doc, where, f"'{name}' is {_KIND_WORDS[spec.kind]}, got {value!r}")
@@ -209,6 +213,21 @@ def _merge_labels(items: list[tuple[str, Any, PathKey]]) -> list[tuple[str, Any,
     return rest + [("labels", merged, labels[0][2])]
 
 
+def _rewritten_by_yaml(spec: FieldSpec, value: Any, doc: Doc, where: PathKey) -> tuple[PathKey, str] | None:
+    """(where, why) for a text value that YAML 1.1 turned into something else (00123 -> 83)."""
+    if spec.kind in ("str", "ip"):
+        cells = [(where, value)]
+    elif spec.kind == "list":
+        cells = [(where + (i,), v) for i, v in enumerate(value)] if isinstance(value, list) else [(where, value)]
+    else:
+        return None
+    for cell_where, cell in cells:
+        _, why = doc.read_as_text(cell_where, cell)
+        if why:
+            return cell_where, why
+    return None
+
+
 _BAD: Any = object()
 _KIND_WORDS = {"str": "text", "ip": "an address", "int": "a number", "bool": "true or false",
                "time": "an ISO 8601 time", "list": "a list of text", "map": "a mapping of text"}
@@ -225,7 +244,7 @@ def _typed(spec: FieldSpec, value: Any, zone: tzinfo) -> Any:
     if kind == "time":
         try:
             return parse_time(value, zone) if isinstance(value, (str, dt.datetime)) else _BAD
-        except ValueError:
+        except (ValueError, OverflowError):
             return _BAD
     if kind == "list":
         items = value if isinstance(value, list) else [value]

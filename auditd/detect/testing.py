@@ -140,7 +140,7 @@ def run_rule_tests(paths: Iterable[Path | str], *, categories: Categories | None
     problems = Problems()
     ruleset = load_rules(paths, problems, categories=categories, zone=zone)
     if problems:
-        return Report(EX_CONFIG, format_problems(problems.items, as_json=as_json))
+        return Report(EX_CONFIG, format_problems(problems.shown, as_json=as_json))
     results = run_samples(ruleset)
     warnings = check_rules(ruleset, today or dt.datetime.now(zone).date())
     render = report_json if as_json else render_report
