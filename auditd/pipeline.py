@@ -20,6 +20,7 @@ from auditd.event import OTHER_ACTION
 from auditd.runtime import Runtime
 from auditd.sources.base import NO_FILE, Batch
 from auditd.store.quarantine_file import QuarantineFile
+from auditd.store.pressure import MirrorBehind, StorageUnavailable, hold_reason
 from auditd.store.sqlite import Segment, Store
 
 CHUNK_RECORDS = 256  # records a chunk takes through the stages: its events stay in the CPU caches
@@ -109,17 +110,31 @@ class Pipeline:
                     conn, batch.source, events=n_events, quarantined=len(quarantined),
                     skipped=skipped, last_event_at=latest,
                 )
-        except BaseException:
-            runtime.state.discard()  # the batch will be read again, against the stored state
+        except BaseException as exc:
+            runtime.state.discard()  # the batch will be handled again, against the stored state
+            reason = hold_reason(exc)
+            if reason is not None:  # a full or read-only disk: nothing of the batch was kept
+                raise StorageUnavailable(reason) from exc
             raise
         committed = time.perf_counter()
-        self.quarantine_file.append(quarantined)
         self._count(batch, n_events, quarantined, skipped, alerts, changes, unmapped)
+        self._observe(batch, n_events, quarantined, skipped, alerts, eval_seconds, committed - detected, latest,
+                      unmapped)
+        try:
+            self.quarantine_file.append(quarantined)
+        except OSError as exc:  # committed already: the file catches up from the table later
+            reason = hold_reason(exc)
+            if reason is None:
+                raise
+            raise MirrorBehind(f"the quarantine file cannot be written: {reason}") from exc
+
+    def _observe(self, batch: Batch, n_events: int, quarantined: list[Quarantined], skipped: int,
+                 alerts: list[Alert], eval_seconds: float, commit_seconds: float, latest, unmapped: Counter) -> None:
         if self.metrics is not None:
             self.metrics.observe_batch(
                 batch.source, events=n_events, quarantined=len(quarantined), skipped=skipped,
                 alerts_by_rule=Counter(a.rule_id for a in alerts), eval_seconds=eval_seconds,
-                commit_seconds=committed - detected, last_event_ts=latest,
+                commit_seconds=commit_seconds, last_event_ts=latest,
             )
             if batch.report is not None:
                 self.metrics.observe_source_report(batch.source, batch.report)
@@ -181,8 +196,11 @@ class Pipeline:
                 alerts = runtime.ruleset.tick(now)
                 changes = runtime.correlator.apply(conn, alerts) if alerts else []
                 runtime.state.flush(conn)
-        except BaseException:
+        except BaseException as exc:
             runtime.state.discard()
+            reason = hold_reason(exc)
+            if reason is not None:
+                raise StorageUnavailable(reason) from exc
             raise
         self.totals.alerts += len(alerts)
         for alert in alerts:

@@ -27,6 +27,7 @@ from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.jobs import JobContext, JobRunner, job_specs
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
+from auditd.ops.runstate import RunState, path_for
 from auditd.ops.privacy import make_private, store_files, tighten
 from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
@@ -38,9 +39,12 @@ from auditd.sources.tail import FileTailer, ReplaySource
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store import health
 from auditd.store.health import CheckReport
+from auditd.store.pressure import MirrorBehind, StorageUnavailable, hold_reason
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
+RUNSTATE_EVERY_S = 30.0
+HOLD_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # between tries while storage refuses writes
 IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
 EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
@@ -56,7 +60,8 @@ def open_store(runtime: Runtime, state_dir: Path | None = None, *, new_store: bo
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
     health.preflight(db_path, new_store=new_store)
-    store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
+    store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events,
+                  max_bytes=settings.store.max_bytes)
     store.open(background_checkpoints=True)
     try:
         health.stamp(store.conn, db_path, new_store=new_store)
@@ -112,7 +117,7 @@ class Daemon:
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
                  kinds: Mapping[str, RuleKind] = KINDS, stop_timeout_s: float | None = None,
-                 exit_now: Callable[[int], None] = os._exit):
+                 exit_now: Callable[[int], None] = os._exit, runstate: RunState | None = None):
         self.config_path = config_path
         self.kinds = kinds  # the rule kinds a reload builds with
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
@@ -140,6 +145,15 @@ class Daemon:
         self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else \
             runtime.settings.pipeline.stop_timeout_s
         self._stopped = threading.Event()
+        # storage back pressure: batches read but not committed, kept until a write works
+        self.runstate = runstate or RunState(path_for(store.path))
+        self.holding_back: str | None = None  # why, while storage cannot be written
+        self._held: list = []
+        self._mirror_behind = False
+        self._hold_started = 0.0
+        self._hold_attempts = 0
+        self._retry_at = 0.0
+        self._last_runstate = 0.0
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -200,23 +214,30 @@ class Daemon:
         self._start_tailers(self.pipeline.runtime, first_start)
         if self.notifier:
             self.notifier.ready()
+        self.runstate.set(state="running", since=_now_text(), reason=None)
         log.info("started", extra={"sources": list(self.tailers)})
         try:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._do_reload()
-                if self._tick.is_set():
+                if self._tick.is_set() and self.holding_back is None:
                     self._tick.clear()
-                    self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
+                    try:
+                        self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
+                    except StorageUnavailable as exc:
+                        self._tick.set()  # the time hooks run again once storage takes writes
+                        self._hold(exc.reason)
                 if not self._pump():
                     self._idle()
                 self._keepalive()
-            self._pump()  # drain what is already readable, then stop with it checkpointed
+            if self.holding_back is None:
+                self._pump()  # drain what is already readable, then stop with it checkpointed
         finally:
             for tailer in self.tailers.values():
                 tailer.stop()
             if self.notifier:
                 self.notifier.stopping()
+            self.runstate.set(state="stopped", since=_now_text(), reason=self.holding_back)
         log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code})
         return self.exit_code
 
@@ -225,22 +246,88 @@ class Daemon:
         self._stopped.set()
 
     def _pump(self) -> bool:
-        """Process one round of every source; True if anything was read."""
+        """Process one round of every source; True if anything was read.
+
+        While storage cannot be written, no source is read: the batches already read are
+        kept and tried again with backoff, so nothing is lost and nothing is read ahead."""
+        if self.holding_back is not None and not self._retry_held():
+            return False
         batch_records = self.pipeline.runtime.settings.pipeline.batch_records
         worked = False
         for tailer in list(self.tailers.values()):
-            for batch in tailer.poll(batch_records):
-                if batch.records or batch.checkpoint:
-                    self.pipeline.handle(batch)
-                    worked = worked or bool(batch.records)
-                    self.watchdog.progressed()
-                if self.on_batch:
-                    self.on_batch(self.pipeline)
+            batches = tailer.poll(batch_records)
+            for i, batch in enumerate(batches):
+                if not self._handle(batch, batches[i + 1:]):
+                    return worked
+                worked = worked or bool(batch.records)
                 self._keepalive()
         return worked
 
+    def _handle(self, batch, rest: list) -> bool:
+        """One batch into the store; False (and holding back) when storage refused it."""
+        try:
+            if batch.records or batch.checkpoint:
+                self.pipeline.handle(batch)
+                self.watchdog.progressed()
+        except StorageUnavailable as exc:  # nothing of it was kept: it is tried again
+            self._held = [batch, *rest]
+            self._hold(exc.reason)
+            return False
+        except MirrorBehind as exc:  # committed; the quarantine file catches up
+            self._held, self._mirror_behind = list(rest), True
+            self._hold(exc.reason)
+            return False
+        if self.on_batch:
+            self.on_batch(self.pipeline)
+        return True
+
+    def _hold(self, reason: str) -> None:
+        now = time.monotonic()
+        if self.holding_back is None:
+            self._hold_started, self._hold_attempts = now, 0
+            log.error("holding back: storage cannot be written; no source is read until it can, nothing is "
+                      "lost", extra={"reason": reason, "batches_held": len(self._held)})
+            self.runstate.set(state="holding_back", since=_now_text(), reason=reason)
+        elif reason != self.holding_back:
+            self.runstate.set(state="holding_back", reason=reason)
+        self.holding_back = reason
+        self._hold_attempts += 1
+        self._retry_at = now + HOLD_BACKOFF_S[min(self._hold_attempts, len(HOLD_BACKOFF_S)) - 1]
+        self.watchdog.holding_back(reason)
+        if self.metrics is not None:
+            self.metrics.holding_back(True, retried=self._hold_attempts > 1)
+
+    def _retry_held(self) -> bool:
+        """Try the held batches again when their time has come; True once all are in."""
+        if time.monotonic() < self._retry_at:
+            self.watchdog.holding_back(self.holding_back or "")
+            return False
+        if self._mirror_behind:
+            try:
+                self.pipeline.quarantine_file.catch_up()
+            except OSError as exc:
+                self._hold(f"the quarantine file cannot be written: {hold_reason(exc) or exc}")
+                return False
+            self._mirror_behind = False
+        while self._held:
+            batch, rest = self._held[0], self._held[1:]
+            if not self._handle(batch, rest):
+                return False
+            self._held = rest
+        log.warning("storage takes writes again: reading resumes", extra={
+            "held_for_s": round(time.monotonic() - self._hold_started, 1), "retries": self._hold_attempts})
+        self.holding_back = None
+        self.runstate.set(state="running", since=_now_text(), reason=None)
+        self.watchdog.resumed()
+        if self.metrics is not None:
+            self.metrics.holding_back(False)
+        return True
+
     def _idle(self) -> None:
-        self.watchdog.idle()  # nothing to read: waiting, not stuck
+        if self.holding_back is not None:  # waiting on purpose: alive, and says why
+            self.watchdog.holding_back(self.holding_back)
+        else:
+            self.watchdog.idle()  # nothing to read: waiting, not stuck
         sources = _all_sources(self.pipeline.runtime).values()
         timeout = min((s.poll_interval_s for s in sources), default=1.0)
         self._wake.wait(min(timeout, IDLE_WAKE_S, self.watchdog.every or IDLE_WAKE_S))
@@ -280,19 +367,28 @@ class Daemon:
             from auditd.elastic.cluster_alerts import POSITION_KEY
             from auditd.elastic.feeds import write_meta
 
-            with self.store.transaction() as conn:
-                if alerts:
-                    self.pipeline.runtime.correlator.apply(conn, alerts)
-                if position:
-                    write_meta(conn, POSITION_KEY, position)
+            try:
+                with self.store.transaction() as conn:
+                    if alerts:
+                        self.pipeline.runtime.correlator.apply(conn, alerts)
+                    if position:
+                        write_meta(conn, POSITION_KEY, position)
+            except Exception as exc:
+                if hold_reason(exc) is None:
+                    raise
+                self.cluster.follower.give_back(alerts, position)  # applied once storage takes writes
 
     def _keepalive(self) -> None:
         self._check_directory()
-        self._correlate_cluster_alerts()
+        if self.holding_back is None:
+            self._correlate_cluster_alerts()
         now = time.monotonic()
         if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             self.metrics.set_lags(file_lags(self.store.conn))
+        if now - self._last_runstate >= RUNSTATE_EVERY_S:  # renewed, so status can tell a stale one
+            self._last_runstate = now
+            self.runstate.set()
 
     def _start_tailers(self, runtime: Runtime, first_start: bool) -> None:
         for source in runtime.settings.sources:
@@ -315,6 +411,7 @@ class Daemon:
 
     def _do_reload(self) -> None:
         self._reload.clear()
+        self._retry_at = 0.0  # an operator's SIGHUP (a raised cap, space freed) is a reason to try now
         if self.notifier:
             self.notifier.reloading()
         try:
@@ -331,8 +428,13 @@ class Daemon:
             self.last_reload_ok, self.last_reload_error = True, None
             log.info("reloaded", extra={"rules": len(runtime.ruleset)})
             _log_warnings(runtime)
-        record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
-                      self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
+        try:
+            record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
+                          self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
+        except Exception as exc:  # a full store: the log and the metric still say how the reload went
+            if hold_reason(exc) is None:
+                raise
+            log.warning("reload not recorded in the store", extra={"reason": hold_reason(exc)})
         if self.metrics is not None:
             self.metrics.reload_result(self.last_reload_ok)
         if self.notifier:
@@ -346,11 +448,16 @@ class Daemon:
         for name in list(self.tailers):
             if name not in new_sources or new_sources[name] != old_sources.get(name):
                 self.tailers.pop(name).stop()
+        self.store.set_max_bytes(runtime.settings.store.max_bytes)
         self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
         self.directory_watcher = self._watch_directory(runtime)
         self._start_tailers(runtime, first_start=False)
         if self.jobs is not None:
             self.jobs.reschedule(job_specs(runtime.settings))
+
+
+def _now_text() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _log_warnings(runtime: Runtime) -> None:
@@ -454,8 +561,9 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
         cluster.start()
         if cluster.shipper is not None:
             metrics.watch_shipper(cluster.shipper)
+    runstate = RunState(path_for(store.path)).open()  # before the disk can fill: its blocks are kept
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
-                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds)
+                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate)
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
     damage.connect(daemon.store_damaged)
@@ -474,6 +582,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
             cluster.stop()
         metrics.stop()
         store.close()
+        runstate.close()
         daemon.finished()
 
 

@@ -47,10 +47,16 @@ class StoreSettings:
     # the daemon reads anything on a store up to this size; a larger one starts at
     # once and is checked in the background, its progress in `status`.
     startup_check_max_bytes: int = 256 * 1024 * 1024
+    # The store never grows past this (PRAGMA max_page_count): at the cap the daemon holds
+    # back and says so, as on a full disk, until retention frees pages or the cap is raised
+    # (SIGHUP). None: only the disk limits it.
+    max_bytes: int | None = None
 
     def check(self):
         if self.startup_check_max_bytes < 0:
             yield "startup_check_max_bytes", "must be 0 or more"
+        if self.max_bytes is not None and self.max_bytes < 1024 * 1024:
+            yield "max_bytes", "must be at least 1 MiB (1048576)"
 
 
 @dataclass(frozen=True, slots=True)

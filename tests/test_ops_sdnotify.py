@@ -142,3 +142,20 @@ def test_watchdog_interval() -> None:
     assert Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval() is None
     assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_interval() is None
     assert Notifier({}).watchdog_interval() is None
+
+
+def test_a_manager_that_does_not_read_never_blocks_the_daemon(tmp_path):
+    """A full notify socket (its reader fell behind) drops the message; it never waits."""
+    import socket
+    import time
+
+    from auditd.ops.sdnotify import Notifier
+
+    path = str(tmp_path / "n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        notifier = Notifier({"NOTIFY_SOCKET": path})
+        started = time.monotonic()
+        results = [notifier.notify("STATUS=" + "x" * 1000) for _ in range(5000)]  # far beyond the queue
+        assert time.monotonic() - started < 30
+        assert results[0] is True and results[-1] is False  # the queue filled: dropped, not waited for

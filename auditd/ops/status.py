@@ -29,6 +29,7 @@ from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
 from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
+from auditd.ops import runstate
 from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.sources.base import SourceReport
 from auditd.sources.identity import FileIdentity
@@ -150,6 +151,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     jobs: list[JobStatus] = []
     allowances: list[AllowanceStatus] = []  # exceptions and suppressions, together
     store_check: dict | None = None  # the last or running integrity check (store/health.py)
+    daemon: dict | None = None  # what the running daemon says it does (ops/runstate.py): running, holding back
     elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
     working_days: CalendarStatus | None = None  # None: no config given
 
@@ -304,6 +306,7 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
                         for a in allowances(ruleset, conn, now, settings.zone if settings is not None
                                             else DEFAULT_ZONE)],
             store_check=_store_check(conn),
+            daemon=runstate.read(store_path, now),
             elasticsearch=_elastic(conn, settings, now),
             working_days=calendar_status(settings, now) if settings is not None else None,
         )
@@ -392,6 +395,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"store:        {status.store_path}",
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
         f"last reload:  {_reload_line(status.last_reload, zone)}",
+        f"daemon:       {_daemon_line(status.daemon, zone)}",
         f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
@@ -466,6 +470,20 @@ def _calendar_lines(cal: CalendarStatus) -> list[str]:
         lines.append(f"  deadlines in {', '.join(map(str, missing))} count every calendar day as a working day "
                      "(early, never late): add the year to working_days.override_file")
     return lines
+
+
+def _daemon_line(daemon: dict | None, zone: ZoneInfo) -> str:
+    if daemon is None:
+        return "no record (has it run with this store?)"
+    since = daemon.get("since")
+    since_text = _when(dt.datetime.fromisoformat(since), zone) if since else "?"
+    if not daemon.get("alive") or daemon.get("state") == "stopped":
+        return f"not running (stopped {since_text})"
+    if daemon.get("state") == "holding_back":
+        text = f"HOLDING BACK since {since_text}: {daemon.get('reason')}; no source is read, nothing is lost"
+    else:
+        text = f"running since {since_text} (pid {daemon.get('pid')})"
+    return text + (" -- record stale: the daemon may be stuck" if daemon.get("stale") else "")
 
 
 def _check_line(check: dict | None, zone: ZoneInfo) -> str:
