@@ -14,6 +14,7 @@ from typing import Callable
 
 from auditd.decode.quarantine import Quarantined
 from auditd.decode.normalise import UNMAPPED_LABEL
+from auditd.detect import suppressions
 from auditd.detect.alert import Alert
 from auditd.event import OTHER_ACTION
 from auditd.runtime import Runtime
@@ -57,6 +58,7 @@ class Pipeline:
         self.quarantine_file = quarantine_file
         self.metrics = metrics
         self.totals = Totals()
+        self._suppressions_seen: tuple[object, tuple[int, int]] | None = None
         # called after each chunk went through the stages: proof of life for the watchdog
         self.on_progress: Callable[[], None] | None = None
 
@@ -70,8 +72,19 @@ class Pipeline:
         runtime.state.bind(self.store.conn)
         self._runtime = runtime
 
+    def refresh_suppressions(self, runtime: Runtime) -> None:
+        """Give the rules the store's suppressions when they changed (`suppress add`
+        or `remove` by another process) or the rules were reloaded."""
+        conn = self.store.conn
+        seen = (runtime.ruleset, suppressions.version(conn))
+        if self._suppressions_seen is None or seen[0] is not self._suppressions_seen[0] \
+                or seen[1] != self._suppressions_seen[1]:
+            runtime.ruleset.set_suppressions(suppressions.compile_suppressions(suppressions.read_all(conn)))
+            self._suppressions_seen = seen
+
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
+        self.refresh_suppressions(runtime)
         segment = Segment(encode=self.store.keep_events)
         try:
             cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(
@@ -177,6 +190,7 @@ class Pipeline:
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Time passed: stateful rules may close windows and alert, in one transaction."""
         runtime = self.runtime
+        self.refresh_suppressions(runtime)
         try:
             with self.store.transaction() as conn:
                 alerts = runtime.ruleset.tick(now)

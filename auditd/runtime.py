@@ -74,9 +74,10 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
     state = StateStore()
-    ruleset = load_rules(_rule_paths(settings, doc, problems), problems, categories=settings.categories,
-                         zone=settings.zone, context=KindContext(zone=settings.zone, state=state), kinds=kinds)
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
+    ruleset = load_rules(_rule_paths(settings, doc, problems), problems, categories=settings.categories,
+                         zone=settings.zone, context=KindContext(zone=settings.zone, state=state, calendar=calendar),
+                         kinds=kinds)
     check_state(settings.state_dir, {("store", "path"): settings.store_path,
                                      ("quarantine", "path"): settings.quarantine_path}, doc, problems)
     if settings.elastic is not None:  # read when the client is built: checked now, not at start

@@ -27,6 +27,7 @@ import msgspec
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.detect.state import rule_counters
+from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
 from auditd.ops import runstate
 from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
@@ -124,6 +125,20 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     runs: int
 
 
+class AllowanceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A rule file's exception or a store's suppression: an alert held back on purpose."""
+
+    source: str  # 'rule file' or 'store'
+    name: str
+    rule_id: str
+    match: str
+    owner: str
+    reason: str
+    expires: str
+    where: str
+    active: bool
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: dt.datetime
     store_path: str
@@ -134,6 +149,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     last_reload: ReloadStatus | None
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
+    allowances: list[AllowanceStatus] = []  # exceptions and suppressions, together
     store_check: dict | None = None  # the last or running integrity check (store/health.py)
     daemon: dict | None = None  # what the running daemon says it does (ops/runstate.py): running, holding back
     elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
@@ -257,10 +273,11 @@ def read_last_reload(conn: sqlite3.Connection) -> ReloadStatus | None:
 
 # -- the status ----------------------------------------------------------------------------
 def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime, *,
-                   rules_loaded: int | None = None) -> Status:
+                   rules_loaded: int | None = None, ruleset=None) -> Status:
     """Read the store at `store_path`; `settings`, when given, adds sources not yet seen.
 
     `rules_loaded` defaults to the count the daemon recorded with its last (re)load.
+    `ruleset`, when given, adds its rule files' exceptions to the store's suppressions.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -285,6 +302,9 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             last_reload=last_reload,
             rule_state=rule_state(conn),
             jobs=job_runs(conn),
+            allowances=[AllowanceStatus(**{f: getattr(a, f) for f in AllowanceStatus.__struct_fields__})
+                        for a in allowances(ruleset, conn, now, settings.zone if settings is not None
+                                            else DEFAULT_ZONE)],
             store_check=_store_check(conn),
             daemon=runstate.read(store_path, now),
             elasticsearch=_elastic(conn, settings, now),
@@ -400,6 +420,11 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),
                                 [(r.rule_id, f"{r.keys:,}", f"{r.evicted:,}", f"{r.bad_rows:,}")
                                  for r in status.rule_state]))
+    if status.allowances:
+        lines += ["", "exceptions and suppressions (alerts held back on purpose):"]
+        lines += _indent(_table(("RULE", "NAME", "MATCH", "OWNER", "EXPIRES", "STATE", "WHERE"), [
+            (a.rule_id, a.name, _clip(a.match, 40), a.owner, a.expires, "in force" if a.active else "expired",
+             a.where) for a in status.allowances]))
     if status.jobs:
         lines += ["", "jobs:"]
         lines += _indent(_table(("JOB", "LAST RUN", "RESULT", "RUNS"), [
