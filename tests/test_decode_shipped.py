@@ -12,7 +12,7 @@ import pytest
 from auditd.decode import Normaliser, shipped_format_names
 from auditd.event import ACTIONS, AccessEvent
 from auditd.sources.base import Batch, Checkpoint
-from decode_helpers import cloudtrail, jl, one_event, reason, run, shipped
+from decode_helpers import cloudtrail, jl, one_event, run, shipped
 
 UTC = dt.timezone.utc
 FINGERPRINT = "0123456789abcdef0123456789abcdef"

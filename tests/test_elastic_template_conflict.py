@@ -91,7 +91,7 @@ def test_replay_refuses_instead_of_hanging(two_configs, tmp_path: Path) -> None:
     result = neo("replay", "-c", b, log, timeout=600)  # main waited for the drain: an hour
     assert result.returncode == 78, (result.stdout, result.stderr)
     assert time.monotonic() - started < 120
-    assert f"elastic.events_data_stream: Elasticsearch refuses the index template" in result.stderr
+    assert "elastic.events_data_stream: Elasticsearch refuses the index template" in result.stderr
     assert not (b.parent / "state" / "neo-auditd.db").exists()  # nothing replayed
 
 

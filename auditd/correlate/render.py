@@ -50,7 +50,6 @@ def render_incident_table(incidents: Sequence[IncidentSummary], zone: dt.tzinfo 
 
 def render_incident_detail(detail: IncidentDetail, zone: dt.tzinfo = DEFAULT_ZONE) -> str:
     s = detail.summary
-    more = "+" if detail.affected_subjects_truncated else ""
     fields = [
         ("Incident", s.incident_id),
         ("Title", s.title),

@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from auditd.config.typed import Duration
 from auditd.detect.kind_support import KEY_SEPARATOR, FieldRef, group_key, rule_state
 from auditd.detect.kind_types import Detector, KindContext, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS

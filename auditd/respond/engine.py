@@ -37,9 +37,8 @@ from typing import Any, Callable
 
 from auditd.correlate import Correlator, StepTrace, changelog
 from auditd.correlate.model import IncidentChange
-from auditd.correlate.settings import TIERS
 from auditd.respond import steps as table
-from auditd.respond.contacts import ContactBook, ContactError, normalise_address, read_manifests
+from auditd.respond.contacts import ContactBook, read_manifests
 from auditd.respond.contain import payload, run_action
 from auditd.respond.due import Due
 from auditd.respond.notices import render_announcement, render_customers, render_internal
@@ -49,7 +48,6 @@ from auditd.respond.reports import context, latest, render_report
 from auditd.respond.settings import AudienceSettings, RespondSettings
 from auditd.store.pressure import StorageUnavailable, hold_reason
 from auditd.store.sqlite import immediate
-from auditd.store.times import from_db
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.respond")
