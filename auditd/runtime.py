@@ -98,6 +98,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         working_days_between=calendar.working_days_between,
         entitlement=build_checker(settings.entitlement, pseudonymise=pseudonymiser, zone=settings.zone),
         shift_grace_s=settings.directory.shift_grace.seconds if settings.directory is not None else 0.0,
+        id_blocks=ruleset.reads("neo.resource.seq_"),
     )
     return Runtime(
         settings=settings,

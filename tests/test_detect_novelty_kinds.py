@@ -213,3 +213,19 @@ def test_ids_that_are_not_numbers_get_no_block(rid):
     event = AccessEvent(timestamp=T0, action="read", resource_type="customer", resource_id=rid)
     enricher.enrich([event])
     assert event.resource_seq_block is None and event.resource_seq_offset is None
+
+
+def test_ids_get_no_block_unless_a_loaded_rule_reads_one(tmp_path):
+    """The block costs a regex and a pseudonym per record: only a rule set that names
+    `neo.resource.seq_*` asks for it, and the daemon's enricher follows the rules."""
+    with_walks, _ = rules_from(tmp_path, ENUMERATION, memory_conn())
+    assert with_walks.reads("neo.resource.seq_")
+    other = tmp_path / "other"
+    other.mkdir()
+    without, _ = rules_from(other, OFF_HOURS.format(params="{shift: true}"), memory_conn())
+    assert not without.reads("neo.resource.seq_")
+    plain = Enricher(None, Pseudonymiser(b"k" * 32), id_blocks=False)
+    walk = walk_events(64 * 5, 3)
+    plain.enrich(walk)
+    assert [(e.resource_seq_block, e.resource_seq_offset) for e in walk] == [(None, None)] * 3
+    assert not any(e.resource_id.startswith("C000") for e in walk)  # still pseudonymised

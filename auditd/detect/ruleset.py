@@ -119,6 +119,12 @@ class RuleSet:
                 out.append(own or every)
         self._suppress = out
 
+    def reads(self, prefix: str) -> bool:
+        """Does an enabled rule's condition, parameters, exceptions or output name a
+        field starting with `prefix`? Lets an earlier stage skip work no rule looks at."""
+        return any(prefix in repr((r.spec.condition, r.spec.params, r.spec.exceptions, r.spec.output_fields))
+                   for r in self.enabled)
+
     def rule(self, rule_id: str) -> CompiledRule:
         return self._by_id[rule_id]
 

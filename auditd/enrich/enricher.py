@@ -77,12 +77,16 @@ class Enricher:
         entitlement: EntitlementCheck | None = None,
         cached_days: int = 3,
         shift_grace_s: float = 0.0,
+        id_blocks: bool = True,
     ):
         """`working_days_between(last_day_employed, event_day)`, when given, fills
         `actor_departed_working_days` (the working-day calendar is not this stage's).
         `entitlement`, when given, judges each access after the directory join; it is
         handed every directory this enricher is given. An access up to `shift_grace_s`
-        before a shift starts or after it ends is on shift (overtime, early starts)."""
+        before a shift starts or after it ends is on shift (overtime, early starts).
+        `id_blocks` fills `neo.resource.seq_block`/`seq_offset` of numbered records (an
+        extra pseudonym each): only worth it when a loaded rule reads them."""
+        self.id_blocks = id_blocks
         self.entitlement = entitlement
         self.pseudonymiser = pseudonymiser
         self.sensitive_categories = frozenset(sensitive_categories)
@@ -223,13 +227,14 @@ class Enricher:
         if not raws:
             return
         numbered = []
-        for ev in records:
-            m = _NUMBERED_ID.fullmatch(ev.resource_id)
-            if m is not None:
-                n = int(m[2])
-                ev.resource_seq_offset = n & 63
-                numbered.append(ev)
-                raws.append(f"{ev.resource_type}:{m[1]}#{n >> 6}")
+        if self.id_blocks:
+            for ev in records:
+                m = _NUMBERED_ID.fullmatch(ev.resource_id)
+                if m is not None:
+                    n = int(m[2])
+                    ev.resource_seq_offset = n & 63
+                    numbered.append(ev)
+                    raws.append(f"{ev.resource_type}:{m[1]}#{n >> 6}")
         done = iter(self.pseudonymiser.each(raws))
         _run(map(setattr, events, repeat("subject_ids"), map(tuple, map(islice, repeat(done), lengths))))
         _run(map(setattr, records, repeat("resource_id"), islice(done, len(records))))
