@@ -148,3 +148,13 @@ def test_examples_readme_names_only_rules_that_exist():
     assert len(rows) >= 14
     named = {token for row in rows for token in re.findall(r"`([a-z_]+)`", row.rsplit("|", 2)[1])}
     assert named and not named - rules, f"examples/README.md names rules that do not exist: {named - rules}"
+
+
+def test_every_readme_section_the_messages_point_to_exists():
+    """A refusal that says "see README, 'Backups and restore'" needs that section."""
+    headings = set(re.findall(r"^#{2,4} (.+?)\s*$", (REPO / "README.md").read_text(encoding="utf-8"), re.M))
+    pointed = set()
+    for path in (REPO / "auditd").rglob("*.py"):
+        pointed |= set(re.findall(r"README, '([^']+)'", path.read_text(encoding="utf-8")))
+    assert "Backups and restore" in pointed
+    assert pointed <= headings, f"README has no section {sorted(pointed - headings)}"
