@@ -22,6 +22,10 @@ playbook of the incident's tier on the legal clocks.
 Start with:  neo-auditd check -c CONFIG     (validate everything, exit 78 on errors)
              neo-auditd replay -c CONFIG FILE...   (run the pipeline over old logs)
              neo-auditd run -c CONFIG       (the daemon; SIGHUP reloads, SIGTERM drains)
+             neo-auditd status -c CONFIG    (what the running daemon has read, found and held back)
+
+Every command explains itself:  neo-auditd COMMAND --help
+A first run on example data, and the tests:  README.md, "Two commands for a fresh machine".
 """
 
 
@@ -761,15 +765,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def config_arg(p, required=True):
-        p.add_argument("-c", "--config", type=Path, required=required, help="the YAML config file")
+        p.add_argument("-c", "--config", type=Path, required=required,
+                       help="the daemon's YAML config file, e.g. examples/config.yaml (paths in it are relative "
+                            "to it)")
 
     def state_arg(p):
-        p.add_argument("--state-dir", type=Path, help="use this state directory instead of the config's")
+        p.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="use the store in DIR instead of the config's state_dir (e.g. a copy for a trial)")
 
-    p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads, SIGTERM drains)")
+    p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads, SIGTERM drains)",
+                       description="Run the daemon in the foreground: tail every configured source, store events, "
+                                   "raise alerts and incidents, run the playbooks' jobs, until SIGTERM or Ctrl-C "
+                                   "(it drains and checkpoints). SIGHUP reloads config, directory and rules (a bad "
+                                   "set is reported and the old one keeps running). Exit 0 after a clean stop, 78 "
+                                   "for a configuration error, 65 when the store is missing, not ours or damaged "
+                                   "(README, 'Backups and restore'), 75 when a stage stuck mid-batch was abandoned "
+                                   "at stop.")
     config_arg(p)
     state_arg(p)
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="the least important log lines written (JSON lines on stdout; default INFO)")
     p.add_argument("--new-store", action="store_true",
                    help="start an empty store even though one was kept here before and is now missing, empty "
                         "or damaged (it is set aside, not deleted); every alert in the logs still on disk is "
@@ -789,7 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "whether next year's holidays are in the override file yet")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("replay", help="run the pipeline over log files from their start, then exit")
+    p = sub.add_parser("replay", help="run the pipeline over log files from their start, then exit",
+                       description="Run the daemon's pipeline over log files from their start into the config's "
+                                   "store (or --state-dir's), then exit: events, quarantined lines, alerts and "
+                                   "incidents, as the daemon would have made them. Files already replayed into "
+                                   "that store are not read twice. A progress bar on a terminal; a summary at the "
+                                   "end. Exit 2 when a path is missing or not a regular file.")
     config_arg(p)
     state_arg(p)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
@@ -803,20 +823,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test-rules", help="run every rule's samples; a rule without a positive sample fails")
     config_arg(p, required=False)
-    p.add_argument("--rules", type=Path, nargs="*", default=[], help="rule files or folders (besides the config's)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--rules", type=Path, nargs="*", default=[],
+                   help="rule files or folders to test, besides the config's (without -c and --rules: the shipped "
+                        "rules)")
+    p.add_argument("--json", action="store_true", help="print every rule's result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every sample, not only failures")
     p.set_defaults(func=cmd_test_rules)
 
     p = sub.add_parser("keygen", help="create the HMAC-SHA-256 pseudonym key file (mode 0600; never overwrites)")
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, metavar="PATH",
+                   help="where to write the key, e.g. /etc/neo-auditd/pseudonym.key (the config's "
+                        "pseudonym.key_file); its folder is created if missing")
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, "
                                       "Elasticsearch shipping, working days ahead")
     config_arg(p)
     state_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (times in UTC)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("review", help="periodic reviews of access (grants not exercised)")
@@ -826,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     state_arg(q)
     q.add_argument("--since", default="90d", help="the period before --until, e.g. 90d, 12w (default 90d)")
     q.add_argument("--until", help="the end of the period, ISO 8601 (default: now)")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the review as JSON")
     q.set_defaults(func=cmd_review_grants)
 
     p = sub.add_parser("incidents", help="list, show, act on and verify incidents")
@@ -834,26 +858,30 @@ def build_parser() -> argparse.ArgumentParser:
     q = isub.add_parser("list", help="incidents, newest first")
     config_arg(q)
     state_arg(q)
-    q.add_argument("--status")
-    q.add_argument("--tier")
-    q.add_argument("--limit", type=int, default=50)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--status", help="only incidents in this status: open, triaged, contained, notified, resolved, "
+                                    "closed or dismissed")
+    q.add_argument("--tier", help="only incidents of this tier, T1 (the gravest) to T6")
+    q.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
+    q.add_argument("--json", action="store_true", help="print the incidents as JSON (times in UTC)")
     q.set_defaults(func=cmd_incidents_list)
-    q = isub.add_parser("show", help="one incident with its timeline")
+    q = isub.add_parser("show", help="one incident: rules, categories, affected count, alerts, evidence in words, "
+                                     "and its hash-chained timeline")
     config_arg(q)
     state_arg(q)
-    q.add_argument("id")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("id", metavar="ID", help="the incident's id, as `incidents list` shows it (INC-...)")
+    q.add_argument("--json", action="store_true", help="print the incident as JSON (times in UTC)")
     q.set_defaults(func=cmd_incidents_show)
     q = isub.add_parser("verify", help="check the hash chain of one incident's timeline (or all); exit 1 if broken")
     config_arg(q)
     state_arg(q)
-    q.add_argument("id", nargs="?")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("id", nargs="?", metavar="ID", help="the incident to verify (default: every incident)")
+    q.add_argument("--json", action="store_true", help="print how many verified and which are broken, as JSON")
     q.set_defaults(func=cmd_incidents_verify)
     verbs = {
-        "ack": "acknowledge: the incident is triaged", "contain": "the loss is stopped",
-        "resolve": "handling has ended (starts the 30-day closing-report clock)", "close": "closed for good",
+        "ack": "acknowledge the incident: someone is on it (status triaged)",
+        "contain": "mark the incident contained: the leak or misuse is stopped",
+        "resolve": "mark the handling ended (starts the 30-day closing-report clock)",
+        "close": "close the incident for good, after resolve",
         "dismiss": "dismiss with a reason: false-positive, duplicate or accepted-risk",
         "merge": "fold this incident into another (timelines kept, clocks from the earlier discovery)",
         "assign": "give the incident to a responder", "note": "add a note to the timeline (pseudonyms only)",
@@ -865,25 +893,29 @@ def build_parser() -> argparse.ArgumentParser:
         q = isub.add_parser(verb, help=text)
         config_arg(q)
         state_arg(q)
-        q.add_argument("id")
+        q.add_argument("id", metavar="ID", help="the incident's id, as `incidents list` shows it (INC-...)")
         if verb == "assign":
-            q.add_argument("assignee")
+            q.add_argument("assignee", metavar="NAME", help="who handles the incident from now on")
         elif verb == "note":
-            q.add_argument("text")
+            q.add_argument("text", metavar="TEXT", help="the note; pseudonyms only, never a customer's name, "
+                                                        "phone or id")
         elif verb == "merge":
             q.add_argument("--into", required=True, help="the incident that absorbs this one")
         elif verb == "dismiss":
-            q.add_argument("--reason", required=True, choices=["false-positive", "duplicate", "accepted-risk"])
+            q.add_argument("--reason", required=True, choices=["false-positive", "duplicate", "accepted-risk"],
+                           help="why it is no incident: a false alarm, a duplicate of another, or a risk accepted")
         elif verb == "loss":
-            q.add_argument("yuan", type=float)
+            q.add_argument("yuan", type=float, metavar="YUAN", help="the economic loss so far, in yuan")
         elif verb == "cii":
-            q.add_argument("flag", choices=["on", "off"])
+            q.add_argument("flag", choices=["on", "off"], metavar="on|off",
+                           help="on: critical information infrastructure is hit; off: it is not")
         elif verb == "tier":
-            q.add_argument("tier", choices=["T1", "T2", "T3", "T4", "T5", "T6"])
+            q.add_argument("tier", choices=["T1", "T2", "T3", "T4", "T5", "T6"], metavar="TIER",
+                           help="the new tier, T1 (the gravest) to T6")
         if verb not in ("assign", "note"):
             q.add_argument("--why", required=True, help="why (goes on the hash-chained timeline)")
         q.add_argument("--who", help="who acts (default: your login name)")
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--json", action="store_true", help="print the incident's status, tier and assignee as JSON")
         q.set_defaults(func=cmd_incidents_act)
 
     p = sub.add_parser("playbook", help="an incident's playbook steps: show, done, approve, skip; run-due")
@@ -898,33 +930,35 @@ def build_parser() -> argparse.ArgumentParser:
         config_arg(q)
         state_arg(q)
         if verb != "run-due":
-            q.add_argument("id", metavar="INCIDENT")
+            q.add_argument("id", metavar="INCIDENT", help="the incident's id, as `incidents list` shows it (INC-...)")
         if verb in ("done", "approve", "skip"):
-            q.add_argument("step", metavar="STEP")
+            q.add_argument("step", metavar="STEP", help="the step's id, as `playbook show` lists it")
             q.add_argument("--who", help="who acts (default: your login name)")
         if verb == "done":
             q.add_argument("--note", help="what was done")
         if verb == "skip":
-            q.add_argument("--reason", required=True)
-        q.add_argument("--json", action="store_true")
+            q.add_argument("--reason", required=True, help="why the step is skipped (goes on the timeline)")
+        q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
         q.set_defaults(func=cmd_playbook)
 
     p = sub.add_parser("report", help="render a regulator report (Markdown, HTML, JSON) of an incident now")
     config_arg(p)
     state_arg(p)
-    p.add_argument("id", metavar="INCIDENT")
-    p.add_argument("--kind", required=True, choices=["initial", "followup", "closing", "notice-draft"])
+    p.add_argument("id", metavar="INCIDENT", help="the incident's id, as `incidents list` shows it (INC-...)")
+    p.add_argument("--kind", required=True, choices=["initial", "followup", "closing", "notice-draft"],
+                   help="which report: the initial one, a follow-up, the closing report, or the draft of the "
+                        "customers' notice")
     p.add_argument("--set", action="append", metavar="FIELD=TEXT",
                    help="record a finding first: cause, leads, planned, support, other, harm, accountability, "
                         "remediation, lessons, advice")
     p.add_argument("--who", help="who renders (default: your login name)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the rendered files and their SHA-256 as JSON")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("register", help="the breach register: every T1-T4 incident, its clocks, decisions, outputs")
     config_arg(p)
     state_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the register as JSON (times in UTC)")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("suppress", help="hold back a rule's alerts for some actor or address until a date, "
@@ -943,37 +977,51 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reason", required=True, help="why (a ticket, a change)")
     q.add_argument("--expires", required=True,
                    help="when it stops: a date (the end of that day), an ISO time, or a duration such as 7d")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the new suppression's id and expiry as JSON")
     q.set_defaults(func=cmd_suppress_add)
     q = ssub.add_parser("list", help="suppressions in force (--all: expired and removed ones too)")
     config_arg(q)
     state_arg(q)
-    q.add_argument("--all", action="store_true")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--all", action="store_true", help="expired and removed suppressions too")
+    q.add_argument("--json", action="store_true", help="print the suppressions as JSON (times in UTC)")
     q.set_defaults(func=cmd_suppress_list)
     q = ssub.add_parser("remove", help="end a suppression now (its row stays, with who removed it)")
     config_arg(q)
     state_arg(q)
-    q.add_argument("id", type=int)
+    q.add_argument("id", type=int, metavar="ID", help="the suppression's number, as `suppress list` shows it")
     q.add_argument("--by", required=True, help="who removes it")
     q.set_defaults(func=cmd_suppress_remove)
 
     p = sub.add_parser("store", help="check the store's integrity, or back it up while the daemon runs")
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
-    q = ssub.add_parser("check", help="header, schema version and PRAGMA quick_check; exit 0, or 65 if damaged")
+    q = ssub.add_parser("check", help="check the store's header, schema version and PRAGMA quick_check; "
+                                      "exit 0, or 65 if damaged")
     config_arg(q)
     state_arg(q)
     q.add_argument("--full", action="store_true", help="PRAGMA integrity_check: slower, checks every index entry")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the verdict, schema version and problems as JSON")
     q.set_defaults(func=cmd_store_check)
     q = ssub.add_parser("backup", help="a consistent copy of the store (SQLite online backup), checked; "
                                        "safe while the daemon runs")
     config_arg(q)
     state_arg(q)
     q.add_argument("target", type=Path, metavar="PATH", help="the new file (never overwritten)")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the backup's path, size and time taken as JSON")
     q.set_defaults(func=cmd_store_backup)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """A subcommand's own --help opens with what it does: its one-line help from the
+    parent's list, where no longer description was written."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, subparser in action.choices.items():
+                if not subparser.description and helps.get(name):
+                    subparser.description = helps[name][0].upper() + helps[name][1:] + "."
+                _describe(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

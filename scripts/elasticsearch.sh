@@ -70,7 +70,7 @@ find_java() {
             best=$home; best_major=$major
         fi
     done
-    [[ -n $best ]] || unavailable "no Java $need+ JDK found (set ES_JAVA_HOME, or install one, e.g. openjdk-21-jdk-headless)"
+    [[ -n $best ]] || unavailable "no Java $need+ JDK found: set ES_JAVA_HOME, or install one (Debian 13: openjdk-21-jdk-headless; Debian 12 packages only Java 17: e.g. temurin-21-jdk from Adoptium's apt repository)"
     echo "$best"
 }
 

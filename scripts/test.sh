@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh machine: a virtualenv with the project
 # and its test dependencies, the system tools the tests use, and a real Elasticsearch
-# server on 127.0.0.1 for the Elasticsearch tests (stopped again on exit).
-# Extra arguments go to pytest, e.g.  scripts/test.sh -m "not slow"
+# server on 127.0.0.1 for the Elasticsearch tests (started when the first of them runs,
+# stopped again at the end). Extra arguments go to pytest, e.g.
+#     scripts/test.sh -m "not elasticsearch and not slow"      # the fast part, no Java
+# NEO_VENV: the virtualenv (default .venv); NEO_ES_PORT: the server's port (9250).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,18 +19,11 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
-if [ -z "${NEO_ES_URL:-}" ] && [ "${NEO_ES_SKIP:-0}" != 1 ]; then
-    if url=$(bash scripts/elasticsearch.sh start | tail -n 1); then
-        export NEO_ES_URL="$url"
-        trap 'bash scripts/elasticsearch.sh stop' EXIT
-    elif [ -n "${CI:-}" ]; then
-        echo "error: could not start Elasticsearch; CI never skips the real-server tests" >&2
-        exit 1
-    else
-        echo "warning: Elasticsearch unavailable; its tests will skip with the reason" >&2
-    fi
-fi
-
+# Elasticsearch is started by the tests' session fixture (tests/elastic_server.py), on
+# 127.0.0.1:${NEO_ES_PORT:-9250} through scripts/elasticsearch.sh, only when a selected
+# test needs it, and stopped at the end: `-m "not elasticsearch"` never starts it.
+# NEO_ES_URL=URL uses a running server instead; NEO_ES_SKIP=1 skips those tests with
+# the reason (and fails them under CI=true, where real-server tests never skip).
 set +e
 "$VENV/bin/python" -m pytest "$@"
 status=$?

@@ -18,3 +18,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public test data not found at {SHARED_DATA} (it sits beside the checkout in CI)")
     return SHARED_DATA
+
+
+_SERVER_FIXTURES = frozenset({"elasticsearch_server", "elasticsearch_url"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs the real Elasticsearch must say so with the `elasticsearch`
+    marker: the README's fast subset (`-m "not elasticsearch and not slow"`) promises
+    to need no server, and the session fixture would start one for an unmarked test."""
+    unmarked = [item.nodeid for item in items
+                if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("elasticsearch") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use the Elasticsearch server but lack "
+                                "@pytest.mark.elasticsearch: " + ", ".join(unmarked))

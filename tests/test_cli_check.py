@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,13 @@ def test_check_json(deployment: Path):
     result = neo("check", "-c", str(deployment / "config.yaml"), "--json")
     assert result.returncode == 78
     assert '"ok": false' in result.stdout and "synchronus" in result.stdout
+
+
+def test_an_elasticsearch_host_no_request_can_be_made_to_is_located(deployment: Path):
+    """The config fuzzer's find: `https://1270..0.1` passed the scheme check and the
+    template preflight raised urllib3's LocationParseError out of `check`."""
+    write_config(deployment, extra="elastic:\n  hosts: ['https://1270..0.1:9200']\n")
+    result = check(deployment)
+    assert result.returncode == 78, result.stderr
+    assert "Traceback" not in result.stderr
+    assert re.search(r"config\.yaml:\d+:\d+: elastic\.hosts: not a usable URL", result.stderr), result.stderr

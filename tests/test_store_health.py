@@ -226,3 +226,13 @@ def test_systemd_does_not_restart_on_a_store_or_config_error(exit_code):
     unit = (Path(__file__).resolve().parents[1] / "systemd" / "neo-auditd.service").read_text()
     (line,) = [l for l in unit.splitlines() if l.startswith("RestartPreventExitStatus=")]
     assert str(exit_code) in line.split("=", 1)[1].split()
+
+
+def test_a_backup_into_a_folder_not_made_yet_creates_it(tmp_path):
+    """As the README's backup command is typed on a fresh machine: no traceback."""
+    db = tmp_path / "neo.db"
+    Store(db).open().close()
+    target = tmp_path / "backups" / "2026-12-05" / "neo-auditd.db"
+    size, _ = health.backup(db, target)
+    assert target.stat().st_size == size and target.stat().st_mode & 0o777 == 0o600
+    assert not list(target.parent.glob("*.partial"))

@@ -34,6 +34,9 @@ def check_templates(settings: ElasticSettings, doc: Doc | None, problems: Proble
             timeout = min(settings.request_timeout_s, PREFLIGHT_TIMEOUT_S)
             es = build_client(dataclasses.replace(settings, request_timeout_s=timeout))
         refused = templates.simulate(es, settings)
+    except ValueError as exc:  # urllib3's LocationParseError: a host no request can be made to
+        problems.add(doc, where + ("hosts",), f"not a usable URL: {_short(exc)}")
+        return
     except (ApiError, TransportError, OSError) as exc:
         hosts = ", ".join(settings.hosts)
         warnings.append(_at(doc, where + ("hosts",), f"could not ask Elasticsearch ({hosts}) whether it takes "

@@ -254,9 +254,10 @@ def backup(db_path: Path, target: Path) -> tuple[int, float]:
         raise FileExistsError(f"{target} exists; choose a new name (a backup never overwrites)")
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    source = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+    target.parent.mkdir(parents=True, exist_ok=True)  # as keygen does; private under the umask
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
+    source = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
     try:
         copy = sqlite3.connect(partial)
         try:
