@@ -726,8 +726,10 @@ def cmd_store_backup(args) -> int:
     _, path = _settings_and_store_path(args)
     try:
         size, seconds = health.backup(path, args.target)
-    except (FileExistsError, health.StoreDamaged) as exc:
+    except (FileExistsError, health.StoreDamaged, health.BackupFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, health.BackupFailed):
+            return 74  # EX_IOERR: the target, not the store, is the problem
         return 1 if isinstance(exc, FileExistsError) else health.EX_DATAERR
     result = {"store": str(path), "backup": str(args.target), "bytes": size, "seconds": seconds, "ok": True}
     _store_result(result, args.json)

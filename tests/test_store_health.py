@@ -209,6 +209,9 @@ def test_backup_while_writing_is_consistent_and_restores(tmp_path):
     assert backup.stat().st_mode & 0o777 == 0o600
     again = neo("store", "backup", "-c", str(config), str(backup), cwd=tmp_path)
     assert again.returncode == 1 and "never overwrites" in again.stderr
+    below_a_file = neo("store", "backup", "-c", str(config), str(backup / "copy.db"), cwd=tmp_path)
+    assert below_a_file.returncode == 74 and "Not a directory" in below_a_file.stderr
+    assert "Traceback" not in below_a_file.stderr
     # restore as the README says: stop, copy over, remove -wal/-shm, start
     db = tmp_path / "state" / "neo-auditd.db"
     corrupt(db)
@@ -236,3 +239,35 @@ def test_a_backup_into_a_folder_not_made_yet_creates_it(tmp_path):
     size, _ = health.backup(db, target)
     assert target.stat().st_size == size and target.stat().st_mode & 0o777 == 0o600
     assert not list(target.parent.glob("*.partial"))
+
+
+def test_a_backup_the_target_cannot_take_is_an_error_not_a_traceback(tmp_path):
+    """A target below a file (or on a full or read-only disk) fails with the reason and
+    exit 74, and leaves no half-written copy behind."""
+    db = tmp_path / "neo.db"
+    Store(db).open().close()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(health.BackupFailed, match="cannot back up .* to .*not-a-folder/neo.db: Not a directory"):
+        health.backup(db, blocker / "neo.db")
+
+
+def test_a_backup_onto_a_full_disk_leaves_nothing(tmp_path):
+    db = tmp_path / "neo.db"
+    store = Store(db).open()
+    with store.transaction() as conn:  # ~2 MB of pages: more than the small disk holds
+        conn.execute("CREATE TABLE filler (x BLOB)")
+        conn.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(4096),) for _ in range(500)])
+    store.close()
+    disk = tmp_path / "small"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()})")
+    try:
+        with pytest.raises(health.BackupFailed, match="cannot back up"):
+            health.backup(db, disk / "neo.db")
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

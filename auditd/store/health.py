@@ -20,6 +20,7 @@ daemon writes) are the command-line side; the README says how to restore.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -245,6 +246,10 @@ class BackgroundCheck:
             self.on_damage(report)
 
 
+class BackupFailed(Exception):
+    """The backup could not be written (permissions, a full disk); nothing was left."""
+
+
 def backup(db_path: Path, target: Path) -> tuple[int, float]:
     """An online copy of the store (consistent while the daemon writes), checked whole;
     returns (bytes, seconds). The copy is private (0600) and never overwrites a file."""
@@ -253,21 +258,27 @@ def backup(db_path: Path, target: Path) -> tuple[int, float]:
     if target.exists():
         raise FileExistsError(f"{target} exists; choose a new name (a backup never overwrites)")
     partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    target.parent.mkdir(parents=True, exist_ok=True)  # as keygen does; private under the umask
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    source = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
     try:
-        copy = sqlite3.connect(partial)
+        partial.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)  # as keygen does; private under the umask
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        source = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
         try:
-            source.backup(copy, pages=1024)
-            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            verdict = check(copy)
+            copy = sqlite3.connect(partial)
+            try:
+                source.backup(copy, pages=1024)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                verdict = check(copy)
+            finally:
+                copy.close()
         finally:
-            copy.close()
-    finally:
-        source.close()
+            source.close()
+    except (OSError, sqlite3.Error) as exc:  # not writable, disk full: no half copy left behind
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BackupFailed(f"cannot back up {db_path} to {target}: {reason}") from None
     if not verdict.ok:
         partial.unlink(missing_ok=True)
         raise StoreDamaged(f"the backup of {db_path} does not check out: {'; '.join(verdict.problems[:3])}")
