@@ -360,5 +360,6 @@ def test_two_fleets_on_one_cluster_are_apart(tmp_path, elasticsearch_url):
     assert {a.actor for a in east_alerts.values()} - {a.actor for a in west_alerts.values()} == {"E2000"}
     assert not set(east_alerts) & set(west_alerts) or all(
         east_alerts[i].event_ids == west_alerts[i].event_ids for i in set(east_alerts) & set(west_alerts))
+    es.indices.refresh(index=east.leases_index)
     owners = es.search(index=east.leases_index, size=100, query={"term": {"kind": "lease"}})["hits"]["hits"]
     assert {h["_source"]["group"] for h in owners} == {"east", "west"}
