@@ -115,7 +115,7 @@ def test_install_is_idempotent_and_declares_retention(elasticsearch_url: str) ->
     templates.install(es, settings)
     templates.install(es, settings)  # every start does this
     (template,) = es.indices.get_index_template(
-        name=f"neo-auditd-events-{settings.events_data_stream}")["index_templates"]
+        name=f"neo-auditd-events-{settings.events_pattern[:-2]}")["index_templates"]
     assert template["index_template"]["template"]["lifecycle"]["data_retention"] == "184d"
     assert template["index_template"]["data_stream"] is not None
     for index in (settings.alerts_index, settings.incidents_index, settings.leases_index):
