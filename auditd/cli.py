@@ -158,6 +158,13 @@ def cmd_replay(args) -> int:
         if problems:
             return _config_error(ConfigError(problems.items), args.json, warnings)
         _print_warnings(warnings)
+    # the rules with scope: cluster run here too: the replayed events' windows are evaluated
+    # (the running daemons evaluate only what reaches the cluster within the settle horizon)
+    cluster_rules = [r.id for r in runtime.ruleset.scoped("cluster")]
+    if cluster_rules:
+        import dataclasses
+
+        runtime = dataclasses.replace(runtime, ruleset=runtime.ruleset.with_scopes(frozenset({"local", "cluster"})))
     store, quarantine = open_store(runtime, args.state_dir)
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
@@ -167,6 +174,7 @@ def cmd_replay(args) -> int:
     try:
         pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress, cluster=cluster)
         summary = _replay_summary(pipeline, store)
+        summary["cluster_rules"] = _cluster_rule_summary(runtime, pipeline, cluster_rules)
     finally:
         if progress:
             progress.done()
@@ -177,7 +185,23 @@ def cmd_replay(args) -> int:
         print(f"{summary['events']} events, {summary['quarantined']} quarantined, {summary['skipped']} skipped, "
               f"{summary['alerts']} alerts, {summary['incidents']} incidents open in the store "
               f"({summary['seconds']:.1f} s, {summary['events_per_second']:,.0f} events/s)")
+        if summary["cluster_rules"]:
+            print(summary["cluster_rules"]["note"])
     return 0
+
+
+def _cluster_rule_summary(runtime, pipeline, rule_ids: list[str]) -> dict | None:
+    """What the replay says about the rules with scope: cluster (evaluated here)."""
+    if not rule_ids:
+        return None
+    alerts = {rule: pipeline.totals.alerts_by_rule.get(rule, 0) for rule in rule_ids}
+    elastic = runtime.settings.elastic
+    settle = elastic.cluster.settle.seconds if elastic is not None else None
+    horizon = f"{settle:g} s" if settle is not None else "the settle horizon"
+    note = (f"cluster rules ({', '.join(rule_ids)}) evaluated here over the replayed events: "
+            f"{sum(alerts.values())} alerts. The running daemons evaluate them only over events that reach the "
+            f"cluster within {horizon} of their time; older windows, such as these, are evaluated by replay alone.")
+    return {"rules": alerts, "settle_s": settle, "note": note}
 
 
 def _refused_replay_paths(runtime, args) -> list[str]:

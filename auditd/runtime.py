@@ -78,6 +78,12 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     ruleset = load_rules(_rule_paths(settings, doc, problems), problems, categories=settings.categories,
                          zone=settings.zone, context=KindContext(zone=settings.zone, state=state, calendar=calendar),
                          kinds=kinds)
+    if settings.elastic is None:  # a rule that would never run must not pass for one that runs
+        for rule in ruleset.scoped("cluster"):
+            problems.items.append(ConfigProblem(rule.spec.where, f"rule {rule.id}: scope",
+                                                "scope cluster needs the config's elastic: section (the lease "
+                                                "holder runs it over every host's events); add it, or remove "
+                                                "'scope' to run the rule on each daemon's own events"))
     check_state(settings.state_dir, {("store", "path"): settings.store_path,
                                      ("quarantine", "path"): settings.quarantine_path}, doc, problems)
     if settings.elastic is not None:  # read when the client is built: checked now, not at start

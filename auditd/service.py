@@ -454,6 +454,8 @@ class Daemon:
         self._start_tailers(runtime, first_start=False)
         if self.jobs is not None:
             self.jobs.reschedule(job_specs(runtime.settings))
+        if self.cluster is not None:
+            self.cluster.set_rules(runtime.ruleset)
 
 
 def _now_text() -> str:
@@ -485,23 +487,48 @@ class Cluster:
         self.detector = None
         self.follower = None  # reads the fleet's cluster alerts back for the local correlator
 
-    def start(self, *, detect: bool = True) -> None:
-        from auditd.elastic.cluster_alerts import POSITION_KEY, ClusterAlertFollower, ClusterAlertReader
-        from auditd.elastic.feeds import read_meta
-        from auditd.elastic.partitioned import ClusterDetector
+    def start(self, *, detect: bool = True, ruleset=None) -> None:
+        """Ship; with `detect`, run the leased `scope: cluster` rules of `ruleset` and
+        read the fleet's cluster alerts back (only when the set has cluster rules: a
+        daemon without them pays nothing)."""
         from auditd.elastic.sink import EventShipper
 
         if self.settings.ship.enabled:
             self.shipper = EventShipper(self.es, self.store.path, self.settings, agent=self.agent)
             self.shipper.start()
-        if detect and self.settings.scale_out is not None:
-            self.detector = ClusterDetector(self.es, self.settings, agent=self.agent)
-            self.detector.start()
-            self.follower = ClusterAlertFollower(
-                ClusterAlertReader(self.es, self.settings.alerts_index),
-                every_s=self.settings.scale_out.evaluate_every.seconds,
-                position=read_meta(self.store.conn, POSITION_KEY))
-            self.follower.start()
+        if detect and ruleset is not None and ruleset.scoped("cluster"):
+            self.start_detection(ruleset)
+
+    def start_detection(self, ruleset) -> None:
+        from auditd.elastic.cluster_alerts import POSITION_KEY, ClusterAlertFollower, ClusterAlertReader
+        from auditd.elastic.cluster_rules import ClusterRuleEvaluator
+        from auditd.elastic.feeds import read_meta
+
+        self.detector = ClusterRuleEvaluator(self.es, self.settings, ruleset, agent=self.agent,
+                                             on_round=self._record_costs)
+        self.detector.start()
+        self.follower = ClusterAlertFollower(
+            ClusterAlertReader(self.es, self.settings.alerts_index, self.settings.fleet),
+            every_s=min(self.settings.cluster.evaluate_every.seconds, 5.0),
+            position=read_meta(self.store.conn, POSITION_KEY))
+        self.follower.start()
+
+    def set_rules(self, ruleset) -> None:
+        """A reload: the evaluator takes the new set (started now if it has the first cluster rule)."""
+        if self.detector is not None:
+            self.detector.set_rules(ruleset)
+        elif ruleset.scoped("cluster"):
+            self.start_detection(ruleset)
+
+    def _record_costs(self, costs) -> None:
+        """Each round's cost per cluster rule, for `status` (metrics read the evaluator)."""
+        from auditd.ops.cluster_rules import write_costs
+
+        try:
+            write_costs(self.store.path, [c.as_dict() for c in costs], self.settings.cluster.evaluate_every.seconds,
+                        self.settings.cluster.settle.seconds)
+        except Exception as exc:  # noqa: BLE001 - a full disk: the metrics and the log still say it
+            log.warning("cluster rule costs not recorded", extra={"error": str(exc)})
 
     def wake(self, _pipeline=None) -> None:
         if self.shipper is not None:
@@ -558,9 +585,10 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     record_reload(store.conn, True, dt.datetime.now(dt.timezone.utc), rules_in_force=len(runtime.ruleset))
     cluster = Cluster(runtime, store) if runtime.settings.elastic is not None else None
     if cluster is not None:
-        cluster.start()
+        cluster.start(ruleset=runtime.ruleset)
         if cluster.shipper is not None:
             metrics.watch_shipper(cluster.shipper)
+        metrics.watch_cluster_rules(lambda: cluster.detector.costs() if cluster.detector is not None else [])
     runstate = RunState(path_for(store.path)).open()  # before the disk can fill: its blocks are kept
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate)

@@ -127,12 +127,7 @@ elastic:
   api_key_file: es.key
   events_data_stream: logs-neo_auditd.access-default
   ship: {enabled: true, bulk_max_docs: 5000}
-  scale_out:
-    partitions: 16
-    lease_ttl: 30s
-    rules:
-      - {id: bulk-readers, title: "Many customers read", distinct: neo.data.subject_ids,
-         threshold: 200, window: 1h, filter: {event.action: [read, search]}}
+  cluster: {partitions: 16, lease_ttl: 30s, evaluate_every: 60s, settle: 10m}
   sources:
     - {name: fleet, index: "logs-neo_auditd.access-*", settle: 2m}
 store: {synchronous: NORMAL}

@@ -311,3 +311,18 @@ def test_evictions_show_in_status_and_metrics(tmp_path):
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("neo_auditd_rule_state_evicted_total", "count_reads")] == 2
     assert samples[("neo_auditd_rule_state_keys", "count_reads")] == 2
+
+
+def test_a_rule_with_a_set_in_its_condition_keeps_its_state_hash_across_processes() -> None:
+    """The repr of a frozenset follows the hash seed: the state of `in (a, b)` rules was
+    dropped at every restart and differed between the daemons of a fleet."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from auditd.detect.state import rule_state_hash\nfrom auditd.detect.resolve import FieldTest\n"
+            "print(rule_state_hash('threshold', FieldTest('event.action', 'action', 'str', 'in', "
+            "frozenset({'read', 'export', 'search', 'list'})), None))")
+    hashes = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(hashes) == 1

@@ -30,11 +30,7 @@ def test_a_full_section_converts_to_frozen_settings() -> None:
     settings, problems = load(ElasticSettings, """
 hosts: [https://es1:9200]
 ship: {bulk_max_docs: 2000, retry_backoff_max_s: 30}
-scale_out:
-  partitions: 8
-  rules:
-    - {id: bulk-readers, title: Many customers read, distinct: neo.data.subject_ids,
-       threshold: 200, window: 1h, filter: {event.action: [read, search]}}
+cluster: {partitions: 8, settle: 5m, start_at: beginning}
 sources:
   - {name: fleet, settle: 5m, filter: {host.name: [crm-1, crm-2]}}
 """)
@@ -44,8 +40,9 @@ sources:
     assert settings.events_data_stream == "logs-neo_auditd.access-default"
     assert settings.events_pattern == "logs-neo_auditd.access-*"
     assert settings.retention.seconds == 184 * 86400  # the legal minimum, not 180 days
-    rule = settings.scale_out.rules[0]
-    assert (rule.threshold, rule.window.seconds, rule.filter) == (200, 3600.0, {"event.action": ["read", "search"]})
+    assert (settings.cluster.partitions, settings.cluster.settle.seconds, settings.cluster.start_at) == (
+        8, 300.0, "beginning")
+    assert settings.fleet == "default"
 
 
 def test_mistakes_are_located_configuration_errors() -> None:
@@ -54,11 +51,9 @@ hosts: [es1:9200]
 events_data_stream: NeoEvents
 retention: 90d
 ship: {bulk_max_dcos: 10}
-scale_out:
+cluster:
   heartbeat: 20s
-  rules:
-    - {id: r1, title: t, threshold: 0, window: 1h, distinct: neo.data.subjects}
-    - {id: r1, title: t, threshold: 5, window: 1h, filter: {event.verb: read}}
+  page_size: 50000
 """)
     text = "\n".join(problems)
     for expected in (
@@ -66,10 +61,8 @@ scale_out:
         ":3:21: events_data_stream: expected <type>-<dataset>-<namespace>",
         "retention: 90 days is shorter than the legal minimum",
         "ship.bulk_max_dcos: unknown key 'bulk_max_dcos'",
-        "scale_out.heartbeat: must be at most half of lease_ttl",
-        "scale_out.rules[0].threshold: must be at least 1",
-        "scale_out.rules[0].distinct: unknown event field 'neo.data.subjects'",
-        "scale_out.rules[1].filter.event.verb: unknown event field 'event.verb'",
+        "cluster.heartbeat: must be at most half of lease_ttl",
+        "cluster.page_size: must be at most 10000",
     ):
         assert expected in text, f"{expected!r} not in:\n{text}"
 
@@ -122,7 +115,7 @@ def test_install_is_idempotent_and_declares_retention(elasticsearch_url: str) ->
     templates.install(es, settings)
     templates.install(es, settings)  # every start does this
     (template,) = es.indices.get_index_template(
-        name=f"neo-auditd-events-{settings.events_data_stream}")["index_templates"]
+        name=f"neo-auditd-events-{settings.events_pattern[:-2]}")["index_templates"]
     assert template["index_template"]["template"]["lifecycle"]["data_retention"] == "184d"
     assert template["index_template"]["data_stream"] is not None
     for index in (settings.alerts_index, settings.incidents_index, settings.leases_index):

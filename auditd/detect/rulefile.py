@@ -48,7 +48,7 @@ MACRO_MODES = {"condition": _BOTH}
 RULE_MODES = {
     "condition": _BOTH, "exceptions": _BOTH, "tags": _BOTH, "output_fields": _BOTH, "samples": _BOTH,
     "desc": _REPLACE, "severity": _REPLACE, "enabled": _REPLACE, "kind": _REPLACE,
-    "params": _REPLACE, "title": _REPLACE,
+    "params": _REPLACE, "title": _REPLACE, "scope": _REPLACE,
 }
 
 
@@ -75,6 +75,7 @@ class RuleItem:
     condition: str | None = None
     kind: str | None = None
     params: dict[str, Any] | None = None
+    scope: Literal["local", "cluster"] | None = None  # cluster: the Elasticsearch lease holder runs it
     severity: Literal[SEVERITIES] | None = None
     tags: list[str] | None = None
     enabled: bool | None = None

@@ -80,13 +80,18 @@ class RuleSet:
     """Compiled rules, the index that routes events to them, and their counters.
 
     `rules` holds every rule in load order, disabled ones included (so `test-rules`
-    can still run their samples); only enabled rules are indexed and evaluated.
+    can still run their samples); only enabled rules of the set's `scopes` are indexed
+    and evaluated. A daemon's set leaves out `scope: cluster` rules (the Elasticsearch
+    lease holder runs them over every host's events), so they cost the per-event path
+    nothing; a replay's set includes them (`with_scopes`).
     """
 
     def __init__(self, rules: Sequence[CompiledRule], *, sensitive_categories: Iterable[str] = (),
                  timing_every: int = 64, context: KindContext | None = None,
-                 kinds: Mapping[str, RuleKind] = KINDS):
+                 kinds: Mapping[str, RuleKind] = KINDS, scopes: frozenset[str] = frozenset({"local"})):
         self.rules = tuple(rules)
+        self.scopes = scopes
+        self._timing_every = timing_every
         self.context = context or KindContext()
         self.kinds = kinds
         # runtime suppressions (auditd.detect.suppressions), per rule index; set by the pipeline
@@ -96,7 +101,19 @@ class RuleSet:
         self.stats = RuleStats([r.id for r in self.rules], timing_every=timing_every)
         # per slot, each rule with the predicate to run on the events routed there
         self._checks: list[tuple[tuple[CompiledRule, Predicate], ...]] = []
-        self.index = RuleIndex([r for r in self.rules if r.spec.enabled], on_new_bucket=self._add_bucket)
+        self.index = RuleIndex([r for r in self.rules if r.spec.enabled and r.spec.scope in scopes],
+                               on_new_bucket=self._add_bucket)
+
+    def with_scopes(self, scopes: frozenset[str]) -> "RuleSet":
+        """The same compiled rules (and so the same state) evaluating the given scopes."""
+        out = RuleSet(self.rules, sensitive_categories=self._sensitive, timing_every=self._timing_every,
+                      context=self.context, kinds=self.kinds, scopes=scopes)
+        out._suppress = list(self._suppress)
+        return out
+
+    def scoped(self, scope: str) -> tuple[CompiledRule, ...]:
+        """The enabled rules of one scope, in load order."""
+        return tuple(r for r in self.rules if r.spec.enabled and r.spec.scope == scope)
 
     def _add_bucket(self, members: tuple[CompiledRule, ...]) -> None:
         self.stats.add_bucket(members)
@@ -222,7 +239,7 @@ class RuleSet:
         alerts: list[Alert] = []
         for rule in self.rules:
             tick = getattr(rule.detector, "tick", None)
-            if tick is None or not rule.spec.enabled:
+            if tick is None or not rule.spec.enabled or rule.spec.scope not in self.scopes:
                 continue
             for finding in tick(now):
                 suppress = self._suppress[rule.index]

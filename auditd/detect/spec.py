@@ -23,6 +23,9 @@ from auditd.detect.samples import SampleEvent
 from auditd.errors import Location
 
 MATURITIES = ("stable", "incubating", "sandbox", "deprecated")
+# kinds whose verdict needs more than one event: only they gain from every host's events
+# (a per-event kind sees one event, wherever it runs)
+CLUSTER_KINDS = ("threshold", "sequence", "first_seen")
 REQUIRED = ("desc", "condition", "severity", "tags")
 
 
@@ -41,6 +44,9 @@ class RuleSpec:
     exceptions: tuple[ExceptionSpec, ...] = ()
     samples: tuple[SampleEvent, ...] = ()
     params: Any = None
+    # local: every daemon runs it on the events it reads; cluster: the Elasticsearch lease
+    # holder runs it on every host's events (auditd.elastic.cluster_rules)
+    scope: str = "local"
     where: Location | None = field(default=None, compare=False)
 
     @property
@@ -84,6 +90,13 @@ def finish_rule(draft: RuleDraft, resolver: Resolver, problems: Problems,
         doc, path = draft.sources["kind"]
         problems.add(doc, path, f"unknown rule kind '{kind_name}' (valid kinds: {', '.join(kinds)})")
     params = _params(draft, kind_name, kind, problems) if kind is not None else MISSING
+    scope = values.get("scope", "local")
+    if scope == "cluster" and kind is not None and kind_name not in CLUSTER_KINDS:
+        doc, path = draft.sources["scope"]
+        problems.add(doc, path, f"rule '{draft.id}': scope cluster is for the kinds that need many events "
+                     f"({', '.join(CLUSTER_KINDS)}); a '{kind_name}' rule sees one event at a time: "
+                     "remove 'scope' (every daemon runs it on its own events)")
+        ok = False
     node = values.get("condition")
     condition = BROKEN if node is None else resolver.resolve(node)
     if not ok or draft.broken or kind is None or params is MISSING or condition is BROKEN:
@@ -93,7 +106,7 @@ def finish_rule(draft: RuleDraft, resolver: Resolver, problems: Problems,
         enabled=values.get("enabled", True), condition=condition, condition_text=draft.condition_text,
         title=values.get("title"), output_fields=tuple(values.get("output_fields", ())),
         exceptions=tuple(values.get("exceptions", ())), samples=tuple(values.get("samples", ())),
-        params=params, where=draft.doc.where(draft.path),
+        params=params, scope=scope, where=draft.doc.where(draft.path),
     )
 
 

@@ -45,8 +45,39 @@ def rule_state_hash(kind: str, condition: Any, params: Any, *, ignore: tuple[str
         fields = {name: getattr(params, name) for name in params.__dataclass_fields__ if name not in ignore}
     else:
         fields = params
-    text = repr((kind, condition, fields))
+    text = stable_repr((kind, condition, fields))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def stable_repr(value: Any) -> str:
+    """repr(), with the elements of sets in sorted order: the repr of a frozenset of
+    strings follows the process's hash seed, so a condition with `in (a, b)` had another
+    hash after every restart (and on every other daemon of a fleet). Text without sets
+    is exactly repr's, so the hashes of such rules stay what they were."""
+    if isinstance(value, (set, frozenset)):
+        if not value:
+            return repr(value)
+        inner = ", ".join(sorted(stable_repr(v) for v in value))
+        return f"{{{inner}}}" if isinstance(value, set) else f"frozenset({{{inner}}})"
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        items = [stable_repr(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(stable_repr(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{stable_repr(k)}: {stable_repr(v)}" for k, v in value.items()) + "}"
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is not None and _generated_repr(type(value)):
+        shown = ", ".join(f"{name}={stable_repr(getattr(value, name))}" for name, f in fields.items() if f.repr)
+        return f"{type(value).__qualname__}({shown})"
+    return repr(value)
+
+
+def _generated_repr(cls: type) -> bool:
+    """Whether cls's __repr__ is the one @dataclass wrote (not a hand-written one)."""
+    own = cls.__dict__.get("__repr__")
+    code = getattr(getattr(own, "__wrapped__", own), "__code__", None)
+    return code is not None and code.co_filename == "<string>"
 
 
 @dataclass(slots=True)

@@ -40,13 +40,21 @@ class ReadResult:
 
 
 class ClusterAlertReader:
-    def __init__(self, es: Elasticsearch, index: str):
+    """Cluster alerts of one fleet (``neo.alert.fleet``, the events data stream's
+    namespace): another fleet's alerts in the same index are never read."""
+
+    def __init__(self, es: Elasticsearch, index: str, fleet: str = "default"):
         self.es = es
         self.index = index
+        self.fleet = fleet
 
     def read(self, since: str | None, *, max_alerts: int = 5000) -> ReadResult:
         """Cluster alerts ingested at or after `since` less the look-back, oldest first."""
-        query: dict = {"bool": {"filter": [{"term": {"neo.alert.origin": "cluster"}}]}}
+        of_fleet: dict = {"term": {"neo.alert.fleet": self.fleet}}
+        if self.fleet == "default":  # alerts written before fleets were marked belong to the default one
+            of_fleet = {"bool": {"should": [of_fleet, {"bool": {"must_not": {"exists": {"field": "neo.alert.fleet"}}}}],
+                                 "minimum_should_match": 1}}
+        query: dict = {"bool": {"filter": [{"term": {"neo.alert.origin": "cluster"}}, of_fleet]}}
         if since:
             start = dt.datetime.fromisoformat(since) - LOOKBACK
             query["bool"]["filter"].append({"range": {"event.ingested": {"gte": start.isoformat()}}})

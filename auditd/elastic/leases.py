@@ -1,6 +1,7 @@
 """Leases: which live daemon evaluates which partition of the actors.
 
-Two kinds of documents in the leases index, per ``group`` of daemons:
+Two kinds of documents in the leases index, per ``group`` of daemons (a fleet: the
+events data stream's namespace):
 
 - a member document per daemon, rewritten at every heartbeat with an expiry: the live
   members are those whose expiry has not passed;
@@ -37,7 +38,7 @@ from typing import Any
 
 from elasticsearch import ConflictError, Elasticsearch
 
-from auditd.elastic.settings import ScaleOutSettings
+from auditd.elastic.settings import ClusterSettings
 
 log = logging.getLogger("neo_auditd.elastic.leases")
 
@@ -63,9 +64,10 @@ def preference(owner: str, partition: int) -> bytes:
 class LeaseManager:
     """The leases of one daemon. Constructing it does no I/O; heartbeat() does."""
 
-    def __init__(self, es: Elasticsearch, index: str, settings: ScaleOutSettings, owner: str, *,
-                 wall_ms: Callable[[], int] = _wall_ms):
+    def __init__(self, es: Elasticsearch, index: str, settings: ClusterSettings, owner: str, *,
+                 group: str = "default", wall_ms: Callable[[], int] = _wall_ms):
         self.es = es
+        self.group = group  # the fleet: daemons of one group share the partitions
         self.index = index
         self.settings = settings
         self.owner = owner
@@ -121,20 +123,20 @@ class LeaseManager:
 
     # -- documents -------------------------------------------------------------------------
     def _member_id(self) -> str:
-        return f"{self.settings.group}/member/{self.owner}"
+        return f"{self.group}/member/{self.owner}"
 
     def _lease_id(self, partition: int) -> str:
-        return f"{self.settings.group}/partition/{partition}"
+        return f"{self.group}/partition/{partition}"
 
     def _write_member(self, now: int) -> None:
         # refresh: the other daemons find members by search, which is not real-time
         self.es.index(index=self.index, id=self._member_id(), refresh=True, document={
-            "kind": "member", "group": self.settings.group, "owner": self.owner,
+            "kind": "member", "group": self.group, "owner": self.owner,
             "expires_at_ms": now + self.ttl_ms, "renewed_at_ms": now})
 
     def live_members(self, now: int) -> list[str]:
         response = self.es.search(index=self.index, size=1000, query={"bool": {"filter": [
-            {"term": {"kind": "member"}}, {"term": {"group": self.settings.group}},
+            {"term": {"kind": "member"}}, {"term": {"group": self.group}},
             {"range": {"expires_at_ms": {"gt": now - self.skew_ms}}}]}}, source=["owner"])
         owners = {hit["_source"]["owner"] for hit in response["hits"]["hits"]}
         owners.add(self.owner)
@@ -176,7 +178,7 @@ class LeaseManager:
 
     def _swap(self, lease: Lease, owner: str | None, expires_at_ms: int, now: int) -> bool:
         """Compare-and-set the lease document; False if someone else changed it first."""
-        document = {"kind": "lease", "group": self.settings.group, "partition": lease.partition,
+        document = {"kind": "lease", "group": self.group, "partition": lease.partition,
                     "owner": owner, "expires_at_ms": expires_at_ms, "renewed_at_ms": now}
         condition: dict[str, Any] = (
             {"op_type": "create"} if lease.seq_no is None

@@ -6,12 +6,7 @@ from it, and the cluster-side threshold rules shared across hosts.
       api_key_file: /etc/neo-auditd/es.key
       events_data_stream: logs-neo_auditd.access-default
       ship: {bulk_max_docs: 5000, retry_backoff_max_s: 60}
-      scale_out:
-        partitions: 16
-        lease_ttl: 30s
-        rules:
-          - {id: bulk-readers, title: "Many customers read", distinct: neo.data.subject_ids,
-             threshold: 200, window: 1h, filter: {event.action: [read, search]}}
+      cluster: {evaluate_every: 60s, settle: 10m}   # runs the rules with `scope: cluster`
       sources:   # read back what other daemons shipped (names share the file sources' space)
         - {name: fleet, index: "logs-neo_auditd.access-*", settle: 2m}
 
@@ -84,87 +79,96 @@ class ShipSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ThresholdRule:
-    """A cluster-side rule: N events, or N distinct values, per group within a window.
+class ClusterSettings:
+    """How the rules written with ``scope: cluster`` run over every host's events.
 
-    Evaluated by ``partitioned.ClusterDetector`` against the events of every host,
-    over fixed windows of ``window`` length that start every ``step`` (default: the
-    window itself, i.e. tumbling windows).
+    The rules themselves are in the rule files, in the one rule language; this says
+    who runs them (the holders of leases, ``leases.py``) and how often.
     """
 
-    id: str
-    title: str
-    threshold: int
-    window: Duration
-    group_by: str = "user.id"
-    distinct: str | None = None  # count distinct values of this field; None: count events
-    filter: dict[str, str | list[str]] = field(default_factory=dict)  # term / terms per field
-    step: Duration | None = None
-    severity: Severity = "high"
-    tags: tuple[str, ...] = ()
-    description: str = ""
-
-    @property
-    def step_seconds(self) -> float:
-        return (self.step or self.window).seconds
-
-    def check(self) -> Iterator[tuple[str | tuple[str, ...], str]]:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.id or ""):
-            yield "id", "expected letters, digits, '.', '_' or '-'"
-        if self.threshold < 1:
-            yield "threshold", "must be at least 1"
-        yield from _positive(self, "window")
-        if self.step is not None and not 0 < self.step.seconds <= self.window.seconds:
-            yield "step", "must be greater than 0 and at most the window"
-        for key, name in (("group_by", self.group_by), ("distinct", self.distinct)):
-            problem = _unknown_field(name) if name is not None else None
-            if problem:
-                yield key, problem
-        for name, value in self.filter.items():
-            problem = _unknown_field(name)
-            if problem:
-                yield ("filter", name), problem
-            elif isinstance(value, list) and not value:
-                yield ("filter", name), "needs at least one value"
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleOutSettings:
-    """Partitioned, leased evaluation of the threshold rules across daemons."""
-
-    rules: tuple[ThresholdRule, ...] = ()
-    group: str = "default"  # daemons of one group share the partitions
-    partitions: int = 16
+    partitions: int = 16  # leases: each cluster rule belongs to one partition (by its id)
     lease_ttl: Duration = Duration(30)
     heartbeat: Duration = Duration(10)
     # Clocks of the daemons agree within this; a lease is taken over only this long
     # after it expired, and its owner stops trusting it this long before.
     clock_skew: Duration = Duration(2)
     evaluate_every: Duration = Duration(60)
-    # Windows that closed up to this long ago are evaluated again, for events that
-    # reach the cluster late (a host that was cut off ships its backlog).
+    # Events are evaluated once they are this old: hosts ship with some delay. An event
+    # that reaches the cluster after the rule has gone past its time is counted as late
+    # (status, metrics) and evaluated only by `replay`.
     settle: Duration = Duration(600)
-    max_groups_per_partition: int = 10_000  # terms size; raise partitions past this
-    # Gone: cluster alerts become incidents through the correlator, like every other
-    # alert (episodes by correlate.episode_gap, tiers by grading). Kept only to say so.
-    incident_bucket: Any = None
-    incident_tier: Any = None
+    # a rule met for the first time starts at the settle horizon (end) or at the
+    # oldest event of the data stream (beginning)
+    start_at: Literal["beginning", "end"] = "end"
+    page_size: int = 2000
+    max_events_per_round: int = 200_000  # per rule; the rest waits for the next round (lag)
 
     def check(self) -> Iterator[tuple[str | tuple[str | int, ...], str]]:
-        yield from _positive(self, "partitions", "lease_ttl", "heartbeat", "evaluate_every",
-                             "max_groups_per_partition")
-        for name in ("incident_bucket", "incident_tier"):
-            if getattr(self, name) is not None:
-                yield name, ("no longer used: cluster alerts become incidents through the correlator like every "
-                             "other alert (episodes by correlate.episode_gap, tiers by grading); remove it")
+        yield from _positive(self, "partitions", "lease_ttl", "heartbeat", "evaluate_every", "page_size",
+                             "max_events_per_round")
         if self.heartbeat.seconds * 2 > self.lease_ttl.seconds:
             yield "heartbeat", "must be at most half of lease_ttl, so one missed beat does not lose a lease"
         if self.clock_skew.seconds * 2 >= self.lease_ttl.seconds:
             yield "clock_skew", "must be less than half of lease_ttl"
-        ids = [rule.id for rule in self.rules]
-        for i, rule_id in enumerate(ids):
-            if ids.index(rule_id) != i:
-                yield ("rules", i, "id"), f"duplicate rule id {rule_id!r}"
+        if self.settle.seconds < 0:
+            yield "settle", "must not be negative"
+        if self.page_size > 10_000:
+            yield "page_size", "must be at most 10000 (index.max_result_window)"
+
+
+_MOVED_TO_CLUSTER = ("partitions", "lease_ttl", "heartbeat", "clock_skew", "evaluate_every", "settle")
+
+
+def scale_out_migration(raw: Any) -> str:
+    """What an operator with a `scale_out:` block (ThresholdRule and its filter
+    dialect, removed) writes instead: the rules in a rule file with `scope: cluster`,
+    the lease settings under `elastic.cluster`."""
+    raw = raw if isinstance(raw, dict) else {}
+    moved = {k: raw[k] for k in _MOVED_TO_CLUSTER if k in raw}
+    rules = [_rule_text(r) for r in raw.get("rules") or () if isinstance(r, dict)]
+    text = ("scale_out and its threshold rules are gone: cluster rules are written in the rule files, in the "
+            "same language as local ones, with 'scope: cluster' (windows slide as the local kind's); write ")
+    text += ("in a rules file: " + "; ".join(rules) + " and ") if rules else "each rule in a rules file and "
+    text += ("elastic.cluster: {" + ", ".join(f"{k}: {_flow(v)}" for k, v in moved.items()) + "}"
+             if moved else "the lease settings under elastic.cluster")
+    return text
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    text = str(value)
+    return text if re.fullmatch(r"[A-Za-z0-9_.@/:-]+", text) else '"' + text.replace('"', "'") + '"'
+
+
+def _condition_text(filters: Any) -> str:
+    if not isinstance(filters, dict) or not filters:
+        return "true"
+    parts = []
+    for name, value in filters.items():
+        if isinstance(value, list):
+            parts.append(f"{name} in ({', '.join(_flow(v) for v in value)})")
+        else:
+            parts.append(f"{name} = {_flow(value)}")
+    return " and ".join(parts)
+
+
+def _rule_text(rule: dict) -> str:
+    threshold = rule.get("threshold", "N")
+    params: dict[str, Any] = {"gte": max(2, threshold) if isinstance(threshold, int) else threshold}
+    if rule.get("distinct"):
+        params["distinct"] = rule["distinct"]
+    params["timespan"] = rule.get("window", "1h")
+    params["group_by"] = [rule.get("group_by", "user.id")]
+    out = {"rule": rule.get("id", "my_rule"), "desc": rule.get("description") or rule.get("title") or "...",
+           "kind": "threshold", "scope": "cluster", "params": params,
+           "condition": _condition_text(rule.get("filter")), "severity": rule.get("severity", "high"),
+           "tags": ["incubating", *(rule.get("tags") or [])]}
+    if rule.get("title"):
+        out["title"] = rule["title"]
+    return "- " + _flow(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +223,8 @@ class ElasticSettings:
     template_priority: int = 200  # above the built-in logs-*-* template (100)
     install_templates: bool = True
     ship: ShipSettings = field(default_factory=ShipSettings)
-    scale_out: ScaleOutSettings | None = None
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)  # runs the rules with scope: cluster
+    scale_out: Any = None  # gone (ThresholdRule and its filter dialect): kept only to say what to write instead
     sources: tuple[ElasticSourceSettings, ...] = ()  # events other daemons shipped, read back
 
     def check(self) -> Iterator[tuple[str | tuple[str | int, ...], str]]:
@@ -244,10 +249,19 @@ class ElasticSettings:
         yield from _positive(self, "request_timeout_s", "number_of_shards")
         if self.number_of_replicas is not None and self.number_of_replicas < 0:
             yield "number_of_replicas", "must be 0 or more"
+        if self.scale_out is not None:
+            yield "scale_out", scale_out_migration(self.scale_out)
         names = [source.name for source in self.sources]
         for i, name in enumerate(names):
             if names.index(name) != i:
                 yield ("sources", i, "name"), f"duplicate source name {name!r}"
+
+    @property
+    def fleet(self) -> str:
+        """The fleet: the events data stream's namespace (logs-neo_auditd.access-<fleet>).
+        Two fleets on one cluster differ in it; cluster rules read their own fleet's
+        stream, leases, rule state and cluster alerts are kept per fleet."""
+        return self.events_data_stream.rsplit("-", 1)[-1]
 
     @property
     def events_pattern(self) -> str:

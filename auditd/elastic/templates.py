@@ -94,6 +94,7 @@ def alert_mappings() -> dict[str, Any]:
             "agent.name": keyword,
             "neo.alert.id": keyword,
             "neo.alert.origin": keyword,  # local (one daemon's rules) or cluster
+            "neo.alert.fleet": keyword,  # cluster alerts: the events data stream's namespace
             "neo.alert.severity": keyword,
             "neo.alert.incident_id": keyword,
             "neo.alert.event_ids": keyword,
@@ -188,7 +189,9 @@ class Template:
 
 def all_templates(settings: ElasticSettings) -> list[Template]:
     """Every index template this config installs, in installing order."""
-    out = [Template(f"{TEMPLATE_PREFIX}-events-{settings.events_data_stream}", "events_data_stream",
+    # one template per type and dataset, whatever the namespace: fleets that differ only
+    # in the namespace install the same template under the same name, not two that collide
+    out = [Template(f"{TEMPLATE_PREFIX}-events-{settings.events_pattern[:-2]}", "events_data_stream",
                     events_template(settings))]
     keys = {settings.alerts_index: "alerts_index", settings.incidents_index: "incidents_index",
             settings.leases_index: "leases_index"}
@@ -218,8 +221,8 @@ def refusal_message(template: Template, reason: str) -> str:
     if "same priority" in reason:
         patterns = ", ".join(template.body.get("index_patterns", []))
         text += (f". Another template already covers {patterns} at priority {template.body.get('priority')}"
-                 " (another config with the same data stream type and dataset?): give this config a data stream"
-                 " of its own dataset, or another elastic.template_priority")
+                 " (a template not installed by neo-auditd?): give this config a data stream of its own dataset,"
+                 " or another elastic.template_priority")
     return text
 
 

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -211,6 +211,11 @@ class Metrics:
         """Add the Elasticsearch shipper's state, backlog and counters to every scrape."""
         self.registry.register(_Guarded(ShipperCollector(shipper), "elastic shipper"))
 
+    def watch_cluster_rules(self, costs: Callable[[], list[Any]]) -> None:
+        """Add per `scope: cluster` rule its query time, lag, overruns and late events;
+        `costs` gives the evaluator's RuleCost records (empty when it is not running)."""
+        self.registry.register(_Guarded(ClusterRuleCollector(costs), "cluster rules"))
+
     def watch_calendar(self, calendar: Callable[[], WorkingCalendar], zone: ZoneInfo) -> None:
         """Add per year ahead whether the working-day calendar knows it; `calendar` gives
         the one in force (a reload may replace it)."""
@@ -384,6 +389,42 @@ class BootTimeProcessCollector(ProcessCollector):
 
     def _boot_time(self) -> float:
         return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class ClusterRuleCollector(Collector):
+    """The cluster rules this daemon evaluates, from the running evaluator."""
+
+    def __init__(self, costs: Callable[[], list[Any]]) -> None:
+        self._costs = costs
+
+    def collect(self) -> Iterator[Metric]:
+        p = PREFIX + "cluster_rule_"
+        families = {
+            "held": GaugeMetricFamily(p + "held", "1 if this daemon holds the rule's lease.", labels=["rule"]),
+            "query": GaugeMetricFamily(p + "query_seconds", "Seconds the last round's searches took.", labels=["rule"]),
+            "round": GaugeMetricFamily(p + "round_seconds", "Seconds the last round took.", labels=["rule"]),
+            "lag": GaugeMetricFamily(p + "lag_seconds", "Newest event of the stream minus the last event evaluated.",
+                                     labels=["rule"]),
+            "late": GaugeMetricFamily(p + "late_events", "Events that reached the cluster after the rule had passed "
+                                      "their time: not evaluated (replay them).", labels=["rule"]),
+            "overruns": CounterMetricFamily(p + "overruns", "Rounds longer than evaluate_every.", labels=["rule"]),
+            "events": CounterMetricFamily(p + "events", "Events evaluated by this daemon.", labels=["rule"]),
+            "alerts": CounterMetricFamily(p + "alerts", "Cluster alerts created by this daemon.", labels=["rule"]),
+        }
+        for cost in self._costs():
+            labels = [cost.rule_id]
+            families["held"].add_metric(labels, 1 if cost.held else 0)
+            if not cost.held:
+                continue
+            families["query"].add_metric(labels, cost.query_seconds)
+            families["round"].add_metric(labels, cost.round_seconds)
+            if cost.lag_seconds is not None:
+                families["lag"].add_metric(labels, cost.lag_seconds)
+            families["late"].add_metric(labels, cost.late_events)
+            families["overruns"].add_metric(labels, cost.overruns)
+            families["events"].add_metric(labels, cost.events)
+            families["alerts"].add_metric(labels, cost.alerts)
+        yield from families.values()
 
 
 class _Guarded(Collector):

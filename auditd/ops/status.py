@@ -30,6 +30,7 @@ from auditd.detect.state import rule_counters
 from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
 from auditd.ops import runstate
+from auditd.ops.cluster_rules import read_costs, render_lines as cluster_rule_lines
 from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.sources.base import SourceReport
 from auditd.sources.identity import FileIdentity
@@ -153,6 +154,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     store_check: dict | None = None  # the last or running integrity check (store/health.py)
     daemon: dict | None = None  # what the running daemon says it does (ops/runstate.py): running, holding back
     elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
+    cluster_rules: dict | None = None  # the `scope: cluster` rules' costs (ops/cluster_rules.py)
     working_days: CalendarStatus | None = None  # None: no config given
 
 
@@ -308,6 +310,7 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             store_check=_store_check(conn),
             daemon=runstate.read(store_path, now),
             elasticsearch=_elastic(conn, settings, now),
+            cluster_rules=read_costs(conn),
             working_days=calendar_status(settings, now) if settings is not None else None,
         )
     except sqlite3.DatabaseError as exc:
@@ -412,6 +415,8 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         lines.append("  none yet")
     if status.elasticsearch is not None:
         lines += [""] + _elastic_lines(status.elasticsearch, status.generated_at, zone)
+    if status.cluster_rules:
+        lines += [""] + cluster_rule_lines(status.cluster_rules)
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
     overdue = status.playbook_steps_overdue
     lines.append(f"overdue playbook steps: {'unknown' if overdue is None else overdue}")
