@@ -562,6 +562,11 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
           new_store: bool = False) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
     make_private()  # umask 077, also when started by hand rather than by the unit
+    # a stop asked for while starting (opening a large store, connecting to the cluster)
+    # is kept and honoured once the daemon runs, instead of killing the process mid-setup
+    early_stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: early_stop.set())
     runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
     _log_warnings(runtime)
     ops = runtime.settings.ops
@@ -594,6 +599,8 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
                     on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate)
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
+    if early_stop.is_set():
+        daemon.request_stop()
     damage.connect(daemon.store_damaged)
     daemon.arm_stop_timeout()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
