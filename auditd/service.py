@@ -161,6 +161,7 @@ class Daemon:
             directory=lambda: _current_directory(self), should_stop=self._stop.is_set,
             request_tick=self.request_tick,
             retention_guard=cluster.retention_guard if cluster is not None else (lambda: None),
+            fleet=cluster.deliver_fleet if cluster is not None else (lambda: None),
         )
 
     # -- main loop ---------------------------------------------------------------------------
@@ -332,6 +333,7 @@ class Cluster:
         self.shipper = None
         self.detector = None
         self.follower = None  # reads the fleet's cluster alerts back for the local correlator
+        self._deliveries = None  # the deliver lease and the fleet's delivery records (scale_out only)
 
     def start(self, *, detect: bool = True) -> None:
         from auditd.elastic.cluster_alerts import POSITION_KEY, ClusterAlertFollower, ClusterAlertReader
@@ -351,6 +353,17 @@ class Cluster:
                 position=read_meta(self.store.conn, POSITION_KEY))
             self.follower.start()
 
+    def deliver_fleet(self):
+        """With scale_out: the deliver lease (one daemon sends at a time) and the fleet's
+        delivery records; without it, None (a single daemon needs no lease)."""
+        if self.settings.scale_out is None:
+            return None
+        if self._deliveries is None:
+            from auditd.elastic.deliveries import FleetDeliveries
+
+            self._deliveries = FleetDeliveries(self.es, self.settings, self.agent)
+        return self._deliveries
+
     def wake(self, _pipeline=None) -> None:
         if self.shipper is not None:
             self.shipper.wake()
@@ -364,6 +377,8 @@ class Cluster:
         return unshipped_guard_sql()
 
     def stop(self) -> None:
+        if self._deliveries is not None:
+            self._deliveries.release()
         if self.follower is not None:
             self.follower.stop()
         if self.detector is not None:

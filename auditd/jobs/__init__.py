@@ -14,8 +14,8 @@ is due as usual.
 The jobs: ``retention`` (purge events and quarantine past their retention),
 ``departed-sweep`` (accounts of leavers live past the grace), ``grant-review`` (grants
 not exercised), ``detector-tick`` (stateful rules' time hooks, on the pipeline's
-thread) and ``respond-due`` (playbook steps: plan, fire, escalate). The deliver stage
-adds its outbox worker here.
+thread), ``respond-due`` (playbook steps: plan, fire, escalate) and ``deliver`` (the
+outbox worker: send, retry, record receipts, escalate failures).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from apscheduler.triggers.interval import IntervalTrigger
 
-from auditd.jobs import departed_sweep, detector_tick, grant_review, respond_due, retention
+from auditd.jobs import deliver, departed_sweep, detector_tick, grant_review, respond_due, retention
 from auditd.jobs.context import JobContext
 from auditd.store.sqlite import immediate
 from auditd.store.times import from_db, to_db
@@ -57,6 +57,7 @@ REGISTRY: Mapping[str, tuple[Callable[[JobContext], None], Callable[[Any], Any],
     "grant-review": (grant_review.run, lambda s: s.entitlement.review.every, dt.timedelta(minutes=5)),
     "detector-tick": (detector_tick.run, lambda s: s.pipeline.tick_every, dt.timedelta(seconds=5)),
     "respond-due": (respond_due.run, lambda s: s.respond.check_every, dt.timedelta(seconds=5)),
+    "deliver": (deliver.run, lambda s: s.deliver.check_every, dt.timedelta(seconds=5)),
 })
 
 

@@ -1,0 +1,54 @@
+"""When to try again, and how fast a route may go.
+
+Retries are rows, not loops: a message that failed for now is queued again with its next
+attempt time, so a channel down for hours holds no thread and survives a restart. The
+wait before attempt n+1 is tenacity's ``wait_exponential_jitter`` (initial * 2^(n-1),
+capped at max, plus up to `jitter` at random, so a fleet of messages does not return as
+one wave).
+
+A rate limit is a sliding window over the last minute: a DingTalk robot takes about 20
+messages a minute, so the 21st waits, as pending, for the window to move.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import time
+from collections.abc import Callable
+
+import tenacity
+
+from auditd.deliver.settings import RetrySettings
+
+
+class RetryPolicy:
+    def __init__(self, settings: RetrySettings):
+        self.settings = settings
+        self._wait = tenacity.wait_exponential_jitter(multiplier=settings.initial.seconds, max=settings.max.seconds,
+                                                      jitter=settings.jitter.seconds)
+
+    def wait(self, attempts_made: int) -> dt.timedelta:
+        """The pause after the `attempts_made`-th attempt failed."""
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = max(1, attempts_made)
+        return dt.timedelta(seconds=float(self._wait(state)))
+
+
+class RateLimiter:
+    """At most `per_minute` messages in any 60 seconds."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._sent: collections.deque[float] = collections.deque()
+
+    def allowance(self) -> int:
+        now = self.clock()
+        while self._sent and now - self._sent[0] >= 60.0:
+            self._sent.popleft()
+        return max(0, max(1, int(self.per_minute)) - len(self._sent))
+
+    def take(self, n: int) -> None:
+        now = self.clock()
+        self._sent.extend([now] * n)
