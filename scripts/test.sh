@@ -17,6 +17,17 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Letters are PDFs through WeasyPrint, which needs Pango, and a CJK font for Chinese text;
+# openssl makes the test SMTP server's certificate. All Debian packages.
+debs=""
+ldconfig -p | grep -q "libpango-1.0.so.0" || debs="$debs libpango-1.0-0"
+ldconfig -p | grep -q "libpangoft2-1.0.so.0" || debs="$debs libpangoft2-1.0-0"
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || debs="$debs fonts-wqy-zenhei"
+command -v openssl >/dev/null 2>&1 || debs="$debs openssl"
+if [ -n "$debs" ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $debs >/dev/null
+fi
+
 if [ -z "${NEO_ES_URL:-}" ] && [ "${NEO_ES_SKIP:-0}" != 1 ]; then
     if url=$(bash scripts/elasticsearch.sh start | tail -n 1); then
         export NEO_ES_URL="$url"

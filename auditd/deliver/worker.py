@@ -81,13 +81,15 @@ class Deliverer:
     """Built once per runtime (settings and channels as loaded); no I/O here."""
 
     def __init__(self, settings: DeliverSettings, channels: Channels, *, spool: Path, zone: dt.tzinfo,
-                 escalate_to: str | None, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 escalate_to: str | None, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 monotonic: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.channels = channels
         self.spool = Path(spool)
         self.zone = zone
         self.escalate_to = escalate_to
         self.clock = clock
+        self.monotonic = monotonic  # the rate limits' clock
         self.retry = RetryPolicy(settings.retry)
         self.worker = f"{uuid.uuid4().hex[:12]}"
         self._limiters: dict[str, RateLimiter] = {}
@@ -192,7 +194,7 @@ class Deliverer:
         if route not in self._limiters:
             row = conn.execute("SELECT channel FROM outbox WHERE route = ? LIMIT 1", (route,)).fetchone()
             per_minute = self.channels.per_minute(route, row[0] if row else route)
-            self._limiters[route] = RateLimiter(per_minute) if per_minute else None  # type: ignore[assignment]
+            self._limiters[route] = RateLimiter(per_minute, self.monotonic) if per_minute else None  # type: ignore[assignment]
         return self._limiters[route]
 
     def _suppressor(self) -> Callable[[sqlite3.Connection, Row], str | None]:
