@@ -4,6 +4,7 @@ json:// service; and a store with rendered notices in it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -70,6 +71,7 @@ class SmtpHandler:
         self.received: list[Received] = []
         self.refuse_first = 0  # answer 451 to this many RCPTs
         self.refused = 0
+        self.delay_s = 0.0  # per message: keeps messages in flight longer
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -81,6 +83,8 @@ class SmtpHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content
                                           or envelope.content))

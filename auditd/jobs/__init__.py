@@ -42,6 +42,20 @@ log = logging.getLogger("neo_auditd.jobs")
 SOON = dt.timedelta(seconds=10)  # an overdue or interrupted job runs this long after the start
 
 
+class _StillRunningToDebug(logging.Filter):
+    """A job still running at its next tick skips it (max_instances=1, coalesce): that is
+    how a long run (the outbox draining 100,000 messages) works, not a warning a second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "maximum number of running instances" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_SCHEDULER_LOGGER = logging.getLogger("apscheduler.scheduler")
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     id: str
@@ -97,6 +111,8 @@ class JobRunner:
     """Runs the jobs on the scheduler and records their runs in the store."""
 
     def __init__(self, scheduler: Any, context: JobContext):
+        if not any(isinstance(f, _StillRunningToDebug) for f in _SCHEDULER_LOGGER.filters):
+            _SCHEDULER_LOGGER.addFilter(_StillRunningToDebug())
         self.scheduler = scheduler
         self.context = context
         self._specs: dict[str, JobSpec] = {}
