@@ -72,6 +72,7 @@ class SmtpHandler:
         self.refuse_first = 0  # answer 451 to this many RCPTs
         self.refused = 0
         self.delay_s = 0.0  # per message: keeps messages in flight longer
+        self.drop_after_data = 0  # take this many messages, then drop the connection instead of answering
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -89,6 +90,11 @@ class SmtpHandler:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content
                                           or envelope.content))
             n = len(self.received)
+            drop = self.drop_after_data > 0
+            self.drop_after_data -= drop
+        if drop:
+            server.transport.close()  # queued, but the client never hears so
+            return None
         return f"250 2.0.0 Ok: queued as Q{n:08d}"
 
 

@@ -38,12 +38,16 @@ def email_settings(server: SmtpServer, password_file: Path, **changes) -> Delive
     return dataclasses.replace(base, **changes)
 
 
-def test_customer_notices_arrive_over_starttls_with_auth_each_once_with_its_key(tmp_path, password_file):
+@pytest.mark.parametrize("process", [True, False], ids=["child-process", "in-thread"])
+def test_customer_notices_arrive_over_starttls_with_auth_each_once_with_its_key(tmp_path, password_file, process):
     conn = open_store(tmp_path / "neo.db")
     incident, fleet_key = add_incident(conn)
     add_customers(conn, tmp_path, 30, incident_id=incident)
     with SmtpServer(tmp_path) as server:
-        d = deliverer(email_settings(server, password_file), tmp_path)
+        settings = email_settings(server, password_file)
+        settings = dataclasses.replace(settings, channels=ChannelSettings(
+            email=dataclasses.replace(settings.channels.email, process=process)))
+        d = deliverer(settings, tmp_path)
         report = d.run(conn)
         assert report.delivered == 30 and report.failed == 0
         assert len(server.received) == 30
@@ -96,6 +100,24 @@ def test_refused_three_times_then_delivered_once(tmp_path, password_file):
     assert attempts == ["retry", "retry", "retry", "delivered"]
     errors = [r[0] for r in conn.execute("SELECT error FROM delivery_attempts WHERE outcome = 'retry'")]
     assert all("451" in e and "@" not in e for e in errors)  # the code, never the address
+
+
+def test_a_connection_lost_after_data_is_sent_again_and_marked_a_possible_repeat(tmp_path, password_file):
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 3, incident_id=incident)
+    with SmtpServer(tmp_path) as server:
+        server.handler.drop_after_data = 1  # the first message is queued but its answer never comes
+        d = deliverer(email_settings(server, password_file), tmp_path)
+        runs = 0
+        while outbox_states(conn).get("delivered") != 3 and runs < 5:
+            d.run(conn)
+            runs += 1
+        keys = [r.message["X-Neo-Idempotency-Key"] for r in server.received]
+    assert len(keys) == 4 and len(set(keys)) == 3  # at least once; the receiver can drop the repeat by key
+    repeated = next(k for k in keys if keys.count(k) == 2)
+    flagged = [k for (k,) in conn.execute("SELECT wire_key FROM outbox WHERE possible_repeat = 1")]
+    assert flagged == [repeated]  # only the message whose answer was lost is marked
 
 
 def test_after_the_retry_budget_a_message_fails_is_escalated_and_can_be_retried(tmp_path, password_file):

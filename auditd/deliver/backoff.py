@@ -36,18 +36,31 @@ class RetryPolicy:
 
 
 class RateLimiter:
-    """At most `per_minute` messages in any 60 seconds."""
+    """At most `per_minute` messages in any 60 seconds; from 10 a second up, at most
+    per_minute/60 in any second (a smooth flow, not a minute's worth at once)."""
 
     def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic):
         self.per_minute = per_minute
         self.clock = clock
+        self.window_s, self.limit = (1.0, max(1, int(per_minute / 60))) if per_minute >= 600 else \
+            (60.0, max(1, int(per_minute)))
         self._sent: collections.deque[float] = collections.deque()
 
-    def allowance(self) -> int:
-        now = self.clock()
-        while self._sent and now - self._sent[0] >= 60.0:
+    def _expire(self, now: float) -> None:
+        while self._sent and now - self._sent[0] >= self.window_s:
             self._sent.popleft()
-        return max(0, max(1, int(self.per_minute)) - len(self._sent))
+
+    def allowance(self) -> int:
+        self._expire(self.clock())
+        return max(0, self.limit - len(self._sent))
+
+    def wait_s(self) -> float:
+        """How long until one more message may go."""
+        now = self.clock()
+        self._expire(now)
+        if len(self._sent) < self.limit:
+            return 0.0
+        return self.window_s - (now - self._sent[len(self._sent) - self.limit])
 
     def take(self, n: int) -> None:
         now = self.clock()

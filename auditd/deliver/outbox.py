@@ -213,6 +213,7 @@ class Outcome:
     error: str | None = None
     message_sha256: str | None = None
     next_attempt_at: dt.datetime | None = None
+    maybe_sent: bool = False  # a retry of a message that may have reached the receiver
 
 
 def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome]) -> None:
@@ -222,12 +223,13 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome]) -> None:
         receipt = json.dumps(o.receipt, ensure_ascii=False, sort_keys=True) if o.receipt is not None else None
         attempt_outcome = {"pending": "retry"}.get(o.state, o.state)
         updates.append((o.state, to_db(o.finished_at) if o.state in ("delivered", "fleet") else None, receipt,
-                        o.message_sha256, o.error, to_db(o.next_attempt_at or o.finished_at), o.row.id))
+                        o.message_sha256, o.error, to_db(o.next_attempt_at or o.finished_at), int(o.maybe_sent),
+                        o.row.id))
         attempts.append((o.row.id, o.row.attempts, to_db(o.claimed_at), to_db(o.finished_at), attempt_outcome,
                          receipt, o.error))
     conn.executemany("UPDATE outbox SET state = ?, delivered_at = ?, receipt = COALESCE(?, receipt),"
                      " message_sha256 = COALESCE(?, message_sha256), last_error = ?, next_attempt_at = ?,"
-                     " claimed_by = NULL WHERE id = ?", updates)
+                     " possible_repeat = MAX(possible_repeat, ?), claimed_by = NULL WHERE id = ?", updates)
     conn.executemany("INSERT INTO delivery_attempts (outbox_id, attempt, claimed_at, finished_at, outcome, receipt,"
                      " error) VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
 

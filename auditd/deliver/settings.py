@@ -99,6 +99,7 @@ class EmailSettings:
     ca_file: Path | None = None  # whom to trust for TLS besides the system's CAs
     timeout_s: float = 30.0
     rate_per_minute: float | None = None  # None: as fast as the server takes them
+    process: bool = True  # the SMTP conversation in a child process (the pipeline keeps the interpreter)
 
     def check(self) -> Iterable[tuple[str, str]]:
         if not 1 <= self.port <= 65535:

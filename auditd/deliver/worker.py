@@ -76,6 +76,8 @@ class Channels(Protocol):
 
     def per_minute(self, route: str, channel: str) -> float | None: ...
 
+    def close(self) -> None: ...
+
 
 class Deliverer:
     """Built once per runtime (settings and channels as loaded); no I/O here."""
@@ -97,6 +99,12 @@ class Deliverer:
     # -- the job ---------------------------------------------------------------------------
     def run(self, conn: sqlite3.Connection, *, should_stop: Callable[[], bool] = lambda: False,
             fleet: Fleet | None = None) -> DeliveryReport:
+        try:
+            return self._run(conn, should_stop, fleet)
+        finally:
+            self.channels.close()
+
+    def _run(self, conn: sqlite3.Connection, should_stop: Callable[[], bool], fleet: Fleet | None) -> DeliveryReport:
         report = DeliveryReport()
         report.recovered = outbox.recover(conn, self.clock())
         self._intake(conn, report)
@@ -105,14 +113,21 @@ class Deliverer:
             return report
         self._release_digests(conn, report)
         while not should_stop():
-            progressed = False
+            progressed, waits = False, []
             for route in outbox.due_routes(conn, self.clock()):
                 progressed |= self._drain_route(conn, route, report, should_stop, fleet)
+                limiter = self._limiters.get(route)
+                if limiter is not None and limiter.allowance() == 0:
+                    waits.append(limiter.wait_s())
                 if should_stop():
                     break
             self._intake(conn, report)
             if not progressed:
-                break
+                # a route held back by its rate limit: wait here if it frees before the next run would come
+                wait = min(waits, default=None)
+                if wait is None or wait > self.settings.check_every.seconds:
+                    break
+                _pause(wait, should_stop)
         if self.settings.delete_delivered:
             report.bodies_deleted = self.delete_delivered_bodies(conn)
         return report
@@ -265,10 +280,10 @@ class Deliverer:
                            message_sha256=result.message_sha256)
         if result.outcome == "retry" and row.attempts < self.settings.retry.attempts:
             return Outcome(row, "pending", claimed_at, now, error=result.error,
-                           next_attempt_at=now + self.retry.wait(row.attempts))
+                           next_attempt_at=now + self.retry.wait(row.attempts), maybe_sent=result.maybe_sent)
         error = result.error if result.outcome == "failed" else \
             f"gave up after {row.attempts} attempts: {result.error}"
-        return Outcome(row, "failed", claimed_at, now, error=error)
+        return Outcome(row, "failed", claimed_at, now, error=error, maybe_sent=result.maybe_sent)
 
     # -- digests ---------------------------------------------------------------------------
     def _release_digests(self, conn: sqlite3.Connection, report: DeliveryReport) -> None:
@@ -428,6 +443,12 @@ class _Recorder:
             self.conn.execute("UPDATE outbox SET state = 'held', covered_by = NULL, next_attempt_at = ? WHERE"
                               " covered_by = ? AND state = 'digested'",
                               (to_db(self.deliverer.next_digest(now)), o.row.wire_key))
+
+
+def _pause(seconds: float, should_stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not should_stop() and time.monotonic() < deadline:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
 
 def expand_attachments(paths: list[Any]) -> list[Path]:

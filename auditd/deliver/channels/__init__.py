@@ -42,6 +42,16 @@ class BuiltChannels:
             else None
         return getattr(configured, "rate_per_minute", None)
 
+    def close(self) -> None:
+        """End what channels keep open between batches (an SMTP connection): at the end of a run."""
+        for channel in self._built.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+
     def for_route(self, label: str, channel: str) -> Channel:
         if label not in self._built:
             self._built[label] = self._build(label, channel)

@@ -24,14 +24,15 @@ class Result:
     receipt: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # never an address, a name or a secret
     message_sha256: str | None = None
+    maybe_sent: bool = False  # a retry after the message may have reached the receiver (a possible repeat)
 
     @classmethod
     def delivered(cls, receipt: dict[str, Any], sent: bytes) -> "Result":
         return cls("delivered", receipt, None, hashlib.sha256(sent).hexdigest())
 
     @classmethod
-    def retry(cls, error: str) -> "Result":
-        return cls("retry", error=error[:500])
+    def retry(cls, error: str, *, maybe_sent: bool = False) -> "Result":
+        return cls("retry", error=error[:500], maybe_sent=maybe_sent)
 
     @classmethod
     def failed(cls, error: str) -> "Result":

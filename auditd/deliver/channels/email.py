@@ -1,28 +1,74 @@
 """E-mail through the standard library's SMTP client: STARTTLS (or TLS) and AUTH, one
-connection for a whole batch, the Message-ID derived from the idempotency key, and the
+connection for many messages, the Message-ID derived from the idempotency key, and the
 server's queue id (its answer to the end of DATA) as the receipt.
+
+The messages are composed here, on the deliver job's thread; the SMTP conversation runs
+in a child process by default (``smtp_session.py``: one wake-up of this thread per 50
+messages instead of four per message, so the pipeline keeps the interpreter), or on
+this thread with ``process: false``.
 """
 
 from __future__ import annotations
 
+import base64
 import email.policy
 import email.utils
+import json
 import mimetypes
-import re
-import smtplib
-import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
+from auditd.deliver.channels import smtp_session
 from auditd.deliver.channels.base import Report, Result
 from auditd.deliver.message import Outgoing, message_id
 from auditd.deliver.secrets import SecretValue
 from auditd.deliver.settings import EmailSettings
 from auditd.respond.contacts import open_regular
 
-_QUEUED = re.compile(r"queued as\s+<?([A-Za-z0-9._\-]+)>?", re.IGNORECASE)
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+CHUNK = 50  # messages per hand-over to the SMTP session (and per wake-up of this thread)
+
+
+class _ChildSession:
+    """smtp_session.py in a child process, spoken to over its stdin and stdout."""
+
+    def __init__(self, options: dict[str, Any]):
+        self.proc = subprocess.Popen([sys.executable, "-I", smtp_session.__file__], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, close_fds=True)
+        self._write({"op": "open", **options})  # the password travels through the pipe only
+
+    def _write(self, request: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def send_many(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        try:
+            self._write({"op": "send", "items": [[to, base64.b64encode(raw).decode()] for to, raw in items]})
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            results = json.loads(line)["results"] if line else None
+        except (OSError, ValueError):
+            results = None
+        if results is None or len(results) != len(items):  # the child died: any of them may have gone out
+            self.close()
+            return [{"outcome": "retry", "error": "the SMTP sender process stopped", "maybe_sent": True}
+                    for _ in items]
+        return results
+
+    def close(self) -> None:
+        try:
+            self._write({"op": "close"})
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.wait(timeout=30)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 class EmailChannel:
@@ -32,114 +78,83 @@ class EmailChannel:
         self.settings = settings
         self._password = password
         self.domain = settings.sender.rpartition("@")[2] or "localhost"
+        self._shared: dict[tuple, bytes] = {}  # a notice's common part, built once (insertion order: oldest first)
+        self._date: tuple[int, str] = (0, "")
+        self._session: Any = None  # kept between the batches of one run; close() ends it
 
-    # -- the connection ------------------------------------------------------------------
-    def _tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        if self.settings.ca_file is not None:
-            context.load_verify_locations(cafile=str(self.settings.ca_file))
-        return context
-
-    def connect(self) -> smtplib.SMTP:
+    def _options(self) -> dict[str, Any]:
         s = self.settings
-        if s.security == "tls":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_s, context=self._tls_context())
-        else:
-            conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout_s)
-        try:
-            conn.ehlo()
-            if s.security == "starttls":
-                conn.starttls(context=self._tls_context())
-                conn.ehlo()
-            if s.username is not None and self._password is not None:
-                self._login(conn, s.username, self._password.reveal())
-        except BaseException:
-            _close(conn)
-            raise
-        return conn
+        return {"host": s.host, "port": s.port, "security": s.security, "sender": s.sender, "username": s.username,
+                "password": self._password.reveal() if self._password is not None else None,
+                "ca_file": str(s.ca_file) if s.ca_file else None, "timeout_s": s.timeout_s}
 
-    @staticmethod
-    def _login(conn: smtplib.SMTP, user: str, password: str) -> None:
-        # PLAIN when offered (one round trip, a clear 535 when refused); smtplib's login()
-        # otherwise, which tries the server's other mechanisms
-        conn.user, conn.password = user, password
-        if "plain" in conn.esmtp_features.get("auth", "").lower().split():
-            conn.auth("PLAIN", conn.auth_plain)
-        else:
-            conn.login(user, password)
+    def _open(self) -> Any:
+        if self._session is None:
+            options = self._options()
+            self._session = _ChildSession(options) if self.settings.process else smtp_session.Session(**options)
+        return self._session
 
-    # -- a batch -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+
     def send_batch(self, messages: Sequence[Outgoing], report: Report) -> None:
-        conn: smtplib.SMTP | None = None
-        try:
-            for i, message in enumerate(messages):
-                if not message.address:
-                    report(message, Result.failed("no e-mail address"))
-                    continue
-                try:
-                    raw = self.compose(message)
-                except OSError as exc:
-                    report(message, Result.failed(f"attachment unreadable: {exc.strerror or exc}"))
-                    continue
-                if conn is None:
-                    try:
-                        conn = self.connect()
-                    except smtplib.SMTPAuthenticationError as exc:
-                        # the server said no to our credentials: every message waits for an operator's fix
-                        error = f"SMTP authentication refused: {exc.smtp_code}"
-                        for rest in messages[i:]:
-                            report(rest, Result.retry(error))
-                        return
-                    except (OSError, smtplib.SMTPException) as exc:
-                        error = f"cannot reach the SMTP server: {_describe(exc)}"
-                        for rest in messages[i:]:
-                            report(rest, Result.retry(error))
-                        return
-                result, alive = self._send_one(conn, message, raw)
-                report(message, result)
-                if not alive:
-                    _close(conn)
-                    conn = None
-        finally:
-            if conn is not None:
-                _close(conn, polite=True)
+        ready: list[tuple[Outgoing, bytes]] = []
+        for message in messages:
+            if not message.address:
+                report(message, Result.failed("no e-mail address"))
+                continue
+            try:
+                ready.append((message, self.compose(message)))
+            except OSError as exc:
+                report(message, Result.failed(f"attachment unreadable: {exc.strerror or exc}"))
+        for start in range(0, len(ready), CHUNK):
+            chunk = ready[start:start + CHUNK]
+            results = self._open().send_many([(m.address or "", raw) for m, raw in chunk])
+            for (message, raw), result in zip(chunk, results):
+                report(message, self._result(message, raw, result))
 
-    def _send_one(self, conn: smtplib.SMTP, message: Outgoing, raw: bytes) -> tuple[Result, bool]:
-        try:
-            code, reply = conn.mail(self.settings.sender)
-            if code != 250:
-                return self._refused("MAIL", code, reply, conn), True
-            code, reply = conn.rcpt(message.address)
-            if code not in (250, 251):
-                return self._refused("RCPT", code, reply, conn), True
-            code, reply = conn.data(raw)
-            if code != 250:
-                return self._refused("DATA", code, reply, conn), True
-        except smtplib.SMTPServerDisconnected as exc:
-            return Result.retry(f"SMTP server disconnected: {_describe(exc)}"), False
-        except smtplib.SMTPResponseException as exc:
-            return self._refused("SMTP", exc.smtp_code, exc.smtp_error, conn), True
-        except (OSError, smtplib.SMTPException) as exc:
-            return Result.retry(f"SMTP error: {_describe(exc)}"), False
-        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-        found = _QUEUED.search(text)
-        receipt = {"smtp_reply": f"{code} {text}"[:200], "queue_id": found.group(1) if found else None,
-                   "message_id": message_id(message.wire_key, self.domain)}
-        return Result.delivered(receipt, raw), True
-
-    @staticmethod
-    def _refused(stage: str, code: int, reply: bytes | str, conn: smtplib.SMTP) -> Result:
-        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-        try:
-            conn.rset()
-        except (OSError, smtplib.SMTPException):
-            pass
-        # the reply may quote the address back: keep the code and the server's words, not the address
-        error = f"{stage} refused: {code} {_scrub(text)}"[:300]
-        return Result.retry(error) if 400 <= code < 500 or code == -1 else Result.failed(error)
+    def _result(self, message: Outgoing, raw: bytes, result: dict[str, Any]) -> Result:
+        if result["outcome"] == "delivered":
+            return Result.delivered({**result["receipt"], "message_id": message_id(message.wire_key, self.domain)},
+                                    raw)
+        if result["outcome"] == "failed":
+            return Result.failed(result["error"])
+        return Result.retry(result["error"], maybe_sent=bool(result.get("maybe_sent")))
 
     # -- the message ---------------------------------------------------------------------
     def compose(self, message: Outgoing) -> bytes:
+        """The MIME message. What is the same for every recipient of a notice (subject,
+        text, HTML, attachments) is built once by the standard library and kept; each
+        message adds its own To, Date, Message-ID and key lines in front."""
+        address, name, key = message.address or "", message.name or "", message.wire_key
+        if not (address.isascii() and key.isascii()):
+            return self._compose_whole(message)
+        shared_key = (message.subject, message.text, message.html, message.attachments, message.language)
+        shared = self._shared.get(shared_key)
+        if shared is None:
+            shared = self._compose_shared(message)
+            if len(self._shared) >= 64:
+                self._shared.pop(next(iter(self._shared)))
+            self._shared[shared_key] = shared
+        now = int(time.time())
+        if now != self._date[0]:
+            self._date = (now, email.utils.formatdate(now, localtime=False))
+        to = email.utils.formataddr((name, address), charset="utf-8")
+        head = (f"To: {to}\r\nDate: {self._date[1]}\r\nMessage-ID: {message_id(key, self.domain)}\r\n"
+                f"X-Neo-Idempotency-Key: {key}\r\n")
+        return head.encode("ascii") + shared
+
+    def _compose_shared(self, message: Outgoing) -> bytes:
+        mail = EmailMessage(policy=email.policy.SMTP)
+        mail["Subject"] = message.subject
+        mail["From"] = self.settings.sender
+        mail["Content-Language"] = message.language
+        self._content(mail, message)
+        return mail.as_bytes()
+
+    def _compose_whole(self, message: Outgoing) -> bytes:
         mail = EmailMessage(policy=email.policy.SMTP)
         mail["Subject"] = message.subject
         mail["From"] = self.settings.sender
@@ -148,6 +163,11 @@ class EmailChannel:
         mail["Message-ID"] = message_id(message.wire_key, self.domain)
         mail["X-Neo-Idempotency-Key"] = message.wire_key
         mail["Content-Language"] = message.language
+        self._content(mail, message)
+        return mail.as_bytes()
+
+    @staticmethod
+    def _content(mail: EmailMessage, message: Outgoing) -> None:
         mail.set_content(message.text, cte="base64" if _needs_base64(message.text) else "quoted-printable")
         if message.html:
             mail.add_alternative(message.html, subtype="html")
@@ -158,29 +178,7 @@ class EmailChannel:
             ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
             maintype, subtype = ctype.split("/", 1)
             mail.add_attachment(data, maintype=maintype, subtype=subtype, filename=Path(path).name)
-        return mail.as_bytes()
 
 
 def _needs_base64(text: str) -> bool:
     return any(ord(c) > 127 for c in text[:2000])
-
-
-def _scrub(text: str) -> str:
-    return re.sub(r"<?[^\s<>@]+@[^\s<>]+>?", "<address>", " ".join(text.split()))
-
-
-def _describe(exc: BaseException) -> str:
-    return _scrub(f"{type(exc).__name__}: {exc}")[:200]
-
-
-def _close(conn: smtplib.SMTP, *, polite: bool = False) -> None:
-    try:
-        if polite:
-            conn.quit()
-        else:
-            conn.close()
-    except (OSError, smtplib.SMTPException):
-        try:
-            conn.close()
-        except OSError:
-            pass
