@@ -11,6 +11,7 @@ import msgspec
 
 from auditd import __version__
 from auditd.errors import EX_CONFIG, ConfigError, StoreFormatError
+from auditd.ops.privacy import make_private
 from auditd.store.health import StoreDamaged
 
 DESCRIPTION = """\
@@ -85,9 +86,9 @@ def cmd_check(args) -> int:
         "sources": [s.name for s in runtime.settings.sources],
         "rules": len(runtime.ruleset),
         "employees": len(runtime.directory) if runtime.directory is not None else 0,
-        "warnings": [str(w) for w in warnings],
+        "warnings": [str(w) for w in (*runtime.warnings, *warnings)],
     }
-    _print_warnings(warnings)
+    _print_warnings([*runtime.warnings, *warnings])
     if args.json:
         _json_out(summary)
     else:
@@ -113,8 +114,9 @@ def cmd_status(args) -> int:
     from auditd.ops.status import StatusError, collect_status, render_status
 
     settings, store_path = _settings_and_store_path(args)
+    _, ruleset = _rule_ids(settings)  # their exceptions, listed beside the store's suppressions
     try:
-        status = collect_status(store_path, settings, dt.datetime.now(dt.timezone.utc))
+        status = collect_status(store_path, settings, dt.datetime.now(dt.timezone.utc), ruleset=ruleset)
     except StatusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -337,6 +339,121 @@ def cmd_incidents_show(args) -> int:
         _json_out(detail)
     else:
         print(render_incident_detail(detail, zone))
+    return 0
+
+
+def _parse_expiry(text: str, now, zone):
+    """'2026-12-31' (the end of that day in the company's zone), an ISO time, or a
+    duration from now ('7d', '12h')."""
+    import datetime as dt
+
+    from auditd.config.typed import Duration
+
+    try:
+        return now + Duration.from_config(text).timedelta
+    except ValueError:
+        pass
+    try:
+        day = dt.date.fromisoformat(text)
+        return dt.datetime(day.year, day.month, day.day, tzinfo=zone) + dt.timedelta(days=1)
+    except ValueError:
+        pass
+    value = dt.datetime.fromisoformat(text)  # ValueError: reported by the caller
+    return value if value.tzinfo else value.replace(tzinfo=zone)
+
+
+def _rule_ids(settings):
+    """The ids of the configured rules, or None when they do not load (then any id is taken)."""
+    from auditd.config.located import Problems
+    from auditd.detect import load_rules
+
+    problems = Problems()
+    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
+    return None if problems else [r.id for r in ruleset.rules], (None if problems else ruleset)
+
+
+def cmd_suppress_add(args) -> int:
+    import datetime as dt
+
+    from auditd.detect.suppressions import EVERY_RULE, SuppressionError, add
+
+    settings, path = _settings_and_store_path(args)
+    now = dt.datetime.now(dt.timezone.utc)
+    match = {}
+    for item in args.match:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"error: --match {item!r}: expected FIELD=VALUE, e.g. user.id=E10011", file=sys.stderr)
+            return 2
+        match[name.strip()] = value
+    try:
+        expires = _parse_expiry(args.expires, now, settings.zone)
+    except ValueError:
+        print(f"error: --expires {args.expires!r}: expected a date (2026-12-31), an ISO time or a duration (7d)",
+              file=sys.stderr)
+        return 2
+    known, _ = _rule_ids(settings) if args.rule != EVERY_RULE else (None, None)
+    from auditd.store.sqlite import Store
+
+    store = Store(path).open()
+    try:
+        sid = add(store.conn, rule_id=args.rule, match=match, owner=args.owner, reason=args.reason,
+                  expires_at=expires, now=now, known_rules=known)
+    except SuppressionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    if args.json:
+        _json_out({"id": sid, "expires_at": expires.astimezone(dt.timezone.utc).isoformat()})
+    else:
+        print(f"suppression {sid} added: rule {args.rule}, {', '.join(f'{k}={v}' for k, v in match.items())}, "
+              f"until {expires.astimezone(settings.zone).isoformat(timespec='minutes')} (owner {args.owner})")
+    return 0
+
+
+def cmd_suppress_list(args) -> int:
+    import datetime as dt
+
+    from auditd.detect.suppressions import read_all
+
+    now = dt.datetime.now(dt.timezone.utc)
+    store, zone = _incident_conn(args)
+    try:
+        rows = [s for s in read_all(store.conn) if args.all or s.active(now)]
+    finally:
+        store.close()
+    if args.json:
+        _json_out([{"id": s.id, "rule_id": s.rule_id, "match": dict(zip(s.fields, s.values)), "owner": s.owner,
+                    "reason": s.reason, "created_at": s.created_at, "expires_at": s.expires_at,
+                    "active": s.active(now), "removed_at": s.removed_at, "removed_by": s.removed_by}
+                   for s in rows])
+        return 0
+    if not rows:
+        print("no suppressions in force" + ("" if args.all else " (--all lists expired and removed ones)"))
+        return 0
+    for s in rows:
+        state = "active" if s.active(now) else (f"removed by {s.removed_by}" if s.removed_at else "expired")
+        print(f"{s.id:>4}  {s.rule_id}  {', '.join(f'{f}={v}' for f, v in zip(s.fields, s.values))}  "
+              f"until {s.expires_at.astimezone(zone).isoformat(timespec='minutes')}  "
+              f"owner {s.owner}  [{state}]  {s.reason}")
+    return 0
+
+
+def cmd_suppress_remove(args) -> int:
+    import datetime as dt
+
+    from auditd.detect.suppressions import remove
+
+    store, _ = _incident_conn(args)
+    try:
+        done = remove(store.conn, args.id, by=args.by, now=dt.datetime.now(dt.timezone.utc))
+    finally:
+        store.close()
+    if not done:
+        print(f"error: no suppression {args.id} in force", file=sys.stderr)
+        return 1
+    print(f"suppression {args.id} removed by {args.by}")
     return 0
 
 
@@ -895,6 +1012,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_outbox)
 
+    p = sub.add_parser("suppress", help="hold back a rule's alerts for some actor or address until a date, "
+                                        "in the store (beside the rule files' exceptions)")
+    ssub = p.add_subparsers(dest="suppress_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("add", help="add a suppression: which rule, which field values, owner, reason, expiry",
+                        epilog="example: neo-auditd suppress add -c config.yaml --rule records_far_above_usual "
+                               "--match user.id=E10011 --owner secops@example.com --reason 'stock-take, "
+                               "ticket OPS-12' --expires 3d")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--rule", required=True, help="the rule's id, or '*' for every rule")
+    q.add_argument("--match", action="append", required=True, metavar="FIELD=VALUE",
+                   help="a field's value the alert's event must have (repeat for several: all must hold)")
+    q.add_argument("--owner", required=True, help="who answers for it")
+    q.add_argument("--reason", required=True, help="why (a ticket, a change)")
+    q.add_argument("--expires", required=True,
+                   help="when it stops: a date (the end of that day), an ISO time, or a duration such as 7d")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_suppress_add)
+    q = ssub.add_parser("list", help="suppressions in force (--all: expired and removed ones too)")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--all", action="store_true")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_suppress_list)
+    q = ssub.add_parser("remove", help="end a suppression now (its row stays, with who removed it)")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("id", type=int)
+    q.add_argument("--by", required=True, help="who removes it")
+    q.set_defaults(func=cmd_suppress_remove)
+
     p = sub.add_parser("store", help="check the store's integrity, or back it up while the daemon runs")
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
     q = ssub.add_parser("check", help="header, schema version and PRAGMA quick_check; exit 0, or 65 if damaged")
@@ -915,6 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Everything this program creates (store, WAL, quarantine, keys, reviews) holds or
+    # guards personal information: its user's alone, also outside systemd's UMask=0077.
+    make_private()
     try:
         return args.func(args)
     except StoreFormatError as exc:  # a newer version's store: restarting will not help

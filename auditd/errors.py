@@ -18,6 +18,8 @@ class Location:
     column: int  # 1-based
 
     def __str__(self) -> str:
+        if self.line <= 0:  # the file as a whole (missing, unreadable)
+            return self.file
         return f"{self.file}:{self.line}:{self.column}"
 
 
@@ -35,11 +37,16 @@ class ConfigProblem:
         return f"{where}:{key} {self.message}"
 
 
+# The message of a problem that only marks a value whose own problem is already in the
+# list (a YAML scalar that could not be read); never shown.
+ALREADY_REPORTED = "(already reported)"
+
+
 class ConfigError(NeoError):
     """Every problem found while loading, reported together (exit code 78)."""
 
     def __init__(self, problems: list[ConfigProblem]):
-        self.problems = list(problems)
+        self.problems = [p for p in problems if p.message != ALREADY_REPORTED]
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

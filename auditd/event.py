@@ -85,6 +85,10 @@ class AccessEvent(msgspec.Struct, gc=False, omit_defaults=True, array_like=True)
     entitlement_granted: bool | None = None
     entitlement_reason: str | None = None
     sensitive: bool = False
+    # a numeric record id's block of 64 consecutive ids (a keyed pseudonym) and its place
+    # in the block: what the enumeration kind needs of an id, without the id (enrich)
+    resource_seq_block: str | None = None
+    resource_seq_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,8 @@ FIELDS: dict[str, FieldSpec] = {
         _f("neo.actor.off_shift", "actor_off_shift", "bool"),
         _f("neo.entitlement.granted", "entitlement_granted", "bool"),
         _f("neo.entitlement.reason", "entitlement_reason"),
+        _f("neo.resource.seq_block", "resource_seq_block"),
+        _f("neo.resource.seq_offset", "resource_seq_offset", "int"),
     )
 }
 ATTR_TO_FIELD = {spec.attr: spec.name for spec in FIELDS.values()}

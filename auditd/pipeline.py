@@ -10,14 +10,17 @@ import datetime as dt
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from auditd.decode.quarantine import Quarantined
 from auditd.decode.normalise import UNMAPPED_LABEL
+from auditd.detect import suppressions
 from auditd.detect.alert import Alert
 from auditd.event import OTHER_ACTION
 from auditd.runtime import Runtime
 from auditd.sources.base import NO_FILE, Batch
 from auditd.store.quarantine_file import QuarantineFile
+from auditd.store.pressure import MirrorBehind, StorageUnavailable, hold_reason
 from auditd.store.sqlite import Segment, Store
 
 CHUNK_RECORDS = 256  # records a chunk takes through the stages: its events stay in the CPU caches
@@ -55,6 +58,9 @@ class Pipeline:
         self.quarantine_file = quarantine_file
         self.metrics = metrics
         self.totals = Totals()
+        self._suppressions_seen: tuple[object, tuple[int, int]] | None = None
+        # called after each chunk went through the stages: proof of life for the watchdog
+        self.on_progress: Callable[[], None] | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -66,11 +72,23 @@ class Pipeline:
         runtime.state.bind(self.store.conn)
         self._runtime = runtime
 
+    def refresh_suppressions(self, runtime: Runtime) -> None:
+        """Give the rules the store's suppressions when they changed (`suppress add`
+        or `remove` by another process) or the rules were reloaded."""
+        conn = self.store.conn
+        seen = (runtime.ruleset, suppressions.version(conn))
+        if self._suppressions_seen is None or seen[0] is not self._suppressions_seen[0] \
+                or seen[1] != self._suppressions_seen[1]:
+            runtime.ruleset.set_suppressions(suppressions.compile_suppressions(suppressions.read_all(conn)))
+            self._suppressions_seen = seen
+
     def handle(self, batch: Batch) -> None:
         runtime = self.runtime
+        self.refresh_suppressions(runtime)
         segment = Segment(encode=self.store.keep_events)
         try:
-            cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(runtime, batch, segment)
+            cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(
+                runtime, batch, segment, self.on_progress)
             detected = time.perf_counter()
             latest, n_events = segment.last, segment.count
             with self.store.transaction() as conn:
@@ -92,17 +110,31 @@ class Pipeline:
                     conn, batch.source, events=n_events, quarantined=len(quarantined),
                     skipped=skipped, last_event_at=latest,
                 )
-        except BaseException:
-            runtime.state.discard()  # the batch will be read again, against the stored state
+        except BaseException as exc:
+            runtime.state.discard()  # the batch will be handled again, against the stored state
+            reason = hold_reason(exc)
+            if reason is not None:  # a full or read-only disk: nothing of the batch was kept
+                raise StorageUnavailable(reason) from exc
             raise
         committed = time.perf_counter()
-        self.quarantine_file.append(quarantined)
         self._count(batch, n_events, quarantined, skipped, alerts, changes, unmapped)
+        self._observe(batch, n_events, quarantined, skipped, alerts, eval_seconds, committed - detected, latest,
+                      unmapped)
+        try:
+            self.quarantine_file.append(quarantined)
+        except OSError as exc:  # committed already: the file catches up from the table later
+            reason = hold_reason(exc)
+            if reason is None:
+                raise
+            raise MirrorBehind(f"the quarantine file cannot be written: {reason}") from exc
+
+    def _observe(self, batch: Batch, n_events: int, quarantined: list[Quarantined], skipped: int,
+                 alerts: list[Alert], eval_seconds: float, commit_seconds: float, latest, unmapped: Counter) -> None:
         if self.metrics is not None:
             self.metrics.observe_batch(
                 batch.source, events=n_events, quarantined=len(quarantined), skipped=skipped,
                 alerts_by_rule=Counter(a.rule_id for a in alerts), eval_seconds=eval_seconds,
-                commit_seconds=committed - detected, last_event_ts=latest,
+                commit_seconds=commit_seconds, last_event_ts=latest,
             )
             if batch.report is not None:
                 self.metrics.observe_source_report(batch.source, batch.report)
@@ -110,8 +142,8 @@ class Pipeline:
                 self.metrics.unmapped_actions(batch.source, unmapped)
 
     @staticmethod
-    def _stages(runtime: Runtime, batch: Batch,
-                segment: Segment) -> tuple[list, list[Quarantined], int, list[Alert], float, Counter]:
+    def _stages(runtime: Runtime, batch: Batch, segment: Segment, progress: Callable[[], None] | None = None,
+                ) -> tuple[list, list[Quarantined], int, list[Alert], float, Counter]:
         """Normalise, enrich, detect and encode for the store, a chunk of the batch at a
         time: every stage walks the events, and a chunk's events stay in the CPU's caches
         from one stage to the next (a whole batch's do not). The events' order, and so
@@ -151,18 +183,24 @@ class Pipeline:
                 cited += _cited(chunk, chunk_alerts)
             quarantined += chunk_quarantined
             skipped += chunk_skipped
+            if progress is not None:
+                progress()
         return cited, quarantined, skipped, alerts, eval_seconds, unmapped
 
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Time passed: stateful rules may close windows and alert, in one transaction."""
         runtime = self.runtime
+        self.refresh_suppressions(runtime)
         try:
             with self.store.transaction() as conn:
                 alerts = runtime.ruleset.tick(now)
                 changes = runtime.correlator.apply(conn, alerts) if alerts else []
                 runtime.state.flush(conn)
-        except BaseException:
+        except BaseException as exc:
             runtime.state.discard()
+            reason = hold_reason(exc)
+            if reason is not None:
+                raise StorageUnavailable(reason) from exc
             raise
         self.totals.alerts += len(alerts)
         for alert in alerts:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from auditd.config.located import Problems
-from auditd.settings import Settings, load_settings
+from auditd.settings import SHIPPED_RULES, Settings, load_settings
 from auditd.correlate import Correlator
 from auditd.decode import load_format
 from auditd.deliver import Deliverer, build_deliverer
@@ -26,7 +26,8 @@ from auditd.detect.state import StateStore
 from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
 from auditd.entitlement import build_checker
-from auditd.errors import ConfigError
+from auditd.errors import ConfigError, ConfigProblem
+from auditd.ops.privacy import check_named_file, check_state
 from auditd.respond import Responder, build_responder
 from auditd.sources.guard import Protected, inside
 from auditd.sources.globs import static_directory
@@ -50,6 +51,7 @@ class Runtime:
     deliverer: Deliverer | None = None  # the outbox's channels, their secrets read
     state: StateStore = field(default_factory=StateStore)  # stateful rules' state; the pipeline binds it
     loaded_at: float = field(default_factory=time.time)
+    warnings: tuple[ConfigProblem, ...] = ()  # located, not reasons to refuse the set (a key others can read)
 
     def normaliser(self, source: str) -> Normaliser:
         return self.normalisers[source]
@@ -74,9 +76,18 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
     state = StateStore()
-    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone,
-                         context=KindContext(zone=settings.zone, state=state), kinds=kinds)
     calendar = load_calendar(settings.working_days, problems, referrer=doc)
+    ruleset = load_rules(_rule_paths(settings, doc, problems), problems, categories=settings.categories,
+                         zone=settings.zone, context=KindContext(zone=settings.zone, state=state, calendar=calendar),
+                         kinds=kinds)
+    check_state(settings.state_dir, {("store", "path"): settings.store_path,
+                                     ("quarantine", "path"): settings.quarantine_path}, doc, problems)
+    if settings.elastic is not None:  # read when the client is built: checked now, not at start
+        if settings.elastic.api_key_file is not None:
+            check_named_file(settings.elastic.api_key_file, doc, ("elastic", "api_key_file"), problems,
+                             max_bytes=64 * 1024, secret=True)
+        if settings.elastic.ca_certs is not None:
+            check_named_file(settings.elastic.ca_certs, doc, ("elastic", "ca_certs"), problems)
     pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size) if key is not None else None
     correlator = Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate)
     # playbooks are validated like rules: a reload with a bad one keeps the old set running
@@ -106,7 +117,24 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         responder=responder,
         deliverer=deliverer,
         state=state,
+        warnings=tuple(problems.warnings),
     )
+
+
+def _rule_paths(settings: Settings, doc, problems: Problems) -> list[Path]:
+    """The rule files and folders to read; a configured one that is missing is a problem
+    at its line of the config."""
+    paths = [SHIPPED_RULES] if settings.rules.include_shipped else []
+    for i, path in enumerate(settings.rules.paths):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            problems.add(doc, ("rules", "paths", i), f"rules path not found: {path}")
+        except OSError as exc:  # a name too long, a folder we may not enter
+            problems.add(doc, ("rules", "paths", i), f"cannot read rules path {path}: {exc.strerror}")
+        else:
+            paths.append(path)
+    return paths
 
 
 def _load_sources(settings: Settings, doc, problems: Problems):

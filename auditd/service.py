@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -21,22 +23,30 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from auditd import __version__
 from auditd.detect.kinds import KINDS, RuleKind
 from auditd.directory import DirectoryWatcher, load_directory
-from auditd.errors import ConfigError
+from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.jobs import JobContext, JobRunner, job_specs
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
+from auditd.ops.runstate import RunState, path_for
+from auditd.ops.privacy import make_private, store_files, tighten
 from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
 from auditd.ops.status import file_lags, record_reload
+from auditd.ops.watchdog import Watchdog
 from auditd.pipeline import Pipeline
 from auditd.runtime import Runtime, load_runtime
 from auditd.sources.tail import FileTailer, ReplaySource
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store import health
 from auditd.store.health import CheckReport
+from auditd.store.pressure import MirrorBehind, StorageUnavailable, hold_reason
 from auditd.store.sqlite import Store
 
 LAG_EVERY_S = 5.0
+RUNSTATE_EVERY_S = 30.0
+HOLD_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # between tries while storage refuses writes
+IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
+EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 
 log = logging.getLogger("neo_auditd.service")
@@ -50,7 +60,8 @@ def open_store(runtime: Runtime, state_dir: Path | None = None, *, new_store: bo
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
     health.preflight(db_path, new_store=new_store)
-    store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events)
+    store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events,
+                  max_bytes=settings.store.max_bytes)
     store.open(background_checkpoints=True)
     try:
         health.stamp(store.conn, db_path, new_store=new_store)
@@ -105,7 +116,8 @@ class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, store: Store, quarantine: QuarantineFile,
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
-                 kinds: Mapping[str, RuleKind] = KINDS):
+                 kinds: Mapping[str, RuleKind] = KINDS, stop_timeout_s: float | None = None,
+                 exit_now: Callable[[int], None] = os._exit, runstate: RunState | None = None):
         self.config_path = config_path
         self.kinds = kinds  # the rule kinds a reload builds with
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
@@ -117,6 +129,7 @@ class Daemon:
         self.directory_watcher = self._watch_directory(runtime)
         self.on_batch = on_batch
         self.exit_code = 0
+        self._exit_now = exit_now
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._tick = threading.Event()
@@ -125,10 +138,22 @@ class Daemon:
         self.tailers: dict[str, FileTailer] = {}
         self.last_reload_ok: bool | None = None
         self.last_reload_error: str | None = None
-        self._last_ping = 0.0
-        interval = notifier.watchdog_interval() if notifier else None
-        # ping at half the watchdog interval, also while catching up a backlog
-        self._ping_every = interval.total_seconds() / 2 if interval else None
+        # pinged only on proof of life (a chunk done, nothing to read), never by a timer; a
+        # loop that waits on purpose (storage back pressure) calls watchdog.holding_back(why)
+        self.watchdog = Watchdog(notifier)
+        self.pipeline.on_progress = self.watchdog.progressed
+        self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else \
+            runtime.settings.pipeline.stop_timeout_s
+        self._stopped = threading.Event()
+        # storage back pressure: batches read but not committed, kept until a write works
+        self.runstate = runstate or RunState(path_for(store.path))
+        self.holding_back: str | None = None  # why, while storage cannot be written
+        self._held: list = []
+        self._mirror_behind = False
+        self._hold_started = 0.0
+        self._hold_attempts = 0
+        self._retry_at = 0.0
+        self._last_runstate = 0.0
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -144,6 +169,26 @@ class Daemon:
     def store_damaged(self, report: CheckReport) -> None:
         """From the background store check: stop; systemd does not restart on 65."""
         self.request_stop(health.EX_DATAERR)
+
+    def arm_stop_timeout(self) -> None:
+        """From now on, a stop that takes longer than `stop_timeout_s` ends the process
+        (the owner of the process calls this; `finished` disarms it)."""
+        threading.Thread(target=self._enforce_stop_timeout, name="stop-timeout", daemon=True).start()
+
+    def _enforce_stop_timeout(self) -> None:
+        """Once a stop is asked for, end the process after `stop_timeout_s` even if a
+        stage is wedged mid-batch (an assignment server that never answers, a stuck
+        lookup). Safe: the batch in flight is not committed, so its lines are read again
+        at the next start, as after kill -9; systemd would SIGKILL it a little later."""
+        self._stop.wait()
+        if self._stopped.wait(self.stop_timeout_s):
+            return
+        log.error("stop timed out: a stage is stuck mid-batch; exiting without it (its lines are read "
+                  "again at the next start)", extra={"stop_timeout_s": self.stop_timeout_s})
+        if self.notifier:
+            self.notifier.stopping()
+        logging.shutdown()
+        self._exit_now(EXIT_STOP_TIMEOUT)
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -170,44 +215,123 @@ class Daemon:
         self._start_tailers(self.pipeline.runtime, first_start)
         if self.notifier:
             self.notifier.ready()
+        self.runstate.set(state="running", since=_now_text(), reason=None)
         log.info("started", extra={"sources": list(self.tailers)})
         try:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._do_reload()
-                if self._tick.is_set():
+                if self._tick.is_set() and self.holding_back is None:
                     self._tick.clear()
-                    self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
+                    try:
+                        self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
+                    except StorageUnavailable as exc:
+                        self._tick.set()  # the time hooks run again once storage takes writes
+                        self._hold(exc.reason)
                 if not self._pump():
                     self._idle()
                 self._keepalive()
-            self._pump()  # drain what is already readable, then stop with it checkpointed
+            if self.holding_back is None:
+                self._pump()  # drain what is already readable, then stop with it checkpointed
         finally:
             for tailer in self.tailers.values():
                 tailer.stop()
             if self.notifier:
                 self.notifier.stopping()
+            self.runstate.set(state="stopped", since=_now_text(), reason=self.holding_back)
         log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code})
         return self.exit_code
 
+    def finished(self) -> None:
+        """Everything is closed: the stop timeout has nothing left to cut short."""
+        self._stopped.set()
+
     def _pump(self) -> bool:
-        """Process one round of every source; True if anything was read."""
+        """Process one round of every source; True if anything was read.
+
+        While storage cannot be written, no source is read: the batches already read are
+        kept and tried again with backoff, so nothing is lost and nothing is read ahead."""
+        if self.holding_back is not None and not self._retry_held():
+            return False
         batch_records = self.pipeline.runtime.settings.pipeline.batch_records
         worked = False
         for tailer in list(self.tailers.values()):
-            for batch in tailer.poll(batch_records):
-                if batch.records or batch.checkpoint:
-                    self.pipeline.handle(batch)
-                    worked = worked or bool(batch.records)
-                if self.on_batch:
-                    self.on_batch(self.pipeline)
+            batches = tailer.poll(batch_records)
+            for i, batch in enumerate(batches):
+                if not self._handle(batch, batches[i + 1:]):
+                    return worked
+                worked = worked or bool(batch.records)
                 self._keepalive()
         return worked
 
+    def _handle(self, batch, rest: list) -> bool:
+        """One batch into the store; False (and holding back) when storage refused it."""
+        try:
+            if batch.records or batch.checkpoint:
+                self.pipeline.handle(batch)
+                self.watchdog.progressed()
+        except StorageUnavailable as exc:  # nothing of it was kept: it is tried again
+            self._held = [batch, *rest]
+            self._hold(exc.reason)
+            return False
+        except MirrorBehind as exc:  # committed; the quarantine file catches up
+            self._held, self._mirror_behind = list(rest), True
+            self._hold(exc.reason)
+            return False
+        if self.on_batch:
+            self.on_batch(self.pipeline)
+        return True
+
+    def _hold(self, reason: str) -> None:
+        now = time.monotonic()
+        if self.holding_back is None:
+            self._hold_started, self._hold_attempts = now, 0
+            log.error("holding back: storage cannot be written; no source is read until it can, nothing is "
+                      "lost", extra={"reason": reason, "batches_held": len(self._held)})
+            self.runstate.set(state="holding_back", since=_now_text(), reason=reason)
+        elif reason != self.holding_back:
+            self.runstate.set(state="holding_back", reason=reason)
+        self.holding_back = reason
+        self._hold_attempts += 1
+        self._retry_at = now + HOLD_BACKOFF_S[min(self._hold_attempts, len(HOLD_BACKOFF_S)) - 1]
+        self.watchdog.holding_back(reason)
+        if self.metrics is not None:
+            self.metrics.holding_back(True, retried=self._hold_attempts > 1)
+
+    def _retry_held(self) -> bool:
+        """Try the held batches again when their time has come; True once all are in."""
+        if time.monotonic() < self._retry_at:
+            self.watchdog.holding_back(self.holding_back or "")
+            return False
+        if self._mirror_behind:
+            try:
+                self.pipeline.quarantine_file.catch_up()
+            except OSError as exc:
+                self._hold(f"the quarantine file cannot be written: {hold_reason(exc) or exc}")
+                return False
+            self._mirror_behind = False
+        while self._held:
+            batch, rest = self._held[0], self._held[1:]
+            if not self._handle(batch, rest):
+                return False
+            self._held = rest
+        log.warning("storage takes writes again: reading resumes", extra={
+            "held_for_s": round(time.monotonic() - self._hold_started, 1), "retries": self._hold_attempts})
+        self.holding_back = None
+        self.runstate.set(state="running", since=_now_text(), reason=None)
+        self.watchdog.resumed()
+        if self.metrics is not None:
+            self.metrics.holding_back(False)
+        return True
+
     def _idle(self) -> None:
+        if self.holding_back is not None:  # waiting on purpose: alive, and says why
+            self.watchdog.holding_back(self.holding_back)
+        else:
+            self.watchdog.idle()  # nothing to read: waiting, not stuck
         sources = _all_sources(self.pipeline.runtime).values()
         timeout = min((s.poll_interval_s for s in sources), default=1.0)
-        self._wake.wait(timeout)
+        self._wake.wait(min(timeout, IDLE_WAKE_S, self.watchdog.every or IDLE_WAKE_S))
         self._wake.clear()
 
     @staticmethod
@@ -244,22 +368,28 @@ class Daemon:
             from auditd.elastic.cluster_alerts import POSITION_KEY
             from auditd.elastic.feeds import write_meta
 
-            with self.store.transaction() as conn:
-                if alerts:
-                    self.pipeline.runtime.correlator.apply(conn, alerts)
-                if position:
-                    write_meta(conn, POSITION_KEY, position)
+            try:
+                with self.store.transaction() as conn:
+                    if alerts:
+                        self.pipeline.runtime.correlator.apply(conn, alerts)
+                    if position:
+                        write_meta(conn, POSITION_KEY, position)
+            except Exception as exc:
+                if hold_reason(exc) is None:
+                    raise
+                self.cluster.follower.give_back(alerts, position)  # applied once storage takes writes
 
     def _keepalive(self) -> None:
         self._check_directory()
-        self._correlate_cluster_alerts()
+        if self.holding_back is None:
+            self._correlate_cluster_alerts()
         now = time.monotonic()
         if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
             self.metrics.set_lags(file_lags(self.store.conn))
-        if self._ping_every is not None and now - self._last_ping >= self._ping_every:
-            self._last_ping = now
-            self.notifier.watchdog()
+        if now - self._last_runstate >= RUNSTATE_EVERY_S:  # renewed, so status can tell a stale one
+            self._last_runstate = now
+            self.runstate.set()
 
     def _start_tailers(self, runtime: Runtime, first_start: bool) -> None:
         for source in runtime.settings.sources:
@@ -282,6 +412,7 @@ class Daemon:
 
     def _do_reload(self) -> None:
         self._reload.clear()
+        self._retry_at = 0.0  # an operator's SIGHUP (a raised cap, space freed) is a reason to try now
         if self.notifier:
             self.notifier.reloading()
         try:
@@ -290,16 +421,27 @@ class Daemon:
             self.last_reload_ok, self.last_reload_error = False, str(exc)
             log.error("reload rejected; the previous configuration keeps running",
                       extra={"problems": [str(p) for p in exc.problems]})
+        except Exception as exc:  # a loader bug must not take the running daemon down with it
+            self.last_reload_ok, self.last_reload_error = False, f"{type(exc).__name__}: {exc}"
+            log.exception("reload failed; the previous configuration keeps running")
         else:
             self._swap(runtime)
             self.last_reload_ok, self.last_reload_error = True, None
             log.info("reloaded", extra={"rules": len(runtime.ruleset)})
-        record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
-                      self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
+            _log_warnings(runtime)
+        try:
+            record_reload(self.store.conn, self.last_reload_ok, dt.datetime.now(dt.timezone.utc),
+                          self.last_reload_error, rules_in_force=len(self.pipeline.runtime.ruleset))
+        except Exception as exc:  # a full store: the log and the metric still say how the reload went
+            if hold_reason(exc) is None:
+                raise
+            log.warning("reload not recorded in the store", extra={"reason": hold_reason(exc)})
         if self.metrics is not None:
             self.metrics.reload_result(self.last_reload_ok)
         if self.notifier:
             self.notifier.ready()
+            first = (self.last_reload_error or "").split("\n")[0]
+            self.notifier.status("running" if self.last_reload_ok else f"reload refused, previous set running: {first}")
 
     def _swap(self, runtime: Runtime) -> None:
         old_sources = _all_sources(self.pipeline.runtime)
@@ -307,11 +449,21 @@ class Daemon:
         for name in list(self.tailers):
             if name not in new_sources or new_sources[name] != old_sources.get(name):
                 self.tailers.pop(name).stop()
+        self.store.set_max_bytes(runtime.settings.store.max_bytes)
         self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
         self.directory_watcher = self._watch_directory(runtime)
         self._start_tailers(runtime, first_start=False)
         if self.jobs is not None:
             self.jobs.reschedule(job_specs(runtime.settings))
+
+
+def _now_text() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _log_warnings(runtime: Runtime) -> None:
+    for warning in runtime.warnings:
+        log.warning("configuration warning", extra={"warning": str(warning)})
 
 
 def _all_sources(runtime: Runtime) -> dict[str, object]:
@@ -397,12 +549,19 @@ def _current_directory(daemon: Daemon):
 def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[str, RuleKind] = KINDS,
           new_store: bool = False) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
+    make_private()  # umask 077, also when started by hand rather than by the unit
     runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
+    _log_warnings(runtime)
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
     damage = _DamageRelay()  # a background store check may finish before the daemon exists
-    store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
+    try:
+        store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
+    except (OSError, sqlite3.Error) as exc:  # checked by `check`, but the disk may have changed since
+        raise ConfigError([ConfigProblem(Location(str(config_path), 0, 0), "state_dir",
+                                         f"cannot open the store: {exc}")]) from None
+    tighten(store_files(store.path) + [quarantine.path])  # files an earlier start left under umask 022
     metrics = Metrics(store.path)
     metrics.declare_sources(_all_sources(runtime))
     if ops.metrics.enabled:
@@ -417,11 +576,13 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
         cluster.start()
         if cluster.shipper is not None:
             metrics.watch_shipper(cluster.shipper)
+    runstate = RunState(path_for(store.path)).open()  # before the disk can fill: its blocks are kept
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
-                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds)
+                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate)
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
     damage.connect(daemon.store_damaged)
+    daemon.arm_stop_timeout()
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
     scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
@@ -436,6 +597,8 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
             cluster.stop()
         metrics.stop()
         store.close()
+        runstate.close()
+        daemon.finished()
 
 
 def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,

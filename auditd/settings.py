@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from auditd.config.located import Doc, Problems, load_yaml_file
-from auditd.config.typed import MISSING, Duration, convert
+from auditd.config.typed import MISSING, Duration, convert, unknown_zone
 from auditd.correlate.settings import CorrelateSettings
 from auditd.decode.settings import FormatSettings
 from auditd.deliver.settings import DeliverSettings
@@ -48,10 +48,16 @@ class StoreSettings:
     # the daemon reads anything on a store up to this size; a larger one starts at
     # once and is checked in the background, its progress in `status`.
     startup_check_max_bytes: int = 256 * 1024 * 1024
+    # The store never grows past this (PRAGMA max_page_count): at the cap the daemon holds
+    # back and says so, as on a full disk, until retention frees pages or the cap is raised
+    # (SIGHUP). None: only the disk limits it.
+    max_bytes: int | None = None
 
     def check(self):
         if self.startup_check_max_bytes < 0:
             yield "startup_check_max_bytes", "must be 0 or more"
+        if self.max_bytes is not None and self.max_bytes < 1024 * 1024:
+            yield "max_bytes", "must be at least 1 MiB (1048576)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +121,20 @@ class PipelineSettings:
     max_batch_delay_s: float = 0.5
     # how often stateful rules may act with no event in hand (a window closing)
     tick_every: Duration = field(default_factory=lambda: Duration(60.0))
+    # After SIGTERM, a stage stuck mid-batch is abandoned after this long (the batch is
+    # read again at the next start); below the unit's TimeoutStopSec=30, so that systemd
+    # never needs its SIGKILL.
+    stop_timeout_s: float = 20.0
 
     def check(self):
         if self.batch_records < 1:
             yield "batch_records", "must be at least 1"
         if self.tick_every.seconds <= 0:
             yield "tick_every", "must be more than 0"
+        if self.max_batch_delay_s < 0:
+            yield "max_batch_delay_s", "must not be negative"
+        if not 1 <= self.stop_timeout_s <= 3600:
+            yield "stop_timeout_s", f"expected 1 to 3600 seconds, got {self.stop_timeout_s:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +159,9 @@ class Settings:
     elastic: ElasticSettings | None = None  # ship to, and read from, an Elasticsearch cluster
 
     def check(self):
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            yield "timezone", f"unknown time zone {self.timezone!r}"
+        why = unknown_zone(self.timezone)
+        if why:
+            yield "timezone", why
         names = [s.name for s in self.sources]
         for i, name in enumerate(names):
             if names.index(name) != i:
@@ -178,12 +191,18 @@ class Settings:
 
 
 def load_settings(path: Path, problems: Problems) -> tuple[Settings | None, Doc | None]:
-    """Load the config file; every problem is added to `problems`."""
+    """Load the config file; every problem is added to `problems`.
+
+    Settings with any problem are not returned: every later loader (formats, directory,
+    rules, key) reads them, and a half-checked value (an unknown zone, a list holding a
+    failed item) is what turned a typo into a crash.
+    """
     doc = load_yaml_file(Path(path), problems)
     if doc is None:
         return None, None
+    before = len(problems.items)
     settings = convert(Settings, doc.data, doc, (), problems)
-    if settings is MISSING:
+    if settings is MISSING or len(problems.items) > before:
         return None, doc
     return settings, doc
 

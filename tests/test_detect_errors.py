@@ -110,7 +110,7 @@ def test_unknown_field(tmp_path: Path) -> None:
 
 def test_unknown_kind(tmp_path: Path) -> None:
     got = only(errors(tmp_path, GOOD_RULE + "  kind: treshold\n"))
-    assert got.startswith("rules1.yaml:6:9: [0].kind: unknown rule kind 'treshold' (valid kinds: match, entitlement, departed)")
+    assert got.startswith("rules1.yaml:6:9: [0].kind: unknown rule kind 'treshold' (valid kinds: match, entitlement, departed, threshold, sequence, baseline, first_seen, off_hours)")
 
 
 def test_params_on_a_kind_without_params(tmp_path: Path) -> None:

@@ -94,3 +94,17 @@ def test_reload_on_demand_uses_the_given_loader(tmp_path):
 
     watcher = DirectoryWatcher(watcher.directory, path, clock=clock, loader=loader)
     assert watcher.reload().changed and calls == [path]  # for SIGHUP: no interval, no stat
+
+
+def test_a_loader_that_raises_is_a_rejected_file_and_the_old_directory_stays(tmp_path):
+    path = tmp_path / "directory.yaml"
+    path.write_text("roles: [{id: clerk}]\n")
+    first = load_directory(path, Problems())
+
+    def broken_loader(p, problems):
+        raise RuntimeError("a bug in a loader")
+
+    watcher = DirectoryWatcher(first, path, min_interval_s=0, loader=broken_loader)
+    outcome = watcher.reload()
+    assert not outcome.changed and watcher.directory is first
+    assert [str(p) for p in outcome.problems] == [f"{path}: cannot load: RuntimeError: a bug in a loader"]

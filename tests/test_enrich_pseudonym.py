@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import logging
 import os
 import re
 import stat
@@ -78,16 +77,19 @@ def test_key_file_problems_are_located_at_the_config_key(tmp_path):
     ]
 
 
-def test_a_world_readable_key_works_with_a_warning_that_does_not_show_the_key(tmp_path, caplog):
+def test_a_world_readable_key_works_with_a_located_warning_that_does_not_show_the_key(tmp_path):
     path = tmp_path / "k"
     path.write_text("s3cret-key-material-0123456789\n")
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="auditd.enrich.pseudonym"):
-        assert load_key(path, Problems()) == b"s3cret-key-material-0123456789"
-    [record] = caplog.records
-    assert "readable by every user" in record.getMessage()
-    assert record.__dict__["file.mode"] == "0o644"
-    assert "s3cret" not in caplog.text and "s3cret" not in str(record.__dict__)
+    problems = Problems()
+    config = parse_yaml("pseudonym:\n  key_file: k\n", "/etc/neo/config.yaml", problems)
+    assert load_key(path, problems, referrer=config, key_path=("pseudonym", "key_file")) \
+        == b"s3cret-key-material-0123456789"
+    assert not problems.items
+    [warning] = [str(w) for w in problems.warnings]
+    assert warning == (f"/etc/neo/config.yaml:2:13: pseudonym.key_file: pseudonym key file {path} is readable "
+                       f"by every user (mode 0644); chmod 600 it")
+    assert "s3cret" not in warning
 
 
 def test_the_cache_forgets_the_oldest_first_and_recomputes_the_same_pseudonym():

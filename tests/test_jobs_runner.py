@@ -104,3 +104,18 @@ def test_every_registered_job_takes_its_interval_from_the_settings(tmp_path):
     assert specs["grant-review"].every == dt.timedelta(days=7)
     faster = with_overrides(settings, pipeline=PipelineSettings(tick_every=Duration(5)))
     assert {s.id: s for s in job_specs(faster)}["detector-tick"].every == dt.timedelta(seconds=5)
+
+
+def test_a_job_that_meets_a_full_disk_waits_and_says_why_without_a_stack_trace(tmp_path, caplog):
+    ctx = context(tmp_path)
+    runner = JobRunner(BackgroundScheduler(timezone=dt.timezone.utc), ctx)
+
+    def full(_ctx):
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode = 13
+        raise exc
+
+    runner.start([spec(run=full, job_id="full")])
+    assert runner.run_now("full") is False
+    assert "job waits: storage cannot be written" in caplog.text
+    assert "job failed" not in caplog.text

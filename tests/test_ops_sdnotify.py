@@ -114,8 +114,20 @@ def test_a_vanished_socket_is_reported_not_raised(caplog: pytest.LogCaptureFixtu
 
 
 def test_constructor_does_no_io() -> None:
-    # A socket that does not exist yet is fine at construction; only sending touches it.
-    Notifier({"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": "30000000"})
+    # A socket that does not exist yet is fine at construction; only sending touches it:
+    # the manager may bind it after the notifier was made, and still gets the message.
+    with tempfile.TemporaryDirectory(prefix="sdn-") as directory:
+        path = str(Path(directory) / "notify")
+        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"})
+        assert notifier.enabled and not Path(path).exists()  # nothing created or connected
+        assert notifier.watchdog_interval() == dt.timedelta(seconds=30)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(2)
+            manager = FakeManager(sock, path)
+            assert manager.nothing_pending()  # constructing sent nothing
+            assert notifier.ready()
+            assert manager.receive() == "READY=1"
 
 
 def test_watchdog_interval() -> None:
@@ -130,3 +142,20 @@ def test_watchdog_interval() -> None:
     assert Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval() is None
     assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_interval() is None
     assert Notifier({}).watchdog_interval() is None
+
+
+def test_a_manager_that_does_not_read_never_blocks_the_daemon(tmp_path):
+    """A full notify socket (its reader fell behind) drops the message; it never waits."""
+    import socket
+    import time
+
+    from auditd.ops.sdnotify import Notifier
+
+    path = str(tmp_path / "n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        notifier = Notifier({"NOTIFY_SOCKET": path})
+        started = time.monotonic()
+        results = [notifier.notify("STATUS=" + "x" * 1000) for _ in range(5000)]  # far beyond the queue
+        assert time.monotonic() - started < 30
+        assert results[0] is True and results[-1] is False  # the queue filled: dropped, not waited for

@@ -6,24 +6,47 @@ datetime (made timezone-aware), Duration, and any class with a
 ``from_config(value) -> instance`` classmethod that raises ValueError with a message.
 A dataclass may define ``check(self) -> Iterable[tuple[str, str]]`` returning
 (relative key, message) pairs for cross-field rules. Unknown keys are errors.
+
+Nothing a file holds ends in a traceback: whatever a ``from_config``, a constructor or
+a ``check`` raises becomes a problem at the value's location; floats must be finite,
+integers fit in 64 bits, paths hold no NUL, and text the YAML reader rewrote (00123)
+is refused with "quote it". Unknown keys and enum values say what was probably meant.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
+import math
 import re
 import types
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
-from zoneinfo import ZoneInfo
+from typing import Any, Iterable, Literal, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from auditd.config.located import Doc, PathKey, Problems
+from auditd.errors import ALREADY_REPORTED
 
 MISSING: Any = dataclasses.MISSING
 DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")
+MAX_DURATION_S = 100 * 366 * 86400.0
+# Integers travel into C (sockets, file offsets, SQLite), where a bigger one overflows.
+MAX_INT = 2**63 - 1
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """' (did you mean 'x'?)' for a near miss among the choices, else ''."""
+    if not isinstance(value, str):
+        return ""
+    names = [str(c) for c in choices]
+    by_case = {n.casefold(): n for n in names}
+    if value.casefold() in by_case:
+        return f" (did you mean {by_case[value.casefold()]!r}?)"
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -36,18 +59,36 @@ class Duration:
 
     @classmethod
     def from_config(cls, value: Any) -> "Duration":
-        if isinstance(value, bool):
-            raise ValueError("expected a duration such as '15m', '4h' or '90d'")
-        if isinstance(value, (int, float)):
-            return cls(float(value))
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", str(value))
-        if not m:
-            raise ValueError(f"expected a duration such as '15m', '4h' or '90d', got {value!r}")
-        return cls(float(m.group(1)) * cls._UNITS[m.group(2)])
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a duration such as '15m', '4h' or '90d', got {_describe(value)}")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            seconds = float("inf")  # refused below
+        elif isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            m = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,15})?)\s*(ms|s|m|h|d|w)\s*", value)
+            if not m:
+                raise ValueError(f"expected a duration such as '15m', '4h' or '90d', got {value!r}")
+            seconds = float(m.group(1)) * cls._UNITS[m.group(2)]
+        if not 0 <= seconds <= MAX_DURATION_S:  # also refuses NaN
+            raise ValueError(f"expected a duration from 0 to 100 years, got {_short(value)}")
+        return cls(seconds)
 
     @property
     def timedelta(self) -> dt.timedelta:
         return dt.timedelta(seconds=self.seconds)
+
+
+def unknown_zone(name: str) -> str | None:
+    """Why `name` is not an IANA time zone (with the nearest names), or None if it is one."""
+    try:
+        ZoneInfo(name)
+        return None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name that is a folder, e.g. 'Asia'
+        pass
+    from zoneinfo import available_timezones
+
+    return f"unknown time zone {name!r}{did_you_mean(name, sorted(available_timezones()))}"
 
 
 @lru_cache(maxsize=None)
@@ -72,6 +113,11 @@ def _type_name(tp: Any) -> str:
 
 def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
     """Convert value to tp; on failure record a problem and return MISSING."""
+    if value is None and path in doc.broken:
+        # The YAML value itself was bad and is reported; this twin keeps "a problem was
+        # added" true for callers that count, and is dropped when problems are shown.
+        problems.add(doc, path, ALREADY_REPORTED)
+        return MISSING
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -85,12 +131,15 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
             out = convert(alt, value, doc, path, trial)
             if not trial:
                 return out
-        problems.add(doc, path, f"expected {' or '.join(_type_name(a) for a in rest)}")
+        _, why = doc.read_as_text(path, value) if str in rest else (None, None)
+        problems.add(doc, path, why or f"expected {' or '.join(_type_name(a) for a in rest)}, got {_describe(value)}")
         return MISSING
     if origin is Literal:
-        if value in get_args(tp):
+        choices = get_args(tp)
+        if isinstance(value, (str, int, float, bool)) and any(value == c and type(value) is type(c) for c in choices):
             return value
-        problems.add(doc, path, f"expected {_type_name(tp)}, got {value!r}")
+        got = repr(value) if isinstance(value, (str, int, float, bool)) else _describe(value)
+        problems.add(doc, path, f"expected {_type_name(tp)}, got {got}{did_you_mean(value, choices)}")
         return MISSING
     if dataclasses.is_dataclass(tp) and not hasattr(tp, "from_config"):
         return _convert_dataclass(tp, value, doc, path, problems)
@@ -114,6 +163,11 @@ def convert(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Problems) ->
     return _convert_scalar(tp, value, doc, path, problems)
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -132,17 +186,28 @@ def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Prob
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if abs(value) <= MAX_INT:
+                return value
+            problems.add(doc, path, f"{_short(value)} is out of range (at most {MAX_INT})")
+            return MISSING
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > MAX_INT or not math.isfinite(value):
+                problems.add(doc, path, f"expected a finite number, got {_short(value)}")
+                return MISSING
             return float(value)
     elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # ids such as 10086 are often written unquoted
+        text, why = doc.read_as_text(path, value)  # 10086 unquoted is its text; 00123 is not
+        if text is not None:
+            return text
+        if why is not None:
+            problems.add(doc, path, why)
+            return MISSING
     elif tp is Path:
         if isinstance(value, str) and value:
+            if "\0" in value:
+                problems.add(doc, path, "a path cannot hold a NUL character")
+                return MISSING
             p = Path(value)
             return p if p.is_absolute() else (doc.folder / p)
     elif tp is dt.datetime:
@@ -160,6 +225,9 @@ def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Prob
             return tp.from_config(value)
         except ValueError as exc:
             problems.add(doc, path, str(exc))
+            return MISSING
+        except Exception as exc:  # a bug in a from_config must still be a located problem, not a crash
+            problems.add(doc, path, f"cannot convert {_describe(value)}: {type(exc).__name__}: {exc}")
             return MISSING
     else:  # pragma: no cover - a programming error in a settings class
         raise TypeError(f"unsupported config type {tp!r}")
@@ -183,7 +251,11 @@ def _to_datetime(value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any
         return MISSING
     if out.tzinfo is None:  # the company's zone unless the file says otherwise
         out = out.replace(tzinfo=DEFAULT_ZONE)
-    return out.astimezone(dt.timezone.utc)
+    try:
+        return out.astimezone(dt.timezone.utc)
+    except (OverflowError, ValueError):  # year 1 or 9999 moved across midnight
+        problems.add(doc, path, f"time {value!s} is out of range")
+        return MISSING
 
 
 def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
@@ -198,9 +270,11 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
     for key in value:
         if key not in known:
             valid = ", ".join(sorted(known))
-            problems.add(doc, path + (key,), f"unknown key '{key}' (valid keys: {valid})", at_key=True)
+            problems.add(doc, path + (key,), f"unknown key '{key}'{did_you_mean(key, known)} (valid keys: {valid})",
+                         at_key=True)
     kwargs: dict[str, Any] = {}
     broken = False
+    before = len(problems.items)
     for key, f in known.items():
         if key in value:
             out = convert(hints[f.name], value[key], doc, path + (key,), problems)
@@ -213,13 +287,31 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
             broken = True
     if broken:
         return MISSING
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except Exception as exc:  # a __post_init__ that refuses what the fields let through
+        problems.add(doc, path, f"cannot build this value: {type(exc).__name__}: {exc}")
+        return MISSING
+    _run_check(obj, doc, path, problems, parts_broken=len(problems.items) > before)
+    return obj
+
+
+def _run_check(obj: Any, doc: Doc, path: PathKey, problems: Problems, *, parts_broken: bool) -> None:
+    """The dataclass's cross-field check; whatever it raises becomes a located problem.
+
+    An object some of whose parts failed (a list keeps failed items as MISSING) may
+    trip its own check; those parts' problems are already reported, so that is quiet.
+    """
     check = getattr(obj, "check", None)
-    if check is not None:
+    if check is None:
+        return
+    try:
         for rel_key, message in check():
             rel: PathKey = tuple(rel_key) if isinstance(rel_key, tuple) else ((rel_key,) if rel_key else ())
             problems.add(doc, path + rel, message)
-    return obj
+    except Exception as exc:
+        if not parts_broken:
+            problems.add(doc, path, f"cannot check this value: {type(exc).__name__}: {exc}")
 
 
 def _key_of(f: dataclasses.Field) -> str:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 from auditd.config.located import Problems
+from auditd.config.regex import LinearRegex, RegexError, compile_regex
 from auditd.decode.mapping import Origin
 from auditd.decode.settings import (
     CsvOptions,
@@ -191,26 +192,26 @@ class RegexParser:
     framing: ClassVar[str] = "lines"
     options_class: ClassVar[type] = RegexOptions
 
-    def __init__(self, pattern: re.Pattern):
-        self._search = pattern.search
+    def __init__(self, pattern: LinearRegex):
+        self._named_groups = pattern.named_groups
 
     @classmethod
     def build(cls, options: RegexOptions, origin: Origin, problems: Problems) -> "RegexParser | None":
         try:
-            pattern = re.compile(options.pattern)
-        except re.error as exc:
-            problems.add(origin.doc, origin.path + ("pattern",), f"invalid regular expression: {exc}")
+            pattern = compile_regex(options.pattern)  # RE2: linear time, whatever the line
+        except RegexError as exc:
+            problems.add(origin.doc, origin.path + ("pattern",), str(exc))
             return None
-        if not pattern.groupindex:
+        if not pattern.names:
             problems.add(origin.doc, origin.path + ("pattern",), "needs named groups, such as (?P<user>\\S+)")
             return None
         return cls(pattern)
 
     def parse(self, record: bytes) -> dict:
-        match = self._search(decode_text(record))
-        if match is None:
+        groups = self._named_groups(decode_text(record))
+        if groups is None:
             raise DecodeError("does not match the format's pattern")
-        return {k: v for k, v in match.groupdict().items() if v is not None}
+        return groups
 
 
 # The fields of a pgaudit AUDIT line, in order; 'rows' only with pgaudit.log_rows.

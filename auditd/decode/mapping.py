@@ -10,11 +10,11 @@ that every decoding path shares the one conversion of each field.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from auditd.config.located import Doc, PathKey, Problems
+from auditd.config.regex import RegexError, compile_regex
 from auditd.decode import steps
 from auditd.decode.settings import (
     DEFAULT_CATEGORIES,
@@ -466,9 +466,9 @@ def _compile_convert(target: Target, spec: FieldMapping, known_categories: froze
 
 def _extract_step(pattern: str, report: _Located) -> Callable[[Any], Any]:
     try:
-        return steps.extract_step(re.compile(pattern))
-    except re.error as exc:
-        report(("extract",), f"invalid regular expression: {exc}")
+        return steps.extract_step(compile_regex(pattern))  # RE2: linear time, whatever the value
+    except RegexError as exc:
+        report(("extract",), str(exc))
         return steps.unchanged
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
+
+from auditd.config.typed import unknown_zone
 
 DEFAULT_TIMEZONE_NAME = "Asia/Shanghai"  # the company's zone (DESIGN: canonical event)
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
@@ -42,10 +44,9 @@ class TimeZone:
     def from_config(cls, value: Any) -> "TimeZone":
         if not isinstance(value, str) or not value:
             raise ValueError("expected an IANA time zone name such as 'Asia/Shanghai'")
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (expected an IANA name such as 'Asia/Shanghai')") from None
+        why = unknown_zone(value)
+        if why:
+            raise ValueError(why if "did you mean" in why else f"{why} (expected an IANA name such as 'Asia/Shanghai')")
         return cls(value)
 
     @property

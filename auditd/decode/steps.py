@@ -9,8 +9,9 @@ dict on every call, and every record calls these.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
+
+from auditd.config.regex import LinearRegex
 
 from auditd.decode.values import describe, to_text
 
@@ -38,13 +39,12 @@ def unchanged(value: Any) -> Any:
     return value
 
 
-def extract_step(pattern: re.Pattern) -> Step:
+def extract_step(pattern: LinearRegex) -> Step:
     """The first group of the first match (the whole match without groups); no match: absent."""
-    group = 1 if pattern.groups else 0
+    extract_text = pattern.extract
 
     def extract(value: Any) -> Any:
-        match = pattern.search(to_text(value))
-        return match.group(group) if match else None
+        return extract_text(to_text(value))
 
     return extract
 

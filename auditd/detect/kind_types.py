@@ -55,6 +55,9 @@ class KindContext:
     # the state of stateful kinds (auditd.detect.state.StateStore): a kind asks it for its
     # rule's RuleState with ``state.rule(spec.id, rule_state_hash(...), value_type)``
     state: Any = None
+    # mainland-China working days (auditd.workdays.WorkingCalendar), for off-hours rules;
+    # None: the package's calendar without the operator's overrides
+    calendar: Any = None
 
 
 class RuleKind(Protocol):

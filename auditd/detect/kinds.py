@@ -10,9 +10,15 @@ event means. For `match` the condition is the whole verdict.
 - departed (`lifecycle_kinds.py`): any activity by an employee who had left; the
   accounts still live past the grace are found by a scheduled sweep
   (`departed_sweep.py`), not per event;
-- threshold / baseline / first-seen (later): detectors that keep per-key state in the
-  store handed over through `KindContext.state` (never opened here: constructors do
-  no I/O); off-hours: over enrichment facts and the working-day calendar.
+- threshold, sequence (`window_kinds.py`): N events or N distinct values per group
+  key within a sliding window; steps in order within a window (Sigma's correlations);
+- baseline (`baseline_kind.py`): volume per hour (or day) against the key's own usual
+  for that hour and its role peers';
+- first_seen, off_hours (`novelty_kinds.py`): a value new for the key after its
+  learning period; outside the shift or on a rest day.
+
+The stateful ones keep per-key state in the store handed over through
+`KindContext.state` (never opened here: constructors do no I/O).
 
 A kind is a small object with `params_type` (a frozen dataclass for the rule's
 `params:` mapping, converted with located errors, or None when it takes none) and
@@ -27,7 +33,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from auditd.detect.kind_types import Detector, KindContext, RuleKind, Verdict
+from auditd.detect.baseline_kind import BaselineKind
 from auditd.detect.lifecycle_kinds import DepartedKind, EntitlementKind
+from auditd.detect.novelty_kinds import FirstSeenKind, OffHoursKind
+from auditd.detect.window_kinds import SequenceKind, ThresholdKind
 
 if TYPE_CHECKING:
     from auditd.detect.spec import RuleSpec
@@ -49,5 +58,10 @@ KINDS: Mapping[str, RuleKind] = MappingProxyType({
     "match": MatchKind(),
     "entitlement": EntitlementKind(),
     "departed": DepartedKind(),
+    "threshold": ThresholdKind(),
+    "sequence": SequenceKind(),
+    "baseline": BaselineKind(),
+    "first_seen": FirstSeenKind(),
+    "off_hours": OffHoursKind(),
 })
 DEFAULT_KIND = "match"

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
 from auditd.config.located import Problems
+from auditd.config.regex import LinearRegex, RegexError, compile_regex
 from auditd.detect.condition import (
     And, Compare, ConditionError, Const, ListName, MacroRef, Not, Or, Origin, Value,
 )
@@ -49,7 +49,7 @@ _EXACT_OPS = frozenset({"=", "in", "intersects", "subset_of"})
 @dataclass(frozen=True, slots=True)
 class FieldTest:
     """One typed test; `value` is already the constant the hot path compares with:
-    a scalar, a frozenset (in/intersects/subset_of), a compiled pattern (regex), a tuple
+    a scalar, a frozenset (in/intersects/subset_of), a LinearRegex (regex), a tuple
     of networks (cidr) or None (exists)."""
 
     field: str  # ECS name as written, e.g. 'neo.data.record_count' or 'labels.team'
@@ -111,7 +111,7 @@ class Resolver:
             self.enums["neo.data.categories"] = tuple(sorted(categories))
         self._macro_done: dict[str, Any] = {}
         self._macro_stack: list[str] = []
-        self._regexes: dict[str, re.Pattern[str]] = {}  # one compiled pattern per text
+        self._regexes: dict[str, LinearRegex] = {}  # one compiled pattern per text
 
     def error(self, origin: Origin | None, pos: int, message: str) -> _Broken:
         where = f" (at character {pos + 1})" if origin is not None else ""
@@ -241,12 +241,12 @@ class Resolver:
                 raise ConditionError(f"'{field_name}' is never {value!r}{near(str(value), valid)}; "
                                      f"valid: {', '.join(valid)}", pos)
 
-    def _regex(self, value: Value) -> re.Pattern[str]:
+    def _regex(self, value: Value) -> LinearRegex:
         pattern = self._regexes.get(value.text)
         if pattern is None:
             try:
-                pattern = re.compile(value.text)
-            except re.error as exc:
+                pattern = compile_regex(value.text)  # RE2: linear time, whatever the pattern
+            except RegexError as exc:
                 raise ConditionError(f"bad regex {value.text!r}: {exc}", value.pos) from None
             self._regexes[value.text] = pattern
         return pattern
@@ -459,7 +459,7 @@ def _describe_value(value: Any) -> str:
         return "(" + ", ".join(sorted(str(v) for v in value)) + ")"
     if isinstance(value, tuple):
         return "(" + ", ".join(str(v) for v in value) + ")"
-    if isinstance(value, re.Pattern):
+    if isinstance(value, LinearRegex):
         return repr(value.pattern)
     if isinstance(value, bool):
         return "true" if value else "false"

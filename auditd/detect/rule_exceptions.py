@@ -97,12 +97,16 @@ def _typed_row(row: Any, specs: list[FieldSpec], doc: Doc, path: PathKey,
         names = [s.name for s in specs]
         problems.add(doc, path, f"expected {len(specs)} value(s), one per field {names}, got {len(cells)}")
         return None
-    typed = tuple(_typed(spec.kind, cell) for spec, cell in zip(specs, cells))
-    for c, (spec, value) in enumerate(zip(specs, typed)):
+    typed = []
+    for c, (spec, cell) in enumerate(zip(specs, cells)):
+        where = path + ((c,) if isinstance(row, list) else ())
+        _, why = doc.read_as_text(where, cell) if spec.kind in ("str", "ip") else (None, None)
+        value = _BAD if why else _typed(spec.kind, cell)
         if value is _BAD:
-            where = path + ((c,) if isinstance(row, list) else ())
-            problems.add(doc, where, f"'{spec.name}' is {_KIND_WORDS[spec.kind]}, got {cells[c]!r}")
-    return None if _BAD in typed else typed
+            # 00123 unquoted is the number 83 by now: an exception for it would never apply
+            problems.add(doc, where, why or f"'{spec.name}' is {_KIND_WORDS[spec.kind]}, got {cell!r}")
+        typed.append(value)
+    return None if _BAD in typed else tuple(typed)
 
 
 def _typed(kind: str, value: Any) -> Any:

@@ -36,7 +36,7 @@ from auditd.detect.condition import And, ConditionError, Or, Origin, parse_appen
 from auditd.detect.render import compile_title, unsafe_field_message
 from auditd.detect.rule_exceptions import ExceptionItem, ExceptionSpec, build_exception
 from auditd.detect.samples import SampleEvent, SamplesItem, build_samples
-from auditd.errors import Location
+from auditd.errors import ConfigProblem, Location
 
 Mode = Literal["append", "replace"]
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")  # rule ids: stable, in alert ids and CLI args
@@ -124,12 +124,16 @@ def rule_files(paths: Iterable[Path | str], problems: Problems) -> list[Path]:
     """Files in the order given; a folder contributes its *.yaml/*.yml sorted by name."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file()))
-        elif p.exists():
-            out.append(p)
-        else:
-            problems.add(None, (), f"rules path not found: {p}")
+        try:
+            if p.is_dir():
+                out.extend(sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file()))
+            elif p.exists():
+                out.append(p)
+            else:
+                problems.items.append(ConfigProblem(Location(str(p), 0, 0), "", "rules path not found"))
+        except (OSError, ValueError) as exc:  # an unreadable folder, a NUL in the name
+            why = getattr(exc, "strerror", None) or str(exc)
+            problems.items.append(ConfigProblem(Location(str(p), 0, 0), "", f"cannot read rules path: {why}"))
     return out
 
 

@@ -11,6 +11,7 @@ whole. Its only mutable part is `stats`, the counters.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -83,8 +84,13 @@ class RuleSet:
     """
 
     def __init__(self, rules: Sequence[CompiledRule], *, sensitive_categories: Iterable[str] = (),
-                 timing_every: int = 64):
+                 timing_every: int = 64, context: KindContext | None = None,
+                 kinds: Mapping[str, RuleKind] = KINDS):
         self.rules = tuple(rules)
+        self.context = context or KindContext()
+        self.kinds = kinds
+        # runtime suppressions (auditd.detect.suppressions), per rule index; set by the pipeline
+        self._suppress: list[Any] = [None] * len(self.rules)
         self._by_id = {r.id: r for r in self.rules}
         self._sensitive = frozenset(sensitive_categories)
         self.stats = RuleStats([r.id for r in self.rules], timing_every=timing_every)
@@ -100,6 +106,18 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+    def set_suppressions(self, checks: Mapping[str, Callable[[AccessEvent], Any]]) -> None:
+        """Swap in the store's suppressions (rule id, or '*' for all -> check)."""
+        every = checks.get("*")
+        out: list[Any] = []
+        for rule in self.rules:
+            own = checks.get(rule.id)
+            if own is not None and every is not None:
+                out.append(lambda e, a=own, b=every: a(e) or b(e))
+            else:
+                out.append(own or every)
+        self._suppress = out
 
     def rule(self, rule_id: str) -> CompiledRule:
         return self._by_id[rule_id]
@@ -162,6 +180,11 @@ class RuleSet:
         verdict = None if rule.detector is None else rule.detector(event)
         if rule.detector is not None and verdict is None:
             return None
+        # after the detector: a suppressed key's state keeps learning, only its alert is held back
+        suppress = self._suppress[rule.index]
+        if suppress is not None and suppress(event) is not None:
+            stats.excepted[rule.index] += 1
+            return None
         stats.alerts[rule.index] += 1
         return self.make_alert(rule, event, verdict)
 
@@ -177,6 +200,17 @@ class RuleSet:
             return None
         return self.make_alert(rule, event, verdict)
 
+    def with_fresh_state(self, rule: CompiledRule) -> CompiledRule:
+        """The rule with its detector built again on an empty state of its own (a
+        sample sequence starts from nothing, whatever ran before)."""
+        if rule.detector is None:
+            return rule
+        from auditd.detect.state import StateStore
+
+        context = dataclasses.replace(self.context, state=StateStore.in_memory())
+        return dataclasses.replace(rule, detector=self.kinds[rule.spec.kind].build(rule.spec, rule.spec.params,
+                                                                                   context))
+
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Let the enabled rules whose kinds keep state act on the passing of time."""
         alerts: list[Alert] = []
@@ -185,6 +219,10 @@ class RuleSet:
             if tick is None or not rule.spec.enabled:
                 continue
             for finding in tick(now):
+                suppress = self._suppress[rule.index]
+                if suppress is not None and suppress(finding.event) is not None:
+                    self.stats.excepted[rule.index] += 1
+                    continue
                 self.stats.alerts[rule.index] += 1
                 alerts.append(self.make_alert(rule, finding.event, finding.verdict))
         return alerts
@@ -228,7 +266,7 @@ def load_rules(paths: Iterable[Path | str], problems: Problems, *, categories: C
     specs = build_specs(defs, problems, zone=zone, categories=names, kinds=kinds)
     parse_ip = make_ip_parser()
     rules = [compile_rule(spec, i, parse_ip=parse_ip, context=context, kinds=kinds) for i, spec in enumerate(specs)]
-    return RuleSet(rules, sensitive_categories=sensitive, timing_every=timing_every)
+    return RuleSet(rules, sensitive_categories=sensitive, timing_every=timing_every, context=context, kinds=kinds)
 
 
 def _categories(categories: Categories | None) -> tuple[frozenset[str] | None, frozenset[str]]:

@@ -6,6 +6,22 @@ are checked as strictly as conditions — a misspelt field in a sample would oth
 make the sample pass for the wrong reason. ``@timestamp`` defaults to a Monday morning
 and ``event.id`` to one derived from the rule, so most samples need only the fields
 their rule tests.
+
+A stateful rule (threshold, sequence, baseline, first-seen) fires only after a history,
+so a sample may be a sequence of events, run in order against fresh state::
+
+    match:
+      - sequence:
+          - {repeat: 30, every: 20s, event: {user.id: E1, event.action: read,
+                                             neo.data.subject_ids: ["C{n}"]}}
+          - {user.id: E1, event.action: export}
+
+A step is an event, or ``{repeat: N, every: DURATION, event: {...}}`` whose text values
+may hold ``{n}``, the repetition's number (0, 1, ...; a value that is just "{n}" is
+the number itself). Steps without ``@timestamp``
+follow the previous one by ``every`` (one minute by default). A sequence under
+``match`` passes when one of its events raises an alert (a window crosses its bound
+where it crosses, not necessarily at the end); under ``no_match``, when none does.
 """
 
 from __future__ import annotations
@@ -34,8 +50,17 @@ class SamplesItem:
 @dataclass(frozen=True, slots=True)
 class SampleEvent:
     expect_match: bool
-    event: AccessEvent
+    event: AccessEvent  # the sample's (last) event
     where: Location | None = field(default=None, compare=False)
+    before: tuple[AccessEvent, ...] = ()  # a sequence's earlier events, in order
+
+    @property
+    def events(self) -> tuple[AccessEvent, ...]:
+        return (*self.before, self.event)
+
+
+MAX_SEQUENCE = 10_000  # events one sample may expand to
+DEFAULT_STEP = dt.timedelta(minutes=1)
 
 
 def build_samples(item: SamplesItem, doc: Doc, path: PathKey, problems: Problems, *, rule_id: str,
@@ -44,6 +69,12 @@ def build_samples(item: SamplesItem, doc: Doc, path: PathKey, problems: Problems
     for key, expect in (("match", True), ("no_match", False)):
         for i, raw in enumerate(getattr(item, key)):
             where = path + (key, i)
+            if isinstance(raw, dict) and "sequence" in raw:
+                events = sample_sequence(raw, doc, where, problems, event_id=f"sample:{rule_id}:{key}:{i}",
+                                         zone=zone, categories=categories)
+                if events:
+                    out.append(SampleEvent(expect, events[-1], doc.where(where), tuple(events[:-1])))
+                continue
             event = sample_event(raw, doc, where, problems, event_id=f"sample:{rule_id}:{key}:{i}",
                                  zone=zone, categories=categories)
             if event is not None:
@@ -51,13 +82,92 @@ def build_samples(item: SamplesItem, doc: Doc, path: PathKey, problems: Problems
     return out
 
 
+def sample_sequence(raw: dict[str, Any], doc: Doc, path: PathKey, problems: Problems, *, event_id: str,
+                    zone: tzinfo, categories: frozenset[str] | None) -> list[AccessEvent]:
+    """The events of a ``sequence:`` sample, timed; [] after reporting problems."""
+    from auditd.config.typed import Duration  # the sample's only config type
+
+    before = len(problems.items)
+    extra = sorted(set(raw) - {"sequence"})
+    if extra:
+        problems.add(doc, path + (extra[0],), f"unknown key '{extra[0]}' (valid keys: sequence)", at_key=True)
+    steps = raw["sequence"]
+    if not isinstance(steps, list) or not steps:
+        problems.add(doc, path + ("sequence",), "expected a list of events or {repeat, every, event} steps")
+        return []
+    out: list[AccessEvent] = []
+    clock: dt.datetime | None = None
+    for i, step in enumerate(steps):
+        where = path + ("sequence", i)
+        if not isinstance(step, dict):
+            problems.add(doc, where, "expected an event or {repeat: N, every: DURATION, event: {...}}")
+            continue
+        repeat, every, body = 1, DEFAULT_STEP, step
+        if "event" in step:
+            unknown = sorted(set(step) - {"event", "repeat", "every"})
+            if unknown:
+                problems.add(doc, where + (unknown[0],), f"unknown key '{unknown[0]}' (valid keys: event, every, "
+                             "repeat)", at_key=True)
+                continue
+            body = step["event"]
+            repeat = step.get("repeat", 1)
+            if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_SEQUENCE:
+                problems.add(doc, where + ("repeat",), f"expected a number from 1 to {MAX_SEQUENCE}")
+                continue
+            try:
+                every = Duration.from_config(step.get("every", 60)).timedelta
+            except ValueError as exc:
+                problems.add(doc, where + ("every",), str(exc))
+                continue
+            where = where + ("event",)
+        if not isinstance(body, dict):
+            problems.add(doc, where, "expected an event mapping")
+            continue
+        if len(out) + repeat > MAX_SEQUENCE:
+            problems.add(doc, where, f"a sample sequence has at most {MAX_SEQUENCE} events")
+            break
+        for n in range(repeat):
+            doc_n = _numbered(body, n) if repeat > 1 else body
+            event = sample_event(doc_n, doc, where, problems, event_id=f"{event_id}:{len(out)}", zone=zone,
+                                 categories=categories, timestamp=None)
+            if event is None:
+                break
+            if event.timestamp is None:
+                clock = parse_time(SAMPLE_TIME) if clock is None else clock + every
+                event.timestamp = clock
+            else:
+                clock = event.timestamp if n == 0 else clock + every
+                event.timestamp = clock
+            out.append(event)
+    return out if len(problems.items) == before else []
+
+
+def _numbered(value: Any, n: int) -> Any:
+    if isinstance(value, str):
+        return n if value == "{n}" else value.replace("{n}", str(n))
+    if isinstance(value, list):
+        return [_numbered(v, n) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbered(v, n) for k, v in value.items()}
+    return value
+
+
+_DEFAULT_TIME: Any = object()
+
+
 def sample_event(raw: dict[str, Any], doc: Doc, path: PathKey, problems: Problems, *, event_id: str,
-                 zone: tzinfo, categories: frozenset[str] | None = None) -> AccessEvent | None:
-    """The AccessEvent a sample document describes, or None after reporting problems."""
+                 zone: tzinfo, categories: frozenset[str] | None = None,
+                 timestamp: Any = _DEFAULT_TIME) -> AccessEvent | None:
+    """The AccessEvent a sample document describes, or None after reporting problems.
+    Without ``@timestamp`` it takes `timestamp` (default: SAMPLE_TIME)."""
     before = len(problems.items)
     kwargs: dict[str, Any] = {"event_id": event_id}
     for name, value, where in _flatten(raw, "", path, doc, problems):
         spec = FIELDS[name]
+        rewritten = _rewritten_by_yaml(spec, value, doc, where)
+        if rewritten:
+            problems.add(doc, rewritten[0], rewritten[1])
+            continue
         typed = _typed(spec, value, zone)
         if typed is _BAD:
             problems.add(doc, where, f"'{name}' is {_KIND_WORDS[spec.kind]}, got {value!r}")
@@ -68,7 +178,7 @@ def sample_event(raw: dict[str, Any], doc: Doc, path: PathKey, problems: Problem
         kwargs[spec.attr] = typed
     if "action" not in kwargs:
         problems.add(doc, path, "a sample needs 'event.action'")
-    kwargs.setdefault("timestamp", parse_time(SAMPLE_TIME))
+    kwargs.setdefault("timestamp", parse_time(SAMPLE_TIME) if timestamp is _DEFAULT_TIME else timestamp)
     if len(problems.items) > before:
         return None
     return AccessEvent(**kwargs)
@@ -103,6 +213,21 @@ def _merge_labels(items: list[tuple[str, Any, PathKey]]) -> list[tuple[str, Any,
     return rest + [("labels", merged, labels[0][2])]
 
 
+def _rewritten_by_yaml(spec: FieldSpec, value: Any, doc: Doc, where: PathKey) -> tuple[PathKey, str] | None:
+    """(where, why) for a text value that YAML 1.1 turned into something else (00123 -> 83)."""
+    if spec.kind in ("str", "ip"):
+        cells = [(where, value)]
+    elif spec.kind == "list":
+        cells = [(where + (i,), v) for i, v in enumerate(value)] if isinstance(value, list) else [(where, value)]
+    else:
+        return None
+    for cell_where, cell in cells:
+        _, why = doc.read_as_text(cell_where, cell)
+        if why:
+            return cell_where, why
+    return None
+
+
 _BAD: Any = object()
 _KIND_WORDS = {"str": "text", "ip": "an address", "int": "a number", "bool": "true or false",
                "time": "an ISO 8601 time", "list": "a list of text", "map": "a mapping of text"}
@@ -119,7 +244,7 @@ def _typed(spec: FieldSpec, value: Any, zone: tzinfo) -> Any:
     if kind == "time":
         try:
             return parse_time(value, zone) if isinstance(value, (str, dt.datetime)) else _BAD
-        except ValueError:
+        except (ValueError, OverflowError):
             return _BAD
     if kind == "list":
         items = value if isinstance(value, list) else [value]

@@ -62,17 +62,29 @@ def run_samples(ruleset: RuleSet) -> list[SampleResult]:
 
 def _run_sample(ruleset: RuleSet, rule: CompiledRule, sample: SampleEvent, label: str) -> SampleResult:
     event = sample.event
-    alert = ruleset.check(rule, event)
+    indexed, rule = rule, ruleset.with_fresh_state(rule)  # every sample starts from empty state
+    early = None
+    for i, earlier in enumerate(sample.before):
+        early = ruleset.check(rule, earlier)
+        if early is not None:
+            if not sample.expect_match:
+                return SampleResult(rule.id, label, False, f"expected no alert, got one at event {i} of the "
+                                    f"sequence: {early.title}: {early.reason}", sample.where)
+            event = earlier  # a sequence that must match passes at its first alert
+            break
+    alert = early if early is not None else ruleset.check(rule, event)
     if sample.expect_match and alert is None:
-        return SampleResult(rule.id, label, False, "expected an alert, got none: " + explain(rule, event),
+        where = f" in a sequence of {len(sample.before) + 1} events" if sample.before else ""
+        return SampleResult(rule.id, label, False, f"expected an alert{where}, got none: " + explain(rule, event),
                             sample.where)
     if not sample.expect_match and alert is not None:
         return SampleResult(rule.id, label, False, f"expected no alert, got: {alert.title}", sample.where)
-    if alert is not None and rule.spec.enabled and rule not in ruleset.index.candidates(event):
+    if alert is not None and rule.spec.enabled and indexed not in ruleset.index.candidates(event):
         # the condition holds but the index would never show it the event: an index bug
         return SampleResult(rule.id, label, False, "the rule index does not route this event to the rule",
                             sample.where)
-    return SampleResult(rule.id, label, True, alert.title if alert is not None else "no alert", sample.where)
+    shown = (f"{alert.title}: {alert.reason}" if alert.reason else alert.title) if alert is not None else "no alert"
+    return SampleResult(rule.id, label, True, shown, sample.where)
 
 
 def explain(rule: CompiledRule, event: AccessEvent) -> str:
@@ -128,7 +140,7 @@ def run_rule_tests(paths: Iterable[Path | str], *, categories: Categories | None
     problems = Problems()
     ruleset = load_rules(paths, problems, categories=categories, zone=zone)
     if problems:
-        return Report(EX_CONFIG, format_problems(problems.items, as_json=as_json))
+        return Report(EX_CONFIG, format_problems(problems.shown, as_json=as_json))
     results = run_samples(ruleset)
     warnings = check_rules(ruleset, today or dt.datetime.now(zone).date())
     render = report_json if as_json else render_report

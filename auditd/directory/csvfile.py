@@ -15,8 +15,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from auditd.config.located import Doc, PathKey, Problems
-from auditd.errors import Location
+from auditd.config.located import Doc, PathKey, Problems, read_config_text
+from auditd.errors import ConfigProblem, Location
 
 COLUMNS = (
     "id", "name", "roles", "store", "region", "shift", "status", "hire_date", "departure",
@@ -30,32 +30,38 @@ def load_employee_csv(
 ) -> list[tuple[Doc, PathKey, dict[str, Any]]]:
     """Rows as (document, key path, plain mapping) ready for `convert(EmployeeSpec, …)`."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # Excel writes a BOM
+        text = read_config_text(Path(path))  # no FIFO, no giant file; a BOM from Excel is dropped
     except FileNotFoundError:
         problems.add(referrer, key_path, f"file not found: {path}")
         return []
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.add(referrer, key_path, f"cannot read {path}: {exc}")
+    except UnicodeDecodeError as exc:
+        problems.add(referrer, key_path, f"{path} is not UTF-8 text (bad byte at offset {exc.start})")
+        return []
+    except (OSError, ValueError) as exc:
+        problems.add(referrer, key_path, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
         return []
     doc = Doc(file=str(path), data={"employees": []})
     lines = text.splitlines(keepends=True)
     reader = csv.reader(lines)
-    header = next(reader, None)
-    if header is None:
-        return []
-    columns = _header(doc, [h.strip() for h in header], lines[0], problems)
-    if columns is None:
-        return []
-    out = []
-    first_line = reader.line_num + 1
-    for record in reader:
-        starts = _field_columns(lines[first_line - 1]) if first_line <= len(lines) else []
-        if any(cell.strip() for cell in record):
-            path_key: PathKey = ("employees", len(doc.data["employees"]))
-            row = _row(doc, path_key, columns, record, first_line, starts, problems)
-            doc.data["employees"].append(row)
-            out.append((doc, path_key, row))
+    out: list[tuple[Doc, PathKey, dict[str, Any]]] = []
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        columns = _header(doc, [h.strip() for h in header], lines[0], problems)
+        if columns is None:
+            return []
         first_line = reader.line_num + 1
+        for record in reader:
+            starts = _field_columns(lines[first_line - 1]) if first_line <= len(lines) else []
+            if any(cell.strip() for cell in record):
+                path_key: PathKey = ("employees", len(doc.data["employees"]))
+                row = _row(doc, path_key, columns, record, first_line, starts, problems)
+                doc.data["employees"].append(row)
+                out.append((doc, path_key, row))
+            first_line = reader.line_num + 1
+    except csv.Error as exc:  # a NUL byte, a field over the csv module's size limit
+        problems.items.append(ConfigProblem(Location(str(path), reader.line_num or 1, 1), "", f"invalid CSV: {exc}"))
     return out
 
 

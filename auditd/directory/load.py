@@ -218,8 +218,12 @@ class _Builder:
         for i, a in enumerate(spec.roles):
             where = path + ("roles", i)
             # converted here, not as a union, so a mapping's own errors (an unknown key) show
-            if isinstance(a, (str, int)):
-                a = AssignmentSpec(str(a))
+            if isinstance(a, (str, int, float, bool)):
+                name, why = doc.read_as_text(where, a)
+                if name is None:
+                    self.problems.add(doc, where, why or f"expected a role name or a mapping, got {a!r}")
+                    continue
+                a = AssignmentSpec(name)
             else:
                 a = convert(AssignmentSpec, a, doc, where, self.problems)
             if a is MISSING:

@@ -17,7 +17,7 @@ from typing import Callable
 from auditd.config.located import Problems
 from auditd.directory.load import load_directory, stamp
 from auditd.directory.model import Directory, FileStamp
-from auditd.errors import ConfigProblem
+from auditd.errors import ConfigProblem, Location
 
 Loader = Callable[[Path, Problems], "Directory | None"]
 
@@ -64,12 +64,17 @@ class DirectoryWatcher:
         if seen is None:
             seen = tuple(stamp(s.path) for s in self._watched())
         problems = Problems()
-        fresh = self._loader(self.path, problems)
+        try:
+            fresh = self._loader(self.path, problems)
+        except Exception as exc:  # a loader bug is a rejected file, never the end of the daemon
+            problems.items.append(ConfigProblem(Location(str(self.path), 0, 0), "",
+                                                f"cannot load: {type(exc).__name__}: {exc}"))
+            fresh = None
         if fresh is None or problems:
             # stamped before reading: an unchanged bad file is not re-read at every poll,
             # and a fix written during this read still counts as a change
             self._rejected = seen
-            return ReloadOutcome(False, tuple(problems.items))
+            return ReloadOutcome(False, tuple(problems.shown))
         self.directory = fresh
         self._rejected = None
         return ReloadOutcome(True)

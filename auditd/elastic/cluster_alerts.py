@@ -111,6 +111,10 @@ class ClusterAlertFollower:
             alerts += result.alerts
             newest = result.newest or newest
 
+    def give_back(self, alerts: list[Alert], position: str | None) -> None:
+        """What `take` handed out could not be stored (a full disk): keep it for next time."""
+        self._queue.put(ReadResult(alerts, position, 0))
+
     def poll_once(self) -> None:
         result = self.reader.read(self._position)
         if result.alerts or result.newest != self._position:

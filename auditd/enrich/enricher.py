@@ -10,6 +10,7 @@ up on its own.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import OrderedDict, deque
 from itertools import chain, compress, islice, repeat
 from operator import attrgetter
@@ -54,6 +55,9 @@ class ActorFacts:
 
 
 UNKNOWN_ACTOR = ActorFacts(known=False)
+# a record id that ends in a number: its block of 64 consecutive ids is what the
+# enumeration kind needs (sequential ids), and the id itself is not
+_NUMBERED_ID = re.compile(r"([^0-9]*)([0-9]{1,18})")
 _subject_ids = attrgetter("subject_ids")
 _resource_type = attrgetter("resource_type")
 _resource_id = attrgetter("resource_id")
@@ -218,6 +222,15 @@ class Enricher:
         raws += map(_resource_id, records)
         if not raws:
             return
+        numbered = []
+        for ev in records:
+            m = _NUMBERED_ID.fullmatch(ev.resource_id)
+            if m is not None:
+                n = int(m[2])
+                ev.resource_seq_offset = n & 63
+                numbered.append(ev)
+                raws.append(f"{ev.resource_type}:{m[1]}#{n >> 6}")
         done = iter(self.pseudonymiser.each(raws))
         _run(map(setattr, events, repeat("subject_ids"), map(tuple, map(islice, repeat(done), lengths))))
-        _run(map(setattr, records, repeat("resource_id"), done))
+        _run(map(setattr, records, repeat("resource_id"), islice(done, len(records))))
+        _run(map(setattr, numbered, repeat("resource_seq_block"), done))

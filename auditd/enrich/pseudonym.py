@@ -23,7 +23,6 @@ distinct customers across both.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import secrets
 import stat
@@ -31,13 +30,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
-from auditd.config.located import Doc, PathKey, Problems
-
-log = logging.getLogger(__name__)
+from auditd.config.located import Doc, PathKey, Problems, read_regular_file
 
 PREFIX = "p:"
 DIGEST_BYTES = 16
 MIN_KEY_BYTES = 16
+MAX_KEY_FILE_BYTES = 4096  # keygen writes 65; a bigger file is the wrong file
 
 
 class Pseudonymiser:
@@ -139,16 +137,16 @@ def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = Non
              key_path: PathKey = ()) -> bytes | None:
     """Read a key file; a missing, unreadable, empty or short key is a located problem.
 
-    A key file that every user may read is accepted with a warning (the daemon still
-    works; the operator should chmod 600 it). Text keys, such as the hex that
+    A key file that every user may read is accepted with a warning in `problems`
+    (the daemon still works; the operator should chmod 600 it). Text keys, such as the hex that
     `create_key_file` writes, lose one trailing newline; binary keys are used byte for
     byte.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
+        # a regular file of a key's size: /dev/zero or a FIFO named by mistake must not hang `check`
+        data, st = read_regular_file(path, MAX_KEY_FILE_BYTES)
+        mode = st.st_mode
     except FileNotFoundError:
         problems.add(referrer, key_path, f"pseudonym key file not found: {path}")
         return None
@@ -163,9 +161,9 @@ def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = Non
         problems.add(referrer, key_path,
                      f"pseudonym key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are needed")
         return None
-    if mode & stat.S_IROTH:
-        log.warning("pseudonym key file is readable by every user; chmod 600 it",
-                    extra={"file.path": str(path), "file.mode": oct(stat.S_IMODE(mode))})
+    if mode & stat.S_IROTH:  # `check` prints it; the daemon logs it at start and on reload
+        problems.warn(referrer, key_path, f"pseudonym key file {path} is readable by every user "
+                                          f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return key
 
 

@@ -34,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from auditd.jobs import deliver, departed_sweep, detector_tick, grant_review, respond_due, retention
 from auditd.jobs.context import JobContext
+from auditd.store.pressure import StorageUnavailable, hold_reason
 from auditd.store.sqlite import immediate
 from auditd.store.times import from_db, to_db
 
@@ -165,7 +166,11 @@ class JobRunner:
             spec.run(self.context)
         except Exception as exc:  # a failed run must not stop the scheduler; the next one tries again
             ok, error = False, f"{type(exc).__name__}: {exc}"
-            log.exception("job failed", extra={"job": job_id})
+            reason = hold_reason(exc) or (exc.reason if isinstance(exc, StorageUnavailable) else None)
+            if reason is not None:  # a full disk is the daemon's to report (holding back), not a bug here
+                log.warning("job waits: storage cannot be written", extra={"job": job_id, "reason": reason})
+            else:
+                log.exception("job failed", extra={"job": job_id})
         self._record(job_id, finished=self.context.now(), ok=ok, error=error)
         return ok
 

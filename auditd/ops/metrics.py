@@ -113,6 +113,13 @@ class Metrics:
                                 registry=r)
         self._reload_ts = Gauge(p + "reload_timestamp_seconds",
                                 "When the last configuration load or reload was attempted.", registry=r)
+        self._holding_back = Gauge(p + "holding_back", "1 while the daemon does not read because storage cannot "
+                                   "be written (full disk, read-only file system, the store's max_bytes).",
+                                   registry=r)
+        self._holding_back_since = Gauge(p + "holding_back_since_timestamp_seconds",
+                                         "When the current holding back began; 0 when reading.", registry=r)
+        self._storage_retries = Counter(p + "storage_retries", "Writes retried while holding back.", registry=r)
+        self._holding = False
 
     # -- what the daemon pushes ----------------------------------------------------------
     def declare_sources(self, sources: Iterable[str]) -> None:
@@ -178,6 +185,14 @@ class Metrics:
         """Drop a file's lag series (the file is gone or no longer tailed)."""
         with contextlib.suppress(KeyError):  # never set, or already dropped
             self._lag.remove(source, path)
+
+    def holding_back(self, holding: bool, *, retried: bool = False) -> None:
+        if holding != self._holding:
+            self._holding = holding
+            self._holding_back_since.set(self._clock() if holding else 0)
+        self._holding_back.set(1 if holding else 0)
+        if retried:
+            self._storage_retries.inc()
 
     def reload_result(self, ok: bool) -> None:
         self._reload_ok.set(1 if ok else 0)

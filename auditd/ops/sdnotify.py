@@ -48,6 +48,7 @@ class Notifier:
         self._watchdog_pid = env.get("WATCHDOG_PID")
         self._monotonic_usec = monotonic_usec
         self._pid = pid
+        self._last_warning = float("-inf")
 
     @property
     def enabled(self) -> bool:
@@ -96,10 +97,15 @@ class Notifier:
         message = "\n".join(assignments).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self._address)
+                # never wait on the manager: a datagram socket whose reader fell behind
+                # would block the pipeline's thread; a dropped ping is what a late one is
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError as error:
             # A lost notification must not take the daemon down; systemd's own timeouts
             # (start, watchdog) are what notice a daemon that really stopped talking.
-            log.warning("sd_notify %r failed: %s", assignments[0].split("=")[0], error)
+            now = time.monotonic()
+            if now - self._last_warning >= 60:  # a manager that stopped reading: say so once a minute
+                self._last_warning = now
+                log.warning("sd_notify %r failed: %s", assignments[0].split("=")[0], error)
             return False
         return True

@@ -16,6 +16,11 @@ numbers) and does three things:
 The patterns err on the side of removing too much: a 13-19 digit number is taken for a
 bank card without a Luhn check, since a typo'd card number is still personal data.
 Customers' IPv4 addresses are not personal information in this deployment and are left.
+
+Patterns cannot recognise a customer id (C10023 looks like an order or an employee id),
+a name or a raw log line, so what could hold them is not collected at all: frame
+variables are off, a log record travels as its template without its arguments, error
+messages lose their quoted values, and request bodies are never read.
 """
 
 from __future__ import annotations
@@ -51,9 +56,14 @@ DEFAULT_CUSTOMER_FIELDS = frozenset({
 _EDGE_BEFORE = r"(?<![0-9A-Za-z])"
 _EDGE_AFTER = r"(?![0-9A-Za-z])"
 
+# Every pattern below starts only where a run of its characters starts (a look-behind
+# for the same class), so that re's scan is linear: without it, a 100,000-character
+# word in an exception message cost minutes of backtracking per pattern, inside the
+# thread that reported the error.
+#
 # Order matters: the most specific patterns go first so that the label says what it was.
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
+    ("email", re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
     # 6-digit area, birth date 18xx-20xx, 3-digit sequence, check digit 0-9 or X.
     ("id-card", re.compile(
         _EDGE_BEFORE
@@ -70,17 +80,26 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         _EDGE_BEFORE + r"(?:\d{13,19}|\d{4}(?:[\s-]\d{4}){3}(?:[\s-]?\d{1,3})?)" + _EDGE_AFTER)),
 )
 
-_INLINE_SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
+_SECRET_KEY = re.compile(r"(?i)password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+                         r"dsn|authorization|cookie|session[_-]?id")
+
+
+def _secret_assignment(match: re.Match[str]) -> str:
+    if _SECRET_KEY.search(match["key"]) is None:
+        return match.group(0)
+    return match["key"] + match["sep"] + match["quote"] + FILTERED
+
+
+_INLINE_SECRETS: tuple[tuple[re.Pattern[str], Any], ...] = (
     # user:password@ (and a bare DSN key@) in URLs.
-    (re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@:]+(?::[^/\s@]*)?@"),
+    (re.compile(r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@:]+(?::[^/\s@]*)?@"),
      r"\g<scheme>" + FILTERED + "@"),
     (re.compile(r"(?i)\b(?P<kind>bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
      r"\g<kind> " + FILTERED),
-    # password=..., "api_key": "...", token: ...
-    (re.compile(r"(?i)(?P<key>[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|"
-                r"access[_-]?key|private[_-]?key|dsn|authorization|cookie|session[_-]?id)"
-                r"[\w.-]*['\"]?\s*[=:]\s*)(?P<quote>['\"]?)[^\s'\",&;)}\]]+"),
-     r"\g<key>\g<quote>" + FILTERED),
+    # password=..., "api_key": "...", token: ... The whole key is taken possessively and
+    # then tested for a secret's name, rather than searched for one by backtracking.
+    (re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<sep>['\"]?\s*+[=:]\s*+)(?P<quote>['\"]?)[^\s'\",&;)}\]]+"),
+     _secret_assignment),
 )
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -89,13 +108,27 @@ _SEPARATORS = re.compile(r"[\W_]+")  # Unicode-aware: 手机号 stays a name
 Scrubber = Callable[[Any], Any]
 
 
+# Sentry keeps 1024 characters of a value; what is cut here is never scrubbed or sent.
+MAX_TEXT_CHARS = 4096
+# A quoted value in a message ('C10023', "王小明") is what Python's own errors quote:
+# the key that was missing, the text that did not parse. It is data, not code.
+_QUOTED = re.compile(r"'[^'\n]{0,512}'|\"[^\"\n]{0,512}\"")
+
+
 def scrub_text(text: str) -> str:
     """Replace personal information and inline secrets in free text."""
+    if len(text) > MAX_TEXT_CHARS:
+        text = text[:MAX_TEXT_CHARS] + "…[truncated]"
     for pattern, replacement in _INLINE_SECRETS:
         text = pattern.sub(replacement, text)
     for kind, pattern in _PATTERNS:
         text = pattern.sub(f"[Filtered:{kind}]", text)
     return text
+
+
+def scrub_message(text: str) -> str:
+    """An error or log message: quoted values removed as well as the patterns."""
+    return scrub_text(_QUOTED.sub(lambda m: m.group(0)[0] + FILTERED + m.group(0)[0], text))
 
 
 def _normalised(key: str) -> str:
@@ -185,7 +218,14 @@ _SDK_CONTEXTS = frozenset({"runtime", "os", "device", "app", "trace", "otel",
 
 
 def scrub_event(event: dict[str, Any], scrubber: Scrubber = scrub) -> dict[str, Any]:
-    """Scrub a whole Sentry event (or transaction): every part, every string in it."""
+    """Scrub a whole Sentry event (or transaction): every part, every string in it.
+
+    Before the general scrub: frame variables go (they hold the batch, the raw lines,
+    the event being judged; the SDK is also told not to collect them), a log's
+    parameters go (its template stays: developers wrote it, not customers), error
+    messages lose their quoted values, and request bodies go.
+    """
+    event = _without_raw_data(event)
     text_only = _Walk(frozenset(), filter_keys=False).clean
     cleaned: dict[str, Any] = {}
     for key, value in event.items():
@@ -199,6 +239,61 @@ def scrub_event(event: dict[str, Any], scrubber: Scrubber = scrub) -> dict[str, 
     return cleaned
 
 
+def _without_raw_data(event: dict[str, Any]) -> dict[str, Any]:
+    event = dict(event)
+    for part in ("exception", "threads"):
+        values = (event.get(part) or {}).get("values") if isinstance(event.get(part), dict) else None
+        if isinstance(values, list):
+            event[part] = {**event[part], "values": [_without_frame_vars(v) for v in values]}
+    logentry = event.get("logentry")
+    if isinstance(logentry, dict):
+        template = scrub_message(str(logentry.get("message", "")))
+        event["logentry"] = {"message": template, "formatted": template}  # no params
+    if isinstance(event.get("message"), str):
+        event["message"] = scrub_message(event["message"])
+    request = event.get("request")
+    if isinstance(request, dict):
+        event["request"] = {k: v for k, v in request.items() if k not in ("data", "cookies", "query_string")}
+    return event
+
+
+def _without_frame_vars(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    value = dict(value)
+    if isinstance(value.get("value"), str):
+        value["value"] = scrub_message(value["value"])
+    stacktrace = value.get("stacktrace")
+    if isinstance(stacktrace, dict) and isinstance(stacktrace.get("frames"), list):
+        frames = [{k: v for k, v in frame.items() if k != "vars"} if isinstance(frame, dict) else frame
+                  for frame in stacktrace["frames"]]
+        value["stacktrace"] = {**stacktrace, "frames": frames}
+    return value
+
+
+def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any] | None, scrubber: Scrubber = scrub) -> dict[str, Any]:
+    """A log record's breadcrumb keeps its template, not the values formatted into it."""
+    record = (hint or {}).get("log_record")
+    if record is not None and getattr(record, "args", None):
+        crumb = {**crumb, "message": str(record.msg)}
+    if isinstance(crumb.get("message"), str):
+        crumb = {**crumb, "message": scrub_message(crumb["message"])}
+    return scrubber(crumb)
+
+
+def scrub_log(log: dict[str, Any], scrubber: Scrubber = scrub) -> dict[str, Any]:
+    """A Sentry Log (``enable_logs``): the template for the body, no parameters."""
+    log = dict(log)
+    attributes = dict(log.get("attributes") or {})
+    template = attributes.get("sentry.message.template")
+    if isinstance(template, str):
+        log["body"] = template
+    log["attributes"] = {k: v for k, v in attributes.items() if not k.startswith("sentry.message.parameter")}
+    if isinstance(log.get("body"), str):
+        log["body"] = scrub_message(log["body"])
+    return scrubber(log)
+
+
 def init_sentry(dsn: str | None, environment: str, release: str | None,
                 scrubber: Scrubber = scrub, *, sample_rate: float = 1.0) -> bool:
     """Start reporting errors to Sentry; False (and nothing started) without a DSN."""
@@ -210,7 +305,7 @@ def init_sentry(dsn: str | None, environment: str, release: str | None,
 
     def before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         # Scrubbed on arrival too, so raw values do not sit in the breadcrumb buffer.
-        return scrubber(crumb)
+        return scrub_breadcrumb(crumb, hint, scrubber)
 
     with warnings.catch_warnings():
         # sentry-sdk 2.x deprecates send_default_pii in favour of data_collection, but
@@ -225,11 +320,14 @@ def init_sentry(dsn: str | None, environment: str, release: str | None,
             send_default_pii=False,
             sample_rate=sample_rate,
             traces_sample_rate=None,  # errors only; no performance tracing
-            include_local_variables=True,  # useful, and scrubbed
+            # Frame variables hold the batch being processed: raw lines, customer ids,
+            # names. No scrubber can tell a customer id from an order id, so they stay home.
+            include_local_variables=False,
+            max_request_body_size="never",
             max_breadcrumbs=50,
             before_send=before_send,
             before_send_transaction=before_send,
-            before_send_log=lambda log, hint: scrubber(log),
+            before_send_log=lambda log, hint: scrub_log(log, scrubber),
             before_breadcrumb=before_breadcrumb,
         )
     return True

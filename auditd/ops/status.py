@@ -28,7 +28,9 @@ from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
 from auditd.deliver import outbox
 from auditd.detect.state import rule_counters
+from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
+from auditd.ops import runstate
 from auditd.ops.shipping import RUNNING, ElasticStatus, collect_elastic_status
 from auditd.sources.base import SourceReport
 from auditd.sources.identity import FileIdentity
@@ -144,6 +146,20 @@ class OutboxStatus(msgspec.Struct, frozen=True, kw_only=True):
     failed_messages: list[FailedMessage]  # the latest, at most 10
 
 
+class AllowanceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A rule file's exception or a store's suppression: an alert held back on purpose."""
+
+    source: str  # 'rule file' or 'store'
+    name: str
+    rule_id: str
+    match: str
+    owner: str
+    reason: str
+    expires: str
+    where: str
+    active: bool
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     generated_at: dt.datetime
     store_path: str
@@ -154,7 +170,9 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     last_reload: ReloadStatus | None
     rule_state: list[RuleStateStatus] = []
     jobs: list[JobStatus] = []
+    allowances: list[AllowanceStatus] = []  # exceptions and suppressions, together
     store_check: dict | None = None  # the last or running integrity check (store/health.py)
+    daemon: dict | None = None  # what the running daemon says it does (ops/runstate.py): running, holding back
     elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
     working_days: CalendarStatus | None = None  # None: no config given
     outbox: OutboxStatus | None = None  # None: a store from before the deliver stage
@@ -277,10 +295,11 @@ def read_last_reload(conn: sqlite3.Connection) -> ReloadStatus | None:
 
 # -- the status ----------------------------------------------------------------------------
 def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime, *,
-                   rules_loaded: int | None = None) -> Status:
+                   rules_loaded: int | None = None, ruleset=None) -> Status:
     """Read the store at `store_path`; `settings`, when given, adds sources not yet seen.
 
     `rules_loaded` defaults to the count the daemon recorded with its last (re)load.
+    `ruleset`, when given, adds its rule files' exceptions to the store's suppressions.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -305,7 +324,11 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             last_reload=last_reload,
             rule_state=rule_state(conn),
             jobs=job_runs(conn),
+            allowances=[AllowanceStatus(**{f: getattr(a, f) for f in AllowanceStatus.__struct_fields__})
+                        for a in allowances(ruleset, conn, now, settings.zone if settings is not None
+                                            else DEFAULT_ZONE)],
             store_check=_store_check(conn),
+            daemon=runstate.read(store_path, now),
             elasticsearch=_elastic(conn, settings, now),
             working_days=calendar_status(settings, now) if settings is not None else None,
             outbox=outbox_status(conn),
@@ -415,6 +438,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"store:        {status.store_path}",
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
         f"last reload:  {_reload_line(status.last_reload, zone)}",
+        f"daemon:       {_daemon_line(status.daemon, zone)}",
         f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
@@ -441,6 +465,11 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),
                                 [(r.rule_id, f"{r.keys:,}", f"{r.evicted:,}", f"{r.bad_rows:,}")
                                  for r in status.rule_state]))
+    if status.allowances:
+        lines += ["", "exceptions and suppressions (alerts held back on purpose):"]
+        lines += _indent(_table(("RULE", "NAME", "MATCH", "OWNER", "EXPIRES", "STATE", "WHERE"), [
+            (a.rule_id, a.name, _clip(a.match, 40), a.owner, a.expires, "in force" if a.active else "expired",
+             a.where) for a in status.allowances]))
     if status.jobs:
         lines += ["", "jobs:"]
         lines += _indent(_table(("JOB", "LAST RUN", "RESULT", "RUNS"), [
@@ -500,6 +529,20 @@ def _calendar_lines(cal: CalendarStatus) -> list[str]:
         lines.append(f"  deadlines in {', '.join(map(str, missing))} count every calendar day as a working day "
                      "(early, never late): add the year to working_days.override_file")
     return lines
+
+
+def _daemon_line(daemon: dict | None, zone: ZoneInfo) -> str:
+    if daemon is None:
+        return "no record (has it run with this store?)"
+    since = daemon.get("since")
+    since_text = _when(dt.datetime.fromisoformat(since), zone) if since else "?"
+    if not daemon.get("alive") or daemon.get("state") == "stopped":
+        return f"not running (stopped {since_text})"
+    if daemon.get("state") == "holding_back":
+        text = f"HOLDING BACK since {since_text}: {daemon.get('reason')}; no source is read, nothing is lost"
+    else:
+        text = f"running since {since_text} (pid {daemon.get('pid')})"
+    return text + (" -- record stale: the daemon may be stuck" if daemon.get("stale") else "")
 
 
 def _check_line(check: dict | None, zone: ZoneInfo) -> str:

@@ -47,6 +47,7 @@ from auditd.respond.playbook import Playbook, PlaybookSet, Step
 from auditd.respond.render import Templates
 from auditd.respond.reports import context, latest, render_report
 from auditd.respond.settings import AudienceSettings, RespondSettings
+from auditd.store.pressure import StorageUnavailable, hold_reason
 from auditd.store.sqlite import immediate
 from auditd.store.times import from_db
 from auditd.workdays import WorkingCalendar
@@ -245,6 +246,10 @@ class Responder:
             try:
                 self._fire_one(conn, row, now, report)
             except Exception as exc:  # one step's failure must not stop the others
+                if hold_reason(exc) is not None:
+                    # the store or the disk is full: the step did not fail, it could not be
+                    # recorded; nothing of it committed, and the next run fires it (late)
+                    raise StorageUnavailable(hold_reason(exc) or str(exc)) from exc
                 log.exception("playbook step failed", extra={"incident": row.incident_id, "step": row.step_id})
                 self._fail(conn, row, now, {"error": f"{type(exc).__name__}: {exc}"[:500]}, report)
 

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
@@ -102,9 +103,17 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, IOERR):
+        # a second ROLLBACK would hide the real error behind "no transaction is active"
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT (a full disk) leaves the transaction open
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _array_header_size(n: int) -> int:
@@ -143,12 +152,19 @@ class WalCheckpointer:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # a checkpoint syncs as the writer would
+            failing_since = None
             while not self._stopping.wait(self._interval):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
+                    if failing_since is not None:
+                        log.info("WAL checkpoints work again", extra={"file.path": str(self._path)})
+                        failing_since = None
                 except sqlite3.Error as exc:  # the writer checkpoints past its own bound meanwhile
-                    log.warning("WAL checkpoint failed: %s", exc, extra={"file.path": str(self._path)})
+                    now = time.monotonic()
+                    if failing_since is None or now - failing_since >= 60:  # a full disk: once a minute
+                        failing_since = now
+                        log.warning("WAL checkpoint failed: %s", exc, extra={"file.path": str(self._path)})
         finally:
             conn.close()
 
@@ -156,10 +172,12 @@ class WalCheckpointer:
 class Store:
     """The SQLite state of one daemon. Constructing it opens nothing; call open()."""
 
-    def __init__(self, path: Path, *, synchronous: str = "NORMAL", keep_events: bool = True):
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL", keep_events: bool = True,
+                 max_bytes: int | None = None):
         self.path = Path(path)
         self.synchronous = synchronous
         self.keep_events = keep_events
+        self.max_bytes = max_bytes
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: WalCheckpointer | None = None
 
@@ -176,6 +194,7 @@ class Store:
                 raise damaged(exc, self.path) from exc
             raise
         self._conn = conn
+        self.set_max_bytes(self.max_bytes)
         if background_checkpoints:
             self._checkpointer = WalCheckpointer(self.path, self.synchronous)
             self._checkpointer.start()
@@ -202,6 +221,14 @@ class Store:
             conn.close()
             raise
         return conn
+
+    def set_max_bytes(self, max_bytes: int | None) -> None:
+        """Cap the file's size (a write past it fails with SQLITE_FULL and the daemon holds
+        back); None lifts the cap. A cap below the current size holds at the current size."""
+        self.max_bytes = max_bytes
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = max_bytes // page_size if max_bytes else 4294967294  # the largest SQLite takes
+        self.conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
     def close(self) -> None:
         if self._checkpointer is not None:

@@ -1,4 +1,4 @@
--- 0009: the deliver stage's tables (auditd/deliver/), written only by it.
+-- 0010: the deliver stage's tables (auditd/deliver/), written only by it.
 
 -- The outbox: one row per message and route. A notice (respond's `notices` row) has one
 -- route per channel its recipient is reached by (the security team: chat and e-mail);
