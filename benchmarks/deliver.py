@@ -172,8 +172,9 @@ def render_notices(conn, folder: Path, n: int) -> str:
 class Drain:
     """The deliver job, on a thread with its own connection, paused and resumed between halves."""
 
-    def __init__(self, deliverer, db: Path, pin=lambda: None):
+    def __init__(self, deliverer, db: Path, synchronous: str, pin=lambda: None):
         self.deliverer = deliverer
+        self.synchronous = synchronous
         self.pin = pin
         self.db = db
         self.seconds = 0.0
@@ -190,6 +191,7 @@ class Drain:
         from auditd.jobs.respond_due import connect
 
         conn = connect(self.db)
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")  # as the deliver job does
         started, cpu = time.monotonic(), time.thread_time()
         try:
             while not self._stop.is_set():
@@ -244,7 +246,7 @@ def main() -> None:
         if pinned:
             os.sched_setaffinity(smtp.pid, {1})
             os.sched_setaffinity(0, {0})
-        drain = Drain(runtime.deliverer, store.path, (lambda: pin_children({1})) if pinned else (lambda: None))
+        drain = Drain(runtime.deliverer, store.path, runtime.settings.store.synchronous, (lambda: pin_children({1})) if pinned else (lambda: None))
         ratios, idle_eps, busy_eps = [], [], []
         for i in range(args.rounds):
             idle = replay(runtime, store, quarantine, [workdir / f"log{2 * i}" / "access.log"], "crm").totals

@@ -26,6 +26,9 @@ def run(context: JobContext) -> None:
     if deliverer is None or not runtime.settings.deliver.enabled:
         return
     with contextlib.closing(connect(context.store_path)) as conn:
+        # the store's durability, not SQLite's default FULL: an fsync per claim and per
+        # slice of outcomes, each under the write lock, would stall the pipeline's batches
+        conn.execute(f"PRAGMA synchronous={runtime.settings.store.synchronous}")
         report = deliverer.run(conn, should_stop=context.should_stop, fleet=context.fleet())
     if report.delivered or report.failed or report.recovered or report.fleet or report.suppressed:
         log.info("outbox", extra={"delivered": report.delivered, "retried": report.retried,
