@@ -100,6 +100,27 @@ def pin_children(cpus: set[int]) -> None:
             pass
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class Measured:
+    """A replay's events/s, the pipeline thread's CPU per event, and how busy the machine was."""
+
+    def __init__(self, run):
+        busy0, total0 = machine_busy()
+        cpu0 = time.thread_time()
+        self.totals = run()
+        self.cpu_s = time.thread_time() - cpu0
+        busy1, total1 = machine_busy()
+        self.cores_busy = (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
+        self.eps = self.totals.events / self.totals.seconds
+        self.us_per_event = 1e6 * self.cpu_s / max(1, self.totals.events)
+
+
 def received(proc: subprocess.Popen) -> int:
     proc.stdin.write("?\n")
     proc.stdin.flush()
@@ -248,20 +269,26 @@ def main() -> None:
             os.sched_setaffinity(0, {0})
         drain = Drain(runtime.deliverer, store.path, runtime.settings.store.synchronous, (lambda: pin_children({1})) if pinned else (lambda: None))
         ratios, idle_eps, busy_eps = [], [], []
+        cpu_ratios = []
         for i in range(args.rounds):
-            idle = replay(runtime, store, quarantine, [workdir / f"log{2 * i}" / "access.log"], "crm").totals
+            idle = Measured(lambda: replay(runtime, store, quarantine, [workdir / f"log{2 * i}" / "access.log"],
+                                           "crm").totals)
             before = received(smtp)
             drain.start()
-            busy = replay(runtime, store, quarantine, [workdir / f"log{2 * i + 1}" / "access.log"], "crm").totals
+            busy = Measured(lambda: replay(runtime, store, quarantine, [workdir / f"log{2 * i + 1}" / "access.log"],
+                                           "crm").totals)
             drained = drain.alive()
             drain.pause()
             sent = received(smtp) - before
-            idle_eps.append(idle.events / idle.seconds)
-            busy_eps.append(busy.events / busy.seconds)
-            ratios.append(busy_eps[-1] / idle_eps[-1])
-            print(f"round {i + 1}: pipeline {idle_eps[-1]:,.0f} events/s idle, {busy_eps[-1]:,.0f} while draining "
+            idle_eps.append(idle.eps)
+            busy_eps.append(busy.eps)
+            ratios.append(busy.eps / idle.eps)
+            cpu_ratios.append(idle.us_per_event / busy.us_per_event)
+            print(f"round {i + 1}: pipeline {idle.eps:,.0f} events/s idle, {busy.eps:,.0f} while draining "
                   f"({ratios[-1]:.1%}); {sent:,} messages sent meanwhile"
-                  + ("" if drained else " (the outbox ran dry before the replay ended)"))
+                  + ("" if drained else " (the outbox ran dry before the replay ended)")
+                  + f"\n         pipeline thread CPU {idle.us_per_event:.1f} vs {busy.us_per_event:.1f} us an event; "
+                  f"cores busy (whole machine) {idle.cores_busy:.2f} vs {busy.cores_busy:.2f} of {os.cpu_count()}")
         drain.start()
         drain._thread.join()
         total = received(smtp)
@@ -276,6 +303,8 @@ def main() -> None:
         print(f"pipeline: median {statistics.median(idle_eps):,.0f} events/s idle, "
               f"{statistics.median(busy_eps):,.0f} while draining; median of paired ratios "
               f"{statistics.median(ratios):.1%} of idle ({len(ratios)} rounds)")
+        print(f"pipeline thread CPU per event: median of paired ratios {statistics.median(cpu_ratios):.1%} of idle "
+              "(the work per event; a gap between this and the events/s ratio is time spent waiting for a core)")
         store.close()
     finally:
         smtp.stdin.close()

@@ -2,8 +2,8 @@
 
 Retries are rows, not loops: a message that failed for now is queued again with its next
 attempt time, so a channel down for hours holds no thread and survives a restart. The
-wait before attempt n+1 is tenacity's ``wait_exponential_jitter`` (initial * 2^(n-1),
-capped at max, plus up to `jitter` at random, so a fleet of messages does not return as
+wait before attempt n+1 is tenacity's ``wait_exponential`` (initial * 2^(n-1),
+capped at max) plus ``wait_random`` (up to `jitter`), so a fleet of messages does not return as
 one wave).
 
 A rate limit is a sliding window over the last minute: a DingTalk robot takes about 20
@@ -25,8 +25,10 @@ from auditd.deliver.settings import RetrySettings
 class RetryPolicy:
     def __init__(self, settings: RetrySettings):
         self.settings = settings
-        self._wait = tenacity.wait_exponential_jitter(multiplier=settings.initial.seconds, max=settings.max.seconds,
-                                                      jitter=settings.jitter.seconds)
+        # wait_exponential + wait_random, not wait_exponential_jitter: its arguments changed
+        # between tenacity 8.2 (the lowest allowed) and 9
+        self._wait = tenacity.wait_exponential(multiplier=settings.initial.seconds, max=settings.max.seconds) + \
+            tenacity.wait_random(0, settings.jitter.seconds)
 
     def wait(self, attempts_made: int) -> dt.timedelta:
         """The pause after the `attempts_made`-th attempt failed."""

@@ -73,7 +73,7 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class RetrySettings:
-    """Exponential backoff with jitter between attempts (tenacity's wait_exponential_jitter);
+    """Exponential backoff with jitter between attempts (tenacity's wait_exponential plus wait_random);
     after `attempts` a message is failed, escalated, and waits for `outbox retry`."""
 
     attempts: int = 8
