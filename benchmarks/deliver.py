@@ -304,7 +304,8 @@ def main() -> None:
               f"{statistics.median(busy_eps):,.0f} while draining; median of paired ratios "
               f"{statistics.median(ratios):.1%} of idle ({len(ratios)} rounds)")
         print(f"pipeline thread CPU per event: median of paired ratios {statistics.median(cpu_ratios):.1%} of idle "
-              "(the work per event; a gap between this and the events/s ratio is time spent waiting for a core)")
+              "(the work per event; a gap between this and the events/s ratio is time off the CPU: waiting for a "
+              "core, the interpreter lock or the store's write lock)")
         store.close()
     finally:
         smtp.stdin.close()
