@@ -681,6 +681,61 @@ def cmd_register(args) -> int:
     return 0
 
 
+def cmd_outbox(args) -> int:
+    """outbox list|show|retry|send: what the deliver stage sent, failed or holds."""
+    import datetime as dt
+
+    from auditd.deliver import outbox, view
+
+    if args.outbox_command == "send":
+        try:
+            runtime, store = _respond_runtime(args)
+        except ConfigError as exc:
+            return _config_error(exc, args.json)
+        try:
+            report = runtime.deliverer.run(store.conn)
+        finally:
+            store.close()
+        if args.json:
+            _json_out(report.as_dict())
+        else:
+            print(f"{report.delivered} delivered, {report.retried} to retry, {report.failed} failed "
+                  f"({report.escalated} escalation(s)), {report.suppressed} suppressed, {report.fleet} delivered by "
+                  f"the fleet, {report.recovered} possible repeat(s) after a crash")
+        return 0
+    store, zone = _incident_conn(args)
+    try:
+        if args.outbox_command == "list":
+            rows = view.list_messages(store.conn, state=args.state, incident=args.incident, limit=args.limit)
+            if args.json:
+                _json_out(rows)
+            else:
+                print(view.render_list(rows, zone), end="")
+            return 0
+        if args.outbox_command == "show":
+            try:
+                row = view.show_message(store.conn, args.id)
+            except view.UnknownMessage as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            if args.json:
+                _json_out(row)
+            else:
+                print(view.render_show(row, zone), end="")
+            return 0
+        if not args.ids and not args.failed:
+            print("error: name the messages to retry (IDs), or --failed for every failed one", file=sys.stderr)
+            return 2
+        n = outbox.retry_failed(store.conn, None if args.failed else args.ids, dt.datetime.now(dt.timezone.utc))
+    finally:
+        store.close()
+    if args.json:
+        _json_out({"queued": n})
+    else:
+        print(f"{n} failed message(s) queued again with a fresh retry budget; the deliver job sends them")
+    return 0 if n or args.failed else 1
+
+
 def cmd_review_grants(args) -> int:
     import datetime as dt
 
@@ -986,6 +1041,36 @@ def build_parser() -> argparse.ArgumentParser:
     state_arg(p)
     p.add_argument("--json", action="store_true", help="print the register as JSON (times in UTC)")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("outbox", help="the messages the deliver stage sends: list, show, retry failed ones, send now")
+    osub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+    q = osub.add_parser("list", help="messages, newest first, with their state, route, receipt or error")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--state", choices=["held", "pending", "retrying", "sending", "delivered", "failed", "suppressed",
+                                       "digested", "fleet"])
+    q.add_argument("--incident", metavar="ID", help="only this incident's messages")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_outbox)
+    q = osub.add_parser("show", help="one message: its key, route, receipt and every attempt")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_outbox)
+    q = osub.add_parser("retry", help="queue failed messages again with a fresh retry budget (after fixing the cause)")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("ids", type=int, nargs="*", metavar="ID")
+    q.add_argument("--failed", action="store_true", help="every failed message")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_outbox)
+    q = osub.add_parser("send", help="send what is due now, once, as the deliver job does every deliver.check_every")
+    config_arg(q)
+    state_arg(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("suppress", help="hold back a rule's alerts for some actor or address until a date, "
                                         "in the store (beside the rule files' exceptions)")

@@ -18,6 +18,7 @@ from auditd.config.located import Problems
 from auditd.settings import SHIPPED_RULES, Settings, load_settings
 from auditd.correlate import Correlator
 from auditd.decode import load_format
+from auditd.deliver import Deliverer, build_deliverer
 from auditd.decode.normalise import Normaliser
 from auditd.detect import KINDS, KindContext, RuleSet, load_rules
 from auditd.detect.kinds import RuleKind
@@ -47,6 +48,7 @@ class Runtime:
     pre_enriched: frozenset[str] = frozenset()
     calendar: WorkingCalendar = field(default_factory=WorkingCalendar)  # mainland-China working days
     responder: Responder | None = None  # playbooks, templates and contacts as loaded
+    deliverer: Deliverer | None = None  # the outbox's channels, their secrets read
     state: StateStore = field(default_factory=StateStore)  # stateful rules' state; the pipeline binds it
     loaded_at: float = field(default_factory=time.time)
     warnings: tuple[ConfigProblem, ...] = ()  # located, not reasons to refuse the set (a key others can read)
@@ -98,6 +100,8 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     responder = build_responder(settings.respond, problems, calendar=calendar or WorkingCalendar(), zone=settings.zone,
                                 state_dir=settings.state_dir, correlator=correlator, pseudonymise=pseudonymiser,
                                 directory=lambda: directory, referrer=doc)
+    deliverer = build_deliverer(settings.deliver, settings.respond, problems, state_dir=settings.state_dir,
+                                zone=settings.zone, referrer=doc)
     problems.raise_if_any()
     enricher = Enricher(
         directory, pseudonymiser, sensitive_categories=settings.sensitive_categories(), zone=settings.zone,
@@ -118,6 +122,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         pre_enriched=pre_enriched,
         calendar=calendar,
         responder=responder,
+        deliverer=deliverer,
         state=state,
         warnings=tuple(problems.warnings),
     )

@@ -206,6 +206,7 @@ class Daemon:
             directory=lambda: _current_directory(self), should_stop=self._stop.is_set,
             request_tick=self.request_tick,
             retention_guard=cluster.retention_guard if cluster is not None else (lambda: None),
+            fleet=cluster.deliver_fleet if cluster is not None else (lambda: None),
         )
 
     # -- main loop ---------------------------------------------------------------------------
@@ -486,6 +487,7 @@ class Cluster:
         self.shipper = None
         self.detector = None
         self.follower = None  # reads the fleet's cluster alerts back for the local correlator
+        self._deliveries = None  # the deliver lease and the fleet's delivery records (scale_out only)
 
     def start(self, *, detect: bool = True, ruleset=None) -> None:
         """Ship; with `detect`, run the leased `scope: cluster` rules of `ruleset` and
@@ -530,6 +532,17 @@ class Cluster:
         except Exception as exc:  # noqa: BLE001 - a full disk: the metrics and the log still say it
             log.warning("cluster rule costs not recorded", extra={"error": str(exc)})
 
+    def deliver_fleet(self):
+        """With scale_out: the deliver lease (one daemon sends at a time) and the fleet's
+        delivery records; without it, None (a single daemon needs no lease)."""
+        if self.settings.scale_out is None:
+            return None
+        if self._deliveries is None:
+            from auditd.elastic.deliveries import FleetDeliveries
+
+            self._deliveries = FleetDeliveries(self.es, self.settings, self.agent)
+        return self._deliveries
+
     def wake(self, _pipeline=None) -> None:
         if self.shipper is not None:
             self.shipper.wake()
@@ -543,6 +556,8 @@ class Cluster:
         return unshipped_guard_sql()
 
     def stop(self) -> None:
+        if self._deliveries is not None:
+            self._deliveries.release()
         if self.follower is not None:
             self.follower.stop()
         if self.detector is not None:

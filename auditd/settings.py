@@ -20,6 +20,7 @@ from auditd.config.located import Doc, Problems, load_yaml_file
 from auditd.config.typed import MISSING, Duration, convert, unknown_zone
 from auditd.correlate.settings import CorrelateSettings
 from auditd.decode.settings import FormatSettings
+from auditd.deliver.settings import DeliverSettings
 from auditd.elastic.settings import ElasticSettings
 from auditd.entitlement.settings import EntitlementSettings
 from auditd.ops.settings import OpsSettings
@@ -150,6 +151,7 @@ class Settings:
     working_days: WorkdaySettings = field(default_factory=WorkdaySettings)
     correlate: CorrelateSettings = field(default_factory=CorrelateSettings)
     respond: RespondSettings = field(default_factory=RespondSettings)
+    deliver: DeliverSettings = field(default_factory=DeliverSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)

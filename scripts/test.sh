@@ -19,6 +19,27 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Letters are PDFs through WeasyPrint, which needs Pango (and HarfBuzz's subsetter, so a
+# letter embeds the glyphs it uses, not a whole CJK font), and a CJK font for Chinese
+# text; pdftotext (poppler-utils) reads the letters back in the tests; openssl makes the
+# test SMTP server's certificate. All Debian packages. Without root they cannot be
+# installed here: the tests that need them then skip and say which package is missing
+# (in CI, where CI is set, they fail instead).
+debs=""
+ldconfig -p | grep -q "libpango-1.0.so.0" || debs="$debs libpango-1.0-0"
+ldconfig -p | grep -q "libpangoft2-1.0.so.0" || debs="$debs libpangoft2-1.0-0"
+ldconfig -p | grep -q "libharfbuzz-subset.so.0" || debs="$debs libharfbuzz-subset0"
+command -v pdftotext >/dev/null 2>&1 || debs="$debs poppler-utils"
+[ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || debs="$debs fonts-wqy-zenhei"
+command -v openssl >/dev/null 2>&1 || debs="$debs openssl"
+if [ -n "$debs" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $debs >/dev/null
+    else
+        echo "warning: cannot install$debs (needs root and apt-get); the tests that need them will skip" >&2
+    fi
+fi
+
 # Elasticsearch is started by the tests' session fixture (tests/elastic_server.py), on
 # 127.0.0.1:${NEO_ES_PORT:-9250} through scripts/elasticsearch.sh, only when a selected
 # test needs it, and stopped at the end: `-m "not elasticsearch"` never starts it.

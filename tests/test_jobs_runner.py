@@ -99,7 +99,8 @@ def test_every_registered_job_takes_its_interval_from_the_settings(tmp_path):
     settings = Settings(state_dir=tmp_path, sources=[], pseudonym=None)  # type: ignore[arg-type]
     specs = {s.id: s for s in job_specs(settings)}
     assert set(specs) == set(REGISTRY) == {"retention", "departed-sweep", "grant-review", "detector-tick",
-                                           "respond-due"}
+                                           "respond-due", "deliver"}
+    assert specs["deliver"].every == settings.deliver.check_every.timedelta
     assert specs["respond-due"].every == dt.timedelta(seconds=30)
     assert specs["grant-review"].every == dt.timedelta(days=7)
     faster = with_overrides(settings, pipeline=PipelineSettings(tick_every=Duration(5)))

@@ -85,9 +85,6 @@ def test_scrape_reports_exact_values(store: Store, metrics: Metrics) -> None:
                           alerts_by_rule={"departed-access": 1, "bulk-export": 0},
                           eval_seconds=0.3, commit_seconds=0.2, last_event_ts=newer - dt.timedelta(hours=1))
     metrics.set_lag("app", "/var/log/app/access.log", 4096)
-    metrics.notice("email", "failed")
-    metrics.notice("email", "sent")
-    metrics.notice("email", "sent")
     metrics.reload_result(False)
 
     s = scrape(port)
@@ -103,8 +100,7 @@ def test_scrape_reports_exact_values(store: Store, metrics: Metrics) -> None:
     assert value(s, "neo_auditd_batch_commit_seconds_bucket", le="0.05") == 1
     assert value(s, "neo_auditd_batch_commit_seconds_bucket", le="0.25") == 2
     assert value(s, "neo_auditd_lag_bytes", source="app", path="/var/log/app/access.log") == 4096
-    assert value(s, "neo_auditd_notices_total", channel="email", state="sent") == 2
-    assert value(s, "neo_auditd_notices_total", channel="email", state="failed") == 1
+    # notices: read from the outbox at scrape time (tests/test_deliver_status.py)
     assert value(s, "neo_auditd_reload_success") == 0
     assert value(s, "neo_auditd_reload_timestamp_seconds") == CLOCK
     # read from the store at scrape time
@@ -158,9 +154,7 @@ def test_set_lags_replaces_the_whole_set(metrics: Metrics) -> None:
     assert ("neo_auditd_lag_bytes", frozenset({("source", "app"), ("path", "/a.log")})) not in s
 
 
-def test_rejects_unknown_notice_state_and_naive_times(metrics: Metrics) -> None:
-    with pytest.raises(ValueError, match="unknown notice state 'bounced'"):
-        metrics.notice("sms", "bounced")
+def test_rejects_naive_times(metrics: Metrics) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         metrics.observe_batch("app", events=1, quarantined=0, skipped=0, alerts_by_rule={},
                               eval_seconds=0.0, commit_seconds=0.0, last_event_ts=dt.datetime(2026, 1, 1))

@@ -217,6 +217,7 @@ class ElasticSettings:
     alerts_index: str = "neo-auditd-alerts"
     incidents_index: str = "neo-auditd-incidents"
     leases_index: str = "neo-auditd-leases"
+    deliveries_index: str = "neo-auditd-deliveries"  # the fleet's delivery records (elastic/deliveries.py)
     retention: Duration = LEGAL_MINIMUM_RETENTION  # data stream lifecycle of the events
     number_of_shards: int = 1
     number_of_replicas: int | None = None  # None: the cluster's default
@@ -236,7 +237,7 @@ class ElasticSettings:
         if not _STREAM_NAME.fullmatch(self.events_data_stream):
             yield "events_data_stream", ("expected <type>-<dataset>-<namespace> in lowercase, "
                                          "e.g. logs-neo_auditd.access-default")
-        for key in ("alerts_index", "incidents_index", "leases_index"):
+        for key in ("alerts_index", "incidents_index", "leases_index", "deliveries_index"):
             if not _INDEX_NAME.fullmatch(getattr(self, key)):
                 yield key, "expected a lowercase index name (letters, digits, '.', '_', '-')"
             elif _STREAM_NAME.fullmatch(self.events_data_stream) and fnmatch.fnmatchcase(

@@ -14,8 +14,8 @@ is due as usual.
 The jobs: ``retention`` (purge events and quarantine past their retention),
 ``departed-sweep`` (accounts of leavers live past the grace), ``grant-review`` (grants
 not exercised), ``detector-tick`` (stateful rules' time hooks, on the pipeline's
-thread) and ``respond-due`` (playbook steps: plan, fire, escalate). The deliver stage
-adds its outbox worker here.
+thread), ``respond-due`` (playbook steps: plan, fire, escalate) and ``deliver`` (the
+outbox worker: send, retry, record receipts, escalate failures).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from apscheduler.triggers.interval import IntervalTrigger
 
-from auditd.jobs import departed_sweep, detector_tick, grant_review, respond_due, retention
+from auditd.jobs import deliver, departed_sweep, detector_tick, grant_review, respond_due, retention
 from auditd.jobs.context import JobContext
 from auditd.store.pressure import StorageUnavailable, hold_reason
 from auditd.store.sqlite import immediate
@@ -41,6 +41,20 @@ from auditd.store.times import from_db, to_db
 log = logging.getLogger("neo_auditd.jobs")
 
 SOON = dt.timedelta(seconds=10)  # an overdue or interrupted job runs this long after the start
+
+
+class _StillRunningToDebug(logging.Filter):
+    """A job still running at its next tick skips it (max_instances=1, coalesce): that is
+    how a long run (the outbox draining 100,000 messages) works, not a warning a second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "maximum number of running instances" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_SCHEDULER_LOGGER = logging.getLogger("apscheduler.scheduler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,7 @@ REGISTRY: Mapping[str, tuple[Callable[[JobContext], None], Callable[[Any], Any],
     "grant-review": (grant_review.run, lambda s: s.entitlement.review.every, dt.timedelta(minutes=5)),
     "detector-tick": (detector_tick.run, lambda s: s.pipeline.tick_every, dt.timedelta(seconds=5)),
     "respond-due": (respond_due.run, lambda s: s.respond.check_every, dt.timedelta(seconds=5)),
+    "deliver": (deliver.run, lambda s: s.deliver.check_every, dt.timedelta(seconds=5)),
 })
 
 
@@ -97,6 +112,8 @@ class JobRunner:
     """Runs the jobs on the scheduler and records their runs in the store."""
 
     def __init__(self, scheduler: Any, context: JobContext):
+        if not any(isinstance(f, _StillRunningToDebug) for f in _SCHEDULER_LOGGER.filters):
+            _SCHEDULER_LOGGER.addFilter(_StillRunningToDebug())
         self.scheduler = scheduler
         self.context = context
         self._specs: dict[str, JobSpec] = {}

@@ -44,7 +44,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from auditd.ops.shipping import STATES, read_backlog
-from auditd.ops.status import FileLag, connect_readonly, incident_counts, overdue_steps, rule_state
+from auditd.deliver import outbox
+from auditd.ops.status import FileLag, connect_readonly, incident_counts, overdue_steps, rule_state, table_exists
 from auditd.sources.base import SourceReport
 from auditd.sources.guard import REASONS
 from auditd.workdays import WorkingCalendar, coverage
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("neo_auditd.metrics")
 
 PREFIX = "neo_auditd_"
-NOTICE_STATES = ("sent", "failed", "retrying")
 # A batch is up to 20,000 records: from a millisecond when idle to seconds under load.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 METRICS_PATH = "/metrics"
@@ -99,8 +99,6 @@ class Metrics:
         self._commit = Histogram(p + "batch_commit_seconds", "Time to commit one batch's store transaction.",
                                  buckets=SECONDS_BUCKETS, registry=r)
         self._alerts = Counter(p + "alerts", "Alerts raised, per rule id.", ["rule"], registry=r)
-        self._notices = Counter(p + "notices", "Notice delivery attempts, per channel kind and outcome.",
-                                ["channel", "state"], registry=r)
         self._source_files = Gauge(p + "source_files", "Files a source's globs match and it reads.",
                                    ["source"], registry=r)
         self._globs_unmatched = Gauge(p + "source_globs_unmatched", "Globs of a source that match no file.",
@@ -188,12 +186,6 @@ class Metrics:
         with contextlib.suppress(KeyError):  # never set, or already dropped
             self._lag.remove(source, path)
 
-    def notice(self, channel: str, state: str) -> None:
-        """One delivery attempt; `channel` is the kind (email, sms, dingtalk…), never an address."""
-        if state not in NOTICE_STATES:
-            raise ValueError(f"unknown notice state {state!r} (valid: {', '.join(NOTICE_STATES)})")
-        self._notices.labels(channel, state).inc()
-
     def holding_back(self, holding: bool, *, retried: bool = False) -> None:
         if holding != self._holding:
             self._holding = holding
@@ -261,7 +253,7 @@ class StoreCollector(Collector):
         success = GaugeMetricFamily(PREFIX + "store_scrape_success",
                                     "1 if the store-backed metrics could be read at this scrape.")
         try:
-            counts, states, overdue = self._read(now)
+            counts, states, overdue, delivery = self._read(now)
         except sqlite3.Error as exc:
             # Absent series look like "all clear" to many alerts: say plainly that we could not read.
             if not self._failing:
@@ -293,16 +285,46 @@ class StoreCollector(Collector):
         yield keys
         yield evicted
         yield unreadable
+        if delivery is not None:
+            yield from _delivery_metrics(*delivery)
         success.add_metric([], 1)
         yield success
 
-    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], list, int | None]:
+    def _read(self, now: dt.datetime) -> tuple[list[tuple[str, str, int]], list, int | None, tuple | None]:
         # A fresh connection per scrape: scrapes are rare, and it never pins an old snapshot.
         conn = connect_readonly(self._store_path, timeout_s=1.0)
         try:
-            return incident_counts(conn), rule_state(conn), overdue_steps(conn, now)
+            delivery = None
+            if table_exists(conn, "outbox"):
+                delivery = (outbox.attempt_counts(conn), outbox.counts(conn), outbox.oldest_open(conn))
+            return incident_counts(conn), rule_state(conn), overdue_steps(conn, now), delivery
         finally:
             conn.close()
+
+
+def _delivery_metrics(attempts: dict, counts: dict, oldest: dt.datetime | None) -> Iterator[Metric]:
+    """The outbox, from the store: attempts by outcome (a counter that survives restarts,
+    as the attempts table does), messages by state, the backlog and the failed."""
+    notices = CounterMetricFamily(PREFIX + "notices", "Delivery attempts, per channel kind and outcome (delivered, "
+                                  "retry, failed, interrupted: in flight at a crash, suppressed, fleet).",
+                                  labels=["channel", "outcome"])
+    for (channel, outcome), n in sorted(attempts.items()):
+        notices.add_metric([channel, outcome], n)
+    yield notices
+    messages = GaugeMetricFamily(PREFIX + "outbox_messages", "Outbox messages, per channel kind and state.",
+                                 labels=["channel", "state"])
+    for (channel, state), n in sorted(counts.items()):
+        messages.add_metric([channel, state], n)
+    yield messages
+    yield GaugeMetricFamily(PREFIX + "outbox_backlog", "Messages not delivered yet (held, pending, sending).",
+                            value=sum(n for (_, state), n in counts.items() if state in outbox.OPEN_STATES))
+    yield GaugeMetricFamily(PREFIX + "outbox_failed", "Messages that failed after their retry budget (escalated; "
+                            "`neo-auditd outbox retry`).",
+                            value=sum(n for (_, state), n in counts.items() if state == "failed"))
+    if oldest is not None:
+        yield GaugeMetricFamily(PREFIX + "outbox_oldest_waiting_timestamp_seconds",
+                                "When the oldest message still waiting was queued (absent when none).",
+                                value=oldest.timestamp())
 
 
 class ShipperCollector(Collector):

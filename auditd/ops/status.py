@@ -26,6 +26,7 @@ import msgspec
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.correlate.model import ACTIVE_STATUSES
+from auditd.deliver import outbox
 from auditd.detect.state import rule_counters
 from auditd.detect.suppressions import allowances
 from auditd.errors import NeoError
@@ -126,6 +127,26 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     runs: int
 
 
+class FailedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    key: str
+    route: str
+    audience: str
+    attempts: int
+    error: str | None
+
+
+class OutboxStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The deliver stage's outbox: what waits, what failed (each escalated), what repeated."""
+
+    by_state: dict[str, int]
+    backlog: int  # held, pending, sending, digested
+    failed: int
+    possible_repeats: int  # sent again after a crash while in flight
+    oldest_waiting: dt.datetime | None
+    failed_messages: list[FailedMessage]  # the latest, at most 10
+
+
 class AllowanceStatus(msgspec.Struct, frozen=True, kw_only=True):
     """A rule file's exception or a store's suppression: an alert held back on purpose."""
 
@@ -156,6 +177,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     elasticsearch: ElasticStatus | None = None  # None: no shipping configured or ever recorded
     cluster_rules: dict | None = None  # the `scope: cluster` rules' costs (ops/cluster_rules.py)
     working_days: CalendarStatus | None = None  # None: no config given
+    outbox: OutboxStatus | None = None  # None: a store from before the deliver stage
 
 
 # -- connections and shared queries ------------------------------------------------------
@@ -312,11 +334,32 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
             elasticsearch=_elastic(conn, settings, now),
             cluster_rules=read_costs(conn),
             working_days=calendar_status(settings, now) if settings is not None else None,
+            outbox=outbox_status(conn),
         )
     except sqlite3.DatabaseError as exc:
         raise StatusError(f"{store_path}: cannot read the store: {exc}") from exc
     finally:
         conn.close()
+
+
+def outbox_status(conn: sqlite3.Connection) -> OutboxStatus | None:
+    """The outbox as status and the metrics show it (deliver/outbox.py's queries)."""
+
+
+    if not table_exists(conn, "outbox"):
+        return None
+    by_state: dict[str, int] = {}
+    for (_, state), n in outbox.counts(conn).items():
+        by_state[state] = by_state.get(state, 0) + n
+    repeats = conn.execute("SELECT COUNT(*) FROM outbox WHERE possible_repeat = 1").fetchone()[0]
+    failed = [FailedMessage(id=i, key=key, route=route, audience=audience, attempts=attempts, error=error)
+              for i, key, route, audience, attempts, error in conn.execute(
+                  "SELECT id, wire_key, route, audience, attempts, last_error FROM outbox WHERE state = 'failed'"
+                  " ORDER BY id DESC LIMIT 10")]
+    return OutboxStatus(by_state=dict(sorted(by_state.items())),
+                        backlog=sum(by_state.get(s, 0) for s in outbox.OPEN_STATES),
+                        failed=by_state.get("failed", 0), possible_repeats=repeats,
+                        oldest_waiting=outbox.oldest_open(conn), failed_messages=failed)
 
 
 def _sources(conn: sqlite3.Connection, configured: list[str] | None) -> list[SourceStatus]:
@@ -420,6 +463,8 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
     lines += ["", "open incidents: " + _incident_line(status.open_incidents)]
     overdue = status.playbook_steps_overdue
     lines.append(f"overdue playbook steps: {'unknown' if overdue is None else overdue}")
+    if status.outbox is not None:
+        lines += [""] + _outbox_lines(status.outbox, status.generated_at, zone)
     if status.rule_state:
         lines += ["", "rule state (evicted keys are detections missed: raise the rule's max_keys):"]
         lines += _indent(_table(("RULE", "KEYS", "EVICTED", "UNREADABLE"),
@@ -462,6 +507,20 @@ def _elastic_lines(es: ElasticStatus, now: dt.datetime, zone: ZoneInfo) -> list[
     if record is not None:
         lines.append(f"  last shipped: {_when(record.last_shipped_at, zone)}")
     lines.append(f"  dead letters: {es.dead_letters:,}")
+    return lines
+
+
+def _outbox_lines(box: OutboxStatus, now: dt.datetime, zone: ZoneInfo) -> list[str]:
+    states = ", ".join(f"{state} {n:,}" for state, n in box.by_state.items()) or "empty"
+    oldest = "" if box.oldest_waiting is None else \
+        f"; oldest waiting since {_when(box.oldest_waiting, zone)} ({_ago(box.oldest_waiting, now)})"
+    lines = [f"outbox: {states}", f"  backlog:      {box.backlog:,} messages{oldest}",
+             f"  possible repeats after a crash: {box.possible_repeats:,}"]
+    if box.failed:
+        lines.append(f"  FAILED:       {box.failed:,} (escalated; see `neo-auditd outbox list --state failed`, "
+                     "resend with `neo-auditd outbox retry ID`)")
+        lines += [f"    {m.id}  {m.audience}  {m.route}  after {m.attempts} attempt(s): {_clip(m.error or '', 70)}"
+                  for m in box.failed_messages]
     return lines
 
 

@@ -8,6 +8,7 @@ kept even for incidents that were never reported, so that a regulator can check.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from typing import Any
 
@@ -49,6 +50,11 @@ def register(conn: sqlite3.Connection, zone: dt.tzinfo) -> list[dict[str, Any]]:
                    for kind, revision, known, at, by, path in conn.execute(
                        "SELECT kind, revision, cause_known, rendered_at, rendered_by, json_path FROM reports"
                        " WHERE incident_id = ? ORDER BY seq", (incident_id,))]
+        deliveries = _deliveries(conn, incident_id)
+        for n in notices:
+            mine = [d for d in deliveries if d["step"] == n["step"] and d["audience"] == n["audience"]]
+            n["delivery"] = {state: sum(1 for d in mine if d["state"] == state)
+                             for state in sorted({d["state"] for d in mine})}
         exemptions = [r.result["exemption"] | {"step": r.step_id, "at": r.closed_at} for r in steps
                       if "exemption" in r.result]
         unresolved = sum(int(r.result.get("unresolved", 0)) for r in steps if r.kind == "notify"
@@ -63,8 +69,24 @@ def register(conn: sqlite3.Connection, zone: dt.tzinfo) -> list[dict[str, Any]]:
                         "fired_at": r.fired_at, "closed_at": r.closed_at, "state": r.state, "by": r.closed_by,
                         "late": r.late, "reason": r.reason, "escalations": r.escalations} for r in steps],
             "decisions": decisions, "reports": reports, "notices": notices, "exemptions": exemptions,
-            "unresolved_customers": unresolved,
+            "unresolved_customers": unresolved, "deliveries": deliveries,
         })
+    return out
+
+
+def _deliveries(conn: sqlite3.Connection, incident_id: str) -> list[dict[str, Any]]:
+    """Every message the deliver stage sent or tried for the incident, with its receipt
+    (the deliver stage's `outbox` table, read here; absent in a store from before it)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone() is None:
+        return []
+    out = []
+    for step, audience, recipient, route, key, state, attempts, delivered, receipt, repeat, error in conn.execute(
+            "SELECT step_id, audience, recipient, route, wire_key, state, attempts, delivered_at, receipt,"
+            " possible_repeat, last_error FROM outbox WHERE incident_id = ? ORDER BY id", (incident_id,)):
+        out.append({"step": step, "audience": audience, "recipient": recipient, "route": route, "key": key,
+                    "state": state, "attempts": attempts, "delivered_at": from_db(delivered) if delivered else None,
+                    "receipt": json.loads(receipt) if receipt else None, "possible_repeat": bool(repeat),
+                    "error": error})
     return out
 
 
@@ -87,11 +109,27 @@ def render_register(entries: list[dict[str, Any]], zone: dt.tzinfo) -> str:
             lines.append(f"  report {r['kind']} r{r['revision']} {local(r['rendered_at'])}"
                          f"{'' if r['cause_known'] else ' (cause not yet known)'}")
         for n in e["notices"]:
+            delivery = ", ".join(f"{state} {count}" for state, count in n.get("delivery", {}).items())
             lines.append(f"  rendered {n['count']} {n['kind']} for {n['audience']} ({n['channel']}, {n['language']}) "
-                         f"{local(n['first_at'])}")
+                         f"{local(n['first_at'])}" + (f"; {delivery}" if delivery else ""))
+        for d in e.get("deliveries", []):
+            if d["audience"] != "customers" and d["receipt"]:
+                lines.append(f"    {d['route']}: {d['state']} {local(d['delivered_at'])} receipt "
+                             f"{_receipt(d['receipt'])}")
+        customers = [d for d in e.get("deliveries", []) if d["audience"] == "customers" and d["receipt"]]
+        if customers:
+            lines.append(f"    {len(customers)} customer receipt(s), e.g. {_receipt(customers[0]['receipt'])} "
+                         "(all: register --json)")
         for x in e["exemptions"]:
             lines.append(f"  exemption {x['article']}: {x['reason']} ({x['by']})")
         if e["unresolved_customers"]:
             lines.append(f"  {e['unresolved_customers']} affected customers could not be resolved to a contact")
         lines.append("")
     return "\n".join(lines)
+
+
+def _receipt(receipt: dict[str, Any]) -> str:
+    for key in ("queue_id", "response_id", "path", "digest", "apprise", "fleet"):
+        if receipt.get(key):
+            return f"{key} {receipt[key]}"
+    return json.dumps(receipt, ensure_ascii=False)[:60]
