@@ -487,7 +487,7 @@ class Cluster:
         self.shipper = None
         self.detector = None
         self.follower = None  # reads the fleet's cluster alerts back for the local correlator
-        self._deliveries = None  # the deliver lease and the fleet's delivery records (scale_out only)
+        self._deliveries = None  # the deliver lease and the fleet's delivery records (cluster rules only)
 
     def start(self, *, detect: bool = True, ruleset=None) -> None:
         """Ship; with `detect`, run the leased `scope: cluster` rules of `ruleset` and
@@ -533,9 +533,11 @@ class Cluster:
             log.warning("cluster rule costs not recorded", extra={"error": str(exc)})
 
     def deliver_fleet(self):
-        """With scale_out: the deliver lease (one daemon sends at a time) and the fleet's
-        delivery records; without it, None (a single daemon needs no lease)."""
-        if self.settings.scale_out is None:
+        """While this daemon reads the fleet's cluster alerts back, every daemon of the fleet
+        holds their incidents and renders their notices: then the deliver lease (one
+        daemon sends at a time) and the fleet's delivery records. Otherwise None: its
+        incidents are its own host's, and no other daemon renders them."""
+        if self.follower is None:
             return None
         if self._deliveries is None:
             from auditd.elastic.deliveries import FleetDeliveries

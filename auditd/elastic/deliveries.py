@@ -5,8 +5,8 @@ same episode's notices are rendered on every one of them, under the same fleet-w
 idempotency keys. Two things keep each recipient at one message:
 
 - **the deliver lease**: a lease document (``leases.py``: compare-and-set, expiry,
-  takeover after ``lease_ttl``) for a group ``<scale_out.group>-deliver`` of one
-  partition. Only its holder sends; the others keep their outbox rows pending;
+  takeover after ``elastic.cluster.lease_ttl``) for the group ``<fleet>-deliver`` (the
+  fleet is the events data stream's namespace) of one partition. Only its holder sends; the others keep their outbox rows pending;
 - **delivery records**: the holder writes one document per message and route it
   delivered (``deliveries_index``, id = hash of key and route, created, never
   overwritten). Before it sends a batch, a daemon looks its keys up there: a message
@@ -48,15 +48,14 @@ class FleetDeliveries:
 
     def __init__(self, es: Elasticsearch, settings: ElasticSettings, agent: str, *,
                  monotonic: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] | None = None):
-        assert settings.scale_out is not None
-        scale = dataclasses.replace(settings.scale_out, partitions=1, group=f"{settings.scale_out.group}-deliver")
+        scale = dataclasses.replace(settings.cluster, partitions=1)
         self.es = es
         self.index = settings.deliveries_index
         self.agent = agent
         self.monotonic = monotonic
         self.every_s = scale.heartbeat.seconds
         self.degraded_after_s = 4 * scale.lease_ttl.seconds
-        self.leases = LeaseManager(es, settings.leases_index, scale, agent,
+        self.leases = LeaseManager(es, settings.leases_index, scale, agent, group=f"{settings.fleet}-deliver",
                                    **({"wall_ms": wall_ms} if wall_ms else {}))
         self._last_beat = float("-inf")
         self._last_ok = monotonic()

@@ -21,5 +21,5 @@ class JobContext:
     should_stop: Callable[[], bool] = lambda: False  # long jobs stop between chunks when the daemon stops
     request_tick: Callable[[], None] = lambda: None  # ask the pipeline's thread to run the rules' time hooks
     retention_guard: Callable[[], str | None] = lambda: None  # e.g. "segments not shipped yet stay"
-    fleet: Callable[[], Any] = lambda: None  # the deliver lease and the fleet's receipts (elastic.scale_out)
+    fleet: Callable[[], Any] = lambda: None  # the deliver lease and the fleet's receipts (fleets with cluster rules)
     now: Callable[[], dt.datetime] = field(default=_utc_now)

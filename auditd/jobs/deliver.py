@@ -5,7 +5,7 @@ It runs on the scheduler's thread with an SQLite connection of its own (never th
 pipeline's): claims and outcomes are short transactions of a few hundred rows, so the
 pipeline's batches wait for the write lock no longer than one of them. One run drains
 everything due and returns; the next comes ``deliver.check_every`` later. With
-``elastic.scale_out`` configured, only the daemon holding the fleet's deliver lease
+rules with ``scope: cluster`` in a fleet, only the daemon holding the fleet's deliver lease
 sends (``context.fleet``).
 """
 
