@@ -22,6 +22,7 @@ Nothing here does I/O until the pipeline binds a connection.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import sqlite3
@@ -40,13 +41,44 @@ _ABSENT = object()
 
 
 def rule_state_hash(kind: str, condition: Any, params: Any, *, ignore: tuple[str, ...] = ("max_keys",)) -> str:
-    """What decides a rule's state, hashed: a change to anything else keeps it."""
+    """What decides a rule's state, hashed: a change to anything else keeps it.
+
+    The text hashed is the repr of (kind, condition, parameters) with every set's items
+    sorted: a plain repr lists a set (`event.action in (read, export)`) in an order that
+    depends on the process's string-hash seed, so the hash, and with it the rule's
+    state, would change at every start of the daemon (and differ between processes)."""
     if params is not None and hasattr(params, "__dataclass_fields__"):
         fields = {name: getattr(params, name) for name in params.__dataclass_fields__ if name not in ignore}
     else:
         fields = params
-    text = repr((kind, condition, fields))
+    text = stable_repr((kind, condition, fields))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def stable_repr(value: Any) -> str:
+    """repr(value), but the same in every process: sets' items in sorted order. For a
+    value without sets it is exactly repr(value) (stored rule hashes stay valid)."""
+    if isinstance(value, (set, frozenset)):
+        items = ", ".join(sorted(stable_repr(v) for v in value))
+        name = type(value).__name__
+        if not value:
+            return f"{name}()"
+        return f"{{{items}}}" if type(value) is set else f"{name}({{{items}}})"
+    if type(value) is tuple:
+        inner = ", ".join(stable_repr(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if type(value) is list:
+        return "[" + ", ".join(stable_repr(v) for v in value) + "]"
+    if type(value) is dict:
+        return "{" + ", ".join(f"{stable_repr(k)}: {stable_repr(v)}" for k, v in value.items()) + "}"
+    fields = getattr(type(value), "__dataclass_fields__", None)
+    # only a dataclass's generated repr (wrapped by reprlib.recursive_repr) is rebuilt; a
+    # class's own __repr__ is its own business
+    if fields is not None and hasattr(type(value).__repr__, "__wrapped__"):
+        shown = ", ".join(f"{name}={stable_repr(getattr(value, name))}" for name, f in fields.items()
+                          if f.repr and f._field_type is dataclasses._FIELD)  # type: ignore[attr-defined]
+        return f"{type(value).__qualname__}({shown})"
+    return repr(value)
 
 
 @dataclass(slots=True)
