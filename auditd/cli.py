@@ -161,7 +161,9 @@ def cmd_replay(args) -> int:
         cluster = Cluster(runtime, store)
         cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
-        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress, cluster=cluster)
+        workers = runtime.settings.pipeline.workers if args.workers is None else args.workers
+        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress, cluster=cluster,
+                          workers=workers, config_path=Path(args.config))
         summary = _replay_summary(pipeline, store)
     finally:
         if progress:
@@ -174,6 +176,16 @@ def cmd_replay(args) -> int:
               f"{summary['alerts']} alerts, {summary['incidents']} incidents open in the store "
               f"({summary['seconds']:.1f} s, {summary['events_per_second']:,.0f} events/s)")
     return 0
+
+
+def _workers_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 0 <= n <= 256:
+        raise argparse.ArgumentTypeError("between 0 (one per core) and 256")
+    return n
 
 
 def _refused_replay_paths(runtime, args) -> list[str]:
@@ -799,6 +811,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.add_argument("--no-ship", action="store_true", help="do not ship to Elasticsearch even if configured")
+    p.add_argument("--workers", type=_workers_arg, metavar="N",
+                   help="worker processes for decode, enrich and the rules' conditions; the store, the "
+                        "stateful rules and the checkpoints stay in this process, so the result is the same "
+                        "for every N (default: the config's pipeline.workers, 1; 0: one per core)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("test-rules", help="run every rule's samples; a rule without a positive sample fails")
