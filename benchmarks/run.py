@@ -51,9 +51,9 @@ def neo_command() -> str:
     return shutil.which("neo-auditd") or str(Path(sys.executable).with_name("neo-auditd"))
 
 
-def has_workers(neo: str) -> bool:
-    """Whether this neo-auditd's replay takes --workers (issue 19's parallel pipeline)."""
-    out = subprocess.run([neo, "replay", "--help"], capture_output=True, text=True, check=False).stdout
+def has_workers(neo: str, command: str = "replay") -> bool:
+    """Whether this neo-auditd's command takes --workers (issue 19's parallel pipeline)."""
+    out = subprocess.run([neo, command, "--help"], capture_output=True, text=True, check=False).stdout
     return "--workers" in out
 
 
@@ -144,8 +144,10 @@ def main() -> None:
         cmd = [sys.executable, str(HERE / "latency.py"), "--rate", str(args.rate), "--seconds",
                str(args.latency_seconds), "--alert-percent", "1", "--json",
                "--workdir", str(args.workdir / "latency")]
-        if parallel:
+        if parallel and has_workers(neo, "run"):
             cmd += ["--workers", str(args.workers)]
+        else:
+            result["notes"].append("latency measured with one process: `run` has no --workers yet")
         result["latency"] = json.loads(timed(cmd)[2].stdout)
 
     if args.json:
