@@ -74,6 +74,41 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_done_twice(tmp_path)
         same.store_digest(tmp_path / "serial" / "neo-auditd.db")
 
 
+@pytest.mark.slow
+def test_hostile_lines_are_quarantined_alike_with_workers(tmp_path):
+    """Broken, binary and mistyped lines go through the workers' decode: quarantined
+    and counted exactly as in one process."""
+    import random
+
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store, replay
+
+    same = _same_output()
+    config, log = same.example(tmp_path, 3000, 300)
+    rnd = random.Random(1)
+    lines = log.read_bytes().split(b"\n")
+    for i in range(5, len(lines), 97):
+        lines[i] = lines[i][: len(lines[i]) // 2]  # cut short
+    for i in range(7, len(lines), 131):
+        lines[i] = bytes(rnd.randrange(256) for _ in range(60)).replace(b"\n", b".")  # binary
+    for i in range(9, len(lines), 151):
+        lines[i] = lines[i].replace(b'"count":', b'"count":"many","x":')  # a count that is text
+    log.write_bytes(b"\n".join(lines))
+    totals = {}
+    for workers in (1, 2):
+        runtime = load_runtime(config)
+        store, quarantine = open_store(runtime, tmp_path / f"state-{workers}")
+        try:
+            totals[workers] = replay(runtime, store, quarantine, [log], "crm", workers=workers,
+                                     config_path=config).totals
+        finally:
+            store.close()
+    assert totals[1].quarantined > 40 and totals[1].quarantined == totals[2].quarantined
+    assert totals[1].events == totals[2].events and totals[1].alerts == totals[2].alerts
+    assert same.store_digest(tmp_path / "state-2" / "neo-auditd.db") == \
+        same.store_digest(tmp_path / "state-1" / "neo-auditd.db")
+
+
 def test_rule_state_hash_is_the_same_in_every_process():
     """A set in a condition is hashed in sorted order: the hash (and so the rule's
     stored state) survives a restart, whatever the process's hash seed."""
