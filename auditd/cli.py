@@ -172,7 +172,9 @@ def cmd_replay(args) -> int:
         cluster = Cluster(runtime, store)
         cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
-        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress, cluster=cluster)
+        workers = runtime.settings.pipeline.workers if args.workers is None else args.workers
+        pipeline = replay(runtime, store, quarantine, args.paths, source, progress=progress, cluster=cluster,
+                          workers=workers, config_path=Path(args.config))
         summary = _replay_summary(pipeline, store)
         summary["cluster_rules"] = _cluster_rule_summary(runtime, pipeline, cluster_rules)
     finally:
@@ -202,6 +204,16 @@ def _cluster_rule_summary(runtime, pipeline, rule_ids: list[str]) -> dict | None
             f"{sum(alerts.values())} alerts. The running daemons evaluate them only over events that reach the "
             f"cluster within {horizon} of their time; older windows, such as these, are evaluated by replay alone.")
     return {"rules": alerts, "settle_s": settle, "note": note}
+
+
+def _workers_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 0 <= n <= 256:
+        raise argparse.ArgumentTypeError("between 0 (one per core) and 256")
+    return n
 
 
 def _refused_replay_paths(runtime, args) -> list[str]:
@@ -900,6 +912,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.add_argument("--no-ship", action="store_true", help="do not ship to Elasticsearch even if configured")
+    p.add_argument("--workers", type=_workers_arg, metavar="N",
+                   help="worker processes for decode, enrich and the rules' conditions; the store, the "
+                        "stateful rules and the checkpoints stay in this process, so the result is the same "
+                        "for every N (default: the config's pipeline.workers, 1; 0: one per core)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("test-rules", help="run every rule's samples; a rule without a positive sample fails")
@@ -1048,28 +1064,30 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(q)
     state_arg(q)
     q.add_argument("--state", choices=["held", "pending", "retrying", "sending", "delivered", "failed", "suppressed",
-                                       "digested", "fleet"])
+                                       "digested", "fleet"],
+                   help="only messages in this state (failed: out of retries, escalated; fleet: another daemon "
+                        "of the fleet delivered it)")
     q.add_argument("--incident", metavar="ID", help="only this incident's messages")
-    q.add_argument("--limit", type=int, default=50)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
+    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("show", help="one message: its key, route, receipt and every attempt")
     config_arg(q)
     state_arg(q)
-    q.add_argument("id", type=int, metavar="ID")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("id", type=int, metavar="ID", help="the message's number, as `outbox list` shows it")
+    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("retry", help="queue failed messages again with a fresh retry budget (after fixing the cause)")
     config_arg(q)
     state_arg(q)
-    q.add_argument("ids", type=int, nargs="*", metavar="ID")
+    q.add_argument("ids", type=int, nargs="*", metavar="ID", help="the failed messages to queue again (or --failed)")
     q.add_argument("--failed", action="store_true", help="every failed message")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("send", help="send what is due now, once, as the deliver job does every deliver.check_every")
     config_arg(q)
     state_arg(q)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("suppress", help="hold back a rule's alerts for some actor or address until a date, "

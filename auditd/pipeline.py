@@ -21,7 +21,7 @@ from auditd.runtime import Runtime
 from auditd.sources.base import NO_FILE, Batch
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store.pressure import MirrorBehind, StorageUnavailable, hold_reason
-from auditd.store.sqlite import Segment, Store
+from auditd.store.sqlite import Segment, Store, decode_chunk
 
 CHUNK_RECORDS = 256  # records a chunk takes through the stages: its events stay in the CPU caches
 
@@ -82,13 +82,21 @@ class Pipeline:
             runtime.ruleset.set_suppressions(suppressions.compile_suppressions(suppressions.read_all(conn)))
             self._suppressions_seen = seen
 
-    def handle(self, batch: Batch) -> None:
+    def handle(self, batch: Batch, prepared: "Prepared | None" = None) -> None:
+        """The batch through every stage, committed in one transaction. `prepared` is
+        what a worker process made of it (decode, enrich, conditions: `prepare`); only
+        the rules' confirmation, state and the commit are then left to do here."""
         runtime = self.runtime
         self.refresh_suppressions(runtime)
         segment = Segment(encode=self.store.keep_events)
         try:
-            cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(
-                runtime, batch, segment, self.on_progress)
+            if prepared is None:
+                cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._stages(
+                    runtime, batch, segment, self.on_progress)
+            else:
+                segment = prepared.segment
+                cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._confirm_prepared(
+                    runtime, prepared)
             detected = time.perf_counter()
             latest, n_events = segment.last, segment.count
             with self.store.transaction() as conn:
@@ -187,6 +195,26 @@ class Pipeline:
                 progress()
         return cited, quarantined, skipped, alerts, eval_seconds, unmapped
 
+    @staticmethod
+    def _confirm_prepared(runtime: Runtime, prepared: "Prepared",
+                          ) -> tuple[list, list[Quarantined], int, list[Alert], float, Counter]:
+        """What `_stages` gives, from a worker's `Prepared`: the conditions that held are
+        confirmed chunk by chunk (exceptions, stateful kinds, suppressions), so alerts
+        and the events they cite are those of the serial path."""
+        started = time.perf_counter()
+        alerts: list[Alert] = []
+        cited: list = []
+        for body, count, held in zip(prepared.segment.bodies(), prepared.chunk_counts, prepared.held):
+            if not held:
+                continue
+            events = decode_chunk(body, count)
+            chunk_alerts = runtime.ruleset.confirm_held(events, held)
+            if chunk_alerts:
+                alerts += chunk_alerts
+                cited += _cited(events, chunk_alerts)
+        eval_seconds = prepared.eval_seconds + time.perf_counter() - started
+        return cited, list(prepared.quarantined), prepared.skipped, alerts, eval_seconds, Counter(prepared.unmapped)
+
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Time passed: stateful rules may close windows and alert, in one transaction."""
         runtime = self.runtime
@@ -227,6 +255,51 @@ class Pipeline:
                 t.incidents_opened += 1
             else:
                 t.incidents_updated += 1
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch as a worker process leaves it for the writer: its events encoded as the
+    store keeps them (one body per chunk), and per chunk the (event, rule) pairs whose
+    condition held."""
+
+    segment: Segment
+    chunk_counts: list[int]  # events of each chunk
+    held: list  # per chunk: array of (event position in the chunk, rule index) pairs, flat
+    quarantined: list[Quarantined]
+    skipped: int
+    unmapped: dict[str, int]
+    eval_seconds: float
+
+
+def prepare(runtime: Runtime, batch: Batch) -> Prepared:
+    """The stages a worker process runs on a batch: decode, enrich, the rules'
+    conditions and the encoding for the store, a chunk of `CHUNK_RECORDS` at a time as
+    `Pipeline._stages` does. Nothing here reads or writes the store."""
+    normaliser = runtime.normaliser(batch.source)
+    enrich = batch.source not in runtime.pre_enriched
+    count_other = getattr(normaliser, "counts_unmapped", False)
+    segment = Segment(encode=True)
+    quarantined = [Quarantined.of(batch.source, batch.path, r.offset, r.reason, r.data) for r in batch.rejected]
+    unmapped: Counter = Counter()
+    counts: list[int] = []
+    held: list = []
+    skipped, eval_seconds = 0, 0.0
+    for start in range(0, len(batch.records), CHUNK_RECORDS):
+        chunk, chunk_quarantined, chunk_skipped = normaliser.process(batch, start=start, stop=start + CHUNK_RECORDS)
+        if count_other:
+            unmapped.update(e.labels.get(UNMAPPED_LABEL, "") for e in chunk if e.action == OTHER_ACTION)
+        if enrich:
+            runtime.enricher.enrich(chunk)
+        if chunk:  # a chunk of only quarantined or skipped records adds no body
+            started = time.perf_counter()
+            held.append(runtime.ruleset.held(chunk))
+            eval_seconds += time.perf_counter() - started
+            segment.add(chunk)
+            counts.append(len(chunk))
+        quarantined += chunk_quarantined
+        skipped += chunk_skipped
+    return Prepared(segment, counts, held, quarantined, skipped, dict(unmapped), eval_seconds)
 
 
 def _cited(events: list, alerts: list[Alert]) -> list:

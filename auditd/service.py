@@ -36,6 +36,7 @@ from auditd.ops.watchdog import Watchdog
 from auditd.pipeline import Pipeline
 from auditd.runtime import Runtime, load_runtime
 from auditd.sources.tail import FileTailer, ReplaySource
+from auditd.workers import WorkerPool, resolve_workers
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store import health
 from auditd.store.health import CheckReport
@@ -639,10 +640,15 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
 
 
 def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,
-           *, progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None) -> Pipeline:
+           *, progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None,
+           workers: int = 1, config_path: Path | None = None,
+           on_batch: Callable[[Pipeline, WorkerPool | None], None] | None = None) -> Pipeline:
     """Run the pipeline over files from their start (or past what an earlier replay already did).
 
     With a cluster, its shipper runs alongside and is drained before this returns.
+    With `workers` other than 1 (0: one per core) and the config's path, worker
+    processes that load the same config prepare the batches (`auditd.workers`); this
+    process stays the one writer. `on_batch` is called after each commit.
     """
     pipeline = Pipeline(runtime, store, quarantine)
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
@@ -652,8 +658,13 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     batch_records = runtime.settings.pipeline.batch_records
     total = reader.total_bytes()
     started = time.monotonic()
-    for batch in reader.batches(batch_records):
-        pipeline.handle(batch)
+    n = resolve_workers(workers)
+    pool = WorkerPool(config_path, n) if n > 1 and config_path is not None else None
+    batches = reader.batches(batch_records)
+    for batch, prepared in (pool.ordered(batches) if pool is not None else ((b, None) for b in batches)):
+        pipeline.handle(batch, prepared)
+        if on_batch is not None:
+            on_batch(pipeline, pool)
         if cluster is not None:
             cluster.wake()
         if progress:

@@ -125,10 +125,15 @@ class PipelineSettings:
     # read again at the next start); below the unit's TimeoutStopSec=30, so that systemd
     # never needs its SIGKILL.
     stop_timeout_s: float = 20.0
+    # worker processes for decode, enrich and the rules' conditions in `replay` (issue
+    # 19): 1 is one process, as before; 0 is one per core
+    workers: int = 1
 
     def check(self):
         if self.batch_records < 1:
             yield "batch_records", "must be at least 1"
+        if not 0 <= self.workers <= 256:
+            yield "workers", "must be between 0 (one per core) and 256"
         if self.tick_every.seconds <= 0:
             yield "tick_every", "must be more than 0"
         if self.max_batch_delay_s < 0:

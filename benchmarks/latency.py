@@ -2,11 +2,18 @@
 """Benchmark: how long a line takes from being written to being committed in the store,
 with `neo-auditd run` tailing the file (inotify), at a steady write rate.
 
-    python benchmarks/latency.py [--rate 5000] [--seconds 20] [--workdir /var/tmp/neo-auditd-latency]
+    python benchmarks/latency.py [--rate 5000] [--seconds 20] [--alert-percent 1] [--workers N]
+                                 [--workdir /var/tmp/neo-auditd-latency]
 
 Every 100 ms the writer appends a burst and notes the time; a watcher polls the store
 and, when the committed event count passes a burst's last line, records the delay.
 Prints events/s sustained and latency percentiles (p50, p90, p99, max).
+
+With `--alert-percent P`, P % of the lines (evenly spread) are face-data reads that the
+shipped rule `biometric_data_access` alerts on, one alert each; the watcher also
+records, per burst holding such lines, the delay from the append to the moment the
+store holds all their alerts (append -> alert committed). The other lines never alert.
+`--workers N` is passed to `neo-auditd run` (when the daemon has workers).
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ LINE = ('{{"ts":"2026-11-02T10:00:00.{ms:03d}+08:00","app":"crm","host":"crm-web
         '"fields":["items"],"masked":true,"result":"ok"}}\n')
 
 
+ALERT_LINE = ('{{"ts":"2026-11-02T10:00:00.{ms:03d}+08:00","app":"crm","host":"crm-web-01","req":"r-{n:08d}",'
+              '"emp":{{"id":"E10002","name":"x"}},"ip":"10.20.1.5","op":"face.view",'
+              '"res":{{"type":"face","id":"F{n:09d}","store":"S011"}},"subjects":["C{c:08d}"],"count":1,'
+              '"fields":["face"],"masked":false,"result":"ok"}}\n')
+ALERT_RULE = "biometric_data_access"
+
+
 def setup(workdir: Path) -> Path:
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "logs").mkdir(parents=True)
@@ -50,11 +64,18 @@ def setup(workdir: Path) -> Path:
 
 
 def committed(db: Path) -> int:
+    return counts(db)[0]
+
+
+def counts(db: Path) -> tuple[int, int]:
+    """Events committed, and alerts of the alerting lines' rule committed."""
     try:
         with sqlite3.connect(db, timeout=1) as conn:
-            return conn.execute("SELECT COALESCE(SUM(count), 0) FROM event_segments").fetchone()[0]
+            events = conn.execute("SELECT COALESCE(SUM(count), 0) FROM event_segments").fetchone()[0]
+            alerts = conn.execute("SELECT COUNT(*) FROM alerts WHERE rule_id = ?", (ALERT_RULE,)).fetchone()[0]
+            return events, alerts
     except sqlite3.OperationalError:
-        return 0
+        return 0, 0
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -67,42 +88,57 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000, help="lines per second written")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/neo-auditd-latency"))
+    parser.add_argument("--alert-percent", type=float, default=0.0,
+                        help="share of lines that alert (0: none, as before)")
+    parser.add_argument("--workers", type=int, default=None, help="passed to neo-auditd run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    every = round(100 / args.alert_percent) if args.alert_percent > 0 else 0  # every n-th line alerts
 
     config = setup(args.workdir)
     db = args.workdir / "state" / "neo-auditd.db"
     neo = shutil.which("neo-auditd") or str(Path(sys.executable).with_name("neo-auditd"))
-    daemon = subprocess.Popen([neo, "run", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    command = [neo, "run", "-c", str(config)] + (["--workers", str(args.workers)] if args.workers else [])
+    daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     while committed(db) == 0 and not db.exists():
         time.sleep(0.05)
     time.sleep(1.0)
 
-    bursts: list[tuple[int, float]] = []  # (lines written so far, when)
+    bursts: list[tuple[int, float, int]] = []  # (lines written so far, when, alerting lines so far)
     delays: list[float] = []
+    alert_delays: list[float] = []
     done = threading.Event()
 
     def watch() -> None:
-        seen = 0
-        while not done.is_set() or seen < len(bursts):
-            count = committed(db)
+        seen = alerted = 0
+        patience = None  # after the writer stopped: how long to wait for the last alerts
+        while not done.is_set() or seen < len(bursts) or (alerted < len(bursts) and time.monotonic() < patience):
+            if done.is_set() and patience is None:
+                patience = time.monotonic() + 30
+            count, alerts = counts(db)
             now = time.monotonic()
             while seen < len(bursts) and bursts[seen][0] <= count:
                 delays.append(now - bursts[seen][1])
                 seen += 1
+            while alerted < len(bursts) and bursts[alerted][2] <= alerts:
+                if bursts[alerted][2] > (bursts[alerted - 1][2] if alerted else 0):  # the burst had alerting lines
+                    alert_delays.append(now - bursts[alerted][1])
+                alerted += 1
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     per_burst = max(1, args.rate // 10)
-    written, started = 0, time.monotonic()
+    written, alerting, started = 0, 0, time.monotonic()
     with open(args.workdir / "logs" / "access.log", "a") as fh:
         while time.monotonic() - started < args.seconds:
-            fh.write("".join(LINE.format(ms=(written + i) % 1000, n=written + i, c=(written + i) % 50000)
-                             for i in range(per_burst)))
+            numbers = range(written, written + per_burst)
+            alerting += sum(1 for n in numbers if every and n % every == every - 1)
+            fh.write("".join((ALERT_LINE if every and n % every == every - 1 else LINE).format(
+                ms=n % 1000, n=n, c=n % 50000) for n in numbers))
             fh.flush()
             written += per_burst
-            bursts.append((written, time.monotonic()))
+            bursts.append((written, time.monotonic(), alerting))
             time.sleep(max(0.0, started + len(bursts) * 0.1 - time.monotonic()))
     done.set()
     watcher.join(timeout=60)
@@ -114,6 +150,14 @@ def main() -> None:
     result = {"lines": written, "seconds": round(elapsed, 1), "events_per_second": round(committed(db) / elapsed),
               "latency_ms": {"p50": round(percentile(ms, 50), 1), "p90": round(percentile(ms, 90), 1),
                              "p99": round(percentile(ms, 99), 1), "max": round(max(ms), 1)}}
+    if every:
+        alert_ms = [d * 1000 for d in alert_delays]
+        result["alerting_lines"] = alerting
+        result["alert_latency_ms"] = {"alerts": counts(db)[1], "bursts_timed": len(alert_ms)}
+        if alert_ms:
+            result["alert_latency_ms"].update({
+                "p50": round(percentile(alert_ms, 50), 1), "p90": round(percentile(alert_ms, 90), 1),
+                "p99": round(percentile(alert_ms, 99), 1), "max": round(max(alert_ms), 1)})
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -121,6 +165,10 @@ def main() -> None:
         print(f"neo-auditd run: {written:,} lines at {args.rate:,}/s for {result['seconds']} s, "
               f"{result['events_per_second']:,} events/s committed; write-to-commit latency "
               f"p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+        if every:
+            a = result["alert_latency_ms"]
+            print(f"  {alerting:,} alerting lines, {a['alerts']:,} alerts; write-to-alert latency "
+                  f"p50 {a.get('p50')} ms, p90 {a.get('p90')} ms, p99 {a.get('p99')} ms, max {a.get('max')} ms")
 
 
 if __name__ == "__main__":

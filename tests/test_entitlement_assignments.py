@@ -223,3 +223,61 @@ def test_build_puts_live_lookups_behind_the_cache(tmp_path):
     assert isinstance(cached, CachedAssignments) and isinstance(cached.inner, SqliteAssignments)
     assert cached.size == 10 and cached.inner.path == tmp_path / "crm.db"
     assert isinstance(build_assignments(csv_settings), CsvAssignments)  # in memory already
+
+
+class KeepAliveServer(Server):
+    """The same answers over HTTP/1.1 keep-alive; remembers each client connection."""
+
+    protocol_version = "HTTP/1.1"
+    connections: list[tuple[str, int]] = []
+
+    def setup(self):
+        super().setup()
+        KeepAliveServer.connections.append(self.client_address)
+
+
+@pytest.fixture
+def keepalive_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveServer)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    KeepAliveServer.connections.clear()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_lookups_reuse_one_connection(keepalive_server):
+    """A cache miss costs a request, not a new connection each time (issue 19)."""
+    url = f"http://127.0.0.1:{keepalive_server.server_address[1]}/assignee/{{id}}"
+    lookup = HttpAssignments(url, timeout_s=2.0)
+    for _ in range(3):
+        for key, who in TABLE.items():
+            assert lookup.assignee(key) == who
+        assert lookup.assignee("O404") is None  # a 404 leaves the connection usable too
+    assert len(KeepAliveServer.connections) == 1
+    with pytest.raises(AssignmentLookupError, match="HTTP 500"):
+        lookup.assignee("boom")
+    assert lookup.assignee("O1001") == "E10047"
+    lookup.close()
+
+
+def test_http_lookup_survives_the_server_closing_an_idle_connection(keepalive_server):
+    url = f"http://127.0.0.1:{keepalive_server.server_address[1]}/assignee/{{id}}"
+    lookup = HttpAssignments(url, timeout_s=2.0)
+    assert lookup.assignee("O1001") == "E10047"
+    for conn in lookup._idle:  # what a server's idle timeout does: the pooled socket is closed under us
+        conn.sock.shutdown(2)
+    assert lookup.assignee("C00012345") == "E10039"
+    assert len(KeepAliveServer.connections) == 2  # one replacement, and the answer all the same
+
+
+def test_http_lookup_after_a_timeout_uses_a_fresh_connection(keepalive_server):
+    url = f"http://127.0.0.1:{keepalive_server.server_address[1]}/assignee/{{id}}"
+    lookup = HttpAssignments(url, timeout_s=0.3)
+    with pytest.raises(AssignmentLookupError, match="unreachable"):
+        lookup.assignee("slow")
+    time.sleep(1.0)  # the slow answer arrives late on the abandoned connection: it must not be read as this one's
+    assert lookup.assignee("O1001") == "E10047"
+    assert lookup.assignee("unassigned") is None

@@ -22,6 +22,7 @@ Nothing here does I/O until the pipeline binds a connection.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import sqlite3
@@ -40,7 +41,12 @@ _ABSENT = object()
 
 
 def rule_state_hash(kind: str, condition: Any, params: Any, *, ignore: tuple[str, ...] = ("max_keys",)) -> str:
-    """What decides a rule's state, hashed: a change to anything else keeps it."""
+    """What decides a rule's state, hashed: a change to anything else keeps it.
+
+    The text hashed is the repr of (kind, condition, parameters) with every set's items
+    sorted: a plain repr lists a set (`event.action in (read, export)`) in an order that
+    depends on the process's string-hash seed, so the hash, and with it the rule's
+    state, would change at every start of the daemon (and differ between processes)."""
     if params is not None and hasattr(params, "__dataclass_fields__"):
         fields = {name: getattr(params, name) for name in params.__dataclass_fields__ if name not in ignore}
     else:

@@ -82,6 +82,18 @@ class Segment:
     def doc(self) -> bytes:
         return _array_header(self.count) + b"".join(self._bodies)
 
+    def bodies(self) -> list[bytes]:
+        """Each added chunk's encoding, without its array header (see `decode_chunk`)."""
+        return self._bodies
+
+
+_decode_events = msgspec.msgpack.Decoder(list[AccessEvent]).decode
+
+
+def decode_chunk(body: bytes, count: int) -> list[AccessEvent]:
+    """The events of one of a Segment's bodies (`count` of them), as they were added."""
+    return _decode_events(_array_header(count) + body)
+
 
 def _check_event_encoding(conn: sqlite3.Connection) -> None:
     """Record the event encoding of a store that has none (new, or from before arrays:
