@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Sequence
-
-import apprise
+from typing import TYPE_CHECKING
 
 from auditd.deliver.channels.base import Report, Result
 from auditd.deliver.message import Outgoing
 from auditd.deliver.secrets import SecretValue
 from auditd.deliver.settings import ChatTarget
+
+if TYPE_CHECKING:
+    import apprise
 
 KEY_HEADER = "X-Neo-Idempotency-Key"
 
@@ -55,11 +57,15 @@ class ChatChannel:
     kind = "chat"
 
     def __init__(self, target: ChatTarget, url: str, asset: apprise.AppriseAsset | None = None):
+        import apprise  # here, not at import: Apprise loads its plugins (~0.1 s), which a replay never needs
+
         self.target = target
         self._url = url
         self.asset = asset or apprise.AppriseAsset(app_id="neo-auditd", app_desc="neo-auditd")
 
     def send_batch(self, messages: Sequence[Outgoing], report: Report) -> None:
+        import apprise
+
         for message in messages:
             url = with_key_header(self._url, message.wire_key) if self.target.service == "json" else self._url
             sender = apprise.Apprise(asset=self.asset)
