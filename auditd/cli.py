@@ -134,6 +134,7 @@ def cmd_status(args) -> int:
 def cmd_replay(args) -> int:
     from auditd.runtime import load_runtime
     from auditd.service import Cluster, open_store, replay
+    from auditd.workers import WorkerMismatch
 
     try:
         runtime = load_runtime(args.config)
@@ -177,6 +178,9 @@ def cmd_replay(args) -> int:
                           workers=workers, config_path=Path(args.config))
         summary = _replay_summary(pipeline, store)
         summary["cluster_rules"] = _cluster_rule_summary(runtime, pipeline, cluster_rules)
+    except WorkerMismatch as exc:  # what was committed stands; a second replay goes on from there
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if progress:
             progress.done()

@@ -659,7 +659,7 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     total = reader.total_bytes()
     started = time.monotonic()
     n = resolve_workers(workers)
-    pool = WorkerPool(config_path, n) if n > 1 and config_path is not None else None
+    pool = WorkerPool(config_path, n, ruleset=runtime.ruleset) if n > 1 and config_path is not None else None
     batches = reader.batches(batch_records)
     for batch, prepared in (pool.ordered(batches) if pool is not None else ((b, None) for b in batches)):
         pipeline.handle(batch, prepared)

@@ -53,12 +53,20 @@ def resolve_workers(requested: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _serve(conn: Connection, config_path: str) -> None:
-    """A worker process: load the config, then prepare each batch the pipe brings."""
+def _serve(conn: Connection, config_path: str, scopes: frozenset[str] | None = None) -> None:
+    """A worker process: load the config, then prepare each batch the pipe brings.
+    `scopes` are the rule scopes the main process evaluates (a replay adds `cluster`).
+    The first message back names the rules in force, so the writer can tell a worker
+    that loaded other rules (files changed in between) from one it can trust."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    import dataclasses
+
     from auditd.runtime import load_runtime
 
     runtime = load_runtime(Path(config_path))
+    if scopes is not None and scopes != runtime.ruleset.scopes:
+        runtime = dataclasses.replace(runtime, ruleset=runtime.ruleset.with_scopes(scopes))
+    conn.send(rules_in_force(runtime.ruleset))
     gc.freeze()  # the loaded rules, directory and formats never die
     while True:
         try:
@@ -70,14 +78,36 @@ def _serve(conn: Connection, config_path: str) -> None:
         conn.send(prepare(runtime, batch))
 
 
+def rules_in_force(ruleset) -> tuple[tuple[str, str, bool], ...]:
+    """What a worker's conditions are computed for: each rule's id, scope and whether it is
+    enabled, in the set's order (the order the prepared results are indexed by)."""
+    return tuple((r.id, r.spec.scope, r.spec.enabled) for r in ruleset.rules)
+
+
+class WorkerMismatch(RuntimeError):
+    """A worker loaded other rules than the writer's (a file changed in between)."""
+
+
 class _Worker:
-    def __init__(self, config_path: Path):
+    def __init__(self, config_path: Path, scopes: frozenset[str] | None = None, expected=None):
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, str(config_path)), daemon=True,
+        self.process = context.Process(target=_serve, args=(child, str(config_path), scopes), daemon=True,
                                        name="neo-auditd-worker")
         self.process.start()
         child.close()
+        self.expected = expected
+        self.checked = expected is None
+
+    def check(self) -> None:
+        """Read the worker's first message: the rules it loaded must be the writer's."""
+        if self.checked:
+            return
+        loaded = self.conn.recv()
+        self.checked = True
+        if loaded != self.expected:
+            raise WorkerMismatch("a worker process loaded other rules than this process (a rule file changed "
+                                 "while the replay started?): run it again, or with --workers 1")
 
     def stop(self) -> None:
         try:
@@ -94,9 +124,13 @@ class _Worker:
 class WorkerPool:
     """`workers` processes that prepare batches; results come back in batch order."""
 
-    def __init__(self, config_path: Path, workers: int):
+    def __init__(self, config_path: Path, workers: int, *, ruleset=None):
+        """`ruleset`, the writer's: the workers evaluate its scopes and must have loaded
+        the same rules (checked on each worker's first answer)."""
         self.config_path = Path(config_path)
         self.workers = workers
+        self.scopes = ruleset.scopes if ruleset is not None else None
+        self.expected = rules_in_force(ruleset) if ruleset is not None else None
         self.restarts = 0  # workers started again after one died
         self._pool: list[_Worker | None] = [None] * workers
 
@@ -137,7 +171,7 @@ class WorkerPool:
     def _worker(self, slot: int) -> _Worker:
         worker = self._pool[slot]
         if worker is None:
-            worker = self._pool[slot] = _Worker(self.config_path)
+            worker = self._pool[slot] = _Worker(self.config_path, self.scopes, self.expected)
         return worker
 
     def _send(self, slot: int, batch: Batch) -> None:
@@ -150,6 +184,7 @@ class WorkerPool:
         for tries in range(1, MAX_TRIES + 1):
             worker = self._worker(slot)
             try:
+                worker.check()
                 return worker.conn.recv()
             except (EOFError, OSError) as exc:
                 self.restarts += 1

@@ -139,3 +139,77 @@ def test_workers_must_be_a_sane_number(tmp_path):
     check = subprocess.run([sys.executable, "-m", "auditd.cli", "check", "-c", str(config)], capture_output=True,
                            text=True)
     assert check.returncode == 78 and "workers" in check.stdout + check.stderr
+
+
+CLUSTER_AND_LOCAL = """- rule: many_reads_cluster
+  desc: many customers read across hosts
+  kind: threshold
+  scope: cluster
+  params: {gte: 50, distinct: neo.data.subject_ids, timespan: 1h}
+  condition: event.action in (read, search)
+  severity: high
+  tags: [incubating]
+- rule: many_reads_local
+  desc: many customers read here
+  kind: threshold
+  params: {gte: 50, distinct: neo.data.subject_ids, timespan: 1h}
+  condition: event.action in (read, search)
+  severity: high
+  tags: [incubating]
+"""
+
+
+def _cluster_replay_setup(tmp_path: Path) -> Path:
+    import json
+
+    from auditd.enrich.pseudonym import create_key_file
+
+    create_key_file(tmp_path / "k.key")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "c.yaml").write_text(CLUSTER_AND_LOCAL)
+    config = tmp_path / "config.yaml"
+    config.write_text("state_dir: state\nsources:\n  - {name: crm, paths: [access.log], format: neo-crm}\n"
+                      "pseudonym: {key_file: k.key}\nrules: {include_shipped: false, paths: [rules]}\n"
+                      "ops: {metrics: {enabled: false}}\npipeline: {batch_records: 64}\n"
+                      "elastic:\n  hosts: ['http://127.0.0.1:9']\n  events_data_stream: logs-neo_auditd.access-default\n")
+    with open(tmp_path / "access.log", "w") as f:
+        for n in range(400):
+            f.write(json.dumps({
+                "ts": f"2026-11-02T10:{n // 60 % 60:02d}:{n % 60:02d}.000+08:00", "app": "crm", "host": f"h{n % 5}",
+                "req": f"r-{n:08d}", "emp": {"id": "E10001", "name": "x"}, "ip": "10.20.1.5", "op": "customer.view",
+                "res": {"type": "customer", "id": f"C{n:08d}", "store": "S011"}, "subjects": [f"C{n:08d}"],
+                "count": 1, "fields": ["name"], "masked": True, "result": "ok"}) + "\n")
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replay_evaluates_cluster_rules_with_any_number_of_workers(tmp_path, workers):
+    """The workers evaluate the scopes the writer does: a replay's cluster rules too
+    (with two workers they were silently left out before)."""
+    import json
+
+    config = _cluster_replay_setup(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "auditd.cli", "replay", "-c", str(config), "--no-ship",
+                           "--workers", str(workers), "--json", str(tmp_path / "access.log")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["alerts_by_rule"] == {"many_reads_cluster": 1, "many_reads_local": 1}
+    assert summary["cluster_rules"]["rules"] == {"many_reads_cluster": 1}
+
+
+@pytest.mark.slow
+def test_a_worker_that_loaded_other_rules_is_refused(tmp_path):
+    """A rule file that changes while the workers start would shift the rules' order
+    under the writer: the worker's first answer names its rules, and a mismatch stops
+    the replay with the reason instead of misattributing alerts."""
+    from auditd.runtime import load_runtime
+    from auditd.workers import WorkerMismatch, WorkerPool
+
+    config = _cluster_replay_setup(tmp_path)
+    runtime = load_runtime(config)
+    (tmp_path / "rules" / "c.yaml").write_text(CLUSTER_AND_LOCAL.replace("many_reads_local", "renamed_local"))
+    pool = WorkerPool(config, 2, ruleset=runtime.ruleset)
+    with pytest.raises(WorkerMismatch, match="loaded other rules"):
+        list(pool.ordered([object()]))
