@@ -870,6 +870,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--state-dir", type=Path, metavar="DIR",
                        help="use the store in DIR instead of the config's state_dir (e.g. a copy for a trial)")
 
+    def store_reader(p, json_help: str):
+        """A command that reads the store: its config, another store, and --json."""
+        config_arg(p)
+        state_arg(p)
+        p.add_argument("--json", action="store_true", help=json_help)
+
     p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads, SIGTERM drains)",
                        description="Run the daemon in the foreground: tail every configured source, store events, "
                                    "raise alerts and incidents, run the playbooks' jobs, until SIGTERM or Ctrl-C "
@@ -939,9 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="per-source lag and last event, rules, open incidents, "
                                       "Elasticsearch shipping, working days ahead")
-    config_arg(p)
-    state_arg(p)
-    p.add_argument("--json", action="store_true", help="print the status as JSON (times in UTC)")
+    store_reader(p, "print the status as JSON (times in UTC)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("review", help="periodic reviews of access (grants not exercised)")
@@ -1057,41 +1061,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("register", help="the breach register: every T1-T4 incident, its clocks, decisions, outputs")
-    config_arg(p)
-    state_arg(p)
-    p.add_argument("--json", action="store_true", help="print the register as JSON (times in UTC)")
+    store_reader(p, "print the register as JSON (times in UTC)")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("outbox", help="the messages the deliver stage sends: list, show, retry failed ones, send now")
     osub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
     q = osub.add_parser("list", help="messages, newest first, with their state, route, receipt or error")
-    config_arg(q)
-    state_arg(q)
+    store_reader(q, "print the result as JSON (times in UTC)")
     q.add_argument("--state", choices=["held", "pending", "retrying", "sending", "delivered", "failed", "suppressed",
                                        "digested", "fleet"],
                    help="only messages in this state (failed: out of retries, escalated; fleet: another daemon "
                         "of the fleet delivered it)")
     q.add_argument("--incident", metavar="ID", help="only this incident's messages")
     q.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
-    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("show", help="one message: its key, route, receipt and every attempt")
-    config_arg(q)
-    state_arg(q)
+    store_reader(q, "print the result as JSON (times in UTC)")
     q.add_argument("id", type=int, metavar="ID", help="the message's number, as `outbox list` shows it")
-    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("retry", help="queue failed messages again with a fresh retry budget (after fixing the cause)")
-    config_arg(q)
-    state_arg(q)
+    store_reader(q, "print the result as JSON (times in UTC)")
     q.add_argument("ids", type=int, nargs="*", metavar="ID", help="the failed messages to queue again (or --failed)")
     q.add_argument("--failed", action="store_true", help="every failed message")
-    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("send", help="send what is due now, once, as the deliver job does every deliver.check_every")
-    config_arg(q)
-    state_arg(q)
-    q.add_argument("--json", action="store_true", help="print the result as JSON (times in UTC)")
+    store_reader(q, "print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("suppress", help="hold back a rule's alerts for some actor or address until a date, "
