@@ -58,3 +58,24 @@ def minutes(n: float) -> dt.timedelta:
 
 def run(rules: RuleSet, events: list[AccessEvent]) -> list:
     return rules.evaluate_all(events)
+
+
+def daemon_config(tmp_path: Path, rules: dict[str, str]) -> Path:
+    """A daemon's folder: a pseudonym key, an empty logs/, the given rule files in rules.d/,
+    and a config that tails logs/access.log quickly in small batches."""
+    from auditd.enrich.pseudonym import create_key_file
+
+    create_key_file(tmp_path / "pseudonym.key")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "rules.d").mkdir()
+    for name, text in rules.items():
+        (tmp_path / "rules.d" / name).write_text(text)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "state_dir: state\n"
+        "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.05\n"
+        "pseudonym:\n  key_file: pseudonym.key\n"
+        "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
+        "pipeline: {batch_records: 37}\n"
+        "ops:\n  metrics: {enabled: false}\n")
+    return config

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from auditd.enrich.pseudonym import create_key_file
-
+from behaviour_helpers import daemon_config
 from test_detect_state import _committed, _line, _query, _wait
 
 pytestmark = pytest.mark.slow
@@ -51,21 +50,8 @@ OTHER = """- rule: other
 
 
 def _setup(tmp_path: Path) -> Path:
-    create_key_file(tmp_path / "pseudonym.key")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "rules.d").mkdir()
-    (tmp_path / "rules.d" / "threshold.yaml").write_text(THRESHOLD)
-    (tmp_path / "rules.d" / "first_seen.yaml").write_text(FIRST_SEEN)
-    (tmp_path / "rules.d" / "other.yaml").write_text(OTHER.format(n=10))
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "state_dir: state\n"
-        "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.05\n"
-        "pseudonym:\n  key_file: pseudonym.key\n"
-        "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
-        "pipeline: {batch_records: 37}\n"
-        "ops:\n  metrics: {enabled: false}\n")
-    return config
+    return daemon_config(tmp_path, {"threshold.yaml": THRESHOLD, "first_seen.yaml": FIRST_SEEN,
+                                    "other.yaml": OTHER.format(n=10)})
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen:

@@ -20,10 +20,10 @@ import pytest
 from auditd.config.located import Problems
 from auditd.detect import KindContext, load_rules
 from auditd.detect.state import StateStore, rule_counters, rule_state_hash
-from auditd.enrich.pseudonym import create_key_file
 from auditd.event import AccessEvent
 from auditd.store.migrations import migrate
 
+from behaviour_helpers import daemon_config
 from counting_kind import WITH_COUNT, CountParams
 
 TESTS = Path(__file__).resolve().parent
@@ -173,20 +173,8 @@ def _line(n: int, actor: str) -> str:
 
 
 def _setup(tmp_path: Path, every: int) -> Path:
-    create_key_file(tmp_path / "pseudonym.key")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "rules.d").mkdir()
-    (tmp_path / "rules.d" / "count.yaml").write_text(COUNT_RULE.format(every=every, extra=""))
-    (tmp_path / "rules.d" / "other.yaml").write_text(OTHER_RULE.format(n=10))
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "state_dir: state\n"
-        "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.05\n"
-        "pseudonym:\n  key_file: pseudonym.key\n"
-        "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
-        "pipeline: {batch_records: 37}\n"
-        "ops:\n  metrics: {enabled: false}\n")
-    return config
+    return daemon_config(tmp_path, {"count.yaml": COUNT_RULE.format(every=every, extra=""),
+                                    "other.yaml": OTHER_RULE.format(n=10)})
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen:
