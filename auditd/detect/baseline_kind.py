@@ -297,7 +297,7 @@ class BaselineKind:
             """The chunk's events in order; a key's profile is read once per chunk and
             written once (the same object, changed in place), not once per event."""
             found: list[tuple[int, Verdict]] = []
-            keys, seconds = columns.keys(params.group_by, key_of), columns.seconds()
+            keys, seconds = columns.keys(params.group_by, key_of, positions), columns.seconds(positions)
             profiles: dict[str, Profile] = {}
             state.prefetch(distinct_at(keys, positions))
             changed: set[str] = set()

@@ -112,7 +112,9 @@ def group_key(fields: tuple[FieldRef, ...]) -> Callable[[AccessEvent], str | Non
 class Columns:
     """Per-event values that several stateful rules read in one chunk (the event's time
     in seconds, a group key), computed once per chunk instead of once per rule and
-    event. A column is built for the whole chunk on first use; positions index it."""
+    event. A column is built for the whole chunk on first use; positions index it. A
+    rule that sees only a few of the chunk's events gets their values alone (indexed
+    by position just the same) unless the column exists already."""
 
     __slots__ = ("events", "_cache")
 
@@ -120,23 +122,34 @@ class Columns:
         self.events = events
         self._cache: dict[Any, list] = {}
 
-    def seconds(self) -> list[float]:
+    def seconds(self, positions: Sequence[int]) -> Sequence[float] | dict[int, float]:
         """Each event's time as seconds since the epoch (UTC)."""
-        col = self._cache.get("@seconds")
-        if col is None:
-            col = self._cache["@seconds"] = [e.timestamp.timestamp() for e in self.events]
-        return col
+        return self._column("@seconds", _seconds, positions)
 
-    def keys(self, fields: tuple[FieldRef, ...], key_of: Callable[[AccessEvent], str | None]) -> list[str | None]:
+    def keys(self, fields: tuple[FieldRef, ...], key_of: Callable[[AccessEvent], str | None],
+             positions: Sequence[int]) -> Sequence[str | None] | dict[int, str | None]:
         """Each event's group key for `fields` (None where one is missing)."""
-        name = tuple(f.name for f in fields)
+        return self._column(tuple(f.name for f in fields), key_of, positions)
+
+    def _column(self, name: Any, compute: Callable[[AccessEvent], Any], positions: Sequence[int]):
         col = self._cache.get(name)
-        if col is None:
-            col = self._cache[name] = [key_of(e) for e in self.events]
+        if col is not None:
+            return col
+        events = self.events
+        if len(positions) * _SPARSE < len(events):
+            return {p: compute(events[p]) for p in positions}
+        col = self._cache[name] = [compute(e) for e in events]
         return col
 
 
-def distinct_at(column: list, positions: Sequence[int]) -> set:
+_SPARSE = 8  # a rule that sees fewer than 1 in this many of a chunk's events: no column
+
+
+def _seconds(event: AccessEvent) -> float:
+    return event.timestamp.timestamp()
+
+
+def distinct_at(column: Sequence | dict, positions: Sequence[int]) -> set:
     """The distinct values of a column at the positions (a rule's keys in a chunk)."""
     if len(positions) == 1:
         return {column[positions[0]]}

@@ -115,7 +115,7 @@ class FirstSeenKind:
             """The chunk's events in order; a key's values are read once per chunk, and
             a value tuple already known for the key in this chunk costs one test."""
             found: list[tuple[int, Verdict]] = []
-            keys = columns.keys(params.group_by, key_of)
+            keys = columns.keys(params.group_by, key_of, positions)
             entries: dict[str, tuple[Seen, set]] = {}  # key -> its state, the value tuples it knows
             state.prefetch(distinct_at(keys, positions))
             for pos in positions:

@@ -126,7 +126,7 @@ class ThresholdKind:
                  ) -> list[tuple[int, Verdict]]:
             """The chunk's events in order; a key's window is read and written once."""
             found: list[tuple[int, Verdict]] = []
-            keys, seconds = columns.keys(params.group_by, key_of), columns.seconds()
+            keys, seconds = columns.keys(params.group_by, key_of, positions), columns.seconds(positions)
             windows: dict[str, Window] = {}
             state.prefetch(distinct_at(keys, positions))
             for pos in positions:
@@ -163,7 +163,7 @@ class ThresholdKind:
                  ) -> list[tuple[int, Verdict]]:
             """The chunk's events in order; a key's partitions are read and written once."""
             found: list[tuple[int, Verdict]] = []
-            keys, seconds = columns.keys(params.group_by, key_of), columns.seconds()
+            keys, seconds = columns.keys(params.group_by, key_of, positions), columns.seconds(positions)
             held: dict[str, Partitioned] = {}
             state.prefetch(distinct_at(keys, positions))
             for pos in positions:
@@ -371,38 +371,51 @@ class SequenceKind:
                 cited = [ids[i] for i in picked] + cited
             return cited if t - before <= span else None
 
-        def detect(event: AccessEvent) -> Verdict | None:
-            hit = [j for j, (holds, _) in enumerate(steps) if holds(event)]
-            if not hit:
-                return None
-            key = key_of(event)
-            if key is None:
-                return None
-            t = event.timestamp.timestamp()
-            p = state.get(key)
-            if p is None or len(p.times) != len(steps):
-                p = Progress([[] for _ in steps], [[] for _ in steps])
-            for j in hit:
-                times, ids = p.times[j], p.ids[j]
-                times.append(t)
-                ids.append(event.event_id)
-                cutoff = t - span
-                drop = 0
-                while drop < len(times) and times[drop] < cutoff:
-                    drop += 1
-                drop = max(drop, len(times) - steps[j][1] - _MARGIN)
-                if drop > 0:
-                    del times[:drop], ids[:drop]
-            cited = chain(p, t) if (not ordered or last in hit) and t - p.alerted >= quiet else None
-            if cited is None:
+        def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
+                 ) -> list[tuple[int, Verdict]]:
+            """The chunk's events in order; a key's progress is read and written once."""
+            found: list[tuple[int, Verdict]] = []
+            keys, seconds = columns.keys(params.group_by, key_of, positions), columns.seconds(positions)
+            held: dict[str, Progress] = {}
+            state.prefetch(distinct_at(keys, positions))
+            for pos in positions:
+                event = events[pos]
+                hit = [j for j, (holds, _) in enumerate(steps) if holds(event)]
+                if not hit:
+                    continue
+                key = keys[pos]
+                if key is None:
+                    continue
+                t = seconds[pos]
+                p = held.get(key)
+                if p is None:
+                    p = state.get(key)
+                    if p is None or len(p.times) != len(steps):
+                        p = Progress([[] for _ in steps], [[] for _ in steps])
+                    held[key] = p
+                for j in hit:
+                    times, ids = p.times[j], p.ids[j]
+                    times.append(t)
+                    ids.append(event.event_id)
+                    cutoff = t - span
+                    drop = 0
+                    while drop < len(times) and times[drop] < cutoff:
+                        drop += 1
+                    drop = max(drop, len(times) - steps[j][1] - _MARGIN)
+                    if drop > 0:
+                        del times[:drop], ids[:drop]
+                cited = chain(p, t) if (not ordered or last in hit) and t - p.alerted >= quiet else None
+                if cited is None:
+                    continue
+                held[key] = Progress([[] for _ in steps], [[] for _ in steps], alerted=t)
+                found.append((pos, Verdict(
+                    reason=f"{names} within {_span(span)} for {describe_key(params.group_by, key)}",
+                    event_ids=_unique(cited, MAX_CITED))))
+            for key, p in held.items():
                 state.put(key, p)
-                return None
-            p = Progress([[] for _ in steps], [[] for _ in steps], alerted=t)
-            state.put(key, p)
-            return Verdict(reason=f"{names} within {_span(span)} for {describe_key(params.group_by, key)}",
-                           event_ids=_unique(cited, MAX_CITED))
+            return found
 
-        return detect
+        return one_at_a_time(many)
 
 
 def _span(seconds: float) -> str:
