@@ -5,11 +5,14 @@ and what that costs the pipeline.
 One incident, N rendered customer notices (default 100,000) in the store; a real SMTP
 server (aiosmtpd, STARTTLS with a certificate made here, AUTH) in a process of its own
 on 127.0.0.1. In paired rounds the pipeline replays a fresh part of the example log into
-the same store, once with the deliver worker paused (idle) and once while it drains
-(on a thread of its own with its own SQLite connection, as the deliver job runs);
-after the rounds the rest drains alone. Prints the drain rate (messages/s, over the
-time the worker ran) and the pipeline's events/s idle and while draining, with the
-median of the rounds' ratios. Usage:
+the same store, once with no deliver process (idle) and once while the daemon's deliver
+process drains (the real arrangement: `jobs/deliver_supervisor.DeliverProcess` starts
+`python -m auditd.jobs.deliver_process` with the settings, as `neo-auditd run` does;
+the replay starts once it is sending, and it is stopped again after the replay);
+after the rounds the rest drains alone. Prints the drain rate (messages/s, from the
+deliver process's start to an empty outbox, and while it was sending) and the
+pipeline's events/s idle and while draining, with the median of the rounds' ratios.
+Usage:
 
     python benchmarks/deliver.py [--notices 100000] [--rounds 5] [--lines 100000] [--workdir DIR]
 
@@ -81,19 +84,26 @@ def start_smtp(workdir: Path) -> tuple[subprocess.Popen, int, Path]:
     return proc, port, cert
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
         try:
-            out += [int(c) for c in (task / "children").read_text().split()]
+            tasks = list(Path(f"/proc/{todo.pop()}/task").iterdir())
         except OSError:
-            pass
+            continue
+        for task in tasks:
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
     return out
 
 
-def pin_children(cpus: set[int]) -> None:
-    """The SMTP sender child the deliver thread starts: on the other core, like a mail relay."""
-    for child in children(os.getpid()):
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """The deliver process and its SMTP sender child: on the other core, like a mail relay."""
+    for child in [pid, *descendants(pid)]:
         try:
             os.sched_setaffinity(child, cpus)
         except OSError:
@@ -135,7 +145,8 @@ def prepare(workdir: Path, files: int, lines: int, port: int, cert: Path, rate: 
         if not (out / "access.log").exists():
             subprocess.run([sys.executable, str(REPO / "examples" / "generate.py"), "--out", str(out), "--lines",
                             str(lines), "--seed", str(100 + i)], check=True, capture_output=True)
-    create_key_file(workdir / "pseudonym.key")
+    if not (workdir / "pseudonym.key").exists():  # a --workdir used before keeps its key
+        create_key_file(workdir / "pseudonym.key")
     (workdir / "smtp.password").write_text(PASSWORD)
     (workdir / "smtp.password").chmod(0o600)
     config = workdir / "config.yaml"
@@ -191,50 +202,78 @@ def render_notices(conn, folder: Path, n: int) -> str:
 
 
 class Drain:
-    """The deliver job, on a thread with its own connection, paused and resumed between halves."""
+    """The daemon's deliver process, started with the settings and stopped between halves."""
 
-    def __init__(self, deliverer, db: Path, synchronous: str, pin=lambda: None):
-        self.deliverer = deliverer
-        self.synchronous = synchronous
-        self.pin = pin
+    def __init__(self, settings, config: Path, db: Path, smtp: subprocess.Popen, pin: set[int] | None):
+        from auditd.jobs.deliver_supervisor import DeliverProcess
+
+        self.settings = settings
         self.db = db
-        self.seconds = 0.0
-        self.cpu_seconds = 0.0  # this thread's own CPU time: its share of the interpreter lock
+        self.smtp = smtp
+        self.pin = pin
+        self.process = DeliverProcess(db, config, log_level="WARNING")
+        self.seconds = 0.0  # from each start to its stop
+        self.sending_seconds = 0.0  # from each start's first message on
+        self.cpu_seconds = 0.0  # the deliver processes' own CPU time (and their SMTP children's)
+        self._started = 0.0
+        self._first = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._pinner: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start it and return once it sends (its start-up, imports and settings, is not the pipeline's)."""
+        before = received(self.smtp)
+        self._started, self._first = time.monotonic(), None
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.process.apply(self.settings, fleet=False)
+        self._pinner = threading.Thread(target=self._keep_pinned, daemon=True)
+        self._pinner.start()
+        deadline = time.monotonic() + 60
+        while received(self.smtp) == before and self.backlog() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._first = time.monotonic()
 
-    def _run(self) -> None:
+    def _keep_pinned(self) -> None:
+        while not self._stop.wait(0.2):
+            pid = self.process.pid()
+            if pid is not None and self.pin:
+                pin_tree(pid, self.pin)
+
+    def pause(self) -> None:
+        pid = self.process.pid()
+        cpu = process_cpu(pid) if pid else 0.0
+        self.process.stop(60)
+        self._stop.set()
+        if self._pinner is not None:
+            self._pinner.join()
+        now = time.monotonic()
+        self.seconds += now - self._started
+        self.sending_seconds += now - (self._first or now)
+        self.cpu_seconds += cpu
+
+    def backlog(self) -> int:
         from auditd.jobs.respond_due import connect
 
         conn = connect(self.db)
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")  # as the deliver job does
-        started, cpu = time.monotonic(), time.thread_time()
-        try:
-            while not self._stop.is_set():
-                def stop_or_pin() -> bool:
-                    self.pin()  # cheap: a few /proc reads
-                    return self._stop.is_set()
-
-                report = self.deliverer.run(conn, should_stop=stop_or_pin)
-                if report.delivered == 0 and report.retried == 0:
-                    break
+        try:  # rows still open, and notices the outbox has not taken in yet
+            return conn.execute(
+                "SELECT (SELECT COUNT(*) FROM outbox WHERE state IN ('held', 'pending', 'sending', 'digested'))"
+                " + (SELECT COALESCE(MAX(seq), 0) FROM notices) - (SELECT COALESCE(MAX(notice_seq), 0) FROM outbox)"
+            ).fetchone()[0]
         finally:
-            self.seconds += time.monotonic() - started
-            self.cpu_seconds += time.thread_time() - cpu
             conn.close()
 
-    def pause(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and its reaped children so far (/proc)."""
+    total = 0.0
+    for i, p in enumerate([pid, *descendants(pid)]):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15 if i == 0 else 13]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def main() -> None:
@@ -245,7 +284,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--rate", type=float, help="deliver.channels.email.rate_per_minute (default: no limit)")
     parser.add_argument("--no-pin", action="store_true", help="leave every process on every core (default: the "
-                        "daemon's process on core 0, the SMTP server and the sender child on core 1)")
+                        "pipeline's process on core 0; the SMTP server, the deliver process and its sender child on "
+                        "core 1)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from auditd.jobs.respond_due import connect
@@ -267,17 +307,17 @@ def main() -> None:
         if pinned:
             os.sched_setaffinity(smtp.pid, {1})
             os.sched_setaffinity(0, {0})
-        drain = Drain(runtime.deliverer, store.path, runtime.settings.store.synchronous, (lambda: pin_children({1})) if pinned else (lambda: None))
+        drain = Drain(runtime.settings, config, store.path, smtp, {1} if pinned else None)
         ratios, idle_eps, busy_eps = [], [], []
         cpu_ratios = []
         for i in range(args.rounds):
             idle = Measured(lambda: replay(runtime, store, quarantine, [workdir / f"log{2 * i}" / "access.log"],
                                            "crm").totals)
-            before = received(smtp)
             drain.start()
+            before = received(smtp)
             busy = Measured(lambda: replay(runtime, store, quarantine, [workdir / f"log{2 * i + 1}" / "access.log"],
                                            "crm").totals)
-            drained = drain.alive()
+            drained = received(smtp) > before and drain.backlog() > 0
             drain.pause()
             sent = received(smtp) - before
             idle_eps.append(idle.eps)
@@ -290,15 +330,18 @@ def main() -> None:
                   + f"\n         pipeline thread CPU {idle.us_per_event:.1f} vs {busy.us_per_event:.1f} us an event; "
                   f"cores busy (whole machine) {idle.cores_busy:.2f} vs {busy.cores_busy:.2f} of {os.cpu_count()}")
         drain.start()
-        drain._thread.join()
+        while drain.backlog():
+            time.sleep(0.05)
+        drain.pause()
         total = received(smtp)
         conn = connect(store.path)
         states = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
         conn.close()
         print(f"\ndrain: {total:,} messages to the loopback SMTP server (STARTTLS, AUTH) in {drain.seconds:.1f} s of "
-              f"worker time: {total / drain.seconds:,.0f} messages/s; outbox {states}")
-        print(f"deliver thread: {drain.cpu_seconds:.1f} s of CPU in the daemon's process "
-              f"({1e6 * drain.cpu_seconds / max(1, total):,.0f} us a message; the SMTP conversation runs in a child)")
+              f"deliver processes' life: {total / drain.seconds:,.0f} messages/s ({total / drain.sending_seconds:,.0f} "
+              f"messages/s while sending, start-ups left out); outbox {states}")
+        print(f"deliver process: {drain.cpu_seconds:.1f} s of CPU with its SMTP child "
+              f"({1e6 * drain.cpu_seconds / max(1, total):,.0f} us a message), none of it in the pipeline's process")
         print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         print(f"pipeline: median {statistics.median(idle_eps):,.0f} events/s idle, "
               f"{statistics.median(busy_eps):,.0f} while draining; median of paired ratios "

@@ -373,3 +373,26 @@ def test_status_shows_the_deliver_process_and_its_restarts():
     restarting = {**running, "deliver": {**running["deliver"], "state": "restarting", "pid": None}}
     assert _deliver_line(restarting, zone).startswith("process RESTARTING; restarted 2 times")
     assert _deliver_line({**running, "alive": False}, zone).startswith("process not running")
+
+
+def test_a_claim_sends_only_rows_still_pending_when_the_write_lock_is_taken(tmp_path):
+    """Claims choose their rows before the write lock; a row that left `pending` in
+    between (another writer than this sender) is not marked `sending` nor sent."""
+    from auditd.deliver import outbox
+
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 3, incident_id=incident)
+    now = dt.datetime.now(dt.timezone.utc)
+    outbox.intake(conn, lambda notice: [outbox.Planned(route="email", channel="email")], now)
+    ids = [i for (i,) in conn.execute("SELECT id FROM outbox ORDER BY id")]
+
+    def meanwhile(c, row):  # runs between the read and the write: the middle row is taken elsewhere
+        if row.id == ids[1]:
+            c.execute("UPDATE outbox SET state = 'failed' WHERE id = ?", (row.id,))
+        return None
+
+    claimed, suppressed = outbox.claim(conn, "email", now, 10, "w1", meanwhile)
+    assert [r.id for r in claimed] == [ids[0], ids[2]] and suppressed == []
+    assert dict(conn.execute("SELECT id, state FROM outbox")) == {ids[0]: "sending", ids[1]: "failed",
+                                                                   ids[2]: "sending"}

@@ -288,6 +288,9 @@ class Deliverer:
     # -- digests ---------------------------------------------------------------------------
     def _release_digests(self, conn: sqlite3.Connection, report: DeliveryReport) -> None:
         now = self.clock()
+        if conn.execute("SELECT 1 FROM outbox WHERE state = 'held' AND next_attempt_at <= ? LIMIT 1",
+                        (to_db(now),)).fetchone() is None:
+            return  # the usual case: no write lock taken
         with immediate(conn):
             held = [Row.of(r) for r in conn.execute(
                 f"SELECT {outbox._COLUMNS} FROM outbox WHERE state = 'held' AND next_attempt_at <= ?"
@@ -354,7 +357,7 @@ class Deliverer:
         return added
 
     # -- raw contact data ------------------------------------------------------------------
-    def delete_delivered_bodies(self, conn: sqlite3.Connection, limit: int = 2000) -> int:
+    def delete_delivered_bodies(self, conn: sqlite3.Connection, limit: int = 500) -> int:
         """Delete customers' rendered files (their name and address) once every route of the
         notice is delivered. What stays as proof: the notice row (its body's SHA-256), the
         outbox row (the SHA-256 of what went out, the receipt), every attempt."""
@@ -408,8 +411,9 @@ class _Recorder:
             return
         outcomes, self.pending = self.pending, []
         report, now = self.report, self.deliverer.clock()
+        rows = outbox.outcome_rows(outcomes)  # computed before the write lock is taken
         with immediate(self.conn):
-            outbox.record(self.conn, outcomes)
+            outbox.record(self.conn, rows)
             for o in outcomes:
                 if o.row.kind == "digest":
                     self._digest_members(o, now)

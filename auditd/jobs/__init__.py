@@ -161,6 +161,10 @@ class JobRunner:
                                id=spec.id, name=spec.id, next_run_time=due, coalesce=True, max_instances=1,
                                misfire_grace_time=None)
 
+    def run_soon(self, job_id: str) -> None:
+        """Make the job due now (the deliver process at its start: sending resumes at once)."""
+        self.scheduler.modify_job(job_id, next_run_time=self.context.now())
+
     def next_run_times(self) -> dict[str, dt.datetime | None]:
         return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
 

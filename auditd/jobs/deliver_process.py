@@ -218,6 +218,8 @@ class DeliverService:
         scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         runner = JobRunner(scheduler, self.context())
         runner.start(job_specs(self.runtime.settings, JOBS))
+        for job_id in JOBS:  # started (or restarted) to send: it sends now, not after a start delay
+            runner.run_soon(job_id)
         scheduler.start()
         log.info("deliver process started", extra={"fleet": self.fleet.on})
         try:
