@@ -138,6 +138,9 @@ def test_the_daemon_sends_from_a_deliver_process_of_its_own(tmp_path):
             ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
             assert ppid == daemon.pid
             assert b"auditd.jobs.deliver_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+            daemon_nice = int(Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+            assert nice == min(19, daemon_nice + 10)  # below the pipeline: where they meet on a core, it yields
             status = subprocess.run([sys.executable, "-m", "auditd.cli", "status", "-c", str(tmp_path / "config.yaml"),
                                      "--json"], capture_output=True, text=True, timeout=60)
             text = subprocess.run([sys.executable, "-m", "auditd.cli", "status", "-c", str(tmp_path / "config.yaml")],
