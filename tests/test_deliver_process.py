@@ -399,3 +399,28 @@ def test_a_claim_sends_only_rows_still_pending_when_the_write_lock_is_taken(tmp_
     assert [r.id for r in claimed] == [ids[0], ids[2]] and suppressed == []
     assert dict(conn.execute("SELECT id, state FROM outbox")) == {ids[0]: "sending", ids[1]: "failed",
                                                                    ids[2]: "sending"}
+
+
+def test_the_deliver_process_takes_the_fleets_lease_only_while_the_daemon_reads_the_fleets_alerts(tmp_path):
+    """The daemon says `fleet` with the settings (it reads the cluster alerts back); the job
+    then gets the deliver lease and the fleet's records through context.fleet, else none.
+    (The lease itself against a real server: tests/test_elastic_deliveries.py.)"""
+    import pickle
+
+    from auditd.elastic.deliveries import FleetDeliveries
+    from auditd.elastic.testing import scratch_settings
+    from auditd.jobs.deliver_process import DeliverConfig, DeliverService
+    from auditd.settings import Settings
+
+    elastic = scratch_settings("http://127.0.0.1:9")  # never reached: constructing does no I/O
+    settings = Settings(state_dir=tmp_path, sources=[], pseudonym=None, elastic=elastic)  # type: ignore[arg-type]
+    config = pickle.loads(pickle.dumps(DeliverConfig.of(settings, tmp_path / "config.yaml")))  # as on the pipe
+    service = DeliverService(tmp_path / "neo-auditd.db", control=-1)
+    context = service.context()
+    service.fleet.set(False, config.elastic)
+    assert context.fleet() is None
+    service.fleet.set(True, config.elastic)
+    lease = context.fleet()
+    assert isinstance(lease, FleetDeliveries) and lease.agent == "host-a" and context.fleet() is lease
+    service.fleet.set(True, None)  # a reload without the elastic section
+    assert context.fleet() is None
