@@ -193,8 +193,9 @@ def test_a_killed_deliver_process_is_restarted_and_every_message_arrives(tmp_pat
     assert record["restarts"] == 1 and record["pid"] == second and record["last_exit"] == "killed by SIGKILL"
     assert "restarted 1 time, last after it died (killed by SIGKILL)" in text
     assert f"possible repeats after a crash: {len(in_flight)}" in text
-    died = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()
-            if "deliver process died" in line]
+    log_text = (tmp_path / "daemon.log").read_text()
+    assert "@mail.example" not in log_text and SMTP_PASSWORD not in log_text  # no address, no secret
+    died = [json.loads(line) for line in log_text.splitlines() if "deliver process died" in line]
     assert len(died) == 1 and died[0]["log.level"] == "error" and died[0]["exit"] == "killed by SIGKILL"
     print(f"\nkill -9 of the deliver process: {n} messages, {len(in_flight)} in flight, {sum(keys.values())} "
           f"received, {len(keys)} distinct keys, {len(repeated)} repeats (all among the {len(marked)} marked)")
