@@ -708,9 +708,17 @@ def cmd_outbox(args) -> int:
             runtime, store = _respond_runtime(args)
         except ConfigError as exc:
             return _config_error(exc, args.json)
+        from auditd.deliver.lock import DeliverLock
+
+        lock = DeliverLock(store.path)
         try:
+            if not lock.try_acquire():  # a second sender would take the first one's messages in flight
+                print(f"error: the daemon's deliver process (pid {lock.holder()}) is sending from this store; it "
+                      "sends what is due every deliver.check_every", file=sys.stderr)
+                return 75
             report = runtime.deliverer.run(store.conn)
         finally:
+            lock.release()
             store.close()
         if args.json:
             _json_out(report.as_dict())
@@ -1084,7 +1092,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ids", type=int, nargs="*", metavar="ID", help="the failed messages to queue again (or --failed)")
     q.add_argument("--failed", action="store_true", help="every failed message")
     q.set_defaults(func=cmd_outbox)
-    q = osub.add_parser("send", help="send what is due now, once, as the deliver job does every deliver.check_every")
+    q = osub.add_parser("send", help="send what is due now, once, as the deliver job does every deliver.check_every "
+                        "(refused, exit 75, while a running daemon's deliver process sends from the same store)")
     store_reader(q, "print the result as JSON (times in UTC)")
     q.set_defaults(func=cmd_outbox)
 

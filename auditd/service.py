@@ -25,6 +25,7 @@ from auditd.detect.kinds import KINDS, RuleKind
 from auditd.directory import DirectoryWatcher, load_directory
 from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.jobs import JobContext, JobRunner, job_specs
+from auditd.jobs.deliver_supervisor import DeliverProcess
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
 from auditd.ops.runstate import RunState, path_for
@@ -49,6 +50,7 @@ HOLD_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # between tries while storag
 IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
 EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
+DELIVER_STOP_MARGIN_S = 5.0  # the deliver process is killed this long before the stop timeout
 
 log = logging.getLogger("neo_auditd.service")
 
@@ -136,6 +138,7 @@ class Daemon:
         self._tick = threading.Event()
         self._wake = threading.Event()
         self.jobs: JobRunner | None = None  # reschedules its jobs when a reload changes an interval
+        self.deliver: DeliverProcess | None = None  # the deliver job's process: handed every accepted reload
         self.tailers: dict[str, FileTailer] = {}
         self.last_reload_ok: bool | None = None
         self.last_reload_error: str | None = None
@@ -207,8 +210,26 @@ class Daemon:
             directory=lambda: _current_directory(self), should_stop=self._stop.is_set,
             request_tick=self.request_tick,
             retention_guard=cluster.retention_guard if cluster is not None else (lambda: None),
-            fleet=cluster.deliver_fleet if cluster is not None else (lambda: None),
         )
+
+    def start_deliver(self, deliver: DeliverProcess) -> None:
+        """The deliver job runs in a process of its own (jobs/deliver_supervisor.py): started
+        with the settings in force, told to stop as soon as the daemon is."""
+        self.deliver = deliver
+        deliver.apply(self.pipeline.runtime.settings, fleet=self._delivers_as_fleet())
+
+        def stop_with_daemon() -> None:
+            self._stop.wait()
+            deliver.stop(self.deliver_stop_timeout_s())
+
+        threading.Thread(target=stop_with_daemon, name="deliver-stop", daemon=True).start()
+
+    def _delivers_as_fleet(self) -> bool:
+        return self.cluster is not None and self.cluster.delivers_as_fleet()
+
+    def deliver_stop_timeout_s(self) -> float:
+        # killed before the daemon's own stop timeout would end the process under it
+        return max(1.0, self.stop_timeout_s - DELIVER_STOP_MARGIN_S)
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -456,6 +477,8 @@ class Daemon:
         self._start_tailers(runtime, first_start=False)
         if self.jobs is not None:
             self.jobs.reschedule(job_specs(runtime.settings))
+        if self.deliver is not None:
+            self.deliver.apply(runtime.settings, fleet=self._delivers_as_fleet())
         if self.cluster is not None:
             self.cluster.set_rules(runtime.ruleset)
 
@@ -488,7 +511,6 @@ class Cluster:
         self.shipper = None
         self.detector = None
         self.follower = None  # reads the fleet's cluster alerts back for the local correlator
-        self._deliveries = None  # the deliver lease and the fleet's delivery records (cluster rules only)
 
     def start(self, *, detect: bool = True, ruleset=None) -> None:
         """Ship; with `detect`, run the leased `scope: cluster` rules of `ruleset` and
@@ -533,18 +555,13 @@ class Cluster:
         except Exception as exc:  # noqa: BLE001 - a full disk: the metrics and the log still say it
             log.warning("cluster rule costs not recorded", extra={"error": str(exc)})
 
-    def deliver_fleet(self):
+    def delivers_as_fleet(self) -> bool:
         """While this daemon reads the fleet's cluster alerts back, every daemon of the fleet
-        holds their incidents and renders their notices: then the deliver lease (one
-        daemon sends at a time) and the fleet's delivery records. Otherwise None: its
-        incidents are its own host's, and no other daemon renders them."""
-        if self.follower is None:
-            return None
-        if self._deliveries is None:
-            from auditd.elastic.deliveries import FleetDeliveries
-
-            self._deliveries = FleetDeliveries(self.es, self.settings, self.agent)
-        return self._deliveries
+        holds their incidents and renders their notices: then its deliver process sends only
+        while it holds the fleet's deliver lease, and records what it delivered for the
+        others (elastic/deliveries.py). Otherwise its incidents are its own host's, and no
+        other daemon renders them."""
+        return self.follower is not None
 
     def wake(self, _pipeline=None) -> None:
         if self.shipper is not None:
@@ -559,8 +576,6 @@ class Cluster:
         return unshipped_guard_sql()
 
     def stop(self) -> None:
-        if self._deliveries is not None:
-            self._deliveries.release()
         if self.follower is not None:
             self.follower.stop()
         if self.detector is not None:
@@ -627,10 +642,13 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     daemon.jobs = JobRunner(scheduler, daemon.job_context())
     daemon.jobs.start(job_specs(runtime.settings))
     scheduler.start()
+    daemon.start_deliver(DeliverProcess(store.path, config_path,
+                                        on_change=lambda record: runstate.set(deliver=record)))
     try:
         return daemon.run()
     finally:
         scheduler.shutdown(wait=False)
+        daemon.deliver.stop(daemon.deliver_stop_timeout_s())  # at once if it stopped with the daemon
         if cluster is not None:
             cluster.stop()
         metrics.stop()

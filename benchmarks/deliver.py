@@ -5,11 +5,20 @@ and what that costs the pipeline.
 One incident, N rendered customer notices (default 100,000) in the store; a real SMTP
 server (aiosmtpd, STARTTLS with a certificate made here, AUTH) in a process of its own
 on 127.0.0.1. In paired rounds the pipeline replays a fresh part of the example log into
-the same store, once with the deliver worker paused (idle) and once while it drains
-(on a thread of its own with its own SQLite connection, as the deliver job runs);
-after the rounds the rest drains alone. Prints the drain rate (messages/s, over the
-time the worker ran) and the pipeline's events/s idle and while draining, with the
-median of the rounds' ratios. Usage:
+the same store, once with no deliver process (idle) and once while the daemon's deliver
+process drains (the real arrangement: `jobs/deliver_supervisor.DeliverProcess` starts
+`python -m auditd.jobs.deliver_process` with the settings, as `neo-auditd run` does;
+the replay starts once it is sending, and it is stopped again after the replay);
+a round that finds fewer than N/2 messages waiting renders N more first, so that every
+busy half drains from its start to its end; after the rounds the rest drains alone.
+Prints the drain rate (messages/s over the deliver processes' lives up to their last
+delivery, and over the part of it after their first message) and the pipeline's
+events/s idle and while draining, with the median of the rounds' ratios; per round,
+where the pipeline thread's time went: its CPU per event, its time off the CPU, and of
+that the time it waited for the store's write lock (BEGIN IMMEDIATE, timed in this
+process) and spent in COMMIT, the CPU of its process's other threads, and its reads.
+Off-CPU time that is neither is time waiting for a core: on a shared machine, other
+work the busy half pushed onto the pipeline's core. Usage:
 
     python benchmarks/deliver.py [--notices 100000] [--rounds 5] [--lines 100000] [--workdir DIR]
 
@@ -81,19 +90,26 @@ def start_smtp(workdir: Path) -> tuple[subprocess.Popen, int, Path]:
     return proc, port, cert
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
         try:
-            out += [int(c) for c in (task / "children").read_text().split()]
+            tasks = list(Path(f"/proc/{todo.pop()}/task").iterdir())
         except OSError:
-            pass
+            continue
+        for task in tasks:
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
     return out
 
 
-def pin_children(cpus: set[int]) -> None:
-    """The SMTP sender child the deliver thread starts: on the other core, like a mail relay."""
-    for child in children(os.getpid()):
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """The deliver process and its SMTP sender child: on the other core, like a mail relay."""
+    for child in [pid, *descendants(pid)]:
         try:
             os.sched_setaffinity(child, cpus)
         except OSError:
@@ -107,18 +123,77 @@ def machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def thread_reads() -> tuple[int, int]:
+    """(read calls, bytes read) of the calling thread so far: the store's pages it reads
+    again after another connection's commit made SQLite drop its page cache."""
+    import threading
+
+    try:
+        text = Path(f"/proc/self/task/{threading.get_native_id()}/io").read_text()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(": ") for line in text.splitlines() if ": " in line)
+    return int(fields.get("syscr", 0)), int(fields.get("rchar", 0))
+
+
+class LockWaits:
+    """Time the pipeline's transactions wait for the store's write lock (BEGIN IMMEDIATE)
+    and spend committing: the store module's transaction helper, timed, in this process
+    only (the deliver process has its own)."""
+
+    seconds = 0.0
+    commit_seconds = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        import contextlib
+
+        from auditd.store import sqlite as store_sqlite
+
+        @contextlib.contextmanager
+        def timed(conn):  # store.sqlite.immediate, with two clocks
+            t0 = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            cls.seconds += time.perf_counter() - t0
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            t1 = time.perf_counter()
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            cls.commit_seconds += time.perf_counter() - t1
+
+        store_sqlite.immediate = timed
+
+
 class Measured:
-    """A replay's events/s, the pipeline thread's CPU per event, and how busy the machine was."""
+    """A replay's events/s, the pipeline thread's CPU per event, how long it waited for the
+    store's write lock, and how busy the machine was."""
 
     def __init__(self, run):
         busy0, total0 = machine_busy()
-        cpu0 = time.thread_time()
+        cpu0, process0, read0 = time.thread_time(), time.process_time(), thread_reads()
+        lock0, commit0 = LockWaits.seconds, LockWaits.commit_seconds
         self.totals = run()
         self.cpu_s = time.thread_time() - cpu0
+        self.others_cpu_s = time.process_time() - process0 - self.cpu_s  # the WAL checkpointer, mostly
+        reads = [b - a for a, b in zip(read0, thread_reads())]
+        self.read_calls_per_1000, self.read_kb_per_1000 = (1000 * reads[0] / max(1, self.totals.events),
+                                                           reads[1] / max(1, self.totals.events))
+        self.lock_s = LockWaits.seconds - lock0
+        self.commit_s = LockWaits.commit_seconds - commit0
         busy1, total1 = machine_busy()
         self.cores_busy = (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
         self.eps = self.totals.events / self.totals.seconds
         self.us_per_event = 1e6 * self.cpu_s / max(1, self.totals.events)
+        self.off_cpu_s = max(0.0, self.totals.seconds - self.cpu_s)
 
 
 def received(proc: subprocess.Popen) -> int:
@@ -135,7 +210,8 @@ def prepare(workdir: Path, files: int, lines: int, port: int, cert: Path, rate: 
         if not (out / "access.log").exists():
             subprocess.run([sys.executable, str(REPO / "examples" / "generate.py"), "--out", str(out), "--lines",
                             str(lines), "--seed", str(100 + i)], check=True, capture_output=True)
-    create_key_file(workdir / "pseudonym.key")
+    if not (workdir / "pseudonym.key").exists():  # a --workdir used before keeps its key
+        create_key_file(workdir / "pseudonym.key")
     (workdir / "smtp.password").write_text(PASSWORD)
     (workdir / "smtp.password").chmod(0o600)
     config = workdir / "config.yaml"
@@ -152,15 +228,16 @@ def prepare(workdir: Path, files: int, lines: int, port: int, cert: Path, rate: 
     return config
 
 
-def render_notices(conn, folder: Path, n: int) -> str:
-    """One incident (through the correlator's seam) and n rendered customer notices, as respond writes them."""
+def render_notices(conn, folder: Path, n: int, start: int = 0) -> str:
+    """One incident (through the correlator's seam) and n rendered customer notices, as respond
+    writes them (customers numbered from `start`)."""
     from auditd.correlate import CorrelateSettings, Correlator
     from auditd.detect.alert import Alert
     from auditd.store.sqlite import immediate
     from auditd.store.times import to_db
 
     at = dt.datetime(2026, 11, 2, 2, 0, tzinfo=dt.timezone.utc)
-    alert = Alert(alert_id="bench-1", rule_id="bulk-export", rule_kind="match", severity="critical",
+    alert = Alert(alert_id=f"bench-{start}", rule_id="bulk-export", rule_kind="match", severity="critical",
                   title="bulk export", timestamp=at, event_ids=("e1",), actor="E10055", subject_ids=(),
                   categories=("contact",), sensitive=False, record_count=n)
     with immediate(conn):
@@ -169,9 +246,9 @@ def render_notices(conn, folder: Path, n: int) -> str:
     text = ("Dear customer,\n\nWe have found a security incident that concerns your personal information: "
             "your name and phone number. ...\n") * 4
     step = folder / "notices" / incident / "notify-customers"
-    step.mkdir(parents=True, mode=0o700)
+    step.mkdir(parents=True, mode=0o700, exist_ok=True)
     rows = []
-    for i in range(n):
+    for i in range(start, start + n):
         body = json.dumps({"to": {"channel": "email", "address": f"customer{i}@mail.example", "name": f"客户{i}"},
                            "language": "en", "subject": "About a security incident", "text": text, "html": "",
                            "attachments": []}).encode()
@@ -191,50 +268,89 @@ def render_notices(conn, folder: Path, n: int) -> str:
 
 
 class Drain:
-    """The deliver job, on a thread with its own connection, paused and resumed between halves."""
+    """The daemon's deliver process, started with the settings and stopped between halves."""
 
-    def __init__(self, deliverer, db: Path, synchronous: str, pin=lambda: None):
-        self.deliverer = deliverer
-        self.synchronous = synchronous
-        self.pin = pin
+    def __init__(self, settings, config: Path, db: Path, smtp: subprocess.Popen, pin: set[int] | None):
+        from auditd.jobs.deliver_supervisor import DeliverProcess
+
+        self.settings = settings
         self.db = db
-        self.seconds = 0.0
-        self.cpu_seconds = 0.0  # this thread's own CPU time: its share of the interpreter lock
+        self.smtp = smtp
+        self.pin = pin
+        self.process = DeliverProcess(db, config, log_level="WARNING")
+        self.seconds = 0.0  # from each start to its stop or its last delivery
+        self.sending_seconds = 0.0  # the same, from each start's first message on
+        self.cpu_seconds = 0.0  # the deliver processes' own CPU time (and their SMTP children's)
+        self._started = 0.0
+        self._first = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._pinner: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start it and return once it sends (its start-up, imports and settings, is not the pipeline's)."""
+        before = received(self.smtp)
+        self._started, self._first = time.time(), None
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.process.apply(self.settings, fleet=False)
+        self._pinner = threading.Thread(target=self._keep_pinned, daemon=True)
+        self._pinner.start()
+        deadline = time.monotonic() + 60
+        while received(self.smtp) == before and self.backlog() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._first = time.time()
 
-    def _run(self) -> None:
+    def _keep_pinned(self) -> None:
+        while not self._stop.wait(0.2):
+            pid = self.process.pid()
+            if pid is not None and self.pin:
+                pin_tree(pid, self.pin)
+
+    def pause(self) -> None:
+        pid = self.process.pid()
+        cpu = process_cpu(pid) if pid else 0.0
+        self.process.stop(60)
+        self._stop.set()
+        if self._pinner is not None:
+            self._pinner.join()
+        end = min(time.time(), self.last_delivery())  # the outbox may have run dry before the stop
+        self.seconds += max(0.0, end - self._started)
+        self.sending_seconds += max(0.0, end - (self._first or end))
+        self.cpu_seconds += cpu
+
+    def last_delivery(self) -> float:
+        from auditd.jobs.respond_due import connect
+        from auditd.store.times import from_db
+
+        conn = connect(self.db)
+        try:
+            at = conn.execute("SELECT MAX(delivered_at) FROM outbox").fetchone()[0]
+        finally:
+            conn.close()
+        return from_db(at).timestamp() if at else 0.0
+
+    def backlog(self) -> int:
         from auditd.jobs.respond_due import connect
 
         conn = connect(self.db)
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")  # as the deliver job does
-        started, cpu = time.monotonic(), time.thread_time()
-        try:
-            while not self._stop.is_set():
-                def stop_or_pin() -> bool:
-                    self.pin()  # cheap: a few /proc reads
-                    return self._stop.is_set()
-
-                report = self.deliverer.run(conn, should_stop=stop_or_pin)
-                if report.delivered == 0 and report.retried == 0:
-                    break
+        try:  # rows still open, and notices the outbox has not taken in yet
+            return conn.execute(
+                "SELECT (SELECT COUNT(*) FROM outbox WHERE state IN ('held', 'pending', 'sending', 'digested'))"
+                " + (SELECT COALESCE(MAX(seq), 0) FROM notices) - (SELECT COALESCE(MAX(notice_seq), 0) FROM outbox)"
+            ).fetchone()[0]
         finally:
-            self.seconds += time.monotonic() - started
-            self.cpu_seconds += time.thread_time() - cpu
             conn.close()
 
-    def pause(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and its reaped children so far (/proc)."""
+    total = 0.0
+    for i, p in enumerate([pid, *descendants(pid)]):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15 if i == 0 else 13]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def main() -> None:
@@ -245,12 +361,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--rate", type=float, help="deliver.channels.email.rate_per_minute (default: no limit)")
     parser.add_argument("--no-pin", action="store_true", help="leave every process on every core (default: the "
-                        "daemon's process on core 0, the SMTP server and the sender child on core 1)")
+                        "pipeline's process on core 0; the SMTP server, the deliver process and its sender child on "
+                        "core 1)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from auditd.jobs.respond_due import connect
     from auditd.runtime import load_runtime
     from auditd.service import open_store, replay
+
+    LockWaits.install()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="neo-deliver-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -267,17 +386,22 @@ def main() -> None:
         if pinned:
             os.sched_setaffinity(smtp.pid, {1})
             os.sched_setaffinity(0, {0})
-        drain = Drain(runtime.deliverer, store.path, runtime.settings.store.synchronous, (lambda: pin_children({1})) if pinned else (lambda: None))
+        drain = Drain(runtime.settings, config, store.path, smtp, {1} if pinned else None)
         ratios, idle_eps, busy_eps = [], [], []
         cpu_ratios = []
+        rendered = args.notices
         for i in range(args.rounds):
+            if drain.backlog() < args.notices // 2:  # every busy half drains from its start to its end
+                render_notices(store.conn, workdir / "state" / "respond", args.notices, start=rendered)
+                rendered += args.notices
+                print(f"         (fewer than half of --notices waiting: {args.notices:,} more rendered)")
             idle = Measured(lambda: replay(runtime, store, quarantine, [workdir / f"log{2 * i}" / "access.log"],
                                            "crm").totals)
-            before = received(smtp)
             drain.start()
+            before = received(smtp)
             busy = Measured(lambda: replay(runtime, store, quarantine, [workdir / f"log{2 * i + 1}" / "access.log"],
                                            "crm").totals)
-            drained = drain.alive()
+            drained = received(smtp) > before and drain.backlog() > 0
             drain.pause()
             sent = received(smtp) - before
             idle_eps.append(idle.eps)
@@ -288,17 +412,26 @@ def main() -> None:
                   f"({ratios[-1]:.1%}); {sent:,} messages sent meanwhile"
                   + ("" if drained else " (the outbox ran dry before the replay ended)")
                   + f"\n         pipeline thread CPU {idle.us_per_event:.1f} vs {busy.us_per_event:.1f} us an event; "
-                  f"cores busy (whole machine) {idle.cores_busy:.2f} vs {busy.cores_busy:.2f} of {os.cpu_count()}")
+                  f"cores busy (whole machine) {idle.cores_busy:.2f} vs {busy.cores_busy:.2f} of {os.cpu_count()}"
+                  f"\n         pipeline thread off the CPU {idle.off_cpu_s:.2f} vs {busy.off_cpu_s:.2f} s, of which waiting "
+                  f"for the write lock {idle.lock_s * 1000:.0f} vs {busy.lock_s * 1000:.0f} ms, in COMMIT "
+                  f"{idle.commit_s * 1000:.0f} vs {busy.commit_s * 1000:.0f} ms; the process's other threads' CPU "
+                  f"{idle.others_cpu_s:.2f} vs {busy.others_cpu_s:.2f} s"
+                  f"\n         pipeline thread reads per 1,000 events {idle.read_calls_per_1000:.0f} vs "
+                  f"{busy.read_calls_per_1000:.0f} calls, {idle.read_kb_per_1000:.0f} vs {busy.read_kb_per_1000:.0f} KB")
         drain.start()
-        drain._thread.join()
+        while drain.backlog():
+            time.sleep(0.05)
+        drain.pause()
         total = received(smtp)
         conn = connect(store.path)
         states = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
         conn.close()
-        print(f"\ndrain: {total:,} messages to the loopback SMTP server (STARTTLS, AUTH) in {drain.seconds:.1f} s of "
-              f"worker time: {total / drain.seconds:,.0f} messages/s; outbox {states}")
-        print(f"deliver thread: {drain.cpu_seconds:.1f} s of CPU in the daemon's process "
-              f"({1e6 * drain.cpu_seconds / max(1, total):,.0f} us a message; the SMTP conversation runs in a child)")
+        print(f"\ndrain: {total:,} messages ({rendered:,} rendered) to the loopback SMTP server (STARTTLS, AUTH) in {drain.seconds:.1f} s of "
+              f"deliver processes' life: {total / drain.seconds:,.0f} messages/s ({total / drain.sending_seconds:,.0f} "
+              f"messages/s while sending, start-ups left out); outbox {states}")
+        print(f"deliver process: {drain.cpu_seconds:.1f} s of CPU with its SMTP child "
+              f"({1e6 * drain.cpu_seconds / max(1, total):,.0f} us a message), none of it in the pipeline's process")
         print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         print(f"pipeline: median {statistics.median(idle_eps):,.0f} events/s idle, "
               f"{statistics.median(busy_eps):,.0f} while draining; median of paired ratios "

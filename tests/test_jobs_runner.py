@@ -10,7 +10,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from auditd.jobs import REGISTRY, SOON, JobContext, JobRecord, JobRunner, JobSpec, job_specs, next_due, read_records
+from auditd.jobs import OWN_PROCESS, REGISTRY, SOON, JobContext, JobRecord, JobRunner, JobSpec, job_specs, next_due, read_records
 from auditd.settings import PipelineSettings, Settings, with_overrides
 from auditd.store.sqlite import Store
 from auditd.config.typed import Duration
@@ -97,9 +97,12 @@ def test_the_scheduler_really_runs_a_due_job(tmp_path):
 
 def test_every_registered_job_takes_its_interval_from_the_settings(tmp_path):
     settings = Settings(state_dir=tmp_path, sources=[], pseudonym=None)  # type: ignore[arg-type]
-    specs = {s.id: s for s in job_specs(settings)}
+    specs = {s.id: s for s in job_specs(settings, REGISTRY)}
     assert set(specs) == set(REGISTRY) == {"retention", "departed-sweep", "grant-review", "detector-tick",
                                            "respond-due", "deliver"}
+    # the daemon's scheduler runs all but the deliver job, which runs in the deliver process
+    assert {s.id for s in job_specs(settings)} == set(REGISTRY) - {"deliver"} == set(REGISTRY) - OWN_PROCESS
+    assert [s.id for s in job_specs(settings, ["deliver"])] == ["deliver"]
     assert specs["deliver"].every == settings.deliver.check_every.timedelta
     assert specs["respond-due"].every == dt.timedelta(seconds=30)
     assert specs["grant-review"].every == dt.timedelta(days=7)

@@ -1,10 +1,13 @@
 """The outbox table: intake from ``notices``, claims, outcomes, recovery after a crash.
 
 Every write is a short transaction of its own on the worker's connection, so the
-pipeline's batches never wait long for the write lock:
+pipeline's batches never wait long for the write lock; what can be read and computed
+before ``BEGIN IMMEDIATE`` is, and a write with nothing to write takes no lock. (Reading
+first is safe because one sender writes the outbox at a time: ``deliver/lock.py``.)
 
 - **intake** copies new ``notices`` rows (after the highest ``notice_seq`` already in the
-  outbox) into one outbox row per route, a few thousand per transaction;
+  outbox) into one outbox row per route, read first, then written a thousand per
+  transaction;
 - **claim** marks up to ``claim_batch`` due rows of one route ``sending`` and commits
   *before* any of them goes on the wire;
 - **record** writes the outcomes of a slice of a batch (state, receipt, attempt rows)
@@ -98,23 +101,26 @@ class Planned:
 
 # -- intake ------------------------------------------------------------------------------------
 def intake(conn: sqlite3.Connection, plan: Callable[[Notice], list[Planned]], now: dt.datetime,
-           limit: int = 5000) -> int:
-    """Add outbox rows for the notices not seen yet; returns how many notices were read."""
+           limit: int = 1000) -> int:
+    """Add outbox rows for the notices not seen yet (at most `limit` notices, in one short
+    write transaction, none when there is nothing new); returns how many were read."""
+    last = conn.execute("SELECT COALESCE(MAX(notice_seq), 0) FROM outbox").fetchone()[0]
+    notices = [Notice(*r) for r in conn.execute(
+        "SELECT n.seq, n.idempotency_key, n.incident_id, i.fleet_key, n.step_id, n.revision, n.kind, n.audience,"
+        " n.channel, n.recipient, n.contact_ref, n.body_path FROM notices n"
+        " LEFT JOIN incidents i ON i.incident_id = n.incident_id WHERE n.seq > ? ORDER BY n.seq LIMIT ?",
+        (last, limit))]
+    if not notices:
+        return 0
+    rows = []
+    for notice in notices:
+        key = wire_key(notice.fleet_key, notice.incident_id, notice.step_id, notice.recipient, notice.revision)
+        for planned in plan(notice):
+            rows.append((notice.seq, planned.route, planned.channel, key, notice.incident_id, notice.fleet_key,
+                         notice.step_id, notice.kind, notice.audience, notice.recipient, notice.contact_ref,
+                         notice.body_path, planned.state, to_db(planned.next_attempt_at or now), to_db(now),
+                         planned.error))
     with immediate(conn):
-        last = conn.execute("SELECT COALESCE(MAX(notice_seq), 0) FROM outbox").fetchone()[0]
-        notices = [Notice(*r) for r in conn.execute(
-            "SELECT n.seq, n.idempotency_key, n.incident_id, i.fleet_key, n.step_id, n.revision, n.kind, n.audience,"
-            " n.channel, n.recipient, n.contact_ref, n.body_path FROM notices n"
-            " LEFT JOIN incidents i ON i.incident_id = n.incident_id WHERE n.seq > ? ORDER BY n.seq LIMIT ?",
-            (last, limit))]
-        rows = []
-        for notice in notices:
-            key = wire_key(notice.fleet_key, notice.incident_id, notice.step_id, notice.recipient, notice.revision)
-            for planned in plan(notice):
-                rows.append((notice.seq, planned.route, planned.channel, key, notice.incident_id, notice.fleet_key,
-                             notice.step_id, notice.kind, notice.audience, notice.recipient, notice.contact_ref,
-                             notice.body_path, planned.state, to_db(planned.next_attempt_at or now), to_db(now),
-                             planned.error))
         conn.executemany(
             "INSERT OR IGNORE INTO outbox (notice_seq, route, channel, wire_key, incident_id, fleet_key, step_id, kind,"
             " audience, recipient, contact_ref, body_path, state, next_attempt_at, created_at, last_error)"
@@ -138,6 +144,8 @@ def add_own(conn: sqlite3.Connection, *, route: str, channel: str, key: str, kin
 # -- claims ------------------------------------------------------------------------------------
 def recover(conn: sqlite3.Connection, now: dt.datetime) -> int:
     """Rows left `sending` by a worker that is gone: queue them again as possible repeats."""
+    if conn.execute("SELECT 1 FROM outbox WHERE state = 'sending' LIMIT 1").fetchone() is None:
+        return 0  # the usual case: no write lock taken
     with immediate(conn):
         stale = conn.execute("SELECT id, attempts, claimed_at FROM outbox WHERE state = 'sending'").fetchall()
         if not stale:
@@ -163,23 +171,32 @@ def claim(conn: sqlite3.Connection, route: str, now: dt.datetime, limit: int, wo
           ) -> tuple[list[Row], list[tuple[Row, str]]]:
     """Mark up to `limit` due rows of a route `sending` (committed before any is sent).
     Rows an earlier delivered message covers (`suppress` names its key) are marked
-    suppressed instead; returns (claimed, suppressed)."""
+    suppressed instead; returns (claimed, suppressed). The rows are chosen before the
+    write lock is taken: only this sender moves rows out of `pending` (deliver/lock.py)."""
+    rows = [Row.of(r) for r in conn.execute(
+        f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND route = ? AND next_attempt_at <= ?"
+        " ORDER BY next_attempt_at, id LIMIT ?", (route, to_db(now), limit))]
+    if not rows:
+        return [], []
+    claimed, suppressed = [], []
+    for row in rows:
+        covering = suppress(conn, row)
+        if covering is None:
+            claimed.append(row)
+        else:
+            suppressed.append((row, covering))
+    stamp = to_db(now)
     with immediate(conn):
-        rows = [Row.of(r) for r in conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND route = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?", (route, to_db(now), limit))]
-        claimed, suppressed = [], []
-        for row in rows:
-            covering = suppress(conn, row)
-            if covering is None:
-                claimed.append(row)
-            else:
-                suppressed.append((row, covering))
-        stamp = to_db(now)
-        conn.executemany("UPDATE outbox SET state = 'sending', attempts = attempts + 1, claimed_at = ?,"
-                         " claimed_by = ? WHERE id = ?", [(stamp, worker, row.id) for row in claimed])
-        conn.executemany("UPDATE outbox SET state = 'suppressed', covered_by = ?, delivered_at = NULL WHERE id = ?",
-                         [(covering, row.id) for row, covering in suppressed])
+        changed = conn.executemany("UPDATE outbox SET state = 'sending', attempts = attempts + 1, claimed_at = ?,"
+                                   " claimed_by = ? WHERE id = ? AND state = 'pending'",
+                                   [(stamp, worker, row.id) for row in claimed]).rowcount
+        if claimed and changed != len(claimed):  # a row moved since it was read: send only what is ours
+            ours = {i for (i,) in conn.execute(
+                f"SELECT id FROM outbox WHERE state = 'sending' AND claimed_by = ? AND claimed_at = ?"
+                f" AND id IN ({','.join('?' * len(claimed))})", (worker, stamp, *[r.id for r in claimed]))}
+            claimed = [r for r in claimed if r.id in ours]
+        conn.executemany("UPDATE outbox SET state = 'suppressed', covered_by = ?, delivered_at = NULL WHERE id = ?"
+                         " AND state = 'pending'", [(covering, row.id) for row, covering in suppressed])
         conn.executemany(
             "INSERT INTO delivery_attempts (outbox_id, attempt, claimed_at, finished_at, outcome, error)"
             " VALUES (?, ?, ?, ?, 'suppressed', ?)",
@@ -216,8 +233,25 @@ class Outcome:
     maybe_sent: bool = False  # a retry of a message that may have reached the receiver
 
 
-def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome]) -> None:
+@dataclass(frozen=True, slots=True)
+class OutcomeRows:
+    """The statements' parameters of a slice of outcomes, computed before the write lock."""
+
+    updates: list[tuple[Any, ...]]
+    attempts: list[tuple[Any, ...]]
+
+
+def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome] | OutcomeRows) -> None:
     """The outcomes of a slice of a batch, in the caller's transaction."""
+    rows = outcomes if isinstance(outcomes, OutcomeRows) else outcome_rows(outcomes)
+    conn.executemany("UPDATE outbox SET state = ?, delivered_at = ?, receipt = COALESCE(?, receipt),"
+                     " message_sha256 = COALESCE(?, message_sha256), last_error = ?, next_attempt_at = ?,"
+                     " possible_repeat = MAX(possible_repeat, ?), claimed_by = NULL WHERE id = ?", rows.updates)
+    conn.executemany("INSERT INTO delivery_attempts (outbox_id, attempt, claimed_at, finished_at, outcome, receipt,"
+                     " error) VALUES (?, ?, ?, ?, ?, ?, ?)", rows.attempts)
+
+
+def outcome_rows(outcomes: Iterable[Outcome]) -> OutcomeRows:
     updates, attempts = [], []
     for o in outcomes:
         receipt = json.dumps(o.receipt, ensure_ascii=False, sort_keys=True) if o.receipt is not None else None
@@ -227,11 +261,7 @@ def record(conn: sqlite3.Connection, outcomes: Iterable[Outcome]) -> None:
                         o.row.id))
         attempts.append((o.row.id, o.row.attempts, to_db(o.claimed_at), to_db(o.finished_at), attempt_outcome,
                          receipt, o.error))
-    conn.executemany("UPDATE outbox SET state = ?, delivered_at = ?, receipt = COALESCE(?, receipt),"
-                     " message_sha256 = COALESCE(?, message_sha256), last_error = ?, next_attempt_at = ?,"
-                     " possible_repeat = MAX(possible_repeat, ?), claimed_by = NULL WHERE id = ?", updates)
-    conn.executemany("INSERT INTO delivery_attempts (outbox_id, attempt, claimed_at, finished_at, outcome, receipt,"
-                     " error) VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
+    return OutcomeRows(updates, attempts)
 
 
 # -- reading, for status, metrics and the command line ----------------------------------------

@@ -15,7 +15,9 @@ The jobs: ``retention`` (purge events and quarantine past their retention),
 ``departed-sweep`` (accounts of leavers live past the grace), ``grant-review`` (grants
 not exercised), ``detector-tick`` (stateful rules' time hooks, on the pipeline's
 thread), ``respond-due`` (playbook steps: plan, fire, escalate) and ``deliver`` (the
-outbox worker: send, retry, record receipts, escalate failures).
+outbox worker: send, retry, record receipts, escalate failures). ``deliver`` runs on a
+scheduler of its own in the deliver process (``deliver_process.py``, started and
+supervised by the daemon through ``deliver_supervisor.py``), never on the daemon's.
 """
 
 from __future__ import annotations
@@ -76,10 +78,18 @@ REGISTRY: Mapping[str, tuple[Callable[[JobContext], None], Callable[[Any], Any],
 })
 
 
-def job_specs(settings: Any) -> list[JobSpec]:
-    """The jobs and their intervals under these settings."""
+# jobs that run in a process of their own, not on the daemon's scheduler: the deliver
+# process (jobs/deliver_process.py), so that sending never takes the interpreter lock
+# from the pipeline
+OWN_PROCESS = frozenset({"deliver"})
+
+
+def job_specs(settings: Any, ids: Iterable[str] | None = None) -> list[JobSpec]:
+    """The jobs and their intervals under these settings: those named by `ids`, by
+    default the ones on the daemon's scheduler (all but OWN_PROCESS)."""
+    wanted = frozenset(REGISTRY) - OWN_PROCESS if ids is None else frozenset(ids)
     return [JobSpec(job_id, every(settings).timedelta, run, first_after)
-            for job_id, (run, every, first_after) in REGISTRY.items()]
+            for job_id, (run, every, first_after) in REGISTRY.items() if job_id in wanted]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +161,10 @@ class JobRunner:
                                id=spec.id, name=spec.id, next_run_time=due, coalesce=True, max_instances=1,
                                misfire_grace_time=None)
 
+    def run_soon(self, job_id: str) -> None:
+        """Make the job due now (the deliver process at its start: sending resumes at once)."""
+        self.scheduler.modify_job(job_id, next_run_time=self.context.now())
+
     def next_run_times(self) -> dict[str, dt.datetime | None]:
         return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
 
@@ -196,4 +210,4 @@ class JobRunner:
             log.error("cannot record a job run", extra={"job": job_id, "error": str(exc)})
 
 
-__all__ = ["REGISTRY", "JobContext", "JobRecord", "JobRunner", "JobSpec", "job_specs", "next_due", "read_records"]
+__all__ = ["OWN_PROCESS", "REGISTRY", "JobContext", "JobRecord", "JobRunner", "JobSpec", "job_specs", "next_due", "read_records"]

@@ -1,12 +1,13 @@
 """Job: the outbox worker. Sends what respond rendered, through the configured channels,
 with retries, rate limits, receipts and escalation (``auditd.deliver``).
 
-It runs on the scheduler's thread with an SQLite connection of its own (never the
-pipeline's): claims and outcomes are short transactions of a few hundred rows, so the
-pipeline's batches wait for the write lock no longer than one of them. One run drains
-everything due and returns; the next comes ``deliver.check_every`` later. With
-rules with ``scope: cluster`` in a fleet, only the daemon holding the fleet's deliver lease
-sends (``context.fleet``).
+It runs in the daemon's deliver process (``deliver_process.py``), never on the daemon's
+own scheduler, so composing and sending never take the interpreter lock from the
+pipeline; its SQLite connection is its own, and claims and outcomes are short
+transactions of a few hundred rows, so the pipeline's batches wait for the write lock
+no longer than one of them. One run drains everything due and returns; the next comes
+``deliver.check_every`` later. With rules with ``scope: cluster`` in a fleet, only the
+daemon holding the fleet's deliver lease sends (``context.fleet``).
 """
 
 from __future__ import annotations

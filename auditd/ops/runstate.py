@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 log = logging.getLogger("neo_auditd.runstate")
@@ -32,6 +33,7 @@ class RunState:
         self.path = Path(path)
         self._fd: int | None = None
         self.record: dict = {}
+        self._lock = threading.Lock()  # the daemon's loop and the deliver process's supervisor both write
 
     def open(self) -> "RunState":
         try:
@@ -44,15 +46,16 @@ class RunState:
         return self
 
     def set(self, **fields) -> None:
-        self.record.update(fields, pid=os.getpid(),
-                           updated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        if self._fd is None:
-            return
-        data = json.dumps(self.record, ensure_ascii=False).encode("utf-8")[:RESERVED - 1]
-        try:
-            os.pwrite(self._fd, data + b"\n" + b" " * (RESERVED - len(data) - 1), 0)
-        except OSError as exc:
-            log.debug("run-state not written", extra={"error": str(exc)})
+        with self._lock:
+            self.record.update(fields, pid=os.getpid(),
+                               updated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            if self._fd is None:
+                return
+            data = json.dumps(self.record, ensure_ascii=False).encode("utf-8")[:RESERVED - 1]
+            try:
+                os.pwrite(self._fd, data + b"\n" + b" " * (RESERVED - len(data) - 1), 0)
+            except OSError as exc:
+                log.debug("run-state not written", extra={"error": str(exc)})
 
     def close(self) -> None:
         if self._fd is not None:

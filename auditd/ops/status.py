@@ -442,6 +442,8 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
         f"last reload:  {_reload_line(status.last_reload, zone)}",
         f"daemon:       {_daemon_line(status.daemon, zone)}",
+        *([f"deliver:      {_deliver_line(status.daemon, zone)}"] if status.daemon and status.daemon.get("deliver")
+          else []),
         f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
@@ -548,6 +550,25 @@ def _daemon_line(daemon: dict | None, zone: ZoneInfo) -> str:
     else:
         text = f"running since {since_text} (pid {daemon.get('pid')})"
     return text + (" -- record stale: the daemon may be stuck" if daemon.get("stale") else "")
+
+
+def _deliver_line(daemon: dict, zone: ZoneInfo) -> str:
+    """The daemon's deliver process (jobs/deliver_supervisor.py): running, restarting, stopped."""
+    record = daemon["deliver"]
+    if not daemon.get("alive") or daemon.get("state") == "stopped" or record.get("state") == "stopped":
+        text = "process not running"
+    elif record.get("state") == "restarting":
+        text = "process RESTARTING"
+    else:
+        since = record.get("since")
+        text = f"process running (pid {record.get('pid')}" + \
+            (f", since {_when(dt.datetime.fromisoformat(since), zone)})" if since else ")")
+    restarts = int(record.get("restarts") or 0)
+    if restarts:
+        at = record.get("last_exit_at")
+        text += (f"; restarted {restarts} time{'s' if restarts != 1 else ''}, last after it died "
+                 f"({record.get('last_exit')}) at {_when(dt.datetime.fromisoformat(at), zone) if at else '?'}")
+    return text
 
 
 def _check_line(check: dict | None, zone: ZoneInfo) -> str:
