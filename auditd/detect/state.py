@@ -257,10 +257,13 @@ class RuleState:
 class StateStore:
     """Every stateful rule's state for one store; the pipeline binds and flushes it."""
 
-    # cached values across rules kept between batches: a baseline is ~0.8 kB in memory,
-    # so 150,000 of them stay well inside the daemon's memory budget; past it the cache
-    # starts afresh and values are read back from the store as keys recur
-    CACHE_LIMIT = 150_000
+    # cached values across rules kept between batches; past it the cache starts afresh
+    # and values are read back from the store as keys recur (a chunk's keys in a few
+    # statements, `RuleState.prefetch`). 100,000 actors' shipped behaviour rules (600,000
+    # keys) peaked at 298 MiB RSS with 150,000 values (14 days, benchmarks/behaviour_memory.py),
+    # largely the allocator's fragments of the values each refill replaces; 100,000
+    # values kept the same run's first 570,000 events at 191 MiB against 239 MiB
+    CACHE_LIMIT = 100_000
 
     def __init__(self) -> None:
         self._rules: dict[tuple[str, str], RuleState] = {}
