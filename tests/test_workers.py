@@ -211,5 +211,9 @@ def test_a_worker_that_loaded_other_rules_is_refused(tmp_path):
     runtime = load_runtime(config)
     (tmp_path / "rules" / "c.yaml").write_text(CLUSTER_AND_LOCAL.replace("many_reads_local", "renamed_local"))
     pool = WorkerPool(config, 2, ruleset=runtime.ruleset)
-    with pytest.raises(WorkerMismatch, match="loaded other rules"):
-        list(pool.ordered([object()]))
+    pool.start()
+    try:
+        with pytest.raises(WorkerMismatch, match="loaded other rules"):
+            pool.wait_ready()
+    finally:
+        pool.close()
