@@ -161,7 +161,7 @@ class Daemon:
         # with workers (`workers` > 1): worker processes prepare the batches, this process
         # commits them in the order read (auditd.workers); started by run()
         self.pool = WorkerPool(config_path, workers, ruleset=runtime.ruleset, expected=fingerprint(runtime),
-                               strict=False) if workers > 1 else None
+                               strict=False, split=True) if workers > 1 else None
         self._queued: deque[Batch] = deque()  # read, not yet handed to a worker (at most one poll's)
 
     # -- signals -----------------------------------------------------------------------------
@@ -283,12 +283,31 @@ class Daemon:
         return worked
 
     def _pump_workers(self) -> bool:
-        """`_pump` with workers: read a round while a worker is free, hand the batches
-        out, commit what has come back in the order read. It waits for the oldest batch
-        only when there is nothing new to read or no worker free, so a live line waits for
-        no other (a batch is whatever a poll returned) and a backlog keeps every worker
-        busy while this process commits. Nothing is read beyond one batch per worker
-        and one poll's batches."""
+        """`_pump` with workers: read while a worker is free and hand the batches out;
+        commit what has come back, in the order read. It waits for the oldest batch only
+        when nothing new was read or no worker is free, so a live line waits for no
+        other (a batch is whatever a poll returned, cut between the idle workers); before
+        committing it reads again, so that the workers prepare the next lines while this
+        process commits. Nothing is read beyond what the workers hold and one poll."""
+        pool = self.pool
+        read = self._read_ahead()
+        worked = read
+        for _ in range(pool.workers):  # then back to the loop: a stop, a reload or a tick may be due
+            if not pool.pending() or self.holding_back is not None:
+                break
+            taken = pool.take(block=not read or not pool.has_room())
+            if taken is None:
+                break
+            worked = True
+            read = self._read_ahead()
+            if not self._handle(*taken, self._later):
+                break
+            self._keepalive()
+        return worked
+
+    def _read_ahead(self) -> bool:
+        """Hand out what was read; while a worker is free, read a round of every source
+        first. True if anything was read."""
         pool = self.pool
         read = False
         if not self._queued and pool.has_room():
@@ -298,16 +317,7 @@ class Daemon:
             read = bool(self._queued)
         while self._queued and pool.has_room():
             pool.submit(self._queued.popleft())
-        worked = read
-        while pool.pending() and self.holding_back is None:
-            taken = pool.take(block=not read or not pool.has_room())
-            if taken is None:
-                break
-            worked = True
-            if not self._handle(*taken, self._later):
-                break
-            self._keepalive()
-        return worked
+        return read
 
     def _later(self) -> list[tuple[Batch, Prepared | None]]:
         """Every batch read and not committed, in order, out of the workers' hands (to hold)."""

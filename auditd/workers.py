@@ -49,7 +49,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from auditd.detect.state import rule_state_hash
-from auditd.pipeline import Prepared, prepare
+from auditd.pipeline import CHUNK_RECORDS, Prepared, prepare
 from auditd.sources.base import Batch
 
 log = logging.getLogger("neo_auditd.workers")
@@ -228,10 +228,13 @@ class WorkerPool:
     """`workers` processes that prepare batches; results come back in the batches' order.
 
     `submit` a batch when `has_room`, `take` the oldest back (`None` for the prepared
-    part: the main process does that batch itself)."""
+    part: the main process does that batch itself). With `split`, a batch handed out
+    while several workers are idle is cut at multiples of `CHUNK_RECORDS` and prepared
+    by all of them at once (its chunks, and so its results, stay the whole batch's): a
+    live batch is ready in a fraction of the time one worker would take."""
 
     def __init__(self, config_path: Path, workers: int, *, ruleset=None, expected: Fingerprint | None = None,
-                 strict: bool = True):
+                 strict: bool = True, split: bool = False):
         """`ruleset`, the writer's: the workers evaluate its scopes. `expected`, the
         writer's fingerprint (default: that of `ruleset`'s rules alone); a worker whose
         own differs raises WorkerMismatch when `strict` (replay), else its batches are
@@ -243,13 +246,15 @@ class WorkerPool:
             expected = Fingerprint(rules_in_force(ruleset))
         self.expected = expected
         self.strict = strict
+        self.split = split
         self.restarts = 0  # workers started again after one died
         self.done_here = 0  # batches the main process did itself (no worker ready, trusted or alive)
         self.prepared = 0  # batches a worker prepared
         self._pool: list[_Worker | None] = [None] * workers
         self._distrusted: dict[int, str] = {}  # slot -> what differed
         self._not_before: dict[int, float] = {}  # slot -> when a worker that died loading may start again
-        self._window: deque[tuple[Batch, int | None]] = deque()  # (batch, worker slot or None), oldest first
+        # oldest first: (batch, its parts: (worker slot, the records it prepares) -- None: this process does it)
+        self._window: deque[tuple[Batch, list[tuple[int, Batch]] | None]] = deque()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -274,7 +279,7 @@ class WorkerPool:
                    if w is not None and w.loaded is not None and slot not in self._distrusted)
 
     def close(self) -> None:
-        busy = {slot for _, slot in self._window}
+        busy = self._busy()
         self._window.clear()
         for i, worker in enumerate(self._pool):
             if worker is not None:
@@ -286,38 +291,53 @@ class WorkerPool:
         return len(self._window)
 
     def has_room(self) -> bool:
-        return len(self._window) < self.workers
+        """Whether a batch may be submitted: fewer than `workers` in flight, and not every
+        worker busy."""
+        return len(self._window) < self.workers and len(self._busy()) < self.workers
 
     def submit(self, batch: Batch) -> None:
-        """Hand `batch` to an idle worker that is ready and agrees (else the main process
-        will do it). At most `workers` batches are in flight."""
+        """Hand `batch` to an idle worker that is ready and agrees -- with `split`, to
+        every such worker, a part each (else the main process will do it)."""
         if not self.has_room():
             raise RuntimeError("submit() with no room: take() first")
-        slot = self._idle_slot() if batch.records or batch.rejected else None
-        if slot is not None:
-            try:
-                self._pool[slot].conn.send(batch)
-            except OSError:  # died before it took the batch: _receive notices and sends again
-                pass
-        self._window.append((batch, slot))
+        idle = self._idle_slots() if batch.records or batch.rejected else []
+        parts = None
+        if idle:
+            parts = list(zip(idle, _cut(batch, len(idle) if self.split else 1)))
+            for slot, part in parts:
+                try:
+                    self._pool[slot].conn.send(part)
+                except OSError:  # died before it took the batch: _receive notices and sends again
+                    pass
+        self._window.append((batch, parts))
 
     def take(self, block: bool = True) -> tuple[Batch, Prepared | None] | None:
-        """The oldest batch and what its worker made of it; None if `block` is false and
+        """The oldest batch and what the workers made of it; None if `block` is false and
         it is not ready yet (or nothing is in flight)."""
         if not self._window:
             return None
-        batch, slot = self._window[0]
-        if slot is not None and not block and not self._pool[slot].conn.poll():
+        batch, parts = self._window[0]
+        if parts is not None and not block and not all(self._pool[slot].conn.poll() for slot, _ in parts
+                                                       if self._pool[slot] is not None):
             return None
         self._window.popleft()
-        if slot is None:
+        if parts is None:
             self.done_here += 1 if batch.records or batch.rejected else 0
             return batch, None
-        prepared = self._receive(slot, batch)
-        if prepared is None:
+        prepared: Prepared | None = None
+        whole = True
+        for slot, part in parts:  # every part is taken, also after one failed: the pipes stay in step
+            done = self._receive(slot, part)
+            if done is None:
+                whole = False
+            elif prepared is None:
+                prepared = done
+            else:
+                prepared.extend(done)
+        if not whole:  # a part no worker could prepare: this process does the whole batch
             self.done_here += 1
-        else:
-            self.prepared += 1
+            return batch, None
+        self.prepared += 1
         return batch, prepared
 
     def counts(self) -> dict[str, int]:
@@ -377,13 +397,14 @@ class WorkerPool:
             worker = self._pool[slot] = _Worker(self.config_path, self.scopes)
         return worker
 
-    def _idle_slot(self) -> int | None:
-        busy = {slot for _, slot in self._window}
+    def _busy(self) -> set[int]:
+        return {slot for _, parts in self._window for slot, _ in parts or ()}
+
+    def _idle_slots(self) -> list[int]:
+        busy = self._busy()
         now = time.monotonic()
-        for slot in range(self.workers):
-            if slot not in busy and self._not_before.get(slot, 0.0) <= now and self._check(slot):
-                return slot
-        return None
+        return [slot for slot in range(self.workers)
+                if slot not in busy and self._not_before.get(slot, 0.0) <= now and self._check(slot)]
 
     def _check(self, slot: int, block: bool = False) -> bool:
         """Whether the worker in `slot` is loaded and agrees (started if it is not running)."""
@@ -457,3 +478,18 @@ class WorkerPool:
         log.error("a batch was not prepared by a worker; the main process does it",
                   extra={"tries": tries, "path": batch.path, "offset": batch.offsets[0] if batch.offsets else None})
         return None
+
+
+def _cut(batch: Batch, ways: int) -> list[Batch]:
+    """`batch` in at most `ways` parts of whole chunks (multiples of `CHUNK_RECORDS`
+    records), for the workers: the first carries what the source rejected, none a
+    checkpoint the writer would use (it commits the whole batch's)."""
+    n = len(batch.records)
+    chunks = -(-n // CHUNK_RECORDS)
+    ways = max(1, min(ways, chunks))
+    if ways == 1:
+        return [batch]
+    per = -(-chunks // ways) * CHUNK_RECORDS
+    return [Batch(batch.source, batch.path, batch.fingerprint, batch.records[at:at + per], batch.offsets[at:at + per],
+                  batch.checkpoint, rejected=batch.rejected if at == 0 else [])
+            for at in range(0, n, per)]
