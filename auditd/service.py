@@ -163,6 +163,7 @@ class Daemon:
         self.pool = WorkerPool(config_path, workers, ruleset=runtime.ruleset, expected=fingerprint(runtime),
                                strict=False, split=True) if workers > 1 else None
         self._queued: deque[Batch] = deque()  # read, not yet handed to a worker (at most one poll's)
+        self._workers_ready = False  # said once, when every worker has loaded
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -460,6 +461,9 @@ class Daemon:
                 self.cluster.follower.give_back(alerts, position)  # applied once storage takes writes
 
     def _keepalive(self) -> None:
+        if self.pool is not None and not self._workers_ready and self.pool.ready() == self.pool.workers:
+            self._workers_ready = True  # until now this process did the batches itself
+            log.info("workers ready", extra={"workers": self.pool.workers})
         self._check_directory()
         if self.holding_back is None:
             self._correlate_cluster_alerts()

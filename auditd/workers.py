@@ -273,6 +273,14 @@ class WorkerPool:
         """The worker processes now running (for tests and status)."""
         return [w.process.pid for w in self._pool if w is not None and w.process.is_alive()]
 
+    def ready(self) -> int:
+        """Workers loaded and in agreement with the writer, looking at those still starting
+        (and starting again any that died idle)."""
+        busy = self._busy()
+        now = time.monotonic()
+        return sum(1 for slot in range(self.workers)
+                   if slot in busy or (self._not_before.get(slot, 0.0) <= now and self._check(slot)))
+
     def trusted(self) -> int:
         """Workers loaded and in agreement with the writer."""
         return sum(1 for slot, w in enumerate(self._pool)

@@ -163,7 +163,7 @@ def test_run_with_two_workers_alerts_on_live_lines_and_stops_its_workers(tmp_pat
     try:
         wait_for(lambda: len(workers_of(proc.pid)) == 2, "two worker processes", 120, proc, log)
         workers = workers_of(proc.pid)
-        wait_for(lambda: log_records(log, "started"), "the daemon to start", 120, proc, log)
+        wait_for(lambda: log_records(log, "workers ready"), "the workers to load", 120, proc, log)
         expected: list[int] = []
         written = 0
         for _ in range(20):  # live: small appends the daemon reads as they come
@@ -182,7 +182,7 @@ def test_run_with_two_workers_alerts_on_live_lines_and_stops_its_workers(tmp_pat
             proc.kill()
     wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end with the daemon", 30)
     stopped = log_records(log, "stopped")[-1]
-    assert stopped["workers"]["prepared"] > 0  # the workers, not the main process, prepared batches
+    assert stopped["workers"]["prepared"] > 0 and stopped["workers"]["done_here"] == 0  # all by the workers
     assert stopped["workers"]["restarts"] == 0
 
 
