@@ -255,3 +255,51 @@ def test_a_worker_killed_mid_run_costs_no_line_and_repeats_none(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert log_records(log, "stopped")[-1]["workers"]["restarts"] >= 4
+
+
+STORE_RULE = """- rule: store_s012
+  desc: every access by staff of store S012
+  condition: neo.actor.store = S012
+  severity: low
+  tags: [sandbox]
+  samples:
+    match: [{neo.actor.store: S012, event.action: read}]
+"""
+
+
+def test_a_changed_directory_reaches_the_workers_between_two_batches(tmp_path):
+    """The HR file moves E10002 from store S011 to S012: the lines appended after the
+    daemon (and its workers) reloaded it alert, those before do not, whichever worker
+    enriched them."""
+    config = daemon_config(tmp_path, {"store.yaml": STORE_RULE})
+    directory = tmp_path / "directory.yaml"
+    original = (Path(__file__).resolve().parents[1] / "examples" / "directory.yaml").read_text()
+    before = "  - {id: E10002, name: 李娜, roles: [store_clerk], store: S011,"
+    assert before in original
+    directory.write_text(original)
+    config.write_text(config.read_text().replace("batch_records: 37", "batch_records: 500")
+                      + f"directory: {{path: {directory}, reload_check_s: 0.2}}\n")
+    log = tmp_path / "daemon.log"
+    access = tmp_path / "logs" / "access.log"
+    proc = start(config, log)
+    try:
+        wait_for(lambda: log_records(log, "workers ready"), "the workers to load", 120, proc, log)
+        append(access, range(0, 3000), watched_every=10, actor="E10002")
+        wait_for(lambda: events(tmp_path) >= 3000, "the lines before the move", 300, proc, log)
+        assert alerted_requests(tmp_path, "store_s012") == []
+
+        directory.write_text(original.replace(before, before.replace("S011", "S012")))
+        wait_for(lambda: [r for r in log_records(log, "workers reloaded") if r["what"] == "directory"],
+                 "the workers to reload the directory", 120, proc, log)
+        assert log_records(log, "workers reloaded")[-1]["workers_agreeing"] == 2
+        moved = append(access, range(3000, 6000), watched_every=10, actor="E10002")
+        wait_for(lambda: events(tmp_path) >= 6000, "the lines after the move", 300, proc, log)
+        wait_for(lambda: len(alerted_requests(tmp_path, "store_s012")) >= len(moved), "the alerts", 60, proc, log)
+        time.sleep(0.5)
+        assert sorted(alerted_requests(tmp_path, "store_s012")) == [f"r-{n:08d}" for n in moved]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert log_records(log, "stopped")[-1]["workers"]["done_here"] == 0  # every batch enriched by a worker
