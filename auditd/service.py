@@ -234,13 +234,7 @@ class Daemon:
                 if self._reload.is_set():
                     self._do_reload()
                 if self._tick.is_set() and self.holding_back is None:
-                    self._settle()  # the time hooks see every batch read before them, as in one process
-                    self._tick.clear()
-                    try:
-                        self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
-                    except StorageUnavailable as exc:
-                        self._tick.set()  # the time hooks run again once storage takes writes
-                        self._hold(exc.reason)
+                    self._time_hooks()
                 if not self._pump():
                     self._idle()
                 self._keepalive()
@@ -258,6 +252,18 @@ class Daemon:
         log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code,
                                    **({"workers": self.pool.counts()} if self.pool is not None else {})})
         return self.exit_code
+
+    def _time_hooks(self) -> None:
+        """The rules' time hooks, after every batch read before them (as in one process)."""
+        self._settle()
+        if self.holding_back is not None:
+            return
+        self._tick.clear()
+        try:
+            self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
+        except StorageUnavailable as exc:
+            self._tick.set()  # the time hooks run again once storage takes writes
+            self._hold(exc.reason)
 
     def finished(self) -> None:
         """Everything is closed: the stop timeout has nothing left to cut short."""
