@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from auditd.enrich.enricher import Enricher
 from auditd.enrich.pseudonym import Pseudonymiser
+from auditd.detect.novelty_kinds import subnet
 from auditd.event import AccessEvent
 from auditd.store.migrations import migrate
 from auditd.workdays import WorkingCalendar
@@ -229,3 +233,20 @@ def test_ids_get_no_block_unless_a_loaded_rule_reads_one(tmp_path):
     plain.enrich(walk)
     assert [(e.resource_seq_block, e.resource_seq_offset) for e in walk] == [(None, None)] * 3
     assert not any(e.resource_id.startswith("C000") for e in walk)  # still pseudonymised
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.lists(st.sampled_from(["0", "1", "00", "01", "9", "99", "255", "256", "010", "1000", "a", " 1", "١", "+1", ""]),
+             min_size=3, max_size=5).map(".".join),
+    st.ip_addresses().map(str), st.text(max_size=20)))
+def test_the_fast_subnet_of_an_address_is_what_ipaddress_gives(value):
+    """`subnet` reads a dotted quad as text (the per-event path); it must agree with the
+    ipaddress module on every input, odd ones included (leading zeros, other digits)."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        expected = None
+    else:
+        expected = str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
+    assert subnet(value) == expected

@@ -49,12 +49,15 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from auditd.detect.kind_support import KEY_SEPARATOR, FieldRef, group_key, rule_state
+from auditd.detect.kind_support import (
+    Columns, FieldRef, KEY_SEPARATOR, distinct_at, group_key, one_at_a_time, rule_state,
+)
 from auditd.detect.kind_types import Detector, KindContext, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.event import AccessEvent
@@ -289,40 +292,55 @@ class BaselineKind:
                          else f"; no usual known for peers in role {role} then")
             return text
 
-        def detect(event: AccessEvent) -> Verdict | None:
-            key = key_of(event)
-            if key is None:
-                return None
-            bucket = local_bucket(event)
-            prof = state.get(key)
-            if prof is None:
-                prof = Profile()
-            if bucket != prof.bucket:
-                if bucket < prof.bucket:
-                    return None  # a late event of a closed bucket: its bucket is history
-                offset[0] = None
-                bucket = local_bucket(event)
-                peer = None
-                if peer_of is not None:
-                    roles = peer_of(event)
+        def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
+                 ) -> list[tuple[int, Verdict]]:
+            """The chunk's events in order; a key's profile is read once per chunk and
+            written once (the same object, changed in place), not once per event."""
+            found: list[tuple[int, Verdict]] = []
+            keys, seconds = columns.keys(params.group_by, key_of), columns.seconds()
+            profiles: dict[str, Profile] = {}
+            state.prefetch(distinct_at(keys, positions))
+            changed: set[str] = set()
+            for pos in positions:
+                key = keys[pos]
+                if key is None:
+                    continue
+                off = offset[0]
+                if off is None:
+                    off = offset[0] = zone.utcoffset(events[pos].timestamp).total_seconds()
+                bucket = int((seconds[pos] + off) // size)
+                prof = profiles.get(key)
+                if prof is None:
+                    prof = profiles[key] = state.get(key) or Profile()
+                event = events[pos]
+                if bucket != prof.bucket:
+                    if bucket < prof.bucket:
+                        continue  # a late event of a closed bucket: its bucket is history
+                    offset[0] = None
+                    bucket = local_bucket(event)
+                    peer = None
+                    if peer_of is not None:
+                        roles = peer_of(event)
+                        peer = _PEER + str(roles[0]) if roles else None
+                    if prof.bucket >= 0:
+                        if bucket // per_day != prof.bucket // per_day:
+                            prof.days += 1
+                        close(key, prof, peer, bucket)
+                    prof.bucket, prof.total, prof.first_id = bucket, 0, event.event_id
+                    prof.limit = limit_for(prof, peer, bucket)
+                changed.add(key)
+                prof.total += event.record_count if records else 1
+                if prof.total > prof.limit:
+                    prof.limit = math.inf  # one alert per bucket
+                    roles = peer_of(event) if peer_of is not None else ()
                     peer = _PEER + str(roles[0]) if roles else None
-                if prof.bucket >= 0:
-                    if bucket // per_day != prof.bucket // per_day:
-                        prof.days += 1
-                    close(key, prof, peer, bucket)
-                prof.bucket, prof.total, prof.first_id = bucket, 0, event.event_id
-                prof.limit = limit_for(prof, peer, bucket)
-            prof.total += event.record_count if records else 1
-            state.put(key, prof)
-            if prof.total > prof.limit:
-                prof.limit = math.inf  # one alert per bucket
-                roles = peer_of(event) if peer_of is not None else ()
-                peer = _PEER + str(roles[0]) if roles else None
-                ids = (prof.first_id, event.event_id) if prof.first_id != event.event_id else (event.event_id,)
-                return Verdict(reason=explain(key, prof, peer, bucket), event_ids=ids)
-            return None
+                    ids = (prof.first_id, event.event_id) if prof.first_id != event.event_id else (event.event_id,)
+                    found.append((pos, Verdict(reason=explain(key, prof, peer, bucket), event_ids=ids)))
+            for key in changed:
+                state.put(key, profiles[key])
+            return found
 
-        return detect
+        return one_at_a_time(many)
 
 
 def _num(x: float) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +109,51 @@ def group_key(fields: tuple[FieldRef, ...]) -> Callable[[AccessEvent], str | Non
     return joined
 
 
+class Columns:
+    """Per-event values that several stateful rules read in one chunk (the event's time
+    in seconds, a group key), computed once per chunk instead of once per rule and
+    event. A column is built for the whole chunk on first use; positions index it."""
+
+    __slots__ = ("events", "_cache")
+
+    def __init__(self, events: Sequence[AccessEvent]):
+        self.events = events
+        self._cache: dict[Any, list] = {}
+
+    def seconds(self) -> list[float]:
+        """Each event's time as seconds since the epoch (UTC)."""
+        col = self._cache.get("@seconds")
+        if col is None:
+            col = self._cache["@seconds"] = [e.timestamp.timestamp() for e in self.events]
+        return col
+
+    def keys(self, fields: tuple[FieldRef, ...], key_of: Callable[[AccessEvent], str | None]) -> list[str | None]:
+        """Each event's group key for `fields` (None where one is missing)."""
+        name = tuple(f.name for f in fields)
+        col = self._cache.get(name)
+        if col is None:
+            col = self._cache[name] = [key_of(e) for e in self.events]
+        return col
+
+
+def distinct_at(column: list, positions: Sequence[int]) -> set:
+    """The distinct values of a column at the positions (a rule's keys in a chunk)."""
+    if len(positions) == 1:
+        return {column[positions[0]]}
+    return set(operator.itemgetter(*positions)(column))
+
+
+def one_at_a_time(many: Callable[[Sequence[AccessEvent], Sequence[int], Columns], list]):
+    """The one-event call of a detector whose work is done by `many` (samples, `check`)."""
+
+    def detect(event: AccessEvent):
+        found = many((event,), (0,), Columns((event,)))
+        return found[0][1] if found else None
+
+    detect.many = many  # type: ignore[attr-defined]
+    return detect
+
+
 def stable_hash(value: Any) -> int:
     """A 62-bit hash of a value's text that is the same in every process (hash() is
     salted per process, and these hashes are stored): two CRC-32s of different seeds.
@@ -126,6 +171,7 @@ class ValueHasher:
     def __init__(self, cache_size: int = 4096):
         self._cache: dict[Any, int] = {}
         self._limit = cache_size
+        self.cached = self._cache.get  # value -> its hash if cached, else None
 
     def __call__(self, value: Any) -> int:
         h = self._cache.get(value)

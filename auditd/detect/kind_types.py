@@ -6,7 +6,7 @@ import them while the registry imports those modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +27,12 @@ class Verdict:
 
 
 Detector = Callable[[AccessEvent], "Verdict | None"]
+
+# The events of a chunk, the positions (in order) whose condition held for the rule, and
+# the chunk's shared columns (`kind_support.Columns`) -> the (position, verdict) pairs
+# found, in position order. A detector with a `many` attribute of this type is given a
+# chunk's events at once (RuleSet.evaluate_all); its one-event call must mean the same.
+Many = Callable[[Sequence[AccessEvent], Sequence[int], Any], "list[tuple[int, Verdict]]"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from auditd.config.typed import Duration
-from auditd.detect.kind_support import FieldRef, ValueHasher, describe_key, group_key, rule_state
+from auditd.detect.kind_support import (
+    Columns, FieldRef, ValueHasher, describe_key, distinct_at, group_key, one_at_a_time, rule_state,
+)
 from auditd.detect.kind_types import Detector, KindContext, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.directory.schedule import Schedule
@@ -82,6 +85,11 @@ class Seen(msgspec.Struct, array_like=True, gc=False):
 
 
 def subnet(value: str) -> str | None:
+    """An address's /24 (IPv4) or /64 (IPv6) network as text; None if not an address."""
+    parts = value.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and (p[0] != "0" or p == "0")
+                               and int(p) <= 255 for p in parts):
+        return f"{parts[0]}.{parts[1]}.{parts[2]}.0/24"  # the common case, without ipaddress's parse
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
@@ -102,53 +110,79 @@ class FirstSeenKind:
         to_subnet = params.transform == "subnet"
         subnets: dict[str, str | None] = {}
 
-        def detect(event: AccessEvent) -> Verdict | None:
-            values = values_of(event)
-            if not values:
-                return None
-            key = key_of(event)
-            if key is None:
-                return None
-            if to_subnet:
-                out = []
+        def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
+                 ) -> list[tuple[int, Verdict]]:
+            """The chunk's events in order; a key's values are read once per chunk, and
+            a value tuple already known for the key in this chunk costs one test."""
+            found: list[tuple[int, Verdict]] = []
+            keys = columns.keys(params.group_by, key_of)
+            entries: dict[str, tuple[Seen, set]] = {}  # key -> its state, the value tuples it knows
+            state.prefetch(distinct_at(keys, positions))
+            for pos in positions:
+                key = keys[pos]
+                if key is None:
+                    continue
+                event = events[pos]
+                raw = values_of(event)
+                if not raw:
+                    continue
+                entry = entries.get(key)
+                try:
+                    if entry is not None and entry[0].events >= min_events and raw in entry[1]:
+                        continue  # the common case: these values known already, nothing to write
+                except TypeError:  # values that cannot be remembered as they are: hashed one by one
+                    raw = None
+                values = raw if raw is not None else values_of(event)
+                if to_subnet:
+                    out = []
+                    for v in values:
+                        net = subnets.get(v, "")
+                        if net == "":
+                            if len(subnets) > 65536:
+                                subnets.clear()
+                            net = subnets[v] = subnet(str(v))
+                        if net is not None:
+                            out.append(net)
+                    values = out
+                if entry is None:
+                    seen = state.get(key)
+                    if seen is None:
+                        seen = Seen(since=event.timestamp.timestamp())
+                    entry = entries[key] = (seen, set())
+                seen = entry[0]
+                if seen.events < min_events:
+                    seen.events += 1
+                    state.put(key, seen)
+                known = seen.values
+                new = None
                 for v in values:
-                    net = subnets.get(v, "")
-                    if net == "":
-                        if len(subnets) > 65536:
-                            subnets.clear()
-                        net = subnets[v] = subnet(str(v))
-                    if net is not None:
-                        out.append(net)
-                values = out
-            seen = state.get(key)
-            if seen is None:
-                seen = Seen(since=event.timestamp.timestamp())
-            if seen.events < min_events:
-                seen.events += 1
+                    h = hasher(v)
+                    if h not in known:
+                        new = [v] if new is None else new + [v]
+                        known.add(h)
+                if new is None:  # nothing new, nothing to write
+                    if raw is not None:
+                        entry[1].add(raw)
+                    continue
+                t = event.timestamp.timestamp()
+                if len(known) > cap:
+                    seen = Seen(since=t, values={hasher(v) for v in values})
+                    entries[key] = (seen, set())
+                    state.put(key, seen)
+                    continue
+                if raw is not None:
+                    entry[1].add(raw)
                 state.put(key, seen)
-            known = seen.values
-            new = None
-            for v in values:
-                h = hasher(v)
-                if h not in known:
-                    new = [v] if new is None else new + [v]
-                    known.add(h)
-            if new is None:  # the common case: nothing new, nothing to write
-                return None
-            t = event.timestamp.timestamp()
-            if len(known) > cap:
-                seen = Seen(since=t, values={hasher(v) for v in values})
-                state.put(key, seen)
-                return None
-            state.put(key, seen)
-            if t - seen.since < learning or seen.events < min_events:
-                return None
-            days = (t - seen.since) / 86400
-            shown = ", ".join(repr(str(v)) for v in new)
-            return Verdict(reason=f"{params.field.name} {shown} new for {describe_key(params.group_by, key)} "
-                                  f"({len(known) - len(new)} value(s) known from {days:.0f} day(s) of history)")
+                if t - seen.since < learning or seen.events < min_events:
+                    continue
+                days = (t - seen.since) / 86400
+                shown = ", ".join(repr(str(v)) for v in new)
+                found.append((pos, Verdict(
+                    reason=f"{params.field.name} {shown} new for {describe_key(params.group_by, key)} "
+                           f"({len(known) - len(new)} value(s) known from {days:.0f} day(s) of history)")))
+            return found
 
-        return detect
+        return one_at_a_time(many)
 
 
 # -- off_hours ---------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from auditd.config.typed import DEFAULT_ZONE
 from auditd.detect.alert import Alert, alert_id
 from auditd.detect.compiler import IpParser, Predicate, compile_predicate, make_ip_parser
 from auditd.detect.index import EVERYTHING, INDEXED_LISTS, INDEXED_SCALARS, RuleIndex, RuleStats
+from auditd.detect.kind_support import Columns
+from auditd.detect.kind_types import Many
 from auditd.detect.kinds import KINDS, Detector, KindContext, RuleKind, Verdict
 from auditd.detect.render import compile_output, compile_title
 from auditd.detect.resolve import routed_condition
@@ -48,6 +50,7 @@ class CompiledRule:
     routed: Predicate
     exception: ExceptionCheck | None
     detector: Detector | None  # None: the condition alone decides (kind match)
+    many: Many | None  # the detector's chunk-at-once form (stateful kinds), or None
     title: Callable[[AccessEvent], str]
     output: Callable[[AccessEvent], dict[str, Any]] | None
 
@@ -67,11 +70,13 @@ def compile_rule(spec: RuleSpec, index: int, *, parse_ip: IpParser, context: Kin
         raise ValueError(f"rule {spec.id}: {problems}")
     predicate = compile_predicate(spec.condition, parse_ip)
     routed = routed_condition(spec.condition, INDEXED_SCALARS, INDEXED_LISTS)
+    detector = kinds[spec.kind].build(spec, spec.params, context)
     return CompiledRule(
         spec=spec, index=index, predicate=predicate,
         routed=predicate if routed is spec.condition else compile_predicate(routed, parse_ip),
         exception=compile_exceptions(spec.exceptions, context.zone),
-        detector=kinds[spec.kind].build(spec, spec.params, context),
+        detector=detector,
+        many=getattr(detector, "many", None),
         title=title,
         output=compile_output(spec.output_fields) if spec.output_fields else None,
     )
@@ -99,6 +104,8 @@ class RuleSet:
         self._suppress: list[Any] = [None] * len(self.rules)
         self._by_id = {r.id: r for r in self.rules}
         self._sensitive = frozenset(sensitive_categories)
+        # the rules whose detector takes a chunk at once, in load order
+        self._many = tuple(r.index for r in self.rules if r.many is not None)
         self.stats = RuleStats([r.id for r in self.rules], timing_every=timing_every)
         # per slot, each rule with the predicate to run on the events routed there
         self._checks: list[tuple[tuple[CompiledRule, Predicate], ...]] = []
@@ -155,11 +162,18 @@ class RuleSet:
         return self.evaluate_all((event,))
 
     def evaluate_all(self, events: Iterable[AccessEvent]) -> list[Alert]:
-        """The alerts of every enabled rule on each event, in event then rule load order."""
+        """The alerts of every enabled rule on each event, in event then rule load order.
+
+        A rule whose detector takes a chunk at once (`many`: the stateful kinds) is
+        given its events after the walk, each rule its own in order, with the chunk's
+        shared columns; its alerts are put back in their place."""
+        if not isinstance(events, (list, tuple)):
+            events = list(events)
         stats, index, checks = self.stats, self.index, self._checks
         key_of, slots, hits = index.key_of, index.slots, stats.bucket_hits
-        alerts: list[Alert] = []
-        for event in events:
+        placed: list[tuple[int, int, Alert]] = []
+        deferred: list[list[int]] = [[] for _ in self.rules] if self._many else []
+        for pos, event in enumerate(events):
             try:
                 slot = slots.get(key_of(event))
             except TypeError:  # an unhashable key: the index says where it goes
@@ -168,15 +182,32 @@ class RuleSet:
                 slot = index.slot(event)
             hits[slot] += 1
             stats.countdown -= 1
+            check = checks[slot]
             if stats.countdown <= 0:
-                alerts += self._evaluate_timed(event, checks[slot])
-                continue
-            for rule, holds in checks[slot]:
-                if holds(event):
-                    alert = self._confirm(rule, event)
-                    if alert is not None:
-                        alerts.append(alert)
-        return alerts
+                check = self._held_timed(event, check)
+            for rule, holds in check:
+                if not holds(event):
+                    continue
+                if rule.many is not None:
+                    deferred[rule.index].append(pos)
+                    continue
+                alert = self._confirm(rule, event)
+                if alert is not None:
+                    placed.append((pos, rule.index, alert))
+        return self._merge(events, placed, deferred)
+
+    def _merge(self, events: Sequence[AccessEvent], placed: list[tuple[int, int, Alert]],
+               deferred: list[list[int]]) -> list[Alert]:
+        """The deferred rules' alerts added, each in its place (event, then rule order)."""
+        columns = None
+        for rule_index in self._many:
+            positions = deferred[rule_index]
+            if positions:
+                columns = columns or Columns(events)
+                placed += self._confirm_many(self.rules[rule_index], events, positions, columns)
+        if columns is not None:
+            placed.sort(key=_place)
+        return [alert for _, _, alert in placed]
 
     def held(self, events: Sequence[AccessEvent]) -> array:
         """Every enabled rule whose condition holds on an event, as a flat array of
@@ -206,29 +237,35 @@ class RuleSet:
         """The alerts of conditions that held (`held` from `held()` on the same events),
         confirmed in order: the same alerts as `evaluate_all(events)`."""
         rules, confirm = self.rules, self._confirm
-        alerts: list[Alert] = []
+        placed: list[tuple[int, int, Alert]] = []
+        deferred: list[list[int]] = [[] for _ in rules] if self._many else []
         pairs = iter(held)
         for at, rule_index in zip(pairs, pairs):
-            alert = confirm(rules[rule_index], events[at])
+            rule = rules[rule_index]
+            if rule.many is not None:
+                deferred[rule_index].append(at)
+                continue
+            alert = confirm(rule, events[at])
             if alert is not None:
-                alerts.append(alert)
-        return alerts
+                placed.append((at, rule_index, alert))
+        return self._merge(events, placed, deferred)
 
-    def _evaluate_timed(self, event: AccessEvent, checks: tuple[tuple[CompiledRule, Predicate], ...]) -> list[Alert]:
+    def _held_timed(self, event: AccessEvent, checks: tuple[tuple[CompiledRule, Predicate], ...],
+                    ) -> list[tuple[CompiledRule, Predicate]]:
+        """The rules whose condition holds, each condition timed (one event in
+        `timing_every`), paired with a condition that holds (the walk goes on as usual)."""
         stats = self.stats
         stats.countdown = stats.timing_every
         clock = time.perf_counter_ns
-        alerts: list[Alert] = []
+        held: list[tuple[CompiledRule, Predicate]] = []
         for rule, holds in checks:
             started = clock()
-            held = holds(event)
+            ok = holds(event)
             stats.timed_ns[rule.index] += clock() - started
             stats.timed[rule.index] += 1
-            if held:
-                alert = self._confirm(rule, event)
-                if alert is not None:
-                    alerts.append(alert)
-        return alerts
+            if ok:
+                held.append((rule, _holds))
+        return held
 
     def _confirm(self, rule: CompiledRule, event: AccessEvent) -> Alert | None:
         """After the condition held: exceptions, the kind's detector, the alert."""
@@ -247,6 +284,29 @@ class RuleSet:
             return None
         stats.alerts[rule.index] += 1
         return self.make_alert(rule, event, verdict)
+
+    def _confirm_many(self, rule: CompiledRule, events: Sequence[AccessEvent], positions: list[int],
+                      columns: Columns) -> list[tuple[int, int, Alert]]:
+        """`_confirm` for a rule's events of one chunk at once (its detector's `many`)."""
+        stats, at = self.stats, rule.index
+        stats.matches[at] += len(positions)
+        if rule.exception is not None:
+            excepted = rule.exception
+            kept = [p for p in positions if excepted(events[p]) is None]
+            stats.excepted[at] += len(positions) - len(kept)
+            positions = kept
+        out: list[tuple[int, int, Alert]] = []
+        if not positions:
+            return out
+        suppress = self._suppress[at]
+        for pos, verdict in rule.many(events, positions, columns):
+            event = events[pos]
+            if suppress is not None and suppress(event) is not None:
+                stats.excepted[at] += 1
+                continue
+            stats.alerts[at] += 1
+            out.append((pos, at, self.make_alert(rule, event, verdict)))
+        return out
 
     def check(self, rule: CompiledRule, event: AccessEvent) -> Alert | None:
         """One rule on one event, whether enabled or not, bypassing index and stats
@@ -268,8 +328,8 @@ class RuleSet:
         from auditd.detect.state import StateStore
 
         context = dataclasses.replace(self.context, state=StateStore.in_memory())
-        return dataclasses.replace(rule, detector=self.kinds[rule.spec.kind].build(rule.spec, rule.spec.params,
-                                                                                   context))
+        detector = self.kinds[rule.spec.kind].build(rule.spec, rule.spec.params, context)
+        return dataclasses.replace(rule, detector=detector, many=getattr(detector, "many", None))
 
     def tick(self, now: dt.datetime) -> list[Alert]:
         """Let the enabled rules whose kinds keep state act on the passing of time."""
@@ -307,6 +367,14 @@ class RuleSet:
             tags=spec.tags,
             output_fields=rule.output(event) if rule.output is not None else {},
         )
+
+
+def _holds(event: AccessEvent) -> bool:
+    return True
+
+
+def _place(item: tuple[int, int, Alert]) -> tuple[int, int]:
+    return item[0], item[1]
 
 
 def load_rules(paths: Iterable[Path | str], problems: Problems, *, categories: Categories | None = None,

@@ -29,13 +29,16 @@ keeps at most each step's count plus a small margin.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from auditd.config.typed import Duration
-from auditd.detect.kind_support import FieldRef, ValueHasher, describe_key, group_key, rule_state
+from auditd.detect.kind_support import (
+    Columns, FieldRef, ValueHasher, describe_key, distinct_at, group_key, one_at_a_time, rule_state,
+)
 from auditd.detect.kind_types import Detector, KindContext, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.event import AccessEvent
@@ -119,20 +122,31 @@ class ThresholdKind:
 
         slide = _slider(params)
 
-        def detect(event: AccessEvent) -> Verdict | None:
-            key = key_of(event)
-            if key is None:
-                return None
-            t = event.timestamp.timestamp()
-            w = state.get(key)
-            if w is None:
-                w = Window()
-            if slide(w, event, t) and t - w.alerted >= quiet:
-                return fire(key, w, t)
-            state.put(key, w)
-            return None
+        def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
+                 ) -> list[tuple[int, Verdict]]:
+            """The chunk's events in order; a key's window is read and written once."""
+            found: list[tuple[int, Verdict]] = []
+            keys, seconds = columns.keys(params.group_by, key_of), columns.seconds()
+            windows: dict[str, Window] = {}
+            state.prefetch(distinct_at(keys, positions))
+            for pos in positions:
+                key = keys[pos]
+                if key is None:
+                    continue
+                t = seconds[pos]
+                w = windows.get(key)
+                if w is None:
+                    w = state.get(key)
+                    if w is None:
+                        w = Window()
+                    windows[key] = w
+                if slide(w, events[pos], t) and t - w.alerted >= quiet:
+                    found.append((pos, fire(key, w, t)))
+            for key, w in windows.items():
+                state.put(key, w)
+            return found
 
-        return detect
+        return one_at_a_time(many)
 
     @staticmethod
     def _partitioned(rule: RuleSpec, params: ThresholdParams, context: KindContext) -> Detector:
@@ -145,41 +159,53 @@ class ThresholdKind:
         what = f"distinct {params.distinct.name}" if params.distinct is not None else "events"
         span_text = _span(params.timespan.seconds)
 
-        def detect(event: AccessEvent) -> Verdict | None:
-            part = part_of(event)
-            if part is None:
-                return None
-            key = key_of(event)
-            if key is None:
-                return None
-            t = event.timestamp.timestamp()
-            p = state.get(key)
-            if p is None:
-                p = Partitioned()
-            h = hasher(part)
-            if h in p.parts:  # the most recently used partition goes last
-                i = p.parts.index(h)
-                w = p.windows[i]
-                del p.parts[i], p.windows[i]
-            else:
-                w = Window()
-            p.parts.append(h)
-            p.windows.append(w)
-            if len(p.parts) > params.max_partitions:
-                del p.parts[0], p.windows[0]
-            i = len(p.parts) - 1
-            if slide(w, event, t) and t - p.alerted >= quiet:
-                n = len(w.values) if params.distinct is not None else len(w.times)
-                cited = _unique(w.ids, params.cite)
-                p.windows[i], p.alerted = Window(), t
+        def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
+                 ) -> list[tuple[int, Verdict]]:
+            """The chunk's events in order; a key's partitions are read and written once."""
+            found: list[tuple[int, Verdict]] = []
+            keys, seconds = columns.keys(params.group_by, key_of), columns.seconds()
+            held: dict[str, Partitioned] = {}
+            state.prefetch(distinct_at(keys, positions))
+            for pos in positions:
+                event = events[pos]
+                part = part_of(event)
+                if part is None:
+                    continue
+                key = keys[pos]
+                if key is None:
+                    continue
+                t = seconds[pos]
+                p = held.get(key)
+                if p is None:
+                    p = state.get(key)
+                    if p is None:
+                        p = Partitioned()
+                    held[key] = p
+                h = hasher(part)
+                if h in p.parts:  # the most recently used partition goes last
+                    i = p.parts.index(h)
+                    w = p.windows[i]
+                    del p.parts[i], p.windows[i]
+                else:
+                    w = Window()
+                p.parts.append(h)
+                p.windows.append(w)
+                if len(p.parts) > params.max_partitions:
+                    del p.parts[0], p.windows[0]
+                i = len(p.parts) - 1
+                if slide(w, event, t) and t - p.alerted >= quiet:
+                    n = len(w.values) if params.distinct is not None else len(w.times)
+                    cited = _unique(w.ids, params.cite)
+                    p.windows[i], p.alerted = Window(), t
+                    found.append((pos, Verdict(
+                        reason=f"{n} {what} of one {params.partition_by.name} within {span_text} for "
+                               f"{describe_key(params.group_by, key)} (threshold {params.gte})",
+                        event_ids=cited)))
+            for key, p in held.items():
                 state.put(key, p)
-                return Verdict(reason=f"{n} {what} of one {params.partition_by.name} within {span_text} for "
-                                      f"{describe_key(params.group_by, key)} (threshold {params.gte})",
-                               event_ids=cited)
-            state.put(key, p)
-            return None
+            return found
 
-        return detect
+        return one_at_a_time(many)
 
 
 def _slider(params: ThresholdParams):
@@ -187,6 +213,7 @@ def _slider(params: ThresholdParams):
     gte, span = params.gte, params.timespan.seconds
     values_of = params.distinct.values() if params.distinct is not None else None
     hasher = ValueHasher()
+    known = hasher.cached  # the hashes of recurring values, without a call through the hasher
 
     def slide(w: Window, event: AccessEvent, t: float) -> bool:
         times, ids = w.times, w.ids
@@ -199,7 +226,9 @@ def _slider(params: ThresholdParams):
         vals = w.values
         eid = event.event_id
         for v in values_of(event):
-            h = hasher(v)
+            h = known(v)
+            if h is None:
+                h = hasher(v)
             if h in vals:  # seen again: only its latest time counts (a test, not a raised ValueError)
                 i = vals.index(h)
                 del times[i], ids[i], vals[i]

@@ -161,8 +161,8 @@ class ClusterRuleEvaluator:
             if old is not None and old.rule_hash == rule_hash:
                 runners[rule.id] = dataclasses.replace(old, rule=dataclasses.replace(old.rule, spec=rule.spec))
                 continue
-            runners[rule.id] = _Runner(dataclasses.replace(rule, detector=detector), store, rule_hash,
-                                       cost=RuleCost(rule.id))
+            own = dataclasses.replace(rule, detector=detector, many=getattr(detector, "many", None))
+            runners[rule.id] = _Runner(own, store, rule_hash, cost=RuleCost(rule.id))
         with self._lock:
             self._runners = runners
             self._ruleset = ruleset
