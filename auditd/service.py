@@ -768,6 +768,7 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     if n > 1 and config_path is not None:
         pool = WorkerPool(config_path, n, ruleset=runtime.ruleset, expected=fingerprint(runtime))
         pool.start()
+        pool.wait_ready()  # a replay's batches are large: the workers, not this process, should take the first
     batches = reader.batches(batch_records)
     for batch, prepared in (pool.ordered(batches) if pool is not None else ((b, None) for b in batches)):
         pipeline.handle(batch, prepared)
