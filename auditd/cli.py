@@ -107,7 +107,7 @@ def cmd_run(args) -> int:
 
     setup_logging(args.log_level)
     try:
-        return serve(args.config, args.state_dir, new_store=args.new_store)
+        return serve(args.config, args.state_dir, new_store=args.new_store, workers=args.workers)
     except ConfigError as exc:
         return _config_error(exc, False)
 
@@ -900,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start an empty store even though one was kept here before and is now missing, empty "
                         "or damaged (it is set aside, not deleted); every alert in the logs still on disk is "
                         "raised again -- restore a backup instead if you have one")
+    p.add_argument("--workers", type=_workers_arg, metavar="N",
+                   help="worker processes for decode, enrich and the rules' conditions; the store, the stateful "
+                        "rules and the checkpoints stay in this process, which commits in the order read, so "
+                        "alerts and incidents are the same for every N (default: the config's pipeline.workers, "
+                        "1; 0: one per core)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate config, directory, key, formats and rules; exit 78 on errors",

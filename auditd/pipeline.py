@@ -271,6 +271,19 @@ class Prepared:
     unmapped: dict[str, int]
     eval_seconds: float
 
+    def extend(self, other: "Prepared") -> None:
+        """Add what was prepared of the records that follow (a batch cut at a multiple of
+        `CHUNK_RECORDS` and prepared in parts): the chunks, and so every result, are the
+        whole batch's."""
+        self.segment.extend(other.segment)
+        self.chunk_counts += other.chunk_counts
+        self.held += other.held
+        self.quarantined += other.quarantined
+        self.skipped += other.skipped
+        for name, count in other.unmapped.items():
+            self.unmapped[name] = self.unmapped.get(name, 0) + count
+        self.eval_seconds += other.eval_seconds
+
 
 def prepare(runtime: Runtime, batch: Batch) -> Prepared:
     """The stages a worker process runs on a batch: decode, enrich, the rules'

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -34,10 +35,11 @@ from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
 from auditd.ops.status import file_lags, record_reload
 from auditd.ops.watchdog import Watchdog
-from auditd.pipeline import Pipeline
+from auditd.pipeline import Pipeline, Prepared
 from auditd.runtime import Runtime, load_runtime
+from auditd.sources.base import Batch
 from auditd.sources.tail import FileTailer, ReplaySource
-from auditd.workers import WorkerPool, resolve_workers
+from auditd.workers import WorkerPool, fingerprint, resolve_workers
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store import health
 from auditd.store.health import CheckReport
@@ -120,7 +122,8 @@ class Daemon:
                  *, notifier: Notifier | None = None, metrics: Metrics | None = None,
                  on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
                  kinds: Mapping[str, RuleKind] = KINDS, stop_timeout_s: float | None = None,
-                 exit_now: Callable[[int], None] = os._exit, runstate: RunState | None = None):
+                 exit_now: Callable[[int], None] = os._exit, runstate: RunState | None = None,
+                 workers: int = 1):
         self.config_path = config_path
         self.kinds = kinds  # the rule kinds a reload builds with
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
@@ -152,12 +155,18 @@ class Daemon:
         # storage back pressure: batches read but not committed, kept until a write works
         self.runstate = runstate or RunState(path_for(store.path))
         self.holding_back: str | None = None  # why, while storage cannot be written
-        self._held: list = []
+        self._held: list[tuple[Batch, Prepared | None]] = []  # (batch, what a worker made of it or None)
         self._mirror_behind = False
         self._hold_started = 0.0
         self._hold_attempts = 0
         self._retry_at = 0.0
         self._last_runstate = 0.0
+        # with workers (`workers` > 1): worker processes prepare the batches, this process
+        # commits them in the order read (auditd.workers); started by run()
+        self.pool = WorkerPool(config_path, workers, ruleset=runtime.ruleset, expected=fingerprint(runtime),
+                               strict=False, split=True) if workers > 1 else None
+        self._queued: deque[Batch] = deque()  # read, not yet handed to a worker (at most one poll's)
+        self._workers_ready = False  # said once, when every worker has loaded
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -234,6 +243,8 @@ class Daemon:
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
         first_start = not self.store.has_any_checkpoint()
+        if self.pool is not None:
+            self.pool.start()  # they load while the tailers start; until then this process does the batches
         self._start_tailers(self.pipeline.runtime, first_start)
         if self.notifier:
             self.notifier.ready()
@@ -244,25 +255,36 @@ class Daemon:
                 if self._reload.is_set():
                     self._do_reload()
                 if self._tick.is_set() and self.holding_back is None:
-                    self._tick.clear()
-                    try:
-                        self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
-                    except StorageUnavailable as exc:
-                        self._tick.set()  # the time hooks run again once storage takes writes
-                        self._hold(exc.reason)
+                    self._time_hooks()
                 if not self._pump():
                     self._idle()
                 self._keepalive()
             if self.holding_back is None:
                 self._pump()  # drain what is already readable, then stop with it checkpointed
+                self._settle(queued=True)
         finally:
+            if self.pool is not None:
+                self.pool.close()  # what is still in flight was not committed: read again at the next start
             for tailer in self.tailers.values():
                 tailer.stop()
             if self.notifier:
                 self.notifier.stopping()
             self.runstate.set(state="stopped", since=_now_text(), reason=self.holding_back)
-        log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code})
+        log.info("stopped", extra={"events": self.pipeline.totals.events, "exit_code": self.exit_code,
+                                   **({"workers": self.pool.counts()} if self.pool is not None else {})})
         return self.exit_code
+
+    def _time_hooks(self) -> None:
+        """The rules' time hooks, after every batch read before them (as in one process)."""
+        self._settle()
+        if self.holding_back is not None:
+            return
+        self._tick.clear()
+        try:
+            self.pipeline.tick(dt.datetime.now(dt.timezone.utc))
+        except StorageUnavailable as exc:
+            self._tick.set()  # the time hooks run again once storage takes writes
+            self._hold(exc.reason)
 
     def finished(self) -> None:
         """Everything is closed: the stop timeout has nothing left to cut short."""
@@ -275,29 +297,91 @@ class Daemon:
         kept and tried again with backoff, so nothing is lost and nothing is read ahead."""
         if self.holding_back is not None and not self._retry_held():
             return False
+        if self.pool is not None:
+            return self._pump_workers()
         batch_records = self.pipeline.runtime.settings.pipeline.batch_records
         worked = False
         for tailer in list(self.tailers.values()):
             batches = tailer.poll(batch_records)
             for i, batch in enumerate(batches):
-                if not self._handle(batch, batches[i + 1:]):
+                if not self._handle(batch, None, lambda: [(b, None) for b in batches[i + 1:]]):
                     return worked
                 worked = worked or bool(batch.records)
                 self._keepalive()
         return worked
 
-    def _handle(self, batch, rest: list) -> bool:
-        """One batch into the store; False (and holding back) when storage refused it."""
+    def _pump_workers(self) -> bool:
+        """`_pump` with workers: read while a worker is free and hand the batches out;
+        commit what has come back, in the order read. It waits for the oldest batch only
+        when nothing new was read or no worker is free, so a live line waits for no
+        other (a batch is whatever a poll returned, cut between the idle workers); before
+        committing it reads again, so that the workers prepare the next lines while this
+        process commits. Nothing is read beyond what the workers hold and one poll."""
+        pool = self.pool
+        read = self._read_ahead()
+        worked = read
+        for _ in range(pool.workers):  # then back to the loop: a stop, a reload or a tick may be due
+            if not pool.pending() or self.holding_back is not None:
+                break
+            taken = pool.take(block=not read or not pool.has_room())
+            if taken is None:
+                break
+            worked = True
+            read = self._read_ahead()
+            if not self._handle(*taken, self._later):
+                break
+            self._keepalive()
+        return worked
+
+    def _read_ahead(self) -> bool:
+        """Hand out what was read; while a worker is free, read a round of every source
+        first. True if anything was read."""
+        pool = self.pool
+        read = False
+        if not self._queued and pool.has_room():
+            batch_records = self.pipeline.runtime.settings.pipeline.batch_records
+            for tailer in list(self.tailers.values()):
+                self._queued.extend(tailer.poll(batch_records))
+            read = bool(self._queued)
+        while self._queued and pool.has_room():
+            pool.submit(self._queued.popleft())
+        return read
+
+    def _later(self) -> list[tuple[Batch, Prepared | None]]:
+        """Every batch read and not committed, in order, out of the workers' hands (to hold)."""
+        later = []
+        while self.pool is not None and self.pool.pending():
+            later.append(self.pool.take())
+        later += [(batch, None) for batch in self._queued]
+        self._queued.clear()
+        return later
+
+    def _settle(self, *, queued: bool = False) -> None:
+        """Commit what the workers have in flight (and, with `queued`, what is read and not
+        yet handed out): a batch boundary for a reload, a tick or a stop."""
+        pool = self.pool
+        if pool is None:
+            return
+        while self.holding_back is None and (pool.pending() or (queued and self._queued)):
+            while queued and self._queued and pool.has_room():
+                pool.submit(self._queued.popleft())
+            if not self._handle(*pool.take(), self._later):
+                return
+
+    def _handle(self, batch: Batch, prepared: Prepared | None,
+                rest: Callable[[], list[tuple[Batch, Prepared | None]]]) -> bool:
+        """One batch into the store; False (and holding back, with `rest()`, the batches
+        read after it) when storage refused it."""
         try:
             if batch.records or batch.checkpoint:
-                self.pipeline.handle(batch)
+                self.pipeline.handle(batch, prepared)
                 self.watchdog.progressed()
         except StorageUnavailable as exc:  # nothing of it was kept: it is tried again
-            self._held = [batch, *rest]
+            self._held = [(batch, prepared), *rest()]
             self._hold(exc.reason)
             return False
         except MirrorBehind as exc:  # committed; the quarantine file catches up
-            self._held, self._mirror_behind = list(rest), True
+            self._held, self._mirror_behind = rest(), True
             self._hold(exc.reason)
             return False
         if self.on_batch:
@@ -333,8 +417,8 @@ class Daemon:
                 return False
             self._mirror_behind = False
         while self._held:
-            batch, rest = self._held[0], self._held[1:]
-            if not self._handle(batch, rest):
+            (batch, prepared), rest = self._held[0], self._held[1:]
+            if not self._handle(batch, prepared, lambda: rest):
                 return False
             self._held = rest
         log.warning("storage takes writes again: reading resumes", extra={
@@ -374,7 +458,9 @@ class Daemon:
         if outcome is None:
             return
         if outcome.changed:
+            self._settle()  # the batches read before the change are committed as prepared
             self.pipeline.runtime.enricher.set_directory(self.directory_watcher.directory)
+            self._reload_workers("directory")
             log.info("directory reloaded", extra={"employees": len(self.directory_watcher.directory)})
         else:
             log.error("directory file rejected; the previous directory stays",
@@ -402,6 +488,9 @@ class Daemon:
                 self.cluster.follower.give_back(alerts, position)  # applied once storage takes writes
 
     def _keepalive(self) -> None:
+        if self.pool is not None and not self._workers_ready and self.pool.ready() == self.pool.workers:
+            self._workers_ready = True  # until now this process did the batches itself
+            log.info("workers ready", extra={"workers": self.pool.workers})
         self._check_directory()
         if self.holding_back is None:
             self._correlate_cluster_alerts()
@@ -447,7 +536,9 @@ class Daemon:
             self.last_reload_ok, self.last_reload_error = False, f"{type(exc).__name__}: {exc}"
             log.exception("reload failed; the previous configuration keeps running")
         else:
+            self._settle()  # the batches read before the SIGHUP are committed under the old set
             self._swap(runtime)
+            self._reload_workers("config")
             self.last_reload_ok, self.last_reload_error = True, None
             log.info("reloaded", extra={"rules": len(runtime.ruleset)})
             _log_warnings(runtime)
@@ -464,6 +555,15 @@ class Daemon:
             self.notifier.ready()
             first = (self.last_reload_error or "").split("\n")[0]
             self.notifier.status("running" if self.last_reload_ok else f"reload refused, previous set running: {first}")
+
+    def _reload_workers(self, what: str) -> None:
+        """The workers load the new set too, between two batches (none is in flight).
+        Batches still held were prepared under the old set: this process does them again."""
+        if self.pool is None:
+            return
+        self._held = [(batch, None) for batch, _ in self._held]
+        self.pool.reload(what, fingerprint(self.pipeline.runtime, _current_directory(self)))
+        log.info("workers reloaded", extra={"what": what, "workers_agreeing": self.pool.trusted()})
 
     def _swap(self, runtime: Runtime) -> None:
         old_sources = _all_sources(self.pipeline.runtime)
@@ -592,7 +692,7 @@ def _current_directory(daemon: Daemon):
 
 
 def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[str, RuleKind] = KINDS,
-          new_store: bool = False) -> int:
+          new_store: bool = False, workers: int | None = None) -> int:
     """`neo-auditd run`: everything a running daemon needs, set up and torn down in order."""
     make_private()  # umask 077, also when started by hand rather than by the unit
     # a stop asked for while starting (opening a large store, connecting to the cluster)
@@ -628,8 +728,13 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
             metrics.watch_shipper(cluster.shipper)
         metrics.watch_cluster_rules(lambda: cluster.detector.costs() if cluster.detector is not None else [])
     runstate = RunState(path_for(store.path)).open()  # before the disk can fill: its blocks are kept
+    n = resolve_workers(runtime.settings.pipeline.workers if workers is None else workers)
+    if n > 1 and kinds is not KINDS:  # a worker loads the built-in kinds only
+        log.warning("rule kinds of this process's own: one process, no workers", extra={"workers": n})
+        n = 1
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
-                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate)
+                    on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate,
+                    workers=n)
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     daemon.install_signal_handlers()
     if early_stop.is_set():
@@ -677,7 +782,11 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     total = reader.total_bytes()
     started = time.monotonic()
     n = resolve_workers(workers)
-    pool = WorkerPool(config_path, n, ruleset=runtime.ruleset) if n > 1 and config_path is not None else None
+    pool = None
+    if n > 1 and config_path is not None:
+        pool = WorkerPool(config_path, n, ruleset=runtime.ruleset, expected=fingerprint(runtime))
+        pool.start()
+        pool.wait_ready()  # a replay's batches are large: the workers, not this process, should take the first
     batches = reader.batches(batch_records)
     for batch, prepared in (pool.ordered(batches) if pool is not None else ((b, None) for b in batches)):
         pipeline.handle(batch, prepared)

@@ -125,8 +125,8 @@ class PipelineSettings:
     # read again at the next start); below the unit's TimeoutStopSec=30, so that systemd
     # never needs its SIGKILL.
     stop_timeout_s: float = 20.0
-    # worker processes for decode, enrich and the rules' conditions in `replay` (issue
-    # 19): 1 is one process, as before; 0 is one per core
+    # worker processes for decode, enrich and the rules' conditions in `run` and `replay`
+    # (issue 19): 1 is one process, as before; 0 is one per core. Read at start.
     workers: int = 1
 
     def check(self):

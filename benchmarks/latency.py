@@ -13,7 +13,9 @@ With `--alert-percent P`, P % of the lines (evenly spread) are face-data reads t
 shipped rule `biometric_data_access` alerts on, one alert each; the watcher also
 records, per burst holding such lines, the delay from the append to the moment the
 store holds all their alerts (append -> alert committed). The other lines never alert.
-`--workers N` is passed to `neo-auditd run` (when the daemon has workers).
+`--workers N` is passed to `neo-auditd run`; with more than one, the writing starts once
+the daemon says its workers are ready (until then it prepares the batches itself, and
+the figures would be those of its start). The daemon's log is kept in the workdir.
 """
 
 from __future__ import annotations
@@ -99,9 +101,15 @@ def main() -> None:
     db = args.workdir / "state" / "neo-auditd.db"
     neo = shutil.which("neo-auditd") or str(Path(sys.executable).with_name("neo-auditd"))
     command = [neo, "run", "-c", str(config)] + (["--workers", str(args.workers)] if args.workers else [])
-    daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    daemon_log = args.workdir / "daemon.log"
+    daemon = subprocess.Popen(command, stdout=daemon_log.open("wb"), stderr=subprocess.STDOUT)
     while committed(db) == 0 and not db.exists():
         time.sleep(0.05)
+    deadline = time.monotonic() + 120
+    while args.workers and args.workers > 1 and b'"workers ready"' not in daemon_log.read_bytes():
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            sys.exit(f"the daemon's workers did not get ready: see {daemon_log}")
+        time.sleep(0.1)
     time.sleep(1.0)
 
     bursts: list[tuple[int, float, int]] = []  # (lines written so far, when, alerting lines so far)

@@ -3,11 +3,14 @@
 A writer appends 200,000 lines across 5 rotations (rename and copytruncate both; one
 copytruncate while the daemon is frozen with SIGSTOP and the writer refills the file
 past the daemon's old offset), while the daemon is killed with SIGKILL and restarted
-twice. At the end the store holds exactly one event per line written.
+twice. At the end the store holds exactly one event per line written, and one alert
+per line of the watched actor (every 100th line). With one process and with two
+workers (whose processes end with the killed daemon).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,18 +31,32 @@ pytestmark = pytest.mark.slow
 TOTAL = 200_000
 LINE = (
     '{{"ts":"2026-11-02T10:{m:02d}:{s:02d}.{ms:03d}+08:00","app":"crm","host":"crm-web-01","req":"r-{n:08d}",'
-    '"emp":{{"id":"E10001","name":"x"}},"ip":"10.20.1.5","op":"order.view",'
+    '"emp":{{"id":"{actor}","name":"x"}},"ip":"10.20.1.5","op":"order.view",'
     '"res":{{"type":"order","id":"O{n:09d}","store":"S001"}},"subjects":["C{c:08d}"],"count":1,'
     '"fields":["items"],"masked":true,"result":"ok"}}\n'
 )
 
 
+WATCH_EVERY = 100  # every 100th line is the watched actor's, and alerts
+WATCH_RULE = """- rule: watched_actor
+  desc: every access by one watched employee
+  condition: user.id = E20001
+  severity: low
+  tags: [sandbox]
+  samples:
+    match: [{user.id: E20001, event.action: read}]
+"""
+
+
 def line(n: int) -> str:
-    return LINE.format(m=(n // 60000) % 60, s=(n // 1000) % 60, ms=n % 1000, n=n, c=n % 5000)
+    actor = "E20001" if n % WATCH_EVERY == 0 else "E10001"
+    return LINE.format(m=(n // 60000) % 60, s=(n // 1000) % 60, ms=n % 1000, n=n, c=n % 5000, actor=actor)
 
 
 def write_config(tmp: Path) -> Path:
     (tmp / "logs").mkdir()
+    (tmp / "rules.d").mkdir()
+    (tmp / "rules.d" / "watched.yaml").write_text(WATCH_RULE)
     create_key_file(tmp / "pseudonym.key")
     config = tmp / "config.yaml"
     config.write_text(
@@ -52,6 +69,8 @@ def write_config(tmp: Path) -> Path:
         "    poll_interval_s: 0.2\n"
         "pseudonym:\n"
         "  key_file: pseudonym.key\n"
+        "rules:\n"
+        "  paths: [rules.d]\n"
         "pipeline:\n"
         "  batch_records: 2000\n"
     )
@@ -111,9 +130,9 @@ def copytruncate(logs: Path, suffix: str):
     return hook
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen:
+def start_daemon(config: Path, log: Path, workers: int = 1) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "auditd.cli", "run", "-c", str(config)],
+        [sys.executable, "-m", "auditd.cli", "run", "-c", str(config), "--workers", str(workers)],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT,
     )
 
@@ -137,10 +156,42 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path):
+def worker_pids(pid: int) -> list[int]:
+    """The daemon's worker processes (multiprocessing's resource tracker is not one)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == pid and b"multiprocessing.spawn" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path, workers: int):
     config = write_config(tmp_path)
     logs, db, daemon_log = tmp_path / "logs", tmp_path / "state" / "neo-auditd.db", tmp_path / "daemon.log"
-    state = {"proc": start_daemon(config, daemon_log)}
+    state = {"proc": start_daemon(config, daemon_log, workers)}
+    orphans: list[int] = []
+
+    def kill_daemon() -> None:
+        proc = state["proc"]
+        pids = worker_pids(proc.pid)
+        assert len(pids) == (workers if workers > 1 else 0)
+        orphans.extend(pids)
+        proc.kill()
+        proc.wait()
+        state["proc"] = start_daemon(config, daemon_log, workers)
 
     def frozen_copytruncate(fh, n):
         # Freeze the daemon, let the writer run ahead, then copytruncate and refill the
@@ -170,14 +221,10 @@ def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path):
     writer.start()
 
     wait_for(lambda: stored_events(db) > 45_000, 600, "45k events before the first kill")
-    state["proc"].kill()
-    state["proc"].wait()
-    state["proc"] = start_daemon(config, daemon_log)
-
+    kill_daemon()
     wait_for(lambda: stored_events(db) > 140_000, 600, "140k events before the second kill")
-    state["proc"].kill()
-    state["proc"].wait()
-    state["proc"] = start_daemon(config, daemon_log)
+    kill_daemon()
+    wait_for(lambda: all(gone(pid) for pid in orphans), 60, "the killed daemons' workers to end")
 
     writer.join(timeout=300)
     assert writer.error is None, writer.error
@@ -191,8 +238,13 @@ def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path):
     try:
         request_ids = [event.request_id for event in store.iter_events()]
         quarantined = store.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        alerts = store.conn.execute("SELECT alert_id, doc FROM alerts WHERE rule_id = 'watched_actor'").fetchall()
+        cited = [e for _, doc in alerts for e in json.loads(doc)["event_ids"]]
+        alerted = sorted(event.request_id for event in store.evidence(cited))
     finally:
         store.close()
     assert quarantined == 0
     assert len(request_ids) == TOTAL, f"{len(request_ids) - len(set(request_ids))} duplicates"
     assert set(request_ids) == {f"r-{n:08d}" for n in range(TOTAL)}
+    assert len({alert_id for alert_id, _ in alerts}) == len(alerts) == len(cited) == TOTAL // WATCH_EVERY
+    assert alerted == [f"r-{n:08d}" for n in range(0, TOTAL, WATCH_EVERY)]

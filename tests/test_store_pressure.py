@@ -51,7 +51,7 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, folder: Path, *, max_bytes: int | None = None, quarantine: Path | None = None,
-                 notify: Manager | None = None):
+                 notify: Manager | None = None, workers: int = 1):
         self.folder = folder
         create_key_file(folder / "pseudonym.key")
         (folder / "logs").mkdir()
@@ -65,7 +65,8 @@ class Daemon:
         if notify is not None:
             env.update(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="4000000")
         self.out = open(folder / "daemon.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(self.config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(self.config),
+                                      "--workers", str(workers)],
                                      stdout=self.out, stderr=subprocess.STDOUT, env=env)
 
     def write_config(self, max_bytes: int | None) -> None:
@@ -136,8 +137,11 @@ def manager():
             yield Manager(sock, path)
 
 
-def test_a_full_store_holds_back_says_so_and_resumes_when_the_cap_is_raised(tmp_path, manager):
-    daemon = Daemon(tmp_path, max_bytes=2 * 1024 * 1024, notify=manager)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_store_holds_back_says_so_and_resumes_when_the_cap_is_raised(tmp_path, manager, workers):
+    """With two workers too: the batches they prepared are held, and done again under the
+    reloaded set once the SIGHUP that lifts the cap has reached the workers."""
+    daemon = Daemon(tmp_path, max_bytes=2 * 1024 * 1024, notify=manager, workers=workers)
     try:
         wait_for(lambda: daemon.events() == 0, "the daemon to be up")
         total = 0

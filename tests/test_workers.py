@@ -211,5 +211,53 @@ def test_a_worker_that_loaded_other_rules_is_refused(tmp_path):
     runtime = load_runtime(config)
     (tmp_path / "rules" / "c.yaml").write_text(CLUSTER_AND_LOCAL.replace("many_reads_local", "renamed_local"))
     pool = WorkerPool(config, 2, ruleset=runtime.ruleset)
-    with pytest.raises(WorkerMismatch, match="loaded other rules"):
-        list(pool.ordered([object()]))
+    pool.start()
+    try:
+        with pytest.raises(WorkerMismatch, match="loaded other rules"):
+            pool.wait_ready()
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_a_batch_cut_between_idle_workers_leaves_the_same_store_as_one_process(tmp_path):
+    """The daemon cuts a live batch between its idle workers (at whole chunks): the
+    parts, joined, are the whole batch's chunks, so the store is one process's."""
+    from auditd.pipeline import Pipeline
+    from auditd.runtime import load_runtime
+    from auditd.service import open_store
+    from auditd.sources.tail import ReplaySource
+    from auditd.workers import WorkerPool, fingerprint
+
+    same = _same_output()
+    config, log = same.example(tmp_path, 4000, 1100)  # batches of 1100 records: parts of 512, 512 and 76
+
+    def run(state: Path, pool: WorkerPool | None) -> None:
+        runtime = load_runtime(config)
+        store, quarantine = open_store(runtime, state)
+        try:
+            pipeline = Pipeline(runtime, store, quarantine)
+            reader = ReplaySource("crm", [log], runtime.framers["crm"](), store.load_checkpoints("crm"))
+            for batch in reader.batches(runtime.settings.pipeline.batch_records):
+                if pool is None:
+                    pipeline.handle(batch)
+                    continue
+                pool.submit(batch)
+                batch, prepared = pool.take()
+                assert prepared is not None and len(prepared.chunk_counts) == -(-len(batch.records) // 256)
+                pipeline.handle(batch, prepared)
+        finally:
+            store.close()
+
+    run(tmp_path / "serial", None)
+    runtime = load_runtime(config)
+    pool = WorkerPool(config, 3, ruleset=runtime.ruleset, expected=fingerprint(runtime), split=True)
+    pool.start()
+    pool.wait_ready()
+    try:
+        run(tmp_path / "parts", pool)
+    finally:
+        pool.close()
+    assert pool.prepared > 0 and pool.done_here == 0
+    assert same.store_digest(tmp_path / "parts" / "neo-auditd.db") == \
+        same.store_digest(tmp_path / "serial" / "neo-auditd.db")

@@ -79,6 +79,15 @@ class Segment:
         if self.last is None or last > self.last:
             self.last = last
 
+    def extend(self, other: "Segment") -> None:
+        """Add another segment's chunks after this one's (a batch prepared in parts)."""
+        self._bodies += other._bodies
+        self.count += other.count
+        if other.first is not None and (self.first is None or other.first < self.first):
+            self.first = other.first
+        if other.last is not None and (self.last is None or other.last > self.last):
+            self.last = other.last
+
     def doc(self) -> bytes:
         return _array_header(self.count) + b"".join(self._bodies)
 
