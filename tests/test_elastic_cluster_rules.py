@@ -363,3 +363,27 @@ def test_two_fleets_on_one_cluster_are_apart(tmp_path, elasticsearch_url):
     es.indices.refresh(index=east.leases_index)
     owners = es.search(index=east.leases_index, size=100, query={"term": {"kind": "lease"}})["hits"]["hits"]
     assert {h["_source"]["group"] for h in owners} == {"east", "west"}
+
+
+def test_a_runtime_suppression_holds_back_a_cluster_alert_as_it_does_a_local_one(tmp_path, elasticsearch_url):
+    """`suppress add` for one actor: the lease holder's round creates every other
+    actor's alerts and none of that actor's, and counts what it held back."""
+    from auditd.detect import suppressions
+
+    events = mixed_events(seed=3)
+    local = local_alerts(tmp_path, RULES["value_count"], events)
+    quiet = local[0].actor
+    assert any(a.actor != quiet for a in local), "the scenario should alert on more than one actor"
+
+    settings, es = fresh(elasticsearch_url)
+    ship(es, settings, events)
+    rules, _, conn = ruleset_of(tmp_path, RULES["value_count"], "cluster")
+    suppressions.add(conn, rule_id="many_customers", match={"user.id": quiet}, owner="secops@example.com",
+                     reason="stock-take, ticket OPS-12", expires_at=NOW + dt.timedelta(days=30),
+                     now=T0 - dt.timedelta(days=1))
+    rules.set_suppressions(suppressions.compile_suppressions(suppressions.read_all(conn)))
+    evaluator = ClusterRuleEvaluator(es, settings, rules, agent="host-a", clock=lambda: NOW)
+    (cost,) = evaluate_until_caught_up(evaluator)
+    remote = cluster_alerts(es, settings)
+    assert sorted(map(shape, remote.values())) == sorted(shape(a) for a in local if a.actor != quiet)
+    assert cost.suppressed == sum(1 for a in local if a.actor == quiet) > 0

@@ -308,6 +308,12 @@ class RuleSet:
             out.append((pos, at, self.make_alert(rule, event, verdict)))
         return out
 
+    def suppressed(self, rule: CompiledRule, event: AccessEvent) -> Any:
+        """The runtime suppression (``suppress add``) that holds back the rule's alert on
+        the event, or None: for paths that confirm with `check` (cluster rules)."""
+        suppress = self._suppress[rule.index]
+        return None if suppress is None else suppress(event)
+
     def check(self, rule: CompiledRule, event: AccessEvent) -> Alert | None:
         """One rule on one event, whether enabled or not, bypassing index and stats
         (for samples, tests and `test-rules`)."""

@@ -98,6 +98,7 @@ class RuleCost:
     newest_time: str | None = None  # the newest event of the stream
     lag_seconds: float | None = None
     late_events: int = 0  # behind the position, never evaluated here (see replay)
+    suppressed: int = 0  # alerts held back by a runtime suppression of this daemon's store
     unreadable: int = 0  # documents that are no access event
     last_round_at: str | None = None
     last_error: str | None = None
@@ -276,8 +277,13 @@ class ClusterRuleEvaluator:
                     continue
                 cursor_time = event.timestamp.astimezone(dt.timezone.utc).isoformat()
                 alert = ruleset.check(runner.rule, event)
-                if alert is not None:
-                    alerts.append(alert)
+                if alert is None:
+                    continue
+                # after the detector, as locally: the key's state learns, only the alert is held back
+                if ruleset.suppressed(runner.rule, event) is not None:
+                    cost.suppressed += 1
+                    continue
+                alerts.append(alert)
             if len(hits) < size:
                 caught_up = True
                 break
