@@ -749,6 +749,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     scheduler.start()
     daemon.start_deliver(DeliverProcess(store.path, config_path,
                                         on_change=lambda record: runstate.set(deliver=record)))
+    metrics.watch_deliver_process(lambda: daemon.deliver.record if daemon.deliver is not None else None)
     try:
         return daemon.run()
     finally:

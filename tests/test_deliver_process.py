@@ -305,12 +305,29 @@ def test_a_deliver_process_that_keeps_dying_is_restarted_with_backoff_and_each_d
     while supervisor.record["restarts"] < 3:
         assert time.monotonic() < deadline, records
         time.sleep(0.02)
+    scraped = _scrape(supervisor)
+    assert scraped["neo_auditd_deliver_process_restarts_total"] >= 3
+    assert sum(v for k, v in scraped.items() if k.startswith("neo_auditd_deliver_process_state{")) == 1
     supervisor.stop(10)
     assert supervisor.record["state"] == "stopped" and supervisor.pid() is None
+    assert _scrape(supervisor)['neo_auditd_deliver_process_state{state="stopped"}'] == 1
     assert {r["last_exit"] for r in records if r["state"] == "restarting"} == {"exit code 3"}
     died = [r for r in caplog.records if r.getMessage() == "deliver process died; starting it again"]
     assert len(died) >= 3 and [r.restart_in_s for r in died[:3]] == [0.05, 0.1, 0.1]
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(None) == "could not be started"
+
+
+def _scrape(supervisor: DeliverProcess) -> dict[str, float]:
+    """The deliver process's series as the metrics endpoint serves them."""
+    from prometheus_client import generate_latest
+
+    from auditd.ops.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch_deliver_process(lambda: supervisor.record)
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines)
+            if name.startswith("neo_auditd_deliver_process")}
 
 
 def test_a_disabled_deliver_stage_has_no_process_and_enabling_it_starts_one(tmp_path):

@@ -213,6 +213,11 @@ class Metrics:
         the one in force (a reload may replace it)."""
         self.registry.register(_Guarded(CalendarCollector(calendar, zone, self._clock), "working days"))
 
+    def watch_deliver_process(self, record: Callable[[], dict[str, Any] | None]) -> None:
+        """Add the deliver process's state and restart count; `record` gives its
+        supervisor's record, or None when there is no deliver process."""
+        self.registry.register(_Guarded(DeliverProcessCollector(record), "deliver process"))
+
     # -- the HTTP endpoint ---------------------------------------------------------------
     def start_http(self, listen: str, port: int) -> int:
         """Serve /metrics on listen:port from a daemon thread; return the bound port (for port 0)."""
@@ -432,6 +437,8 @@ class ClusterRuleCollector(Collector):
             "overruns": CounterMetricFamily(p + "overruns", "Rounds longer than evaluate_every.", labels=["rule"]),
             "events": CounterMetricFamily(p + "events", "Events evaluated by this daemon.", labels=["rule"]),
             "alerts": CounterMetricFamily(p + "alerts", "Cluster alerts created by this daemon.", labels=["rule"]),
+            "suppressed": CounterMetricFamily(p + "suppressed", "Cluster alerts held back by a runtime suppression "
+                                              "of this daemon's store.", labels=["rule"]),
         }
         for cost in self._costs():
             labels = [cost.rule_id]
@@ -446,7 +453,33 @@ class ClusterRuleCollector(Collector):
             families["overruns"].add_metric(labels, cost.overruns)
             families["events"].add_metric(labels, cost.events)
             families["alerts"].add_metric(labels, cost.alerts)
+            families["suppressed"].add_metric(labels, cost.suppressed)
         yield from families.values()
+
+
+class DeliverProcessCollector(Collector):
+    """The deliver process's state and restarts, from its supervisor's record (a plain
+    dict: ``state`` running / restarting / stopped, ``restarts``); nothing while the
+    deliver stage is off."""
+
+    STATES = ("running", "restarting", "stopped")
+
+    def __init__(self, record: Callable[[], dict[str, Any] | None]) -> None:
+        self._record = record
+
+    def collect(self) -> Iterator[Metric]:
+        record = self._record()
+        if not record:
+            return
+        state = GaugeMetricFamily(PREFIX + "deliver_process_state", "1 for the deliver process's state: running, "
+                                  "restarting (it died; started again after a backoff) or stopped.",
+                                  labels=["state"])
+        for name in self.STATES:
+            state.add_metric([name], 1 if record.get("state") == name else 0)
+        yield state
+        yield CounterMetricFamily(PREFIX + "deliver_process_restarts", "Times the deliver process died and was "
+                                  "started again since the daemon started (each logged as an error).",
+                                  value=int(record.get("restarts", 0)))
 
 
 class _Guarded(Collector):
