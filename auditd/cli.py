@@ -133,7 +133,8 @@ def cmd_status(args) -> int:
 
 def cmd_replay(args) -> int:
     from auditd.runtime import load_runtime
-    from auditd.service import Cluster, open_store, replay
+    from auditd.elastic.daemon import Cluster
+    from auditd.service import open_store, replay
     from auditd.workers import WorkerMismatch
 
     try:
@@ -170,7 +171,7 @@ def cmd_replay(args) -> int:
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
     if ship:
-        cluster = Cluster(runtime, store)
+        cluster = Cluster(runtime.settings.elastic, store)
         cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
         workers = runtime.settings.pipeline.workers if args.workers is None else args.workers

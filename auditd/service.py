@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -53,6 +53,9 @@ IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, w
 EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 DELIVER_STOP_MARGIN_S = 5.0  # the deliver process is killed this long before the stop timeout
+
+if TYPE_CHECKING:
+    from auditd.elastic.daemon import Cluster
 
 log = logging.getLogger("neo_auditd.service")
 
@@ -598,93 +601,6 @@ def _all_sources(runtime: Runtime) -> dict[str, object]:
     return {s.name: s for s in named}
 
 
-class Cluster:
-    """The Elasticsearch side of one daemon: client, shipper, cluster-wide detector."""
-
-    def __init__(self, runtime: Runtime, store: Store):
-        from auditd.elastic.client import build_client, node_name
-
-        self.settings = runtime.settings.elastic
-        self.es = build_client(self.settings)
-        self.agent = node_name(self.settings)
-        self.store = store
-        self.shipper = None
-        self.detector = None
-        self.follower = None  # reads the fleet's cluster alerts back for the local correlator
-
-    def start(self, *, detect: bool = True, ruleset=None) -> None:
-        """Ship; with `detect`, run the leased `scope: cluster` rules of `ruleset` and
-        read the fleet's cluster alerts back (only when the set has cluster rules: a
-        daemon without them pays nothing)."""
-        from auditd.elastic.sink import EventShipper
-
-        if self.settings.ship.enabled:
-            self.shipper = EventShipper(self.es, self.store.path, self.settings, agent=self.agent)
-            self.shipper.start()
-        if detect and ruleset is not None and ruleset.scoped("cluster"):
-            self.start_detection(ruleset)
-
-    def start_detection(self, ruleset) -> None:
-        from auditd.elastic.cluster_alerts import POSITION_KEY, ClusterAlertFollower, ClusterAlertReader
-        from auditd.elastic.cluster_rules import ClusterRuleEvaluator
-        from auditd.elastic.feeds import read_meta
-
-        self.detector = ClusterRuleEvaluator(self.es, self.settings, ruleset, agent=self.agent,
-                                             on_round=self._record_costs)
-        self.detector.start()
-        self.follower = ClusterAlertFollower(
-            ClusterAlertReader(self.es, self.settings.alerts_index, self.settings.fleet),
-            every_s=min(self.settings.cluster.evaluate_every.seconds, 5.0),
-            position=read_meta(self.store.conn, POSITION_KEY))
-        self.follower.start()
-
-    def set_rules(self, ruleset) -> None:
-        """A reload: the evaluator takes the new set (started now if it has the first cluster rule)."""
-        if self.detector is not None:
-            self.detector.set_rules(ruleset)
-        elif ruleset.scoped("cluster"):
-            self.start_detection(ruleset)
-
-    def _record_costs(self, costs) -> None:
-        """Each round's cost per cluster rule, for `status` (metrics read the evaluator)."""
-        from auditd.ops.cluster_rules import write_costs
-
-        try:
-            write_costs(self.store.path, [c.as_dict() for c in costs], self.settings.cluster.evaluate_every.seconds,
-                        self.settings.cluster.settle.seconds)
-        except Exception as exc:  # noqa: BLE001 - a full disk: the metrics and the log still say it
-            log.warning("cluster rule costs not recorded", extra={"error": str(exc)})
-
-    def delivers_as_fleet(self) -> bool:
-        """While this daemon reads the fleet's cluster alerts back, every daemon of the fleet
-        holds their incidents and renders their notices: then its deliver process sends only
-        while it holds the fleet's deliver lease, and records what it delivered for the
-        others (elastic/deliveries.py). Otherwise its incidents are its own host's, and no
-        other daemon renders them."""
-        return self.follower is not None
-
-    def wake(self, _pipeline=None) -> None:
-        if self.shipper is not None:
-            self.shipper.wake()
-
-    def retention_guard(self) -> str | None:
-        """Segments not yet shipped must outlive their retention until they are."""
-        if self.shipper is None:
-            return None
-        from auditd.elastic.sink import unshipped_guard_sql
-
-        return unshipped_guard_sql()
-
-    def stop(self) -> None:
-        if self.follower is not None:
-            self.follower.stop()
-        if self.detector is not None:
-            self.detector.stop()
-        if self.shipper is not None:
-            self.shipper.stop(self.settings.ship.drain_timeout_s)
-            self.shipper.close()
-
-
 def _current_directory(daemon: Daemon):
     """The directory in force: the watcher's (reloaded when the HR files change), else the runtime's."""
     watcher = daemon.directory_watcher
@@ -721,7 +637,11 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
         except OSError as exc:  # auditing matters more than its metrics: carry on, loudly
             log.error("metrics endpoint failed to start", extra={"error": str(exc)})
     record_reload(store.conn, True, dt.datetime.now(dt.timezone.utc), rules_in_force=len(runtime.ruleset))
-    cluster = Cluster(runtime, store) if runtime.settings.elastic is not None else None
+    cluster = None
+    if runtime.settings.elastic is not None:
+        from auditd.elastic.daemon import Cluster  # the client library is loaded only when configured
+
+        cluster = Cluster(runtime.settings.elastic, store)
     if cluster is not None:
         cluster.start(ruleset=runtime.ruleset)
         if cluster.shipper is not None:

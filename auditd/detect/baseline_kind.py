@@ -51,19 +51,17 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import msgspec
 
 from auditd.detect.kind_support import (
     Columns, FieldRef, KEY_SEPARATOR, distinct_at, group_key, one_at_a_time, rule_state,
 )
-from auditd.detect.kind_types import Detector, KindContext, Verdict
+from auditd.detect.kind_types import Detector, KindContext, RuleSpec, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.event import AccessEvent
 
-if TYPE_CHECKING:
-    from auditd.detect.spec import RuleSpec
 
 _SCALE = 2048.0  # log2 code steps per doubling: 16 bits reach 2**32
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

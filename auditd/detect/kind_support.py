@@ -24,9 +24,8 @@ from auditd.detect.state import StateStore, rule_state_hash
 from auditd.event import FIELDS, AccessEvent
 
 if TYPE_CHECKING:
-    from auditd.detect.kind_types import KindContext
+    from auditd.detect.kind_types import KindContext, RuleSpec
     from auditd.detect.state import RuleState
-    from auditd.detect.spec import RuleSpec
 
 Getter = Callable[[AccessEvent], Any]
 KEY_SEPARATOR = "\x1f"

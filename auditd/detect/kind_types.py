@@ -9,13 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.event import AccessEvent
 
-if TYPE_CHECKING:
-    from auditd.detect.spec import RuleSpec
+
+class RuleSpec(Protocol):
+    """What a kind reads of the rule it builds a detector for: `detect.spec.RuleSpec`,
+    seen through its fields. (The spec module imports the kinds' registry to check a
+    rule's kind and params; the kinds do not import it back.)"""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def condition(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,16 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from auditd.detect.kind_types import Detector, KindContext, RuleKind, Verdict
+from auditd.detect.kind_types import Detector, KindContext, RuleKind, RuleSpec, Verdict
 from auditd.detect.baseline_kind import BaselineKind
 from auditd.detect.lifecycle_kinds import DepartedKind, EntitlementKind
 from auditd.detect.novelty_kinds import FirstSeenKind, OffHoursKind
 from auditd.detect.window_kinds import SequenceKind, ThresholdKind
 
-if TYPE_CHECKING:
-    from auditd.detect.spec import RuleSpec
 
 __all__ = ["DEFAULT_KIND", "KINDS", "DepartedKind", "Detector", "EntitlementKind", "KindContext", "MatchKind",
            "RuleKind", "Verdict"]

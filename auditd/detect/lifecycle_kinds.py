@@ -20,14 +20,12 @@ The checker that computes the facts is tested against directories on its own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from auditd.detect.kind_types import Detector, KindContext, Verdict
+from auditd.detect.kind_types import Detector, KindContext, RuleSpec, Verdict
 from auditd.entitlement.reasons import DENIALS, DEPARTED, REASON_CODES
 from auditd.event import AccessEvent
 
-if TYPE_CHECKING:
-    from auditd.detect.spec import RuleSpec
 
 # `departed` has its own kind and rule: an entitlement rule that also
 # took it would raise a second alert for the same access

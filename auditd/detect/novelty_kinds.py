@@ -34,7 +34,7 @@ import datetime as dt
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import msgspec
 
@@ -42,13 +42,11 @@ from auditd.config.typed import Duration
 from auditd.detect.kind_support import (
     Columns, FieldRef, ValueHasher, describe_key, distinct_at, group_key, one_at_a_time, rule_state,
 )
-from auditd.detect.kind_types import Detector, KindContext, Verdict
+from auditd.detect.kind_types import Detector, KindContext, RuleSpec, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.directory.schedule import Schedule
 from auditd.event import AccessEvent
 
-if TYPE_CHECKING:
-    from auditd.detect.spec import RuleSpec
 
 USER = (FieldRef.from_config("user.id"),)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -39,12 +39,10 @@ from auditd.config.typed import Duration
 from auditd.detect.kind_support import (
     Columns, FieldRef, ValueHasher, describe_key, distinct_at, group_key, one_at_a_time, rule_state,
 )
-from auditd.detect.kind_types import Detector, KindContext, Verdict
+from auditd.detect.kind_types import Detector, KindContext, RuleSpec, Verdict
 from auditd.detect.state import DEFAULT_MAX_KEYS
 from auditd.event import AccessEvent
 
-if TYPE_CHECKING:
-    from auditd.detect.spec import RuleSpec
 
 USER = (FieldRef.from_config("user.id"),)
 MAX_CITED = 100  # event ids an alert cites, the latest of its window

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -53,7 +53,14 @@ from auditd.workdays import WorkingCalendar, coverage
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
-    from auditd.elastic.sink import EventShipper
+
+class Shipper(Protocol):
+    """What the metrics read of the Elasticsearch shipper (``elastic.sink.EventShipper``;
+    ops sits above elastic and does not import it): its store and its counters."""
+
+    store_path: Path
+
+    def stats(self) -> Any: ...
 
 log = logging.getLogger("neo_auditd.metrics")
 
@@ -199,7 +206,7 @@ class Metrics:
         self._reload_ts.set(self._clock())
 
     # -- what is read at scrape time from live objects -------------------------------------
-    def watch_shipper(self, shipper: EventShipper) -> None:
+    def watch_shipper(self, shipper: Shipper) -> None:
         """Add the Elasticsearch shipper's state, backlog and counters to every scrape."""
         self.registry.register(_Guarded(ShipperCollector(shipper), "elastic shipper"))
 
@@ -339,7 +346,7 @@ class ShipperCollector(Collector):
     segments), through a read-only connection of its own.
     """
 
-    def __init__(self, shipper: EventShipper) -> None:
+    def __init__(self, shipper: Shipper) -> None:
         self._shipper = shipper
 
     def collect(self) -> Iterator[Metric]:

@@ -17,9 +17,9 @@ import logging
 import os
 import sqlite3
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -40,8 +40,16 @@ from auditd.store.sqlite import SOURCE_REPORT_KEY
 from auditd.store.times import to_db
 from auditd.workdays import YearCoverage, coverage, load_calendar, uncovered
 
-if TYPE_CHECKING:
-    from auditd.settings import Settings
+
+
+class Settings(Protocol):
+    """What status reads of the composed configuration (``auditd.settings.Settings``,
+    which sits below ops in the map and is not imported here)."""
+
+    sources: Sequence[Any]  # each with a .name
+    elastic: Any  # ElasticSettings or None
+    working_days: Any
+    zone: dt.tzinfo
 
 log = logging.getLogger("neo_auditd.status")
 
