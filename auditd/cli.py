@@ -133,7 +133,6 @@ def cmd_status(args) -> int:
 
 def cmd_replay(args) -> int:
     from auditd.runtime import load_runtime
-    from auditd.elastic.daemon import Cluster
     from auditd.service import open_store, replay
     from auditd.workers import WorkerMismatch
 
@@ -171,6 +170,8 @@ def cmd_replay(args) -> int:
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
     if ship:
+        from auditd.elastic.daemon import Cluster  # the client library is loaded only when shipping
+
         cluster = Cluster(runtime.settings.elastic, store)
         cluster.start(detect=False)  # cluster-wide rules belong to the running daemons
     try:
