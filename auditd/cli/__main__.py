@@ -1,0 +1,7 @@
+"""`python -m auditd.cli`: the same as the `neo-auditd` command."""
+
+import sys
+
+from auditd.cli import main
+
+sys.exit(main())

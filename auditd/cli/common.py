@@ -1,0 +1,106 @@
+"""What the command modules share: argument helpers, output, the store they read."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import msgspec
+
+from auditd.errors import EX_CONFIG, ConfigError
+
+
+def json_out(obj) -> None:
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
+
+
+def config_error(exc: ConfigError, as_json: bool, warnings: Sequence[object] = ()) -> int:
+    if as_json:
+        json_out({"ok": False, "problems": [str(p) for p in exc.problems], "warnings": [str(w) for w in warnings]})
+    print_warnings(warnings)
+    for problem in exc.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{len(exc.problems)} problem(s) found; nothing was started", file=sys.stderr)
+    return EX_CONFIG
+
+
+def print_warnings(warnings: Sequence[object]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def settings_and_store_path(args):
+    """The config alone (not its rules, key or directory) and where its store is: reading
+    incidents or status must work while, say, a rule file is broken."""
+    from auditd.config.located import Problems
+    from auditd.settings import load_settings
+
+    problems = Problems()
+    settings, _ = load_settings(args.config, problems)
+    if settings is None:
+        raise SystemExit(config_error(ConfigError(problems.items), getattr(args, "json", False)))
+    return settings, (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
+
+
+def incident_conn(args):
+    """The store, and the zone its times are shown in (the config's `timezone`)."""
+    from auditd.store.sqlite import Store
+
+    settings, path = settings_and_store_path(args)
+    return Store(path).open(), settings.zone
+
+
+def who_acts(args) -> str:
+    import getpass
+
+    return (args.who or getpass.getuser()).strip()
+
+
+def date_arg(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 2027-01-15, got {text!r}") from None
+
+
+def workers_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 0 <= n <= 256:
+        raise argparse.ArgumentTypeError("between 0 (one per core) and 256")
+    return n
+
+
+def config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", type=Path, required=required,
+                   help="the daemon's YAML config file, e.g. examples/config.yaml (paths in it are relative "
+                        "to it)")
+
+
+def state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="use the store in DIR instead of the config's state_dir (e.g. a copy for a trial)")
+
+
+def store_reader(p: argparse.ArgumentParser, json_help: str) -> None:
+    """A command that reads the store: its config, another store, and --json."""
+    config_arg(p)
+    state_arg(p)
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
+def rule_ids(settings):
+    """The ids of the configured rules, or None when they do not load (then any id is taken)."""
+    from auditd.config.located import Problems
+    from auditd.detect import load_rules
+
+    problems = Problems()
+    ruleset = load_rules(settings.rule_paths(), problems, categories=settings.categories, zone=settings.zone)
+    return None if problems else [r.id for r in ruleset.rules], (None if problems else ruleset)
+
