@@ -176,7 +176,8 @@ def test_regulator_email_carries_the_report_as_attachments(tmp_path, password_fi
 
 
 def test_the_password_never_reaches_the_log_the_store_or_status(tmp_path, password_file, caplog):
-    from auditd.ops.status import collect_status, render_status
+    from auditd.ops.status import collect_status
+    from auditd.ops.status_text import render_status
 
     conn = open_store(tmp_path / "neo.db")
     incident, _ = add_incident(conn)

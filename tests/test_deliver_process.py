@@ -382,7 +382,7 @@ def test_the_deliver_lock_refuses_a_link(tmp_path):
 def test_status_shows_the_deliver_process_and_its_restarts():
     from zoneinfo import ZoneInfo
 
-    from auditd.ops.status import _deliver_line
+    from auditd.ops.status_text import _deliver_line
 
     zone = ZoneInfo("Asia/Shanghai")
     at = dt.datetime(2026, 12, 4, 2, 0, tzinfo=dt.timezone.utc).isoformat()

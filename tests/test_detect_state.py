@@ -273,7 +273,8 @@ def test_evictions_show_in_status_and_metrics(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
     from auditd.ops.metrics import Metrics
-    from auditd.ops.status import collect_status, render_status
+    from auditd.ops.status import collect_status
+    from auditd.ops.status_text import render_status
     from auditd.store.sqlite import Store
 
     store = Store(tmp_path / "neo.db").open()

@@ -40,7 +40,8 @@ from auditd.elastic.sink import EventShipper
 from auditd.elastic.testing import T0, fill_store, scratch_settings, synthetic_events
 from auditd.enrich.pseudonym import create_key_file
 from auditd.ops.metrics import Metrics
-from auditd.ops.status import collect_status, render_status
+from auditd.ops.status import collect_status
+from auditd.ops.status_text import render_status
 from auditd.store.sqlite import Store
 
 UTC = dt.timezone.utc

@@ -19,8 +19,8 @@ from auditd.ops.status import (
     StatusError,
     collect_status,
     record_reload,
-    render_status,
 )
+from auditd.ops.status_text import render_status
 from auditd.sources.base import Checkpoint
 from auditd.sources.identity import FileIdentity
 from auditd.sources.settings import FileSourceSettings

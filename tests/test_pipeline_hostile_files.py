@@ -19,7 +19,8 @@ from prometheus_client import generate_latest
 
 from auditd.enrich.pseudonym import create_key_file
 from auditd.ops.metrics import Metrics
-from auditd.ops.status import collect_status, render_status
+from auditd.ops.status import collect_status
+from auditd.ops.status_text import render_status
 from auditd.pipeline import Pipeline
 from auditd.runtime import load_runtime
 from auditd.sources.tail import FileTailer

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from auditd.enrich.pseudonym import create_key_file
-from auditd.ops.status import collect_status, render_status
+from auditd.ops.status import collect_status
+from auditd.ops.status_text import render_status
 from auditd.store import health
 from auditd.store.sqlite import Store
 from auditd.store.times import to_db

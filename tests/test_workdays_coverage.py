@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from auditd.settings import Settings
 from auditd.enrich.pseudonym import create_key_file
 from auditd.ops.metrics import Metrics
-from auditd.ops.status import calendar_status, collect_status, render_status
+from auditd.ops.status import calendar_status, collect_status
+from auditd.ops.status_text import render_status
 from auditd.store.sqlite import Store
 from auditd.workdays import (
     OVERRIDE,

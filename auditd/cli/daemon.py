@@ -79,7 +79,8 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     import datetime as dt
 
-    from auditd.ops.status import StatusError, collect_status, render_status
+    from auditd.ops.status import StatusError, collect_status
+    from auditd.ops.status_text import render_status
 
     settings, store_path = settings_and_store_path(args)
     _, ruleset = rule_ids(settings)  # their exceptions, listed beside the store's suppressions
