@@ -35,10 +35,11 @@ from auditd.ops.sdnotify import Notifier
 from auditd.ops.sentry import init_sentry
 from auditd.ops.status import file_lags, record_reload
 from auditd.ops.watchdog import Watchdog
+from auditd.opening import DamageRelay, open_store
 from auditd.pipeline import Pipeline, Prepared
 from auditd.runtime import Runtime, load_runtime
 from auditd.sources.base import Batch
-from auditd.sources.tail import FileTailer, ReplaySource
+from auditd.sources.tail import FileTailer
 from auditd.workers import WorkerPool, fingerprint, resolve_workers
 from auditd.store.quarantine_file import QuarantineFile
 from auditd.store import health
@@ -51,71 +52,12 @@ RUNSTATE_EVERY_S = 30.0
 HOLD_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # between tries while storage refuses writes
 IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
 EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
-REPLAY_DRAIN_S = 3600.0  # a replay waits for its events to reach the cluster
 DELIVER_STOP_MARGIN_S = 5.0  # the deliver process is killed this long before the stop timeout
 
 if TYPE_CHECKING:
     from auditd.elastic.daemon import Cluster
 
 log = logging.getLogger("neo_auditd.service")
-
-
-def open_store(runtime: Runtime, state_dir: Path | None = None, *, new_store: bool = False,
-               on_damage: Callable[[CheckReport], None] | None = None) -> tuple[Store, QuarantineFile]:
-    """Open the store after making sure it is the one kept here and whole (see
-    store/health.py); raises StoreDamaged (exit 65) when it is not."""
-    settings = runtime.settings
-    db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
-    q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path
-    health.preflight(db_path, new_store=new_store)
-    store = Store(db_path, synchronous=settings.store.synchronous, keep_events=settings.store.keep_events,
-                  max_bytes=settings.store.max_bytes)
-    store.open(background_checkpoints=True)
-    try:
-        health.stamp(store.conn, db_path, new_store=new_store)
-        _check_store(store, settings.store.startup_check_max_bytes, on_damage)
-    except BaseException:
-        store.close()
-        raise
-    quarantine = QuarantineFile(q_path, store)
-    quarantine.catch_up()
-    return store, quarantine
-
-
-class _DamageRelay:
-    """Hands a background check's finding of damage to the daemon, once it exists."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._target: Callable[[CheckReport], None] | None = None
-        self._pending: CheckReport | None = None
-
-    def __call__(self, report: CheckReport) -> None:
-        with self._lock:
-            if self._target is None:
-                self._pending = report
-                return
-            target = self._target
-        target(report)
-
-    def connect(self, target: Callable[[CheckReport], None]) -> None:
-        with self._lock:
-            self._target, pending = target, self._pending
-        if pending is not None:
-            target(pending)
-
-
-def _check_store(store: Store, inline_max_bytes: int, on_damage: Callable[[CheckReport], None] | None) -> None:
-    size = store.path.stat().st_size
-    if size <= inline_max_bytes or on_damage is None:
-        report = health.check(store.conn)
-        health.record_check(store.conn, report)
-        if not report.ok:
-            raise health.StoreDamaged(f"{store.path} is damaged ({'; '.join(report.problems[:3])}): "
-                                      f"{health.RESTORE_HINT}")
-        return
-    log.info("store checked in the background", extra={"file.path": str(store.path), "bytes": size})
-    health.BackgroundCheck(store.path, on_damage=on_damage).start()
 
 
 class Daemon:
@@ -621,7 +563,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
-    damage = _DamageRelay()  # a background store check may finish before the daemon exists
+    damage = DamageRelay()  # a background store check may finish before the daemon exists
     try:
         store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
     except (OSError, sqlite3.Error) as exc:  # checked by `check`, but the disk may have changed since
@@ -681,47 +623,3 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
         store.close()
         runstate.close()
         daemon.finished()
-
-
-def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: list[Path], source_name: str,
-           *, progress: Callable[[int, int], None] | None = None, cluster: Cluster | None = None,
-           workers: int = 1, config_path: Path | None = None,
-           on_batch: Callable[[Pipeline, WorkerPool | None], None] | None = None) -> Pipeline:
-    """Run the pipeline over files from their start (or past what an earlier replay already did).
-
-    With a cluster, its shipper runs alongside and is drained before this returns.
-    With `workers` other than 1 (0: one per core) and the config's path, worker
-    processes that load the same config prepare the batches (`auditd.workers`); this
-    process stays the one writer. `on_batch` is called after each commit.
-    """
-    pipeline = Pipeline(runtime, store, quarantine)
-    gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
-    keep_buffers_in_heap()
-    framer = runtime.framers[source_name]()
-    reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name))
-    batch_records = runtime.settings.pipeline.batch_records
-    total = reader.total_bytes()
-    started = time.monotonic()
-    n = resolve_workers(workers)
-    pool = None
-    if n > 1 and config_path is not None:
-        pool = WorkerPool(config_path, n, ruleset=runtime.ruleset, expected=fingerprint(runtime))
-        pool.start()
-        pool.wait_ready()  # a replay's batches are large: the workers, not this process, should take the first
-    batches = reader.batches(batch_records)
-    for batch, prepared in (pool.ordered(batches) if pool is not None else ((b, None) for b in batches)):
-        pipeline.handle(batch, prepared)
-        if on_batch is not None:
-            on_batch(pipeline, pool)
-        if cluster is not None:
-            cluster.wake()
-        if progress:
-            progress(reader.bytes_done(), total)
-    if progress:
-        progress(total, total)  # every byte read: the bar ends at 100 %, whatever the last batch was
-    pipeline.totals.seconds = time.monotonic() - started
-    if cluster is not None and cluster.shipper is not None:
-        cluster.shipper.stop(drain_timeout=REPLAY_DRAIN_S)
-        pipeline.totals.shipped_lag = cluster.shipper.lag()
-        pipeline.totals.seconds_with_shipping = time.monotonic() - started
-    return pipeline

@@ -367,7 +367,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from auditd.jobs.respond_due import connect
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.opening import open_store
+    from auditd.replay import replay
 
     LockWaits.install()
 

@@ -173,7 +173,8 @@ def child(workdir: Path, mode: str) -> None:
     from auditd.enrich import Enricher
     from auditd.entitlement import CachedAssignments, SqliteAssignments
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.opening import open_store
+    from auditd.replay import replay
     from auditd.workdays import WorkingCalendar
 
     _TimedChecker = _timed_checker_class()

@@ -183,7 +183,8 @@ def test_incidents_show_the_evidence_in_words_and_every_time_in_the_configured_z
 def test_the_replay_progress_ends_at_100_percent(tmp_path):
     """On a terminal the bar must end at 100 %, also when the last line has no newline."""
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.opening import open_store
+    from auditd.replay import replay
 
     config = deployment(tmp_path, CRM_SOURCE)
     (tmp_path / "logs").mkdir()

@@ -216,7 +216,8 @@ def test_each_loader_accepts_or_reports_every_mutation_with_a_location(deploymen
 @pytest.fixture(scope="module")
 def reloading(tmp_path_factory):
     from auditd.runtime import load_runtime
-    from auditd.service import Daemon, open_store
+    from auditd.opening import open_store
+    from auditd.service import Daemon
 
     deployment = Deployment(tmp_path_factory.mktemp("reload"), metrics_port=free_port())
     runtime = load_runtime(deployment.config)

@@ -26,7 +26,8 @@ from auditd.enrich.pseudonym import create_key_file
 from auditd.entitlement import EntitlementChecker, reason_code
 from auditd.event import AccessEvent
 from auditd.runtime import Runtime, load_runtime
-from auditd.service import open_store, replay
+from auditd.opening import open_store
+from auditd.replay import replay
 from auditd.workdays import WorkingCalendar
 
 pytestmark = pytest.mark.slow

@@ -345,7 +345,7 @@ def test_pipeline_failure_on_an_event_with_a_phone_number_reaches_sentry_without
 
     from auditd.pipeline import Pipeline
     from auditd.runtime import load_runtime
-    from auditd.service import open_store
+    from auditd.opening import open_store
     from auditd.sources.base import Batch, Checkpoint
 
     create_key_file(tmp_path / "pseudonym.key")

@@ -192,10 +192,10 @@ def test_damage_found_in_the_background_stops_the_daemon_with_65(tmp_path):
     check.join(60)
     assert found and found[0].state == "damaged"
     # and the daemon's side: a damage report stops it with 65
-    from auditd.service import _DamageRelay
+    from auditd.opening import DamageRelay
 
     stopped = []
-    relay = _DamageRelay()
+    relay = DamageRelay()
     relay(found[0])  # before the daemon exists: kept
     relay.connect(stopped.append)
     assert stopped == [found[0]]

@@ -42,7 +42,8 @@ def test_replay_with_two_workers_leaves_the_same_store_as_one(tmp_path):
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_done_twice(tmp_path):
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.opening import open_store
+    from auditd.replay import replay
 
     same = _same_output()
     config, log = same.example(tmp_path, 6000, 500)
@@ -81,7 +82,8 @@ def test_hostile_lines_are_quarantined_alike_with_workers(tmp_path):
     import random
 
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.opening import open_store
+    from auditd.replay import replay
 
     same = _same_output()
     config, log = same.example(tmp_path, 3000, 300)
@@ -225,7 +227,7 @@ def test_a_batch_cut_between_idle_workers_leaves_the_same_store_as_one_process(t
     parts, joined, are the whole batch's chunks, so the store is one process's."""
     from auditd.pipeline import Pipeline
     from auditd.runtime import load_runtime
-    from auditd.service import open_store
+    from auditd.opening import open_store
     from auditd.sources.tail import ReplaySource
     from auditd.workers import WorkerPool, fingerprint
 

@@ -98,7 +98,8 @@ def cmd_status(args) -> int:
 
 def cmd_replay(args) -> int:
     from auditd.runtime import load_runtime
-    from auditd.service import open_store, replay
+    from auditd.opening import open_store
+    from auditd.replay import replay
     from auditd.workers import WorkerMismatch
 
     try:

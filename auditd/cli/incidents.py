@@ -232,7 +232,7 @@ def cmd_review_grants(args) -> int:
     from auditd.config.typed import Duration
     from auditd.entitlement import render_grant_review, review_grants
     from auditd.runtime import load_runtime
-    from auditd.service import open_store
+    from auditd.opening import open_store
 
     try:
         period = Duration.from_config(args.since).timedelta
