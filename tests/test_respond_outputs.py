@@ -314,3 +314,14 @@ def test_values_from_log_lines_cannot_inject_markup(tmp_path):
         assert "<img" not in html and ("\\u003cimg" in html or "&lt;img" in html)
         markdown = _text(paths[f"{language}.md"])
         assert "\\<img src=x onerror=alert(1)\\>\\*bold\\*" in markdown
+
+
+def test_the_register_lines_up_every_step_even_the_longest_ids(tmp_path):
+    world = World(tmp_path, Clock(T0))
+    (change,) = world.apply([alert(1, T0, kind="match", severity="critical", sensitive=True,
+                                   categories=("property",), subjects=("p:1",))])
+    world.run()
+    (entry,) = register(world.conn, ZONE)
+    rows = [line for line in render_register([entry], ZONE).splitlines() if " due " in line]
+    assert any(len(c["step"]) > 22 for c in entry["clocks"]), "the playbook should have a long step id"
+    assert len({line.index(" due ") for line in rows}) == 1  # one column, whatever the step's id

@@ -98,12 +98,14 @@ def render_register(entries: list[dict[str, Any]], zone: dt.tzinfo) -> str:
         return value.astimezone(zone).strftime("%Y-%m-%d %H:%M") if value else "-"
 
     lines = []
+    # the step column as wide as the longest step id (approve-customer-notice, 23)
+    width = max((len(c["step"]) for e in entries for c in e["clocks"]), default=0)
     for e in entries:
         lines.append(f"{e['incident_id']}  {e['tier']}  {e['status']}  discovered {local(e['discovered_at'])}  "
                      f"{e['affected_count']} affected  {e['title']}")
         for c in e["clocks"]:
             mark = " LATE" if c["late"] else ""
-            lines.append(f"  {c['step']:<22} {c['state']:<9} due {local(c['due_at'])}  done {local(c['closed_at'])}"
+            lines.append(f"  {c['step']:<{width}} {c['state']:<9} due {local(c['due_at'])}  done {local(c['closed_at'])}"
                          f"{' by ' + c['by'] if c['by'] else ''}{mark}")
         for r in e["reports"]:
             lines.append(f"  report {r['kind']} r{r['revision']} {local(r['rendered_at'])}"
