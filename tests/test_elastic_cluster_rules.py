@@ -387,3 +387,66 @@ def test_a_runtime_suppression_holds_back_a_cluster_alert_as_it_does_a_local_one
     remote = cluster_alerts(es, settings)
     assert sorted(map(shape, remote.values())) == sorted(shape(a) for a in local if a.actor != quiet)
     assert cost.suppressed == sum(1 for a in local if a.actor == quiet) > 0
+
+
+BASELINE = """
+- rule: exports_far_above_usual_fleet
+  desc: An hour with far more exports than the employee's usual, over every server.
+  kind: baseline
+  params: {measure: events, bucket: 1h, min_days: 5, floor: 20}
+  condition: event.action = export
+  severity: high
+  tags: [incubating]
+"""
+
+
+def spread_exports(seed: int = 9) -> list[AccessEvent]:
+    """Seven working days of an analyst's usual exports (about three an hour, 10:00 to
+    17:00 Shanghai) on five servers, colleagues beside them, then on the eighth day an
+    hour of 60 exports, 12 on each server: under every server's floor (20), far over the
+    fleet's usual."""
+    rng = random.Random(seed)
+    out, i = [], 0
+    for day in range(8):
+        start = T0 + dt.timedelta(days=day)  # 10:00 Shanghai
+        for hour in range(7):
+            count = 60 if (day == 7 and hour == 1) else rng.randint(2, 4)
+            for k in range(count):
+                at = start + dt.timedelta(hours=hour, seconds=(3590 * (k + 1)) // (count + 1))
+                out.append(event(i, at, "E3000", HOSTS[k % 5], "export", subjects=(f"p:{day}{hour}{k:03d}",)))
+                i += 1
+            for _ in range(rng.randint(1, 3)):  # colleagues' exports in the same hour
+                at = start + dt.timedelta(hours=hour, seconds=rng.randrange(1, 3599), milliseconds=rng.randrange(999))
+                out.append(event(i, at, f"E{rng.randrange(3001, 3004)}", rng.choice(HOSTS), "export",
+                                 subjects=(f"p:x{i}",)))
+                i += 1
+    return sorted(out, key=lambda e: (e.timestamp, e.event_id))
+
+
+def test_a_baseline_runs_on_the_cluster_finds_the_hour_no_server_sees_and_survives_a_handover(tmp_path,
+                                                                                             elasticsearch_url):
+    events = spread_exports()
+    per_host = [a for host in HOSTS
+                for a in local_alerts(tmp_path, BASELINE, [e for e in events if e.host_name == host])]
+    assert per_host == []
+    local = local_alerts(tmp_path, BASELINE, events)  # one daemon that saw every server's events
+    assert [a.actor for a in local] == ["E3000"]
+    assert local[0].reason.startswith("20 accesses this hour (Mon 11:00); E3000's usual around 11:00")
+
+    settings, es = fresh(elasticsearch_url, max_events_per_round=30)  # many rounds: the profiles carried over
+    ship(es, settings, events)
+    clock = lambda: T0 + dt.timedelta(days=10)  # noqa: E731
+    rules, _, _ = ruleset_of(tmp_path, BASELINE, "cluster")
+    first = ClusterRuleEvaluator(es, settings, rules, agent="host-a", clock=clock)
+    first.leases.heartbeat()
+    assert len(events) > 300
+    for _ in range(6):  # about four days of profiles learnt, then the holder hands over
+        (cost,) = first.evaluate_owned()
+        assert cost.held and cost.last_error is None
+    assert cluster_alerts(es, settings) == {}
+    first.stop()  # releases the lease; the next holder reads the profiles from Elasticsearch
+    rules_b, _, _ = ruleset_of(tmp_path, BASELINE, "cluster")
+    second = ClusterRuleEvaluator(es, settings, rules_b, agent="host-b", clock=clock)
+    evaluate_until_caught_up(second, rounds=400)
+    remote = cluster_alerts(es, settings)
+    assert sorted(map(shape, remote.values())) == sorted(map(shape, local))

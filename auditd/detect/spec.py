@@ -25,7 +25,7 @@ from auditd.errors import Location
 MATURITIES = ("stable", "incubating", "sandbox", "deprecated")
 # kinds whose verdict needs more than one event: only they gain from every host's events
 # (a per-event kind sees one event, wherever it runs)
-CLUSTER_KINDS = ("threshold", "sequence", "first_seen")
+CLUSTER_KINDS = ("threshold", "sequence", "first_seen", "baseline")
 REQUIRED = ("desc", "condition", "severity", "tags")
 
 
