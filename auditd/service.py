@@ -598,6 +598,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
                     on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate,
                     workers=n)
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
+    metrics.watch_rules(lambda: daemon.pipeline.runtime.ruleset.stats)
     daemon.install_signal_handlers()
     if early_stop.is_set():
         daemon.request_stop()

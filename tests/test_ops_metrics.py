@@ -304,3 +304,33 @@ def test_sentry_settings_check_the_dsn_without_echoing_it() -> None:
     assert "sentry.sample_rate: expected a number from 0 to 1, got 2.0" in problems[1]
     ops, problems = load_ops("sentry: {dsn: 'https://k@sentry.example.com/42', environment: staging}\n")
     assert problems == [] and ops.sentry.environment == "staging"
+
+
+def test_each_rule_shows_its_matches_and_what_its_detector_and_condition_cost(tmp_path: Path, metrics: Metrics):
+    from behaviour_helpers import ev, memory_conn, rules_from
+
+    rules, _ = rules_from(tmp_path, """
+- rule: many_exports
+  desc: Many exports within an hour.
+  kind: threshold
+  params: {gte: 5, timespan: 1h}
+  condition: event.action = export
+  severity: high
+  tags: [incubating]
+- rule: any_export_of_many
+  desc: An export of many records.
+  condition: event.action = export and neo.data.record_count > 10
+  severity: low
+  tags: [incubating]
+""", memory_conn())
+    events = [ev(dt.timedelta(seconds=i), f"e{i}", action="export" if i % 3 == 0 else "read", record_count=i)
+              for i in range(3000)]
+    for start in range(0, len(events), 256):
+        rules.evaluate_all(events[start:start + 256])
+    metrics.watch_rules(lambda: rules.stats)
+    samples = scrape(metrics.start_http("127.0.0.1", 0))
+    assert value(samples, "neo_auditd_rule_matches_total", rule="many_exports") == 1000
+    assert value(samples, "neo_auditd_rule_matches_total", rule="any_export_of_many") == 996  # 12, 15, ... 2997
+    assert value(samples, "neo_auditd_rule_detector_seconds_total", rule="many_exports") > 0
+    assert ("neo_auditd_rule_detector_seconds_total", frozenset({("rule", "any_export_of_many")})) not in samples
+    assert value(samples, "neo_auditd_rule_condition_seconds_total", rule="any_export_of_many") > 0

@@ -139,6 +139,7 @@ class RuleCounters:
     alerts: int
     seconds: float  # estimated time in the condition, from the timed sample
     timed: int  # evaluations that were timed
+    detector_seconds: float = 0.0  # time in a stateful kind's chunk work (`many`), measured whole
 
 
 class RuleStats:
@@ -146,7 +147,8 @@ class RuleStats:
 
     An event costs one increment, on its bucket: a rule's evaluations are the sum of
     the hits of the buckets that hold it. Matches are rare and counted directly.
-    Condition time is measured on one event in `timing_every` and scaled up.
+    Condition time is measured on one event in `timing_every` and scaled up; a stateful
+    kind's chunk work (`many`: once per rule and chunk) is timed whole.
     """
 
     def __init__(self, rule_ids: Sequence[str], buckets: Sequence[tuple[Any, ...]] = (), timing_every: int = 64):
@@ -163,6 +165,7 @@ class RuleStats:
         self.alerts = [0] * n
         self.timed = [0] * n
         self.timed_ns = [0] * n
+        self.detector_ns = [0] * n
 
     def add_bucket(self, bucket: tuple[Any, ...]) -> None:
         """Counters for the next slot (the index makes buckets as keys are first seen)."""
@@ -183,5 +186,5 @@ class RuleStats:
             timed = self.timed[i]
             seconds = self.timed_ns[i] / 1e9 * (evaluations[i] / timed) if timed else 0.0
             out[rule_id] = RuleCounters(evaluations[i], self.matches[i], self.excepted[i], self.alerts[i],
-                                        seconds, timed)
+                                        seconds, timed, self.detector_ns[i] / 1e9)
         return out

@@ -220,6 +220,12 @@ class Metrics:
         the one in force (a reload may replace it)."""
         self.registry.register(_Guarded(CalendarCollector(calendar, zone, self._clock), "working days"))
 
+    def watch_rules(self, stats: Callable[[], Any]) -> None:
+        """Add per rule its matches, its stateful detector's time and its condition's
+        estimated time; `stats` gives the rule set in force's `RuleStats` (a reload
+        starts them again, which Prometheus reads as a counter reset)."""
+        self.registry.register(_Guarded(RuleCostCollector(stats), "rule costs"))
+
     def watch_deliver_process(self, record: Callable[[], dict[str, Any] | None]) -> None:
         """Add the deliver process's state and restart count; `record` gives its
         supervisor's record, or None when there is no deliver process."""
@@ -462,6 +468,33 @@ class ClusterRuleCollector(Collector):
             families["alerts"].add_metric(labels, cost.alerts)
             families["suppressed"].add_metric(labels, cost.suppressed)
         yield from families.values()
+
+
+class RuleCostCollector(Collector):
+    """What each rule costs, from the live counters of the rule set in force: which rule
+    to look at first when the pipeline falls behind."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        p = PREFIX + "rule_"
+        matches = CounterMetricFamily(p + "matches", "Events whose rule condition held (before exceptions).",
+                                      labels=["rule"])
+        detector = CounterMetricFamily(p + "detector_seconds", "Seconds in a stateful rule's detector (its "
+                                       "chunk work: state read, windows, profiles), measured whole.", labels=["rule"])
+        condition = CounterMetricFamily(p + "condition_seconds", "Seconds in the rule's condition, estimated from "
+                                        "one event in 64; in this process only (with workers the conditions run "
+                                        "there).", labels=["rule"])
+        for rule_id, counters in self._stats().snapshot().items():
+            matches.add_metric([rule_id], counters.matches)
+            if counters.detector_seconds:
+                detector.add_metric([rule_id], counters.detector_seconds)
+            if counters.timed:
+                condition.add_metric([rule_id], counters.seconds)
+        yield matches
+        yield detector
+        yield condition
 
 
 class DeliverProcessCollector(Collector):
