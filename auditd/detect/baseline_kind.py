@@ -183,162 +183,174 @@ class BaselineKind:
     params_type = BaselineParams
 
     def build(self, rule: RuleSpec, params: BaselineParams, context: KindContext) -> Detector:
-        state = rule_state(rule, params, context, Profile)
-        key_of = group_key(params.group_by)
-        size = 3600 if params.bucket == "1h" else 86400
-        s = _Slots(size, params)
-        per_day = s.per_day
-        zone = context.zone
-        records = params.measure == "records"
-        unit = "records" if records else "accesses"
-        peer_of = params.peer_group.values() if params.peer_group is not None else None
-        offset = [None]  # the zone's offset, refreshed whenever a bucket changes
+        return one_at_a_time(_Baseline(rule, params, context).many)
 
-        def local_bucket(event: AccessEvent) -> int:
-            t = event.timestamp.timestamp()
-            off = offset[0]
+
+class _Baseline:
+    """One baseline rule's detector: its keys' profiles, read and written through the
+    rule's state, and the arithmetic of its bucket size."""
+
+    def __init__(self, rule: RuleSpec, params: BaselineParams, context: KindContext):
+        self.p = params
+        self.state = rule_state(rule, params, context, Profile)
+        self.key_of = group_key(params.group_by)
+        self.size = 3600 if params.bucket == "1h" else 86400
+        self.s = _Slots(self.size, params)
+        self.per_day = self.s.per_day
+        self.zone = context.zone
+        self.records = params.measure == "records"
+        self.unit = "records" if self.records else "accesses"
+        self.peer_of = params.peer_group.values() if params.peer_group is not None else None
+        self.offset: float | None = None  # the zone's offset, refreshed whenever a bucket changes
+
+    def local_bucket(self, event: AccessEvent) -> int:
+        t = event.timestamp.timestamp()
+        if self.offset is None:
+            self.offset = self.zone.utcoffset(event.timestamp).total_seconds()
+        return int((t + self.offset) // self.size)
+
+    def peer(self, event: AccessEvent) -> str | None:
+        """The key of the event's peer group (the first of its roles), if the rule has one."""
+        roles = self.peer_of(event) if self.peer_of is not None else ()
+        return _PEER + str(roles[0]) if roles else None
+
+    def close(self, prof: Profile, peer: str | None, new_bucket: int) -> None:
+        """Record the closed bucket, and the quiet buckets of active days as zeros."""
+        s, params, per_day = self.s, self.p, self.per_day
+        old = prof.bucket
+        learned = prof.days >= params.min_days
+        if not prof.daily:
+            prof.daily, prof.weekly = s.empty_daily, s.empty_weekly
+        quiet = list(range(old + 1, min(new_bucket, (old // per_day + 1) * per_day)))
+        if new_bucket // per_day != old // per_day:
+            quiet += range(max(old + 1, (new_bucket // per_day) * per_day), new_bucket)
+        weeks = prof.days // 7 + 1  # observations of an hour-of-week slot, about
+        daily, weekly = array("H", prof.daily), array("H", prof.weekly)  # decoded once, not per slot
+        w_day, w_week = _weight(prof.days + 1, params.alpha), _weight(weeks, params.alpha)
+        for b, x in [(old, prof.total)] + [(b, 0) for b in quiet]:
+            d_slot, w_slot = s.slots(b)
+            cap = s.bound(prof.daily, d_slot)[1] if learned and x else None
+            s.observe_mean(weekly, w_slot, x, w_week, cap)
+            s.observe(daily, d_slot, x, w_day, learned)
+        prof.daily, prof.weekly = daily.tobytes(), weekly.tobytes()
+        if peer is not None and prof.total > 0:
+            pp = self.state.get(peer) or Profile(daily=s.empty_daily)
+            pp.days += 1
+            d_slot, _ = s.slots(old)
+            # never clipped: members differ, and a heavy member is the role's usual too
+            codes = array("H", pp.daily)
+            s.observe(codes, d_slot, prof.total, _weight(pp.days, params.peer_alpha), False)
+            pp.daily = codes.tobytes()
+            self.state.put(peer, pp)
+
+    def peer_bound(self, peer: str | None, d_slot: int) -> tuple[float, float] | None:
+        if peer is None:
+            return None
+        pp = self.state.get(peer)
+        if pp is None or pp.days < self.p.peer_min_observations:
+            return None
+        theirs = self.s.bound(pp.daily, d_slot)
+        return theirs if theirs is not None and theirs[0] > 0 else None
+
+    def own_bound(self, prof: Profile, bucket: int) -> tuple[float, float] | None:
+        """The key's usual for the bucket's slot: the widest of the slot and the
+        slots beside it (an hour of overtime or an early start moves work into the
+        hour next to the usual ones: not an anomaly)."""
+        s = self.s
+        weekly = prof.days >= self.p.weekly_after_days
+        best = None
+        for b in (bucket - 1, bucket, bucket + 1) if self.per_day > 1 else (bucket,):
+            d_slot, w_slot = s.slots(b)
+            got = s.bound_weekly(prof, w_slot, d_slot) if weekly else s.bound(prof.daily, d_slot)
+            if got is not None and (best is None or got[1] > best[1]):
+                best = got
+        return best
+
+    def limit_for(self, prof: Profile, peer: str | None, bucket: int) -> float:
+        params = self.p
+        d_slot, _ = self.s.slots(bucket)
+        theirs = self.peer_bound(peer, d_slot)
+        if prof.days < params.min_days:
+            # too little of the key's own history: its peers' usual stands in, if asked and known
+            if params.peers_stand_in and theirs is not None:
+                return max(float(params.floor) - 0.5, theirs[1])
+            return math.inf
+        own = self.own_bound(prof, bucket)
+        limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
+        return max(limit, theirs[1]) if theirs is not None else limit
+
+    def explain(self, key: str, prof: Profile, peer: str | None, bucket: int) -> str:
+        d_slot, _ = self.s.slots(bucket)
+        weekday = _DAYS[(bucket // self.per_day + 3) % 7]
+        hour = f"{d_slot * self.size // 3600:02d}:00"
+        weekly = prof.days >= self.p.weekly_after_days
+        own = self.own_bound(prof, bucket)
+        if self.size == 3600:
+            now = f"{prof.total} {self.unit} this hour ({weekday} {hour})"
+            usual = f"around {weekday}s {hour}" if weekly else f"around {hour}"
+        else:
+            now = f"{prof.total} {self.unit} today ({weekday})"
+            usual = f"for {weekday}s" if weekly else "for a day"
+        if prof.days < self.p.min_days:
+            text = f"{now}; {key} has {prof.days} active day(s) of history, too few for a usual of its own"
+        else:
+            text = (f"{now}; {key}'s usual {usual} ≤ {_num(own[1] if own else 0)} "
+                    f"({prof.days} active days of history)")
+        if peer is not None:
+            theirs = self.peer_bound(peer, d_slot)
+            role = peer[len(_PEER):]
+            text += (f"; peers in role {role} ≤ {_num(theirs[1])} when active" if theirs is not None
+                     else f"; no usual known for peers in role {role} then")
+        return text
+
+    def many(self, events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
+             ) -> list[tuple[int, Verdict]]:
+        """The chunk's events in order; a key's profile is read once per chunk and
+        written once (the same object, changed in place), not once per event."""
+        found: list[tuple[int, Verdict]] = []
+        state, size, per_day, records = self.state, self.size, self.per_day, self.records
+        keys, seconds = columns.keys(self.p.group_by, self.key_of, positions), columns.seconds(positions)
+        profiles: dict[str, Profile] = {}
+        state.prefetch(distinct_at(keys, positions))
+        changed: set[str] = set()
+        for pos in positions:
+            key = keys[pos]
+            if key is None:
+                continue
+            off = self.offset
             if off is None:
-                off = offset[0] = zone.utcoffset(event.timestamp).total_seconds()
-            return int((t + off) // size)
+                off = self.offset = self.zone.utcoffset(events[pos].timestamp).total_seconds()
+            bucket = int((seconds[pos] + off) // size)
+            prof = profiles.get(key)
+            if prof is None:
+                prof = profiles[key] = state.get(key) or Profile()
+            event = events[pos]
+            if bucket != prof.bucket:
+                if bucket < prof.bucket:
+                    continue  # a late event of a closed bucket: its bucket is history
+                self.offset = None
+                bucket = self.local_bucket(event)
+                peer = self.peer(event)
+                if prof.bucket >= 0:
+                    if bucket // per_day != prof.bucket // per_day:
+                        prof.days += 1
+                    self.close(prof, peer, bucket)
+                prof.bucket, prof.total, prof.first_id = bucket, 0, event.event_id
+                prof.limit = self.limit_for(prof, peer, bucket)
+            changed.add(key)
+            prof.total += event.record_count if records else 1
+            if prof.total > prof.limit:
+                prof.limit = math.inf  # one alert per bucket
+                ids = (prof.first_id, event.event_id) if prof.first_id != event.event_id else (event.event_id,)
+                reason = self.explain(key, prof, self.peer(event), bucket)
+                found.append((pos, Verdict(reason=reason, event_ids=ids)))
+        for key in changed:
+            state.put(key, profiles[key])
+        return found
 
-        def weight(n: int, alpha: float) -> float:
-            return max(alpha, 1.0 / max(1, n))
 
-        def close(key: str, prof: Profile, peer: str | None, new_bucket: int) -> None:
-            """Record the closed bucket, and the quiet buckets of active days as zeros."""
-            old = prof.bucket
-            learned = prof.days >= params.min_days
-            if not prof.daily:
-                prof.daily, prof.weekly = s.empty_daily, s.empty_weekly
-            quiet = list(range(old + 1, min(new_bucket, (old // per_day + 1) * per_day)))
-            if new_bucket // per_day != old // per_day:
-                quiet += range(max(old + 1, (new_bucket // per_day) * per_day), new_bucket)
-            weeks = prof.days // 7 + 1  # observations of an hour-of-week slot, about
-            daily, weekly = array("H", prof.daily), array("H", prof.weekly)  # decoded once, not per slot
-            w_day, w_week = weight(prof.days + 1, params.alpha), weight(weeks, params.alpha)
-            for b, x in [(old, prof.total)] + [(b, 0) for b in quiet]:
-                d_slot, w_slot = s.slots(b)
-                cap = s.bound(prof.daily, d_slot)[1] if learned and x else None
-                s.observe_mean(weekly, w_slot, x, w_week, cap)
-                s.observe(daily, d_slot, x, w_day, learned)
-            prof.daily, prof.weekly = daily.tobytes(), weekly.tobytes()
-            if peer is not None and prof.total > 0:
-                pp = state.get(peer) or Profile(daily=s.empty_daily)
-                pp.days += 1
-                d_slot, _ = s.slots(old)
-                # never clipped: members differ, and a heavy member is the role's usual too
-                codes = array("H", pp.daily)
-                s.observe(codes, d_slot, prof.total, weight(pp.days, params.peer_alpha), False)
-                pp.daily = codes.tobytes()
-                state.put(peer, pp)
-
-        def peer_bound(peer: str | None, d_slot: int) -> tuple[float, float] | None:
-            if peer is None:
-                return None
-            pp = state.get(peer)
-            if pp is None or pp.days < params.peer_min_observations:
-                return None
-            theirs = s.bound(pp.daily, d_slot)
-            return theirs if theirs is not None and theirs[0] > 0 else None
-
-        def own_bound(prof: Profile, bucket: int) -> tuple[float, float] | None:
-            """The key's usual for the bucket's slot: the widest of the slot and the
-            slots beside it (an hour of overtime or an early start moves work into the
-            hour next to the usual ones: not an anomaly)."""
-            weekly = prof.days >= params.weekly_after_days
-            best = None
-            for b in (bucket - 1, bucket, bucket + 1) if per_day > 1 else (bucket,):
-                d_slot, w_slot = s.slots(b)
-                got = s.bound_weekly(prof, w_slot, d_slot) if weekly else s.bound(prof.daily, d_slot)
-                if got is not None and (best is None or got[1] > best[1]):
-                    best = got
-            return best
-
-        def limit_for(prof: Profile, peer: str | None, bucket: int) -> float:
-            d_slot, w_slot = s.slots(bucket)
-            theirs = peer_bound(peer, d_slot)
-            if prof.days < params.min_days:
-                # too little of the key's own history: its peers' usual stands in, if asked and known
-                if params.peers_stand_in and theirs is not None:
-                    return max(float(params.floor) - 0.5, theirs[1])
-                return math.inf
-            own = own_bound(prof, bucket)
-            limit = max(float(params.floor) - 0.5, own[1] if own else 0.0)
-            return max(limit, theirs[1]) if theirs is not None else limit
-
-        def explain(key: str, prof: Profile, peer: str | None, bucket: int) -> str:
-            d_slot, w_slot = s.slots(bucket)
-            weekday = _DAYS[(bucket // per_day + 3) % 7]
-            hour = f"{d_slot * size // 3600:02d}:00"
-            weekly = prof.days >= params.weekly_after_days
-            own = own_bound(prof, bucket)
-            if size == 3600:
-                now = f"{prof.total} {unit} this hour ({weekday} {hour})"
-                usual = f"around {weekday}s {hour}" if weekly else f"around {hour}"
-            else:
-                now = f"{prof.total} {unit} today ({weekday})"
-                usual = f"for {weekday}s" if weekly else "for a day"
-            if prof.days < params.min_days:
-                text = f"{now}; {key} has {prof.days} active day(s) of history, too few for a usual of its own"
-            else:
-                text = (f"{now}; {key}'s usual {usual} ≤ {_num(own[1] if own else 0)} "
-                        f"({prof.days} active days of history)")
-            if peer is not None:
-                theirs = peer_bound(peer, d_slot)
-                role = peer[len(_PEER):]
-                text += (f"; peers in role {role} ≤ {_num(theirs[1])} when active" if theirs is not None
-                         else f"; no usual known for peers in role {role} then")
-            return text
-
-        def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
-                 ) -> list[tuple[int, Verdict]]:
-            """The chunk's events in order; a key's profile is read once per chunk and
-            written once (the same object, changed in place), not once per event."""
-            found: list[tuple[int, Verdict]] = []
-            keys, seconds = columns.keys(params.group_by, key_of, positions), columns.seconds(positions)
-            profiles: dict[str, Profile] = {}
-            state.prefetch(distinct_at(keys, positions))
-            changed: set[str] = set()
-            for pos in positions:
-                key = keys[pos]
-                if key is None:
-                    continue
-                off = offset[0]
-                if off is None:
-                    off = offset[0] = zone.utcoffset(events[pos].timestamp).total_seconds()
-                bucket = int((seconds[pos] + off) // size)
-                prof = profiles.get(key)
-                if prof is None:
-                    prof = profiles[key] = state.get(key) or Profile()
-                event = events[pos]
-                if bucket != prof.bucket:
-                    if bucket < prof.bucket:
-                        continue  # a late event of a closed bucket: its bucket is history
-                    offset[0] = None
-                    bucket = local_bucket(event)
-                    peer = None
-                    if peer_of is not None:
-                        roles = peer_of(event)
-                        peer = _PEER + str(roles[0]) if roles else None
-                    if prof.bucket >= 0:
-                        if bucket // per_day != prof.bucket // per_day:
-                            prof.days += 1
-                        close(key, prof, peer, bucket)
-                    prof.bucket, prof.total, prof.first_id = bucket, 0, event.event_id
-                    prof.limit = limit_for(prof, peer, bucket)
-                changed.add(key)
-                prof.total += event.record_count if records else 1
-                if prof.total > prof.limit:
-                    prof.limit = math.inf  # one alert per bucket
-                    roles = peer_of(event) if peer_of is not None else ()
-                    peer = _PEER + str(roles[0]) if roles else None
-                    ids = (prof.first_id, event.event_id) if prof.first_id != event.event_id else (event.event_id,)
-                    found.append((pos, Verdict(reason=explain(key, prof, peer, bucket), event_ids=ids)))
-            for key in changed:
-                state.put(key, profiles[key])
-            return found
-
-        return one_at_a_time(many)
+def _weight(n: int, alpha: float) -> float:
+    return max(alpha, 1.0 / max(1, n))
 
 
 def _num(x: float) -> str:

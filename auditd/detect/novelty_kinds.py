@@ -105,8 +105,7 @@ class FirstSeenKind:
         values_of = params.field.values()
         hasher = ValueHasher()
         learning, cap, min_events = params.learning.seconds, params.max_values, params.min_events
-        to_subnet = params.transform == "subnet"
-        subnets: dict[str, str | None] = {}
+        subnets = _Subnets() if params.transform == "subnet" else None
 
         def many(events: Sequence[AccessEvent], positions: Sequence[int], columns: Columns,
                  ) -> list[tuple[int, Verdict]]:
@@ -131,17 +130,8 @@ class FirstSeenKind:
                 except TypeError:  # values that cannot be remembered as they are: hashed one by one
                     raw = None
                 values = raw if raw is not None else values_of(event)
-                if to_subnet:
-                    out = []
-                    for v in values:
-                        net = subnets.get(v, "")
-                        if net == "":
-                            if len(subnets) > 65536:
-                                subnets.clear()
-                            net = subnets[v] = subnet(str(v))
-                        if net is not None:
-                            out.append(net)
-                    values = out
+                if subnets is not None:
+                    values = subnets(values)
                 if entry is None:
                     seen = state.get(key)
                     if seen is None:
@@ -173,14 +163,38 @@ class FirstSeenKind:
                 state.put(key, seen)
                 if t - seen.since < learning or seen.events < min_events:
                     continue
-                days = (t - seen.since) / 86400
-                shown = ", ".join(repr(str(v)) for v in new)
-                found.append((pos, Verdict(
-                    reason=f"{params.field.name} {shown} new for {describe_key(params.group_by, key)} "
-                           f"({len(known) - len(new)} value(s) known from {days:.0f} day(s) of history)")))
+                found.append((pos, Verdict(reason=_first_seen_reason(params, key, new, len(known), t - seen.since))))
             return found
 
         return one_at_a_time(many)
+
+
+def _first_seen_reason(params: FirstSeenParams, key: str, new: list, known: int, history_s: float) -> str:
+    shown = ", ".join(repr(str(v)) for v in new)
+    return (f"{params.field.name} {shown} new for {describe_key(params.group_by, key)} "
+            f"({known - len(new)} value(s) known from {history_s / 86400:.0f} day(s) of history)")
+
+
+class _Subnets:
+    """Addresses to their subnets (`transform: subnet`), remembered per distinct address
+    (bounded); an address that is not one is left out."""
+
+    LIMIT = 65536
+
+    def __init__(self):
+        self.known: dict[str, str | None] = {}
+
+    def __call__(self, values) -> list[str]:
+        out = []
+        for v in values:
+            net = self.known.get(v, "")
+            if net == "":
+                if len(self.known) > self.LIMIT:
+                    self.known.clear()
+                net = self.known[v] = subnet(str(v))
+            if net is not None:
+                out.append(net)
+        return out
 
 
 # -- off_hours ---------------------------------------------------------------------------
