@@ -12,7 +12,7 @@ import pytest
 from auditd.decode import Normaliser, shipped_format_names
 from auditd.event import ACTIONS, AccessEvent
 from auditd.sources.base import Batch, Checkpoint
-from decode_helpers import cloudtrail, jl, one_event, run, shipped
+from decode_helpers import cloudtrail, jl, one_event, reason, run, shipped
 
 UTC = dt.timezone.utc
 FINGERPRINT = "0123456789abcdef0123456789abcdef"
@@ -211,6 +211,24 @@ def test_cloudtrail_outcome_user_and_resource():
     )
     assert one_event(fmt, cloudtrail(eventName="AssumeRole", sourceIPAddress="ec2.amazonaws.com")).source_ip is None
 
+
+
+def test_a_dynamodb_item_read_is_an_event_whose_resource_is_the_table():
+    # main quarantined it as "internal error: ValueError: expected text, got an object":
+    # DynamoDB's requestParameters.key is the item's key map (benchmarks/fuzz_decoders.py found it)
+    record = cloudtrail(eventSource="dynamodb.amazonaws.com", eventName="GetItem",
+                        requestParameters={"tableName": "customers", "key": {"id": {"S": "C10023"}}})
+    for name in ("cloudtrail", "cloudtrail-files"):
+        event = one_event(shipped(name), record)
+        assert (event.resource_type, event.resource_id, event.labels["event_name"]) == (
+            "dynamodb", "customers", "GetItem")
+        assert "C10023" not in repr(event)
+    odd = cloudtrail(eventName="GetObject", requestParameters={"bucketName": "crm-exports", "key": ["a"]})
+    assert one_event(shipped("cloudtrail"), odd).resource_id == "crm-exports"
+    # a bucket name that is not text is not a well-formed S3 record: quarantined, with where and what
+    broken = cloudtrail(eventName="GetObject", requestParameters={"bucketName": {"x": 1}})
+    assert reason(shipped("cloudtrail"), broken) == (
+        "categories: expected text, got an object {'x': 1} (path requestParameters.bucketName)")
 
 
 def test_cloudtrail_keeps_an_api_call_it_does_not_map_as_other():

@@ -183,9 +183,16 @@ def _first_present_reader(readers: tuple[Reader, ...]) -> Reader:
 
 
 def _joined_reader(readers: tuple[Reader, ...]) -> Reader:
+    """`join`: the parts that are text or numbers, "/" between them. A part that is an
+    object or a list is left out, not an error: in a well-formed record a name can hold
+    a structure (CloudTrail's `requestParameters.key` is the item's key map for
+    DynamoDB, an object name for S3), and an optional part must not cost the record."""
     def read(record: Any) -> Any:
-        parts = [read_one(record) for read_one in readers]
-        present = [to_text(p) for p in parts if p is not None and p != ""]
+        present = []
+        for read_one in readers:
+            part = read_one(record)
+            if part is not None and part != "" and not isinstance(part, (dict, list, bool)):
+                present.append(to_text(part))
         return "/".join(present) if present else None
 
     return read
@@ -506,7 +513,7 @@ def compile_categories(
     lookup = steps.compile_lookup(table, tuple(rule.default))
     exact = steps.exact_entries(table)
     source = Source(tuple(tuple(p.split(".")) for p in (rule.paths or [rule.path])))
-    return source, _categories_apply(exact, lookup, rule.lower)
+    return source, _categories_apply(exact, lookup, rule.lower, source.describe())
 
 
 def categories_column(rule: CategoryRule) -> Column | None:
@@ -522,7 +529,7 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _categories_apply(exact: dict, lookup: Callable[[Any], tuple[str, ...]], lower: bool) -> Apply:
+def _categories_apply(exact: dict, lookup: Callable[[Any], tuple[str, ...]], lower: bool, where: str) -> Apply:
     def apply(raw: Any, facts: dict) -> None:
         if raw is None or raw == "":
             return
@@ -532,19 +539,20 @@ def _categories_apply(exact: dict, lookup: Callable[[Any], tuple[str, ...]], low
             if names:
                 facts["categories"] = names
             return
-        _merge_categories(raw, facts, lookup, lower)
+        _merge_categories(raw, facts, lookup, lower, where)
 
     return apply
 
 
-def _merge_categories(raw: Any, facts: dict, lookup: Callable[[Any], tuple[str, ...]], lower: bool) -> None:
+def _merge_categories(raw: Any, facts: dict, lookup: Callable[[Any], tuple[str, ...]], lower: bool,
+                      where: str) -> None:
     """Categories of each value of a list, or merged with categories mapped as a field."""
     found: list[str] = list(facts.get("categories") or ())
     try:
         for key in raw if isinstance(raw, (list, tuple)) else (raw,):
             found.extend(n for n in lookup(key.lower() if lower and type(key) is str else key) if n not in found)
     except ValueError as exc:
-        raise DecodeError(f"categories: {exc}") from None
+        raise DecodeError(f"categories: {exc} ({where})") from None
     if found:
         facts["categories"] = tuple(found)
 
