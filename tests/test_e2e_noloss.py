@@ -5,7 +5,13 @@ copytruncate while the daemon is frozen with SIGSTOP and the writer refills the 
 past the daemon's old offset), while the daemon is killed with SIGKILL and restarted
 twice. At the end the store holds exactly one event per line written, and one alert
 per line of the watched actor (every 100th line). With one process and with two
-workers (whose processes end with the killed daemon).
+workers (whose processes end with the killed daemon; between the two kills of the
+daemon, one worker is killed with SIGKILL too and replaced by the daemon).
+
+The rotations and kills are at fixed fractions of the lines, so the same test runs at
+the size the throughput issue asks for:
+
+    NEO_NOLOSS_LINES=1000000 python -m pytest -s tests/test_e2e_noloss.py
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from auditd.store.sqlite import Store
 
 pytestmark = pytest.mark.slow
 
-TOTAL = 200_000
+TOTAL = int(os.environ.get("NEO_NOLOSS_LINES", "200000"))
 LINE = (
     '{{"ts":"2026-11-02T10:{m:02d}:{s:02d}.{ms:03d}+08:00","app":"crm","host":"crm-web-01","req":"r-{n:08d}",'
     '"emp":{{"id":"{actor}","name":"x"}},"ip":"10.20.1.5","op":"order.view",'
@@ -202,27 +208,40 @@ def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path, worker
             for k in range(n, n + 5_000):
                 fh.write(line(k))
             fh, _ = copytruncate(logs, "r4")(fh, n)
-            # 20k lines are more bytes than the 15k the file held when it was copied
-            for k in range(n + 5_000, n + 25_000):
+            # more lines (and bytes) than the file held when it was copied: the last
+            # rotation's 5 % of the lines and the 5,000 just written
+            refill = TOTAL // 20 + 10_000
+            for k in range(n + 5_000, n + 5_000 + refill):
                 fh.write(line(k))
             fh.flush()
         finally:
             proc.send_signal(signal.SIGCONT)
-        return fh, n + 25_000
+        return fh, n + 5_000 + refill
 
+    def kill_a_worker() -> None:
+        pids = worker_pids(state["proc"].pid)
+        assert len(pids) == workers
+        os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: len(set(worker_pids(state["proc"].pid)) - {pids[0]}) == workers, 120,
+                 "the daemon to replace its killed worker")
+
+    at = lambda fraction: TOTAL // 1000 * round(fraction * 1000)  # noqa: E731 - a line number
     writer = Writer(logs, {
-        30_000: rename_rotation(logs, "r1"),
-        60_000: copytruncate(logs, "r2"),
-        90_000: rename_rotation(logs, "r3"),
-        100_000: frozen_copytruncate,
-        170_000: rename_rotation(logs, "r5"),
+        at(0.15): rename_rotation(logs, "r1"),
+        at(0.30): copytruncate(logs, "r2"),
+        at(0.45): rename_rotation(logs, "r3"),
+        at(0.50): frozen_copytruncate,
+        at(0.85): rename_rotation(logs, "r5"),
     })
     wait_for(lambda: db.exists(), 30, "the daemon to create its store")
     writer.start()
 
-    wait_for(lambda: stored_events(db) > 45_000, 600, "45k events before the first kill")
+    wait_for(lambda: stored_events(db) > at(0.225), 600, "events before the first kill")
     kill_daemon()
-    wait_for(lambda: stored_events(db) > 140_000, 600, "140k events before the second kill")
+    if workers > 1:
+        wait_for(lambda: stored_events(db) > at(0.55), 600, "events before a worker is killed")
+        kill_a_worker()
+    wait_for(lambda: stored_events(db) > at(0.70), 600, "events before the second kill")
     kill_daemon()
     wait_for(lambda: all(gone(pid) for pid in orphans), 60, "the killed daemons' workers to end")
 
@@ -243,6 +262,10 @@ def test_no_loss_no_duplicates_across_rotations_and_kills(tmp_path: Path, worker
         alerted = sorted(event.request_id for event in store.evidence(cited))
     finally:
         store.close()
+    print(f"\n{workers} worker(s): {writer.written:,} lines written over 5 rotations, daemon killed twice"
+          f"{' and a worker once' if workers > 1 else ''}; stored {len(request_ids):,} events, "
+          f"{len(set(request_ids)):,} distinct, {TOTAL - len(set(request_ids)):,} lost; quarantined {quarantined}; "
+          f"alerts {len(alerts):,} ({len({alert_id for alert_id, _ in alerts}):,} distinct)")
     assert quarantined == 0
     assert len(request_ids) == TOTAL, f"{len(request_ids) - len(set(request_ids))} duplicates"
     assert set(request_ids) == {f"r-{n:08d}" for n in range(TOTAL)}
