@@ -5,8 +5,11 @@ would, ends with that table."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,7 +93,19 @@ def test_the_demo_ends_with_the_scoring_table(tmp_path):
              PER_EVENT_RULES_FIND}
     assert set(table) == set(PER_EVENT_RULES_FIND) and all(" found " in line for line in table.values())
     assert ", 0 missed, 0 not yet covered (of" in out  # the behaviour scenarios are found too
-    assert "rendered reports and notices (for the delivery stage): examples/out/state/respond/" in out
+    assert "rendered reports and notices: examples/out/state/respond/" in out
     assert list((tmp_path / "examples" / "out" / "state" / "respond" / "reports").glob("INC-*/initial-r1.json"))
+    # the deliver process sent the security team's chat and e-mail to the demo's receivers
+    received = tmp_path / "examples" / "out" / "received"
+    mails = [email.message_from_bytes(m.read_bytes(), policy=email.policy.default)
+             for m in sorted((received / "mail").glob("*.eml"))]
+    chats = [json.loads(c.read_text(encoding="utf-8")) for c in sorted((received / "http").glob("*.json"))]
+    sent = re.search(r"sent to the demo's receivers: (\d+) e-mail\(s\) .*?, (\d+) chat/SMS/push", out)
+    assert sent and (int(sent[1]), int(sent[2])) == (len(mails), len(chats)) and mails and chats, out[-2000:]
+    assert {m["To"] for m in mails} == {"security@neo-retail.example"}
+    mails = [m["Subject"] + "\n" + m.get_body(preferencelist=("plain",)).get_content() for m in mails]
+    assert {c["path"] for c in chats} == {"/security"} and all(c["headers"].get("X-Neo-Idempotency-Key") for c in chats)
+    customer_ids = re.compile(r"C\d{8}")  # the example's customers: pseudonyms only for the security team
+    assert not [m for m in mails if customer_ids.search(m)] and not customer_ids.search(json.dumps(chats))
     log = (tmp_path / "examples" / "out" / "neo-auditd.log").read_text(encoding="utf-8")
     assert '"message":"stopped"' in log  # the daemon drained and stopped after the table
