@@ -91,6 +91,11 @@ def test_a_time_zone_typo_is_exit_78_from_check_and_run_with_a_did_you_mean(exam
     ("  paths: [rules.d]", "  paths: [rules.d, no-such-rules]", "rules.paths[1]", "rules path not found"),
     ("  reload_check_s: 5", "  reload_check_s: 5\n  extra: {deep: [1, {x: y}]}", "directory.extra",
      "unknown key 'extra'"),
+    # a traceback (OSError ENAMETOOLONG from Path.is_dir) until fuzz_config found it
+    ("  paths: [rules.d]", "  paths: [rules.d, " + "a" * 5000 + "]", "rules.paths[1]",
+     "a path with a name of 5,000 bytes cannot exist (at most 255 bytes a name)"),
+    ("state_dir: out/state", "state_dir: /" + "/".join(["s" * 200] * 25), "state_dir",
+     "a path of 5,025 bytes cannot exist (at most 4095 bytes)"),
 ])
 def test_a_bad_value_anywhere_in_the_config_is_located(example: Path, old, new, key, message) -> None:
     config = example / "config.yaml"

@@ -209,7 +209,12 @@ def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Prob
                 problems.add(doc, path, "a path cannot hold a NUL character")
                 return MISSING
             p = Path(value)
-            return p if p.is_absolute() else (doc.folder / p)
+            p = p if p.is_absolute() else (doc.folder / p)
+            too_long = _too_long(p)
+            if too_long:
+                problems.add(doc, path, too_long)
+                return MISSING
+            return p
     elif tp is dt.datetime:
         return _to_datetime(value, doc, path, problems)
     elif tp is dt.date:
@@ -233,6 +238,22 @@ def _convert_scalar(tp: Any, value: Any, doc: Doc, path: PathKey, problems: Prob
         raise TypeError(f"unsupported config type {tp!r}")
     problems.add(doc, path, f"expected {_type_name(tp)}, got {_describe(value)}")
     return MISSING
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # Linux: bytes in one name, in a whole path with its NUL
+
+
+def _too_long(p: Path) -> str | None:
+    """Why no file can have this path (the system would refuse every call on it with
+    ENAMETOOLONG), or None."""
+    for name in p.parts:
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            return f"a path with a name of {size:,} bytes cannot exist (at most {NAME_MAX} bytes a name)"
+    size = len(str(p).encode("utf-8", "surrogateescape"))
+    if size >= PATH_MAX:
+        return f"a path of {size:,} bytes cannot exist (at most {PATH_MAX - 1} bytes)"
+    return None
 
 
 def _to_datetime(value: Any, doc: Doc, path: PathKey, problems: Problems) -> Any:
