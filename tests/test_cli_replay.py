@@ -199,3 +199,33 @@ def test_the_replay_progress_ends_at_100_percent(tmp_path):
         store.close()
     assert calls[-1] == (log.stat().st_size, log.stat().st_size)
     assert all(done <= total for done, total in calls)
+
+
+@pytest.mark.parametrize("old, new, reason", [
+    ('"count": 1', '"count": 100000000000000000000000000000000000000000', "must be at most 1,000,000,000,000"),
+    ('"count": 1', '"count": 1e308', "must be at most 1,000,000,000,000"),
+    ('"count": 1', '"count": 9223372036854775808', "must be at most 1,000,000,000,000"),
+    ('"2026-11-02T10:00:07.000+08:00"', '"9999-12-31T23:59:59.999+00:00"', "outside the years 1970 to 9998"),
+    ('"2026-11-02T10:00:07.000+08:00"', '"0001-01-01T00:00:00+14:00"', "outside the years 1970 to 9998"),
+    ('"2026-11-02T10:00:07.000+08:00"', '"0001-01-01T00:00:00+00:00"', "outside the years 1970 to 9998"),
+])
+def test_a_line_whose_numbers_would_overflow_the_store_or_the_calendar_is_quarantined(tmp_path: Path, old, new,
+                                                                                      reason):
+    """A hostile trial found these: one such line made `run` and `replay` die with an
+    OverflowError (msgpack, or the enricher's local day) on every restart, and the good
+    lines of its batch were never committed."""
+    config = deployment(tmp_path, CRM_SOURCE)
+    (tmp_path / "logs").mkdir()
+    lines = [good_line(n) for n in range(20)]
+    assert old in lines[7]
+    lines[7] = lines[7].replace(old, new)
+    (tmp_path / "logs" / "access.log").write_text("\n".join(lines) + "\n")
+    result = neo("replay", "-c", str(config), "--json", str(tmp_path / "logs" / "access.log"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert (summary["events"], summary["quarantined"]) == (19, 1)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "neo-auditd.db") as conn:
+        (stored_reason,) = conn.execute("SELECT reason FROM quarantine").fetchone()
+    assert reason in stored_reason

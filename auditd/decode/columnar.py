@@ -36,6 +36,7 @@ from msgspec import NODEFAULT
 
 from auditd.decode.mapping import Column, Mapping
 from auditd.decode.typed_json import TypedShape
+from auditd.decode.values import EARLIEST, LATEST
 from auditd.event import EVENT_DEFAULTS, AccessEvent
 
 # (records, offsets, event id prefix, log path, dataset) -> events, or None: not this way
@@ -206,7 +207,13 @@ def _utc_times(values: Iterable) -> list | None:
     times = list(values)
     if None in map(getattr, times, repeat("tzinfo"), repeat(None)):
         return None  # absent, or without an offset: the format's zone applies, record by record
-    return list(map(dt.datetime.astimezone, times, repeat(_UTC)))
+    try:
+        column = list(map(dt.datetime.astimezone, times, repeat(_UTC)))
+    except (OverflowError, ValueError):
+        return None  # beyond datetime's range in UTC: the record path quarantines it
+    if column and not (EARLIEST <= min(column) and max(column) < LATEST):
+        return None  # a time no access log holds: the record path says which and why
+    return column
 
 
 def _looked_up(values: Iterable, table: dict) -> list | None:

@@ -22,7 +22,7 @@ from auditd.decode.settings import (
     CategoryRule,
     FieldMapping,
 )
-from auditd.decode.values import COERCERS, UTC, make_time_parser, to_text
+from auditd.decode.values import COERCERS, EARLIEST, LATEST, UTC, make_time_parser, to_text
 from auditd.errors import DecodeError
 from auditd.event import ACTIONS, EVENT_DEFAULTS, FIELDS, OUTCOMES, REQUIRED_FIELDS
 
@@ -394,14 +394,18 @@ def _mapped_shortcut(exact: dict[str, str], attr: str, general: Apply) -> Apply:
     return apply
 
 
+# aware times this far inside the bounds are inside them whatever their offset (< 1 day)
+EARLIEST_LOCAL, LATEST_LOCAL = EARLIEST + dt.timedelta(days=1), LATEST - dt.timedelta(days=1)
+
+
 def _time_shortcut(attr: str, general: Apply) -> Apply:
     datetime_type = dt.datetime
 
     def apply(raw: Any, facts: dict) -> None:
-        if type(raw) is datetime_type and raw.tzinfo is not None:
+        if type(raw) is datetime_type and raw.tzinfo is not None and EARLIEST_LOCAL < raw < LATEST_LOCAL:
             facts[attr] = raw.astimezone(UTC)
         else:
-            general(raw, facts)
+            general(raw, facts)  # a naive time, not a time, or one the general path must bound
 
     return apply
 

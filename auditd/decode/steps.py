@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from auditd.config.regex import LinearRegex
 
-from auditd.decode.values import describe, to_text
+from auditd.decode.values import MAX_COUNT, describe, to_text
 
 Step = Callable[[Any], Any]
 NOT_MAPPED = object()  # a lookup without a default raises for values it does not list
@@ -97,6 +97,8 @@ def vocabulary_step(allowed: frozenset[str]) -> Step:
 def non_negative(value: int) -> int:
     if value < 0:
         raise ValueError(f"must not be negative, got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"must be at most {MAX_COUNT:,}, got {describe(value)}")
     return value
 
 

@@ -33,10 +33,11 @@ from auditd.decode.mapping import (
     Target,
     compile_reader,
 )
+from auditd.decode.values import MAX_COUNT
 from auditd.event import EVENT_DEFAULTS
 
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 _ANY_LEAF: tuple[Any, Any] = (Any, None)
 
 

@@ -15,6 +15,13 @@ from typing import Any, Callable
 import msgspec
 
 UTC = dt.timezone.utc
+# The times an event may have: from the epoch up to a year before datetime's end, so that
+# a local day, an hour bucket or a deadline counted from it never leaves datetime's range.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = dt.datetime(9999, 1, 1, tzinfo=UTC)
+# The largest record count: SQLite and msgpack hold 64-bit integers; no export carries
+# more records than there are people, a trillion is far above any real one.
+MAX_COUNT = 10**12
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 _INTEGER = re.compile(r"[+-]?\d+")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
@@ -107,7 +114,15 @@ def make_time_parser(time_format: str, zone: dt.tzinfo) -> Callable[[Any], dt.da
         out = parse(value)
         if out.tzinfo is None:
             out = out.replace(tzinfo=zone)
-        return out.astimezone(UTC)
+        try:
+            utc = out.astimezone(UTC)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is None or not EARLIEST <= utc < LATEST:
+            shown = out.isoformat() if isinstance(value, dt.datetime) else describe(value)
+            raise ValueError(f"time {shown} is outside the years {EARLIEST.year} to {LATEST.year - 1}: no access "
+                             "log holds it, and its local day, hour and deadlines could not be counted")
+        return utc
 
     return to_time
 

@@ -20,6 +20,10 @@ from typing import Any
 from auditd.workdays import WorkingCalendar
 
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
+# The legal clocks run hours to 30 days; a due time past a year is a typo, and one past
+# datetime's range would stop every playbook's clock at run time.
+MAX_SECONDS, MAX_WORKING_DAYS = 366 * 86400, 250
+_TOO_FAR = "a due time is at most a year (366d, or 250wd)"
 _PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|wd|working days?)\s*", re.IGNORECASE)
 
 
@@ -35,6 +39,8 @@ class Due:
         if isinstance(value, (int, float)):
             if value < 0:
                 raise ValueError("a due time cannot be negative")
+            if not value * 60 <= MAX_SECONDS:  # also NaN
+                raise ValueError(f"{_TOO_FAR}, got {value!r} minutes")
             return cls(float(value) * 60)  # a bare number: minutes
         m = _PATTERN.fullmatch(str(value))
         if m is None:
@@ -43,7 +49,11 @@ class Due:
         if unit.startswith("w"):
             if number != int(number):
                 raise ValueError("working days are whole days")
+            if number > MAX_WORKING_DAYS:
+                raise ValueError(f"{_TOO_FAR}, got {value!r}")
             return cls(working_days=int(number))
+        if number * _UNITS[unit] > MAX_SECONDS:
+            raise ValueError(f"{_TOO_FAR}, got {value!r}")
         return cls(seconds=number * _UNITS[unit])
 
     def after(self, anchor: dt.datetime, calendar: WorkingCalendar, zone: dt.tzinfo) -> dt.datetime:
