@@ -7,11 +7,12 @@ validated exactly as a start is, and an invalid set never replaces a running one
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from auditd.config.located import Problems
@@ -159,17 +160,41 @@ def _load_sources(settings: Settings, doc, problems: Problems):
 
 def daemon_files(settings: Settings, config_path: Path) -> Protected:
     """The daemon's own files, which no source may read: the state directory, the store
-    and quarantine, the key files, the configuration, HR directory and rule files."""
-    files = [settings.store_path, settings.quarantine_path, settings.pseudonym.key_file, config_path]
+    and quarantine, the configuration, and every other file or folder the configuration
+    names outside `sources` — keys and secrets, the HR directory and feeds, rules and
+    playbooks, the customers' contacts and export manifests (raw PI), the letters'
+    spool. Found by walking the settings, so a file a later section adds is covered too."""
+    files = [settings.store_path, settings.quarantine_path, config_path]
     files += [Path(f"{settings.store_path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
-    if settings.directory is not None:
-        files.append(settings.directory.path)
-    if settings.elastic is not None and settings.elastic.api_key_file is not None:
-        files.append(settings.elastic.api_key_file)
-    if settings.working_days.override_file is not None:
-        files.append(settings.working_days.override_file)
-    rule_files = [p for p in settings.rules.paths if not p.is_dir()]
-    return Protected.of([settings.state_dir, *(p for p in settings.rules.paths if p.is_dir())], files + rule_files)
+    directories = [settings.state_dir]
+    for name in (f.name for f in dataclasses.fields(settings) if f.name != "sources"):
+        for path in _named_paths(getattr(settings, name)):
+            if glob.has_magic(str(path)):
+                files += map(Path, glob.glob(str(path)))  # export manifests: the ones there now
+                continue
+            files.append(path)
+            try:
+                is_file = path.is_file()
+            except OSError:  # cannot be looked at: guard it both ways
+                is_file = False
+            if not is_file:  # a folder, or one not made yet (a letters spool): nothing below it either
+                directories.append(path)
+    return Protected.of(directories, files)
+
+
+def _named_paths(value) -> Iterator[Path]:
+    """Every Path in a settings value: dataclass fields, list items, mapping values."""
+    if isinstance(value, Path):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _named_paths(getattr(value, f.name))
+    elif isinstance(value, (list, tuple, frozenset, set)):
+        for item in value:
+            yield from _named_paths(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _named_paths(item)
 
 
 def _guard_sources(settings: Settings, config_path: Path, doc, problems: Problems) -> Settings:

@@ -110,6 +110,40 @@ def test_a_source_reaching_into_the_state_directory_is_a_located_config_error(de
     assert "sources[0].allow_dirs[0]: holds the daemon's own files" in out.stderr
 
 
+def test_the_customers_contacts_and_every_file_the_config_names_are_never_a_source(deployment):
+    """A hostile trial: `respond.contacts.csv` (customers' names and addresses) passed
+    `check` as a source, and a hard link to it in the log folder was read: 302 lines with
+    raw names and e-mail addresses in the quarantine. Every file the configuration names
+    outside `sources` is now the daemon's own."""
+    contacts = deployment / "contacts.csv"
+    contacts.write_text("customer_id,name,language,channel,address\n"
+                        f"C00000001,{TOKEN},zh-CN,email,customer1@mail.example\n")
+    letters = deployment / "spool"  # not made yet: guarded as a folder
+    config = deployment / "config.yaml"
+    base = config.read_text()
+    extra = ("respond:\n  contacts: {csv: contacts.csv}\n"
+             "deliver:\n  channels:\n    letter: {spool: spool, format: html}\n")
+    config.write_text(base.replace("logs/audit-*.log", "contacts.csv") + extra)
+    out = subprocess.run([sys.executable, "-m", "auditd.cli", "check", "-c", str(config)],
+                         capture_output=True, text=True)
+    assert out.returncode == 78, out.stderr
+    assert "sources[0].paths[1]: reaches into the daemon's own files" in out.stderr
+
+    config.write_text(base + extra)
+    os.link(contacts, deployment / "logs" / "access.log.6")
+    letters.mkdir()
+    (letters / "letter-1.html").write_text(f"<p>{TOKEN}</p>")
+    os.symlink(letters / "letter-1.html", deployment / "logs" / "access.log.7")
+    out = subprocess.run([sys.executable, "-m", "auditd.cli", "replay", "-c", str(config),
+                          str(deployment / "logs" / "access.log.6"), str(deployment / "logs" / "access.log.7")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "access.log.6: is the daemon's own file" in out.stderr
+    assert "access.log.7: is the daemon's own file" in out.stderr
+    written = [f for f in (deployment / "state").rglob("*") if f.is_file()] if (deployment / "state").exists() else []
+    assert not [f for f in written if TOKEN.encode() in f.read_bytes()]
+
+
 def test_replay_refuses_a_fifo_and_the_daemons_own_files(deployment):
     (deployment / "state").mkdir()
     os.symlink(deployment / "pseudonym.key", deployment / "logs" / "k.log")
