@@ -45,11 +45,40 @@ def settings_and_store_path(args):
 
 
 def incident_conn(args):
-    """The store, and the zone its times are shown in (the config's `timezone`)."""
+    """The store, and the zone its times are shown in (the config's `timezone`). A store
+    that is not there is an error, not a new empty one: a mistyped state_dir must not
+    answer 'no incidents'."""
+    settings, path = settings_and_store_path(args)
+    return open_store(path, create=False), settings.zone
+
+
+def open_store(path: Path, *, create: bool):
+    """The store at `path` for a command; a damaged one, a folder in its place or (unless
+    `create`) none at all ends the command with what to do."""
+    from auditd.store import health
     from auditd.store.sqlite import Store
 
-    settings, path = settings_and_store_path(args)
-    return Store(path).open(), settings.zone
+    try:
+        health.preflight(path)
+    except health.StoreDamaged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    if not create and not path.exists():
+        print(f"error: {path}: no store there (has the daemon run with this config? state_dir, or --state-dir, "
+              "names the folder it keeps neo-auditd.db in)", file=sys.stderr)
+        raise SystemExit(1)
+    return Store(path).open()
+
+
+def id_arg(text: str) -> int:
+    """A row's number as `list` shows it: a positive integer that SQLite can hold."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number as the list shows it, got {text!r}") from None
+    if not 1 <= n < 2**63:
+        raise argparse.ArgumentTypeError(f"no such number: {text[:30]!r}")
+    return n
 
 
 def who_acts(args) -> str:

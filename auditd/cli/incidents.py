@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditd.cli.common import (
-    config_arg, config_error, incident_conn, json_out, rule_ids, settings_and_store_path, state_arg, who_acts,
+    config_arg, config_error, id_arg, incident_conn, json_out, open_store, rule_ids, settings_and_store_path,
+    state_arg, who_acts,
 )
 from auditd.errors import ConfigError
 
@@ -129,12 +130,12 @@ def _parse_expiry(text: str, now, zone):
 
     try:
         return now + Duration.from_config(text).timedelta
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     try:
         day = dt.date.fromisoformat(text)
         return dt.datetime(day.year, day.month, day.day, tzinfo=zone) + dt.timedelta(days=1)
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     value = dt.datetime.fromisoformat(text)  # ValueError: reported by the caller
     return value if value.tzinfo else value.replace(tzinfo=zone)
@@ -151,8 +152,12 @@ def cmd_suppress_add(args) -> int:
     match = {}
     for item in args.match:
         name, sep, value = item.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip() or not value:
             print(f"error: --match {item!r}: expected FIELD=VALUE, e.g. user.id=E10011", file=sys.stderr)
+            return 2
+        if name.strip() in match:
+            print(f"error: --match {name.strip()} given twice: a suppression matches one value a field "
+                  "(add one suppression for each)", file=sys.stderr)
             return 2
         match[name.strip()] = value
     try:
@@ -162,9 +167,7 @@ def cmd_suppress_add(args) -> int:
               file=sys.stderr)
         return 2
     known, _ = rule_ids(settings) if args.rule != EVERY_RULE else (None, None)
-    from auditd.store.sqlite import Store
-
-    store = Store(path).open()
+    store = open_store(path, create=True)  # a suppression may be added before the first run
     try:
         sid = add(store.conn, rule_id=args.rule, match=match, owner=args.owner, reason=args.reason,
                   expires_at=expires, now=now, known_rules=known)
@@ -214,9 +217,12 @@ def cmd_suppress_remove(args) -> int:
 
     from auditd.detect.suppressions import remove
 
+    if not args.by.strip():
+        print("error: --by: say who removes it (the log keeps it)", file=sys.stderr)
+        return 2
     store, _ = incident_conn(args)
     try:
-        done = remove(store.conn, args.id, by=args.by, now=dt.datetime.now(dt.timezone.utc))
+        done = remove(store.conn, args.id, by=args.by.strip(), now=dt.datetime.now(dt.timezone.utc))
     finally:
         store.close()
     if not done:
@@ -368,6 +374,6 @@ def add_suppress_parsers(sub) -> None:
     q = ssub.add_parser("remove", help="end a suppression now (its row stays, with who removed it)")
     config_arg(q)
     state_arg(q)
-    q.add_argument("id", type=int, metavar="ID", help="the suppression's number, as `suppress list` shows it")
+    q.add_argument("id", type=id_arg, metavar="ID", help="the suppression's number, as `suppress list` shows it")
     q.add_argument("--by", required=True, help="who removes it")
     q.set_defaults(func=cmd_suppress_remove)

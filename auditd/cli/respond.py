@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from auditd.cli.common import (
-    config_arg, config_error, incident_conn, json_out, settings_and_store_path, state_arg, store_reader,
+    config_arg, config_error, id_arg, incident_conn, json_out, settings_and_store_path, state_arg, store_reader,
     who_acts,
 )
 from auditd.errors import ConfigError
@@ -249,11 +249,11 @@ def add_parsers(sub) -> None:
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("show", help="one message: its key, route, receipt and every attempt")
     store_reader(q, "print the result as JSON (times in UTC)")
-    q.add_argument("id", type=int, metavar="ID", help="the message's number, as `outbox list` shows it")
+    q.add_argument("id", type=id_arg, metavar="ID", help="the message's number, as `outbox list` shows it")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("retry", help="queue failed messages again with a fresh retry budget (after fixing the cause)")
     store_reader(q, "print the result as JSON (times in UTC)")
-    q.add_argument("ids", type=int, nargs="*", metavar="ID", help="the failed messages to queue again (or --failed)")
+    q.add_argument("ids", type=id_arg, nargs="*", metavar="ID", help="the failed messages to queue again (or --failed)")
     q.add_argument("--failed", action="store_true", help="every failed message")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("send", help="send what is due now, once, as the deliver job does every deliver.check_every "

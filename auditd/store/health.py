@@ -65,6 +65,9 @@ def marker_path(db_path: Path) -> Path:
 def preflight(db_path: Path, *, new_store: bool = False) -> None:
     """Before opening: refuse a store that vanished or is not SQLite at all."""
     db_path = Path(db_path)
+    if db_path.is_dir():
+        raise StoreDamaged(f"{db_path} is a folder, not a store: state_dir names the folder the daemon keeps "
+                           "neo-auditd.db in; move the folder away, or point state_dir elsewhere")
     marker = marker_path(db_path)
     size = db_path.stat().st_size if db_path.exists() else None
     if marker.exists() and (size is None or size == 0):

@@ -1,0 +1,77 @@
+"""The operator's commands with hostile arguments: a clear error and its exit code, never
+a traceback, and a read command never creates a store. Each case is one a hostile trial
+of the command line found raising (OverflowError, sqlite3.OperationalError,
+IsADirectoryError) or answering wrongly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditd.enrich.pseudonym import create_key_file
+
+
+def neo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "auditd.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    create_key_file(tmp_path / "pseudonym.key")
+    path = tmp_path / "config.yaml"
+    path.write_text("state_dir: state\nsources: []\npseudonym:\n  key_file: pseudonym.key\n")
+    return path
+
+
+def ran(config: Path) -> Path:
+    """A store, as a daemon that ran leaves it."""
+    assert neo("suppress", "add", "-c", str(config), "--rule", "*", "--match", "user.id=E1", "--owner", "a",
+               "--reason", "b", "--expires", "1d").returncode == 0
+    return config.parent / "state" / "neo-auditd.db"
+
+
+@pytest.mark.parametrize("args", [
+    ["outbox", "show", "99999999999999999999999999"],
+    ["outbox", "retry", "99999999999999999999999999"],
+    ["suppress", "remove", "99999999999999999999999", "--by", "x"],
+    ["outbox", "show", "0"],
+])
+def test_a_number_no_row_can_have_is_a_usage_error(config: Path, args) -> None:
+    ran(config)
+    result = neo(*args[:2], "-c", str(config), *args[2:])
+    assert result.returncode == 2, result.stderr
+    assert "no such number" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["incidents", "list"], ["outbox", "list"], ["suppress", "list"], ["register"]])
+def test_a_read_command_on_a_missing_store_says_so_and_creates_nothing(config: Path, command) -> None:
+    result = neo(*command, "-c", str(config))
+    assert result.returncode == 1, result.stderr
+    assert "no store there (has the daemon run with this config?" in result.stderr
+    assert not (config.parent / "state").exists()
+
+
+@pytest.mark.parametrize("command", [["incidents", "list"], ["outbox", "list"], ["suppress", "list"],
+                                     ["store", "check"]])
+def test_a_folder_where_the_store_should_be_is_named_with_what_to_do(config: Path, command) -> None:
+    (config.parent / "state" / "neo-auditd.db").mkdir(parents=True)
+    result = neo(*command, "-c", str(config))
+    assert result.returncode == 65, result.stderr
+    assert "neo-auditd.db is a folder, not a store" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_suppress_refuses_what_it_would_silently_misread(config: Path) -> None:
+    ran(config)
+    base = ["suppress", "add", "-c", str(config), "--rule", "*", "--owner", "a", "--reason", "b", "--expires", "1d"]
+    twice = neo(*base, "--match", "user.id=E1", "--match", "user.id=E2")
+    assert twice.returncode == 2 and "--match user.id given twice" in twice.stderr
+    empty = neo(*base, "--match", "user.id=")
+    assert empty.returncode == 2 and "expected FIELD=VALUE" in empty.stderr
+    nobody = neo("suppress", "remove", "-c", str(config), "1", "--by", " ")
+    assert nobody.returncode == 2 and "--by: say who removes it" in nobody.stderr
+    far = neo(*base[:-2], "--expires", "9999-12-31", "--match", "user.id=E3")
+    assert far.returncode == 0 and "Traceback" not in far.stderr, far.stderr
+    assert "user.id=E3" in neo("suppress", "list", "-c", str(config)).stdout
