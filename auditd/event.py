@@ -239,6 +239,12 @@ def from_ecs(doc: dict[str, Any]) -> AccessEvent:
     return AccessEvent(**kwargs)
 
 
+# The times an event may have: from the epoch up to a year before datetime's end, so that
+# a local day, an hour bucket or a deadline counted from it never leaves datetime's range.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def parse_time(value: Any, zone: dt.tzinfo | None = None) -> dt.datetime:
     """An aware UTC datetime from ISO text or a datetime; naive values take `zone`."""
     if isinstance(value, dt.datetime):

@@ -132,3 +132,40 @@ def test_config_errors_exit_78(tmp_path: Path) -> None:
     assert "unknown field 'event.acton'" in report.text and report.text.endswith("rules not loaded")
     data = json.loads(run_rule_tests([broken], today=TODAY, as_json=True).text)
     assert data["errors"][0]["where"].endswith("rules.yaml:3:14")
+
+
+FAR_TIMES = """\
+- rule: far_seq
+  desc: a sample sequence that runs past datetime's end
+  kind: threshold
+  params: {gte: 3, timespan: 10m}
+  condition: event.action = read
+  severity: low
+  tags: [sandbox]
+  samples:
+    match:
+      - sequence:
+          - {repeat: 3, every: 1000d, event: {'@timestamp': '9998-12-31T23:00:00Z', user.id: E1, event.action: read}}
+- rule: far_off
+  desc: a sample at the end of year 9999
+  kind: off_hours
+  params: {hours: '08:00-20:00 mon-fri'}
+  condition: event.action = read
+  severity: low
+  tags: [sandbox]
+  samples:
+    match:
+      - {'@timestamp': '9999-12-31T23:59:59+00:00', user.id: E1, event.action: read}
+"""
+
+
+def test_sample_times_past_what_an_event_may_have_are_located_errors(tmp_path: Path) -> None:
+    """A hostile trial: check and run died with OverflowError (exit 1) on the sequence,
+    and test-rules on the off_hours sample."""
+    problems = Problems()
+    load_rules([write(tmp_path, FAR_TIMES)], problems)
+    shown = [str(p) for p in problems.items]
+    assert any("rules.yaml:11:46: [0].samples.match[0].sequence[0].event: the sequence runs past 9998" in p
+               for p in shown), shown
+    assert any("[1].samples.match[0].@timestamp: '@timestamp' is an ISO 8601 time from 1970 to 9998, got "
+               "'9999-12-31T23:59:59+00:00'" in p for p in shown), shown

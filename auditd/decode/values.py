@@ -14,11 +14,9 @@ from typing import Any, Callable
 
 import msgspec
 
+from auditd.event import EARLIEST, LATEST  # the times an event may have
+
 UTC = dt.timezone.utc
-# The times an event may have: from the epoch up to a year before datetime's end, so that
-# a local day, an hour bucket or a deadline counted from it never leaves datetime's range.
-EARLIEST = dt.datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = dt.datetime(9999, 1, 1, tzinfo=UTC)
 # The largest record count: SQLite and msgpack hold 64-bit integers; no export carries
 # more records than there are people, a trillion is far above any real one.
 MAX_COUNT = 10**12

@@ -34,7 +34,7 @@ from typing import Any
 from auditd.config.located import Doc, PathKey, Problems
 from auditd.detect.resolve import near
 from auditd.errors import Location
-from auditd.event import ACTIONS, FIELDS, OUTCOMES, AccessEvent, FieldSpec, parse_time
+from auditd.event import ACTIONS, EARLIEST, FIELDS, LATEST, OUTCOMES, AccessEvent, FieldSpec, parse_time
 
 SAMPLE_TIME = "2026-11-02T10:00:00+08:00"  # a Monday, in business hours
 
@@ -132,12 +132,17 @@ def sample_sequence(raw: dict[str, Any], doc: Doc, path: PathKey, problems: Prob
                                  categories=categories, timestamp=None)
             if event is None:
                 break
-            if event.timestamp is None:
-                clock = parse_time(SAMPLE_TIME) if clock is None else clock + every
-                event.timestamp = clock
-            else:
-                clock = event.timestamp if n == 0 else clock + every
-                event.timestamp = clock
+            try:
+                if event.timestamp is None:
+                    clock = parse_time(SAMPLE_TIME) if clock is None else clock + every
+                else:
+                    clock = event.timestamp if n == 0 else clock + every
+            except OverflowError:
+                clock = LATEST
+            if clock >= LATEST:
+                problems.add(doc, where, f"the sequence runs past {LATEST.year - 1}: no event has such a time")
+                break
+            event.timestamp = clock
             out.append(event)
     return out if len(problems.items) == before else []
 
@@ -230,7 +235,7 @@ def _rewritten_by_yaml(spec: FieldSpec, value: Any, doc: Doc, where: PathKey) ->
 
 _BAD: Any = object()
 _KIND_WORDS = {"str": "text", "ip": "an address", "int": "a number", "bool": "true or false",
-               "time": "an ISO 8601 time", "list": "a list of text", "map": "a mapping of text"}
+               "time": "an ISO 8601 time from 1970 to 9998", "list": "a list of text", "map": "a mapping of text"}
 
 
 def _typed(spec: FieldSpec, value: Any, zone: tzinfo) -> Any:
@@ -243,9 +248,10 @@ def _typed(spec: FieldSpec, value: Any, zone: tzinfo) -> Any:
         return value if isinstance(value, bool) else _BAD
     if kind == "time":
         try:
-            return parse_time(value, zone) if isinstance(value, (str, dt.datetime)) else _BAD
+            t = parse_time(value, zone) if isinstance(value, (str, dt.datetime)) else _BAD
         except (ValueError, OverflowError):
             return _BAD
+        return t if t is _BAD or EARLIEST <= t < LATEST else _BAD
     if kind == "list":
         items = value if isinstance(value, list) else [value]
         ok = all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items)
