@@ -229,3 +229,24 @@ def test_a_line_whose_numbers_would_overflow_the_store_or_the_calendar_is_quaran
     with sqlite3.connect(tmp_path / "state" / "neo-auditd.db") as conn:
         (stored_reason,) = conn.execute("SELECT reason FROM quarantine").fetchone()
     assert reason in stored_reason
+
+
+def test_control_characters_from_a_log_line_reach_the_terminal_escaped(tmp_path: Path):
+    """A hostile trial: an employee id with ESC sequences (clear the screen, recolour) and
+    a bidirectional override was written raw by `incidents list` and `show`."""
+    config = deployment(tmp_path, CRM_SOURCE)
+    (tmp_path / "logs").mkdir()
+    hostile = "E1\x1b[2J\x1b[31mFAKE-OK\x1b[0m\u202e"
+    record = json.loads(good_line(1))
+    record.update(emp={"id": hostile, "name": "x"}, op="customer.export", count=5000)
+    (tmp_path / "logs" / "access.log").write_text(json.dumps(record) + "\n")
+    assert neo("replay", "-c", str(config), str(tmp_path / "logs" / "access.log")).returncode == 0
+    listed = neo("incidents", "list", "-c", str(config))
+    assert listed.returncode == 0 and "INC-" in listed.stdout, listed.stderr
+    incident = next(word for word in listed.stdout.split() if word.startswith("INC-"))
+    shown = neo("incidents", "show", "-c", str(config), incident)
+    for out in (listed.stdout, shown.stdout):
+        assert "\x1b" not in out and "\u202e" not in out
+        assert "E1\\x1b[2J\\x1b[31mFAKE-OK\\x1b[0m\\u202e" in out
+    as_json = neo("incidents", "list", "-c", str(config), "--json")
+    assert "\x1b" not in as_json.stdout and json.loads(as_json.stdout)[0]["actor"] == hostile

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from auditd import __version__
 from auditd.cli import daemon, incidents, respond, store
+from auditd.cli.common import EscapedText
 from auditd.errors import EX_CONFIG, StoreFormatError
 from auditd.ops.privacy import make_private
 from auditd.store.health import StoreDamaged
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything this program creates (store, WAL, quarantine, keys, reviews) holds or
     # guards personal information: its user's alone, also outside systemd's UMask=0077.
     make_private()
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapedText(stdout), EscapedText(stderr)
     try:
         return args.func(args)
     except StoreFormatError as exc:  # a newer version's store: restarting will not help
@@ -68,4 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreDamaged as exc:  # missing, not ours, or damaged: restarting will not help either
         print(f"neo-auditd: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 

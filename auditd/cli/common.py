@@ -12,6 +12,32 @@ import msgspec
 from auditd.errors import EX_CONFIG, ConfigError
 
 
+# Control characters and bidirectional overrides a log line may carry (in an employee id,
+# a resource name): written raw, they clear an operator's screen, recolour it or reorder
+# what it shows. Text output shows them escaped; --json output escapes them already.
+_UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
+_UNSAFE.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+
+
+class EscapedText:
+    """A text stream that writes control characters as escapes (\\x1b), and passes all
+    else, its binary buffer included, to the stream it wraps."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(text.translate(_UNSAFE))
+        return len(text)
+
+    def write_own(self, text: str) -> int:
+        """The program's own control characters (a progress bar's carriage return)."""
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def json_out(obj) -> None:
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
 

@@ -239,7 +239,7 @@ class _ProgressBar:
         if pct != self._last:
             self._last = pct
             bar = "#" * (pct // 4)
-            sys.stderr.write(f"\rreplay [{bar:<25}] {pct:3d}%")
+            getattr(sys.stderr, "write_own", sys.stderr.write)(f"\rreplay [{bar:<25}] {pct:3d}%")
             sys.stderr.flush()
 
     def done(self) -> None:
