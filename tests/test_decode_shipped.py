@@ -82,6 +82,26 @@ def test_neo_crm_resource_types_map_to_categories(res_type, categories):
     assert event.categories == categories
 
 
+@pytest.mark.parametrize("where", ["ip", "dest"])
+def test_an_address_field_holds_an_address_or_the_line_is_quarantined(where):
+    """A hostile trial: ip "13812345678" (a phone number) passed as source.ip and reached
+    the incident's title and the regulator report verbatim."""
+    fmt = shipped("neo-crm")
+    good = dict(ts="2026-11-02T09:15:03.123+08:00", emp={"id": "E10023"}, op="customer.view",
+                res={"type": "customer", "id": "C1"}, subjects=["C1"], count=1, result="ok")
+
+    def with_address(address: str) -> bytes:
+        return jl(**good, **({"ip": address} if where == "ip" else {"dest": {"ip": address, "country": "CN"}}))
+
+    field = "source.ip" if where == "ip" else "destination.ip"
+    for record in (with_address("13812345678"), with_address("10.0.0.1; DROP")):
+        events, quarantined, _ = run(fmt, jl(**good), record, jl(**good))  # the chunk path, then each record
+        assert len(events) == 2 and len(quarantined) == 1
+        assert quarantined[0].reason.startswith(f"{field}: expected an IP address, got ")
+    for address in ("10.20.3.15", "2001:db8::1", "::ffff:10.0.0.1", "06.237.252.245"):  # the last: as logs write
+        assert one_event(fmt, with_address(address)) is not None
+
+
 def test_neo_crm_whole_record():
     record = jl(
         ts="2026-11-02T09:15:03.123+08:00",

@@ -36,13 +36,14 @@ from msgspec import NODEFAULT
 
 from auditd.decode.mapping import Column, Mapping
 from auditd.decode.typed_json import TypedShape
-from auditd.decode.values import EARLIEST, LATEST
+from auditd.decode.values import EARLIEST, LATEST, is_address
 from auditd.event import EVENT_DEFAULTS, AccessEvent
 
 # (records, offsets, event id prefix, log path, dataset) -> events, or None: not this way
 EventsFunction = Callable[[list[bytes], list[int], str, "str | None", str], "list[AccessEvent] | None"]
 
 _UTC = dt.timezone.utc
+_ABSENT = frozenset((None,))
 CLOSED_RETRY_CHUNKS = 64  # chunks without the closed decode after one with unread keys
 _UNMAPPED = object()  # what an exact table gives for a value it lacks
 _ATTRIBUTES = [f.name for f in msgspec.structs.fields(AccessEvent)]  # AccessEvent's positional order
@@ -59,6 +60,7 @@ class _FieldPlan:
     names: tuple[str, ...]  # the struct attributes along the record path
     table: dict | None  # exact: value -> event value
     default: Any  # the value where a parent object is absent
+    address: bool = False  # a copy that must be an IP address
 
 
 def build_columnar_events(shape: TypedShape, mapping: Mapping, max_bytes: int) -> EventsFunction | None:
@@ -74,7 +76,8 @@ def build_columnar_events(shape: TypedShape, mapping: Mapping, max_bytes: int) -
         attr = compiled.target.attr
         # where a parent object is absent: the event's default for a copy, else "absent"
         default = EVENT_DEFAULTS[attr] if column.how == "copy" else None
-        plans.append(_FieldPlan(attr, column.how, shape.field_names(path), column.table, default))
+        plans.append(_FieldPlan(attr, column.how, shape.field_names(path), column.table, default,
+                                compiled.target.kind == "ip"))
     if mapping.categories is not None:
         column = mapping.categories_column
         if column is None:
@@ -113,6 +116,10 @@ class _ChunkDecoder:
         for plan in self._plans:
             values = _values(typed, plan, parents)
             if plan.how == "copy":
+                if plan.address:
+                    values = list(values)
+                    if not all(map(is_address, set(values) - _ABSENT)):
+                        return None  # the record path quarantines what is not an address
                 columns[plan.attr] = values
             elif plan.how == "time":
                 column = _utc_times(values)
