@@ -75,3 +75,20 @@ def test_suppress_refuses_what_it_would_silently_misread(config: Path) -> None:
     far = neo(*base[:-2], "--expires", "9999-12-31", "--match", "user.id=E3")
     assert far.returncode == 0 and "Traceback" not in far.stderr, far.stderr
     assert "user.id=E3" in neo("suppress", "list", "-c", str(config)).stdout
+
+
+@pytest.mark.parametrize("args, what", [
+    (["incidents", "note", "INC-20261102-0001", "customer phone 13812345678"], "the note"),
+    (["incidents", "ack", "INC-20261102-0001", "--why", "wrote to alice@example.com"], "--why"),
+    (["suppress", "add", "--rule", "*", "--match", "user.id=E9", "--owner", "a", "--reason",
+      "card 6222020200112233445", "--expires", "1d"], "--reason"),
+])
+def test_free_text_kept_for_good_takes_pseudonyms_only(config: Path, args, what) -> None:
+    """A hostile trial: `incidents note` stored 'customer C10023 phone 13812345678' in the
+    hash-chained timeline, where it can never be removed."""
+    ran(config)
+    result = neo(*args[:2], "-c", str(config), *args[2:])
+    assert result.returncode == 2, result.stderr
+    assert f"error: {what} holds what looks like personal information" in result.stderr
+    listed = neo("suppress", "list", "-c", str(config), "--json")
+    assert "6222020200112233445" not in listed.stdout

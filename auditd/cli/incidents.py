@@ -54,6 +54,19 @@ def cmd_incidents_show(args) -> int:
 _TRANSITIONS = {"ack": "triaged", "contain": "contained", "resolve": "resolved", "close": "closed"}
 
 
+def refused_text(what: str, text: str) -> bool:
+    """Free text kept for good (a timeline entry is hash-chained) must carry pseudonyms
+    only: refuse, with the reason, text in which the PI patterns find something."""
+    from auditd.ops.sentry import personal_information_in
+
+    found = personal_information_in(text)
+    if found:
+        print(f"error: {what} holds what looks like personal information ({', '.join(found)}): it would be kept "
+              "for good; name customers by their pseudonym (as `incidents show` gives them), never by phone, "
+              "e-mail, id or card number", file=sys.stderr)
+    return bool(found)
+
+
 def cmd_incidents_act(args) -> int:
     """ack|assign|contain|resolve|close|dismiss|merge|note|loss|cii|tier: one action through the seam."""
     import datetime as dt
@@ -65,6 +78,9 @@ def cmd_incidents_act(args) -> int:
     settings, _ = settings_and_store_path(args)
     who, verb = who_acts(args), args.incidents_command
     why = getattr(args, "why", None) or ""
+    for flag, text in (("--why", why), ("the note", getattr(args, "text", None) or "")):
+        if refused_text(flag, text):
+            return 2
     if verb in _TRANSITIONS:
         action = Transition(incident_id=args.id, who=who, status=_TRANSITIONS[verb], why=why)
     elif verb == "assign":
@@ -149,6 +165,8 @@ def cmd_suppress_add(args) -> int:
 
     settings, path = settings_and_store_path(args)
     now = dt.datetime.now(dt.timezone.utc)
+    if refused_text("--reason", args.reason):
+        return 2
     match = {}
     for item in args.match:
         name, sep, value = item.partition("=")

@@ -126,6 +126,13 @@ def scrub_text(text: str) -> str:
     return text
 
 
+def personal_information_in(text: str) -> list[str]:
+    """The kinds of personal information the patterns find in `text` (email, id-card,
+    phone, bank-card), for refusing free text that will be kept where only pseudonyms
+    belong; [] when none."""
+    return [kind for kind, pattern in _PATTERNS if pattern.search(text[:MAX_TEXT_CHARS])]
+
+
 def scrub_message(text: str) -> str:
     """An error or log message: quoted values removed as well as the patterns."""
     return scrub_text(_QUOTED.sub(lambda m: m.group(0)[0] + FILTERED + m.group(0)[0], text))
