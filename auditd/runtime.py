@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -204,10 +205,12 @@ def _guard_sources(settings: Settings, config_path: Path, doc, problems: Problem
     for i, source in enumerate(settings.sources):
         for j, pattern in enumerate(source.paths):
             static = os.path.realpath(static_directory(os.path.abspath(pattern))[0])
-            if protected.refuses(static) or protected.refuses(os.path.realpath(pattern)):
+            own = next((m for m in itertools.islice(glob.iglob(str(pattern), recursive=True), 10_000)
+                        if protected.refuses(os.path.realpath(m))), None)  # what it matches now, as far as 10,000
+            if protected.refuses(static) or protected.refuses(os.path.realpath(pattern)) or own is not None:
                 problems.add(doc, ("sources", i, "paths", j),
-                             "reaches into the daemon's own files (state directory, keys, configuration): "
-                             "never a source")
+                             "reaches into the daemon's own files (state directory, keys, configuration"
+                             + (f": {own}" if own is not None else "") + "): never a source")
         for j, directory in enumerate(source.allow_dirs):
             real = os.path.realpath(directory)
             if protected.refuses(real) or any(inside(d, real) for d in protected.directories):

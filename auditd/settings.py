@@ -84,6 +84,8 @@ class DirectorySettings:
     def check(self):
         if not 0 <= self.shift_grace.seconds <= 12 * 3600:
             yield "shift_grace", "must be between 0 and 12h"
+        if not 0.1 <= self.reload_check_s <= 86400:  # also NaN
+            yield "reload_check_s", "must be between 0.1 and 86400 (seconds between looks at the file)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,3 +92,10 @@ def test_free_text_kept_for_good_takes_pseudonyms_only(config: Path, args, what)
     assert f"error: {what} holds what looks like personal information" in result.stderr
     listed = neo("suppress", "list", "-c", str(config), "--json")
     assert "6222020200112233445" not in listed.stdout
+
+
+def test_retrying_a_message_that_is_not_failed_names_it(config: Path) -> None:
+    ran(config)
+    result = neo("outbox", "retry", "-c", str(config), "5", "7")
+    assert result.returncode == 1
+    assert "error: no failed message among 5, 7 (`outbox list --state failed` shows them)" in result.stderr

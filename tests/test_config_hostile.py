@@ -96,6 +96,10 @@ def test_a_time_zone_typo_is_exit_78_from_check_and_run_with_a_did_you_mean(exam
      "a path with a name of 5,000 bytes cannot exist (at most 255 bytes a name)"),
     ("state_dir: out/state", "state_dir: /" + "/".join(["s" * 200] * 25), "state_dir",
      "a path of 5,025 bytes cannot exist (at most 4095 bytes)"),
+    # accepted until a hostile trial: refused file by file only once running
+    ("paths: [out/logs/access.log*]", "paths: ['*.yaml']", "sources[0].paths[0]",
+     "reaches into the daemon's own files (state directory, keys, configuration: "),
+    ("  reload_check_s: 5", "  reload_check_s: -5", "directory.reload_check_s", "must be between 0.1 and 86400"),
 ])
 def test_a_bad_value_anywhere_in_the_config_is_located(example: Path, old, new, key, message) -> None:
     config = example / "config.yaml"

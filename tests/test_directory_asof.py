@@ -130,6 +130,7 @@ def test_schedule_spans_of_a_day_include_last_nights_tail():
 
 @pytest.mark.parametrize("bad, message", [
     ("9-18", "expected hours such as"),
+    ("０８:00-20:00", "expected hours such as"),  # full-width digits: accepted until a hostile trial
     ("25:00-26:00", "no such time of day"),
     ("09:00-18:00 someday", "unknown day 'someday'"),
     ({"hours": "09:00-18:00", "weekdays": "mon"}, "unknown key 'weekdays'"),

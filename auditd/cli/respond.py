@@ -190,6 +190,9 @@ def cmd_outbox(args) -> int:
         json_out({"queued": n})
     else:
         print(f"{n} failed message(s) queued again with a fresh retry budget; the deliver job sends them")
+    if not n and not args.failed:
+        print(f"error: no failed message among {', '.join(map(str, args.ids))} (`outbox list --state failed` "
+              "shows them)", file=sys.stderr)
     return 0 if n or args.failed else 1
 
 

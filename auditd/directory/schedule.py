@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
+_WINDOW = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", re.ASCII)
 _HELP = "expected hours such as '09:00-18:00', '09:00-18:00 mon-fri' or {hours: '09:00-18:00', days: [mon, tue]}"
 
 
