@@ -102,6 +102,20 @@ def test_an_address_field_holds_an_address_or_the_line_is_quarantined(where):
         assert one_event(fmt, with_address(address)) is not None
 
 
+def test_a_destination_country_is_a_country_code_or_the_line_is_quarantined():
+    """The same trial: dest.country "13812345678" reached the entitlement reason in the
+    incident's title ('destination country 13812345678 is outside the allowed')."""
+    fmt = shipped("neo-crm")
+    good = dict(ts="2026-11-02T09:15:03.123+08:00", emp={"id": "E10023"}, op="customer.share",
+                res={"type": "customer", "id": "C1"}, subjects=["C1"], count=1, result="ok")
+    bad = jl(**good, dest={"partner": "P-X", "country": "13812345678"})
+    events, quarantined, _ = run(fmt, jl(**good), bad, jl(**good))
+    assert len(events) == 2 and [q.reason for q in quarantined] == [
+        "destination.geo.country_iso_code: expected a two-letter country code such as CN, got '13812345678' "
+        "(extract: takes one out of a longer text) (path dest.country)"]
+    assert one_event(fmt, jl(**good, dest={"partner": "P-X", "country": "SG"})).destination_country == "SG"
+
+
 def test_neo_crm_whole_record():
     record = jl(
         ts="2026-11-02T09:15:03.123+08:00",

@@ -36,7 +36,7 @@ from msgspec import NODEFAULT
 
 from auditd.decode.mapping import Column, Mapping
 from auditd.decode.typed_json import TypedShape
-from auditd.decode.values import EARLIEST, LATEST, is_address
+from auditd.decode.values import EARLIEST, LATEST, SHAPES
 from auditd.event import EVENT_DEFAULTS, AccessEvent
 
 # (records, offsets, event id prefix, log path, dataset) -> events, or None: not this way
@@ -60,7 +60,7 @@ class _FieldPlan:
     names: tuple[str, ...]  # the struct attributes along the record path
     table: dict | None  # exact: value -> event value
     default: Any  # the value where a parent object is absent
-    address: bool = False  # a copy that must be an IP address
+    valid: Callable[[str], bool] | None = None  # a copy of one shape (values.SHAPES)
 
 
 def build_columnar_events(shape: TypedShape, mapping: Mapping, max_bytes: int) -> EventsFunction | None:
@@ -76,8 +76,9 @@ def build_columnar_events(shape: TypedShape, mapping: Mapping, max_bytes: int) -
         attr = compiled.target.attr
         # where a parent object is absent: the event's default for a copy, else "absent"
         default = EVENT_DEFAULTS[attr] if column.how == "copy" else None
+        shaped = SHAPES.get(compiled.target.name)
         plans.append(_FieldPlan(attr, column.how, shape.field_names(path), column.table, default,
-                                compiled.target.kind == "ip"))
+                                shaped[0] if shaped else None))
     if mapping.categories is not None:
         column = mapping.categories_column
         if column is None:
@@ -116,10 +117,10 @@ class _ChunkDecoder:
         for plan in self._plans:
             values = _values(typed, plan, parents)
             if plan.how == "copy":
-                if plan.address:
+                if plan.valid is not None:
                     values = list(values)
-                    if not all(map(is_address, set(values) - _ABSENT)):
-                        return None  # the record path quarantines what is not an address
+                    if not all(map(plan.valid, set(values) - _ABSENT)):
+                        return None  # the record path quarantines what is not of its shape
                 columns[plan.attr] = values
             elif plan.how == "time":
                 column = _utc_times(values)

@@ -22,7 +22,7 @@ from auditd.decode.settings import (
     CategoryRule,
     FieldMapping,
 )
-from auditd.decode.values import COERCERS, EARLIEST, LATEST, UTC, is_address, make_time_parser, to_text
+from auditd.decode.values import COERCERS, EARLIEST, LATEST, SHAPES, UTC, make_time_parser, shape_step, to_text
 from auditd.errors import DecodeError
 from auditd.event import ACTIONS, EVENT_DEFAULTS, FIELDS, OUTCOMES, REQUIRED_FIELDS
 
@@ -370,19 +370,19 @@ def with_shortcut(target: Target, spec: FieldMapping, general: Apply) -> Apply:
         return _mapped_shortcut(_exact_text_map(spec), attr, general)
     if _is_iso8601_only(target, spec):
         return _time_shortcut(attr, general)
-    if not transforms and target.kind == "str" and target.name not in VOCABULARIES:
+    if not transforms and target.name in SHAPES:
+        return _shaped_shortcut(attr, SHAPES[target.name][0], general)
+    if not transforms and target.kind != "time" and target.name not in VOCABULARIES:
         return _text_shortcut(attr, general)
-    if not transforms and target.kind == "ip":
-        return _address_shortcut(attr, general)
     return general
 
 
-def _address_shortcut(attr: str, general: Apply) -> Apply:
+def _shaped_shortcut(attr: str, valid: Callable[[str], bool], general: Apply) -> Apply:
     def apply(raw: Any, facts: dict) -> None:
-        if type(raw) is str and raw and is_address(raw):
+        if type(raw) is str and raw and valid(raw):
             facts[attr] = raw
         else:
-            general(raw, facts)  # empty, not text, or not an address: the general path says why
+            general(raw, facts)  # empty, not text, or not of its shape: the general path says why
 
     return apply
 
@@ -482,6 +482,8 @@ def _compile_convert(target: Target, spec: FieldMapping, known_categories: froze
         convert.append(steps.vocabulary_step(frozenset(vocabulary)))
     if target.name in NON_NEGATIVE:
         convert.append(steps.non_negative)
+    if target.name in SHAPES:
+        convert.append(shape_step(target.name))
     if target.name == CATEGORIES_FIELD:
         convert.append(steps.categories_step(known_categories))
     return steps.chain(convert)

@@ -33,7 +33,7 @@ from auditd.decode.mapping import (
     Target,
     compile_reader,
 )
-from auditd.decode.values import MAX_COUNT, is_address
+from auditd.decode.values import MAX_COUNT, SHAPES
 from auditd.event import EVENT_DEFAULTS
 
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
@@ -232,12 +232,13 @@ def build_typed_facts(
     ]
     if mapping.categories is not None:
         rules.append((compile_reader(mapping.categories[0], leaf), mapping.categories[1]))
-    addresses = tuple(f.target.attr for i, f in enumerate(mapping.fields) if i in copied and f.target.kind == "ip")
-    return _typed_facts_function(decode, shape.plan, tuple(rules), generic_facts, max_bytes, addresses)
+    shaped = tuple((f.target.attr, SHAPES[f.target.name][0]) for i, f in enumerate(mapping.fields)
+                   if i in copied and f.target.name in SHAPES)
+    return _typed_facts_function(decode, shape.plan, tuple(rules), generic_facts, max_bytes, shaped)
 
 
 def _typed_facts_function(decode, plan: _CopyPlan, rules, generic_facts, max_bytes: int,
-                          addresses: tuple[str, ...] = ()) -> Callable[[bytes], dict]:
+                          shaped: tuple[tuple[str, Callable[[str], bool]], ...] = ()) -> Callable[[bytes], dict]:
     top_attrs, top_whole = plan.attrs, plan.whole
     # sub-objects whose values are all copied ({"emp": {"id": .., "name": ..}}) are
     # merged here with one asdict; others go through _fill (one call more per object)
@@ -266,10 +267,10 @@ def _typed_facts_function(decode, plan: _CopyPlan, rules, generic_facts, max_byt
                     _fill(sub_plan, sub, facts)
         for read, apply in rules:
             apply(read(typed), facts)
-        for attr in addresses:
+        for attr, valid in shaped:
             value = facts.get(attr)
-            if value is not None and not is_address(value):
-                return generic_facts(record)  # copied as read, yet no address: the reference path says why
+            if value is not None and not valid(value):
+                return generic_facts(record)  # copied as read, not of its shape: the reference path says why
         return facts
 
     return facts_of

@@ -106,18 +106,38 @@ def is_address(text: str) -> bool:
     return known
 
 
-def to_address(value: Any) -> str:
-    """An IP address as text. Anything else in an address field is refused: it would
-    reach alert titles and regulator reports as free text (a phone number, say)."""
-    text = to_text(value)
-    if not is_address(text):
-        raise ValueError(f"expected an IP address, got {describe(value)} (extract: takes one out of a longer text)")
-    return text
+_COUNTRY = re.compile(r"[A-Z]{2}", re.ASCII)
+
+
+def is_country(text: str) -> bool:
+    """A two-letter country code (ISO 3166-1 alpha-2, upper case)."""
+    return _COUNTRY.fullmatch(text) is not None
+
+
+# Fields whose text reaches titles, evidence and regulator reports: each holds one shape
+# or the record is quarantined, so free text (a phone number, a name) cannot ride in them.
+SHAPES: dict[str, tuple[Callable[[str], bool], str]] = {
+    "source.ip": (is_address, "an IP address"),
+    "destination.ip": (is_address, "an IP address"),
+    "destination.geo.country_iso_code": (is_country, "a two-letter country code such as CN"),
+}
+
+
+def shape_step(name: str) -> Callable[[Any], Any]:
+    """The conversion step that refuses a value of the wrong shape for field `name`."""
+    valid, what = SHAPES[name]
+
+    def check(value: Any) -> Any:
+        if value is not None and not valid(value):
+            raise ValueError(f"expected {what}, got {describe(value)} (extract: takes one out of a longer text)")
+        return value
+
+    return check
 
 
 COERCERS: dict[str, Callable[[Any], Any]] = {
     "str": to_text,
-    "ip": to_address,
+    "ip": to_text,  # its shape: SHAPES, a step of its own
     "int": to_int,
     "bool": to_bool,
     "list": to_list,
