@@ -170,16 +170,16 @@ def daemon_files(settings: Settings, config_path: Path) -> Protected:
     directories = [settings.state_dir]
     for name in (f.name for f in dataclasses.fields(settings) if f.name != "sources"):
         for path in _named_paths(getattr(settings, name)):
+            path = path if path.is_absolute() else config_path.parent / path  # as a secret file is read
             if glob.has_magic(str(path)):
                 files += map(Path, glob.glob(str(path)))  # export manifests: the ones there now
                 continue
             files.append(path)
             try:
-                is_file = path.is_file()
-            except OSError:  # cannot be looked at: guard it both ways
-                is_file = False
-            if not is_file:  # a folder, or one not made yet (a letters spool): nothing below it either
-                directories.append(path)
+                if path.is_dir():  # a folder that exists (playbooks, templates, a spool): all below it
+                    directories.append(path)
+            except OSError:  # cannot be looked at: a file, as named
+                pass
     return Protected.of(directories, files)
 
 

@@ -94,7 +94,7 @@ set -e
 echo
 # the playbooks' first steps, now rather than at the respond-due job's next run
 "$NEO" playbook run-due -c examples/config.yaml
-"$NEO" register -c examples/config.yaml | head -n 40
+"$NEO" register -c examples/config.yaml | head -n 40 || true  # head may close the pipe first (pipefail)
 echo "rendered reports and notices: $OUT/state/respond/"
 echo "  regulator reports:  $OUT/state/respond/reports/INCIDENT/initial-r1.{zh-CN,en}.{md,html} and .json"
 echo "  notices:            $OUT/state/respond/notices/INCIDENT/STEP/*.json (customers' after the DPO's approval:"

@@ -247,6 +247,6 @@ def test_control_characters_from_a_log_line_reach_the_terminal_escaped(tmp_path:
     shown = neo("incidents", "show", "-c", str(config), incident)
     for out in (listed.stdout, shown.stdout):
         assert "\x1b" not in out and "\u202e" not in out
-        assert "E1\\x1b[2J\\x1b[31mFAKE-OK\\x1b[0m\\u202e" in out
+        assert "E1\\u001b[2J\\u001b[31mFAKE-OK\\u001b[0m\\u202e" in out
     as_json = neo("incidents", "list", "-c", str(config), "--json")
     assert "\x1b" not in as_json.stdout and json.loads(as_json.stdout)[0]["actor"] == hostile

@@ -100,6 +100,24 @@ def test_an_address_field_holds_an_address_or_the_line_is_quarantined(where):
         assert quarantined[0].reason.startswith(f"{field}: expected an IP address, got ")
     for address in ("10.20.3.15", "2001:db8::1", "::ffff:10.0.0.1", "06.237.252.245"):  # the last: as logs write
         assert one_event(fmt, with_address(address)) is not None
+    # a scope id may hold any text: a review found it passed as an address
+    events, quarantined, _ = run(fmt, jl(**good), with_address("fe80::1%call 13812345678"), jl(**good))
+    assert len(events) == 2 and quarantined[0].reason.startswith(f"{field}: expected an IP address")
+
+
+def test_a_mapped_value_must_have_its_fields_shape(tmp_path):
+    """A review: a map to 'cn' passed check, then exact matches kept 'cn' while wildcard
+    ones were quarantined: which path a record took decided."""
+    from auditd.config.located import Problems
+    from auditd.decode import load_format
+
+    problems = Problems()
+    path = tmp_path / "odd.yaml"
+    path.write_text("extends: neo-crm\nfields:\n  destination.geo.country_iso_code:\n"
+                    "    {path: dest.country, map: {china: cn, 'sing*': SG}}\n")
+    load_format(path, problems)
+    assert any("destination.geo.country_iso_code holds a two-letter country code such as CN, not 'cn'" in str(p)
+               for p in problems.items), problems.items
 
 
 def test_a_destination_country_is_a_country_code_or_the_line_is_quarantined():

@@ -92,6 +92,21 @@ def test_a_document_of_the_wrong_types_is_refused_naming_the_ecs_field(part: dic
     assert named in str(refused.value) and "$[" not in str(refused.value)
 
 
+@pytest.mark.parametrize(("part", "reason"), [
+    ({"source": {"ip": "13812345678"}}, "source.ip: expected an IP address"),
+    ({"source": {"ip": "fe80::1%call 13812345678"}}, "source.ip: expected an IP address"),
+    ({"destination": {"geo": {"country_iso_code": "call me"}}}, "destination.geo.country_iso_code: expected a two"),
+    ({"@timestamp": "9999-12-31T23:59:59Z"}, "@timestamp: 9999-12-31T23:59:59+00:00 is outside the years 1970"),
+    ({"neo": {"data": {"record_count": 2**63 - 1}}}, "neo.data.record_count: must be from 0 to 1,000,000,000,000"),
+])
+def test_a_document_from_another_writer_meets_what_the_file_decoders_hold_to(part: dict, reason: str) -> None:
+    """A review: the cluster's documents skipped the shapes, time and count bounds that
+    every file decoder holds to, so another writer's free text reached titles."""
+    doc = {"@timestamp": "2026-11-02T01:00:00Z", "event": {"action": "read", "id": "a:1"}, **part}
+    with pytest.raises(DecodeError, match=reason.replace("(", r"\(").replace("+", r"\+")):
+        decode_document(json.dumps(doc).encode())
+
+
 def test_every_event_field_is_mapped_with_its_type() -> None:
     mapping = templates.events_mappings()
     assert mapping["dynamic"] is False

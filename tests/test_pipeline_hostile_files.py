@@ -129,6 +129,17 @@ def test_the_customers_contacts_and_every_file_the_config_names_are_never_a_sour
     assert out.returncode == 78, out.stderr
     assert "sources[0].paths[1]: reaches into the daemon's own files" in out.stderr
 
+    # a secret file named relative to the config, checked from another folder (systemd's is /)
+    token = deployment / "sms.token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    config.write_text(base.replace("logs/audit-*.log", "'*.token'") + extra
+                      + "    sms: {url: 'http://127.0.0.1:9/sms', token: {file: sms.token}}\n")
+    out = subprocess.run([sys.executable, "-m", "auditd.cli", "check", "-c", str(config)],
+                         capture_output=True, text=True, cwd="/")
+    assert out.returncode == 78, out.stderr
+    assert "sources[0].paths[1]: reaches into the daemon's own files" in out.stderr
+
     config.write_text(base + extra)
     os.link(contacts, deployment / "logs" / "access.log.6")
     letters.mkdir()

@@ -15,12 +15,13 @@ from auditd.errors import EX_CONFIG, ConfigError
 # Control characters and bidirectional overrides a log line may carry (in an employee id,
 # a resource name): written raw, they clear an operator's screen, recolour it or reorder
 # what it shows. Text output shows them escaped; --json output escapes them already.
-_UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
-_UNSAFE.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+# \u escapes: the daemon's JSON log lines pass through here too, and stay JSON.
+_UNSAFE = {c: f"\\u{c:04x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F),
+                                      *range(0x2066, 0x206A)] if c not in (0x09, 0x0A)}
 
 
 class EscapedText:
-    """A text stream that writes control characters as escapes (\\x1b), and passes all
+    """A text stream that writes control characters as escapes (\\u001b), and passes all
     else, its binary buffer included, to the stream it wraps."""
 
     def __init__(self, stream):
@@ -94,6 +95,19 @@ def open_store(path: Path, *, create: bool):
               "names the folder it keeps neo-auditd.db in)", file=sys.stderr)
         raise SystemExit(1)
     return Store(path).open()
+
+
+def refused_text(what: str, text: str) -> bool:
+    """Free text kept for good (a timeline entry is hash-chained) must carry pseudonyms
+    only: refuse, with the reason, text in which the PI patterns find something."""
+    from auditd.ops.sentry import personal_information_in
+
+    found = personal_information_in(text)
+    if found:
+        print(f"error: {what} holds what looks like personal information ({', '.join(found)}): it would be kept "
+              "for good; name customers by their pseudonym (as `incidents show` gives them), never by phone, "
+              "e-mail, id or card number", file=sys.stderr)
+    return bool(found)
 
 
 def id_arg(text: str) -> int:

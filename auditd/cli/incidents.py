@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditd.cli.common import (
-    config_arg, config_error, id_arg, incident_conn, json_out, open_store, rule_ids, settings_and_store_path,
-    state_arg, who_acts,
+    config_arg, config_error, id_arg, incident_conn, json_out, open_store, refused_text, rule_ids,
+    settings_and_store_path, state_arg, who_acts,
 )
 from auditd.errors import ConfigError
 
@@ -52,19 +52,6 @@ def cmd_incidents_show(args) -> int:
 
 
 _TRANSITIONS = {"ack": "triaged", "contain": "contained", "resolve": "resolved", "close": "closed"}
-
-
-def refused_text(what: str, text: str) -> bool:
-    """Free text kept for good (a timeline entry is hash-chained) must carry pseudonyms
-    only: refuse, with the reason, text in which the PI patterns find something."""
-    from auditd.ops.sentry import personal_information_in
-
-    found = personal_information_in(text)
-    if found:
-        print(f"error: {what} holds what looks like personal information ({', '.join(found)}): it would be kept "
-              "for good; name customers by their pseudonym (as `incidents show` gives them), never by phone, "
-              "e-mail, id or card number", file=sys.stderr)
-    return bool(found)
 
 
 def cmd_incidents_act(args) -> int:
@@ -137,6 +124,16 @@ def cmd_incidents_verify(args) -> int:
     return 1 if bad else 0
 
 
+def _is_date(text: str) -> bool:
+    import datetime as dt
+
+    try:
+        dt.date.fromisoformat(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _parse_expiry(text: str, now, zone):
     """'2026-12-31' (the end of that day in the company's zone), an ISO time, or a
     duration from now ('7d', '12h')."""
@@ -149,13 +146,18 @@ def _parse_expiry(text: str, now, zone):
     except (ValueError, OverflowError):
         pass
     try:
-        day = dt.date.fromisoformat(text)
-        return dt.datetime(day.year, day.month, day.day, tzinfo=zone) + dt.timedelta(days=1)
-    except (ValueError, OverflowError):
-        pass
-    value = dt.datetime.fromisoformat(text)  # ValueError: reported by the caller
-    return value if value.tzinfo else value.replace(tzinfo=zone)
-
+        if _is_date(text):
+            day = dt.date.fromisoformat(text)
+            value = dt.datetime(day.year, day.month, day.day, tzinfo=zone) + dt.timedelta(days=1)
+        else:
+            value = dt.datetime.fromisoformat(text)  # ValueError: reported by the caller
+            value = value if value.tzinfo else value.replace(tzinfo=zone)
+        value = value.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(text) from None
+    if value.year >= 9999:  # past what a store keeps (its times are shown in zones a day away)
+        raise ValueError(text)
+    return value
 
 
 def cmd_suppress_add(args) -> int:
@@ -181,7 +183,8 @@ def cmd_suppress_add(args) -> int:
     try:
         expires = _parse_expiry(args.expires, now, settings.zone)
     except ValueError:
-        print(f"error: --expires {args.expires!r}: expected a date (2026-12-31), an ISO time or a duration (7d)",
+        print(f"error: --expires {args.expires!r}: expected a date (2026-12-31), an ISO time or a duration (7d), "
+              "before the year 9999",
               file=sys.stderr)
         return 2
     known, _ = rule_ids(settings) if args.rule != EVERY_RULE else (None, None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditd.cli.common import (
-    config_arg, config_error, id_arg, incident_conn, json_out, settings_and_store_path, state_arg, store_reader,
+    config_arg, config_error, id_arg, incident_conn, json_out, refused_text, settings_and_store_path, state_arg,
+    store_reader,
     who_acts,
 )
 from auditd.errors import ConfigError
@@ -29,6 +30,9 @@ def cmd_playbook(args) -> int:
     from auditd.respond import steps as step_table
     from auditd.respond.view import render_steps
 
+    if refused_text("--note", getattr(args, "note", None) or "") or \
+            refused_text("--reason", getattr(args, "reason", None) or ""):
+        return 2
     try:
         runtime, store = _respond_runtime(args)
     except ConfigError as exc:
@@ -82,6 +86,8 @@ def cmd_report(args) -> int:
     from auditd.respond.reports import ReportError, render_report, set_finding
     from auditd.store.sqlite import immediate
 
+    if any(refused_text(f"--set {item.partition('=')[0]}", item.partition("=")[2]) for item in args.set or []):
+        return 2
     try:
         runtime, store = _respond_runtime(args)
     except ConfigError as exc:

@@ -320,6 +320,11 @@ def _check_fits_target(target: Target, spec: FieldMapping, report: _Located) -> 
         for key, mapped in _map_entries(spec):
             if isinstance(mapped, str) and mapped not in vocabulary:
                 report(key, f"unknown {target.name} {mapped!r} (valid: {', '.join(vocabulary)})")
+    shaped = SHAPES.get(target.name)
+    if shaped is not None:  # a mapped value is the event's value as it stands: it must have the shape
+        for key, mapped in _map_entries(spec):
+            if isinstance(mapped, str) and not shaped[0](mapped):
+                report(key, f"{target.name} holds {shaped[1]}, not {mapped!r}")
 
 
 def _map_entries(spec: FieldMapping):

@@ -98,8 +98,8 @@ def is_address(text: str) -> bool:
         if len(_ADDRESSES) >= _ADDRESSES_KEPT:
             _ADDRESSES.clear()
         try:
-            ipaddress.ip_address(text)
-            known = True
+            # a scope id (fe80::1%eth0) may hold any text at all: never in an address field
+            known = "%" not in text and ipaddress.ip_address(text) is not None
         except ValueError:  # Python refuses 06.237.252.245 (octal?); logs write it, meaning decimal
             known = bool(_DOTTED_QUAD.fullmatch(text)) and all(int(part) <= 255 for part in text.split("."))
         _ADDRESSES[text] = known
@@ -121,6 +121,23 @@ SHAPES: dict[str, tuple[Callable[[str], bool], str]] = {
     "destination.ip": (is_address, "an IP address"),
     "destination.geo.country_iso_code": (is_country, "a two-letter country code such as CN"),
 }
+
+
+def event_problem(event: Any) -> str | None:
+    """What makes a built event one the decoders would have quarantined (an address field
+    not an address, a time or count out of bounds), or None: for events that come whole
+    (ECS documents), not through a mapping."""
+    from auditd.event import FIELDS
+
+    for name, (valid, what) in SHAPES.items():
+        value = getattr(event, FIELDS[name].attr, None)
+        if value is not None and not (isinstance(value, str) and valid(value)):
+            return f"{name}: expected {what}, got {describe(value)}"
+    if not EARLIEST <= event.timestamp < LATEST:
+        return f"@timestamp: {event.timestamp.isoformat()} is outside the years {EARLIEST.year} to {LATEST.year - 1}"
+    if not 0 <= event.record_count <= MAX_COUNT:
+        return f"neo.data.record_count: must be from 0 to {MAX_COUNT:,}, got {describe(event.record_count)}"
+    return None
 
 
 def shape_step(name: str) -> Callable[[Any], Any]:

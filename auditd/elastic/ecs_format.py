@@ -19,6 +19,7 @@ import re
 import msgspec
 
 from auditd.decode.quarantine import Quarantined
+from auditd.decode.values import event_problem
 from auditd.errors import DecodeError
 from auditd.event import ACTIONS, ATTR_TO_FIELD, OUTCOMES, REQUIRED_FIELDS, AccessEvent, from_ecs, get_path
 from auditd.sources.base import Batch
@@ -53,9 +54,13 @@ def decode_document(record: bytes) -> AccessEvent:
         event = from_ecs(doc)
         # from_ecs trusts its input; a document from another writer may not match the
         # types (a number where a string belongs): check them once here
-        return msgspec.convert(msgspec.structs.astuple(event), AccessEvent, strict=False)
+        event = msgspec.convert(msgspec.structs.astuple(event), AccessEvent, strict=False)
     except (msgspec.ValidationError, ValueError, TypeError) as exc:
         raise DecodeError(f"not an access event: {_field_named(str(exc))}") from None
+    problem = event_problem(event)  # what a file's decoder would have quarantined
+    if problem is not None:
+        raise DecodeError(problem)
+    return event
 
 
 def _field_named(message: str) -> str:
