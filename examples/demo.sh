@@ -102,9 +102,9 @@ echo "                      $NEO playbook done|approve -c examples/config.yaml I
 echo "  the breach register: $NEO register -c examples/config.yaml [--json]"
 # what the deliver process sent (it sends what is due every 5 s): wait until nothing is pending
 for _ in $(seq 60); do
-    pending=$("$NEO" outbox list -c examples/config.yaml --state pending --json 2>/dev/null | "$VENV/bin/python" -c '
+    pending=$("$NEO" outbox list -c examples/config.yaml --json 2>/dev/null | "$VENV/bin/python" -c '
 import json, sys
-print(len(json.load(sys.stdin)))' || echo 1)
+print(sum(r["state"] in ("pending", "sending") for r in json.load(sys.stdin)))' || echo 1)
     [ "$pending" = 0 ] && break
     sleep 1
 done
