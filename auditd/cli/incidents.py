@@ -124,16 +124,6 @@ def cmd_incidents_verify(args) -> int:
     return 1 if bad else 0
 
 
-def _is_date(text: str) -> bool:
-    import datetime as dt
-
-    try:
-        dt.date.fromisoformat(text)
-        return True
-    except ValueError:
-        return False
-
-
 def _parse_expiry(text: str, now, zone):
     """'2026-12-31' (the end of that day in the company's zone), an ISO time, or a
     duration from now ('7d', '12h')."""
@@ -146,8 +136,11 @@ def _parse_expiry(text: str, now, zone):
     except (ValueError, OverflowError):
         pass
     try:
-        if _is_date(text):
-            day = dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        day = None
+    try:
+        if day is not None:
             value = dt.datetime(day.year, day.month, day.day, tzinfo=zone) + dt.timedelta(days=1)
         else:
             value = dt.datetime.fromisoformat(text)  # ValueError: reported by the caller
