@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from auditd.event import EARLIEST, LATEST  # the times an event may have
+from auditd.event import EARLIEST, FIELDS, LATEST  # FIELDS: where a field sits on an event
 
 UTC = dt.timezone.utc
 # The largest record count: SQLite and msgpack hold 64-bit integers; no export carries
@@ -127,8 +127,6 @@ def event_problem(event: Any) -> str | None:
     """What makes a built event one the decoders would have quarantined (an address field
     not an address, a time or count out of bounds), or None: for events that come whole
     (ECS documents), not through a mapping."""
-    from auditd.event import FIELDS
-
     for name, (valid, what) in SHAPES.items():
         value = getattr(event, FIELDS[name].attr, None)
         if value is not None and not (isinstance(value, str) and valid(value)):
