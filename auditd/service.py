@@ -481,6 +481,7 @@ class Daemon:
             self.last_reload_ok, self.last_reload_error = False, f"{type(exc).__name__}: {exc}"
             log.exception("reload failed; the previous configuration keeps running")
         else:
+            _warm_templates(runtime)
             self._settle()  # the batches read before the SIGHUP are committed under the old set
             self._swap(runtime)
             self._reload_workers("config")
@@ -532,6 +533,16 @@ def _now_text() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _warm_templates(runtime: Runtime) -> None:
+    """Compile the playbooks' templates now, not when the first incident's steps fire
+    (on the scheduler's thread, taking the interpreter from the pipeline just when an
+    alert must get through)."""
+    if runtime.responder is None:
+        return
+    for problem in runtime.responder.templates.warm():
+        log.warning("a template does not compile: the steps that use it will fail", extra={"problem": problem})
+
+
 def _log_warnings(runtime: Runtime) -> None:
     for warning in runtime.warnings:
         log.warning("configuration warning", extra={"warning": str(warning)})
@@ -560,6 +571,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
         signal.signal(signum, lambda *_: early_stop.set())
     runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
     _log_warnings(runtime)
+    _warm_templates(runtime)
     ops = runtime.settings.ops
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)

@@ -43,11 +43,11 @@ from auditd.respond.contain import payload, run_action
 from auditd.respond.due import Due
 from auditd.respond.notices import render_announcement, render_customers, render_internal
 from auditd.respond.playbook import Playbook, PlaybookSet, Step
-from auditd.respond.render import Templates
+from auditd.respond.render import Output, Staged, Templates
 from auditd.respond.reports import context, latest, render_report
 from auditd.respond.settings import AudienceSettings, RespondSettings
 from auditd.store.pressure import StorageUnavailable, hold_reason
-from auditd.store.sqlite import immediate
+from auditd.store.sqlite import immediate, snapshot
 from auditd.workdays import WorkingCalendar
 
 log = logging.getLogger("neo_auditd.respond")
@@ -85,7 +85,8 @@ class Responder:
         self.zone = zone
         self.out_dir = Path(out_dir)
         self.correlator = correlator
-        self.contacts = contacts or ContactBook()
+        # not `contacts or ...`: a book that asks an HTTP service holds no rows, and so is falsy
+        self.contacts = contacts if contacts is not None else ContactBook()
         self.pseudonymise = pseudonymise
         self.insider_addresses = insider_addresses
 
@@ -94,6 +95,7 @@ class Responder:
             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
         report = RunReport()
         self._affected: dict[str, tuple[list[str], dict[str, Any]]] = {}  # per run: manifests read once
+        Staged.clear_leftovers(self.out_dir)  # a crash mid-rendering left files of no step
         while not should_stop():
             n = self.plan(conn, now, report)
             if n == 0:
@@ -262,32 +264,52 @@ class Responder:
         if row.kind == "contain":
             self._contain(conn, row, now, report)
             return
-        with immediate(conn):
-            fresh = table.get(conn, row.incident_id, row.step_id)
-            if fresh is None or fresh.state != "pending":
-                return  # another runner got there first
+        # Rendered first, on one snapshot of the store and without its write lock (the
+        # pipeline's batches wait for that lock, and a step may render thousands of
+        # customer notices or ask a contact service for each); then one short
+        # transaction puts the files in place with the step's rows, unless another
+        # runner fired the step meanwhile.
+        staged = Staged(self.out_dir)
+        try:
+            with snapshot(conn):
+                fresh = table.get(conn, row.incident_id, row.step_id)
+                if fresh is None or fresh.state != "pending":
+                    return  # another runner got there first
+                state, result = self._render_step(conn, fresh, now, staged)
             late = row.due_at is not None and now > row.due_at
-            state, result = self._render_step(conn, fresh, now)
             closed = state in ("done", "skipped")
-            table.update(conn, fresh, state=state, fired_at=now, late=late, result=result,
-                         closed_at=now if closed else None, closed_by=WHO if closed else None,
-                         reason=result.pop("reason", None) if state == "skipped" else None)
-            self._trace(conn, fresh, "fired" if state != "skipped" else "skipped",
-                        {"late": late, "state": state, **_summary(result)})
+            with immediate(conn):
+                fresh = table.get(conn, row.incident_id, row.step_id)
+                if fresh is None or fresh.state != "pending":
+                    return
+                staged.commit(conn)
+                table.update(conn, fresh, state=state, fired_at=now, late=late, result=result,
+                             closed_at=now if closed else None, closed_by=WHO if closed else None,
+                             reason=result.pop("reason", None) if state == "skipped" else None)
+                self._trace(conn, fresh, "fired" if state != "skipped" else "skipped",
+                            {"late": late, "state": state, **_summary(result)})
+        except sqlite3.IntegrityError:
+            # a person rendered the same report revision meanwhile (`report`): the next
+            # run renders the step again, as the revision after theirs
+            log.info("playbook step rendered again later", extra={"incident": row.incident_id, "step": row.step_id})
+            return
+        finally:
+            staged.discard()
         key = f"{row.incident_id}/{row.step_id}"
         report.fired.append(key)
         if late:
             report.late.append(key)
 
-    def _render_step(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime
+    def _render_step(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, out: Output,
                      ) -> tuple[str, dict[str, Any]]:
+        """What the step renders (written to `out`), its state after, and its result."""
         spec = row.spec
         incident = self._incident(conn, row.incident_id)
         if spec.kind == "report":
             people = self._people_count(conn, row.incident_id)
             rendered = render_report(conn, row.incident_id, spec.report or "initial", templates=self.templates,
                                      organisation=self.settings.organisation, zone=self.zone, out_dir=self.out_dir,
-                                     now=now, who=WHO, people=people)
+                                     now=now, who=WHO, people=people, out=out)
             return "review", {"report": spec.report, "revision": rendered.revision, "paths": rendered.paths,
                               "cause_known": rendered.cause_known}
         ctx = context(conn, row.incident_id, self.settings.organisation, self.zone, now,
@@ -298,7 +320,7 @@ class Responder:
                 conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id, step_id=row.step_id,
                 template=spec.template or "customer-notice", recipients=recipients, contacts=self.contacts,
                 insider_addresses=self.insider_addresses(incident["actor"]) if incident["actor"] else frozenset(),
-                default_language=self.settings.default_language, now=now)
+                default_language=self.settings.default_language, now=now, out=out)
             return "done", {**result.as_dict(), **manifest}
         if spec.kind == "notify":
             attachments = []
@@ -312,7 +334,7 @@ class Responder:
                                    step_id=row.step_id, revision=1, kind=spec.audience or "notice",
                                    audience=spec.audience or "security", settings=self._audience(spec.audience),
                                    channel=spec.channel, template=spec.template or "internal-alert", now=now,
-                                   attachments=attachments, extra={"step": spec.title})
+                                   attachments=attachments, extra={"step": spec.title}, out=out)
             return "done", {"path": path, "attachments": attachments}
         if spec.kind == "announce":
             unresolved = self._unresolved(conn, row)
@@ -320,7 +342,8 @@ class Responder:
                 return "skipped", {"reason": "every affected person was told one by one", "unresolved": 0}
             paths = render_announcement(conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id,
                                         step_id=row.step_id, template=spec.template or "announcement",
-                                        channel=spec.channel or "portal", unresolved=unresolved, now=now)
+                                        channel=spec.channel or "portal", unresolved=unresolved, now=now,
+                                        out=out)
             return "done", {"paths": paths, "unresolved": unresolved}
         if spec.kind == "escalate":
             still_open = [s for s in spec.watch if (r := table.get(conn, row.incident_id, s)) is not None and r.open]
@@ -330,7 +353,7 @@ class Responder:
                                    step_id=row.step_id, revision=1, kind="escalation",
                                    audience=spec.audience or "management", settings=self._audience(spec.audience),
                                    channel=spec.channel, template=spec.template or "escalation", now=now,
-                                   extra={"step": spec.title, "overdue_steps": still_open})
+                                   extra={"step": spec.title, "overdue_steps": still_open}, out=out)
             return "done", {"path": path, "watched_open": still_open}
         raise ValueError(f"no automatic action for a {spec.kind} step")
 

@@ -30,7 +30,7 @@ import msgspec
 from jinja2 import TemplateNotFound
 
 from auditd.respond.contacts import Contact, ContactBook, ContactError, normalise_address
-from auditd.respond.render import Templates, safe_name, tidy, write_private
+from auditd.respond.render import Immediate, Output, Templates, safe_name, tidy
 from auditd.respond.settings import LANGUAGES, AudienceSettings
 from auditd.respond.vocabulary import vocabulary
 from auditd.store.times import to_db
@@ -64,17 +64,16 @@ def _render(templates: Templates, template: str, language: str, view: dict[str, 
     return subject.strip(), text, html
 
 
-def _insert(conn: sqlite3.Connection, *, incident_id: str, step_id: str, revision: int, kind: str, audience: str,
+def _insert(out: Output, *, incident_id: str, step_id: str, revision: int, kind: str, audience: str,
             channel: str, recipient: str, contact_ref: str, language: str, subject: str, path: Path, digest: str,
-            now: dt.datetime) -> bool:
+            now: dt.datetime) -> None:
     key = f"{incident_id}/{step_id}/{recipient}/{revision}"
-    cur = conn.execute(
+    out.row(
         "INSERT OR IGNORE INTO notices (idempotency_key, incident_id, step_id, revision, kind, audience, channel,"
         " recipient, contact_ref, language, subject, body_path, body_sha256, rendered_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (key, incident_id, step_id, revision, kind, audience, channel, recipient, contact_ref, language, subject,
          str(path), digest, to_db(now)))
-    return cur.rowcount == 1
 
 
 def view_for(ctx: dict[str, Any], language: str, **extra: Any) -> dict[str, Any]:
@@ -84,8 +83,11 @@ def view_for(ctx: dict[str, Any], language: str, **extra: Any) -> dict[str, Any]
 def render_internal(conn: sqlite3.Connection, templates: Templates, out_dir: Path, ctx: dict[str, Any], *,
                     incident_id: str, step_id: str, revision: int, kind: str, audience: str,
                     settings: AudienceSettings, channel: str | None, template: str, now: dt.datetime,
-                    attachments: list[str] = (), extra: dict[str, Any] | None = None) -> str:
-    """One message to an audience (security, dpo, regulator, police, ...); returns its path."""
+                    attachments: list[str] = (), extra: dict[str, Any] | None = None,
+                    out: Output | None = None) -> str:
+    """One message to an audience (security, dpo, regulator, police, ...); returns its path.
+    Written to `out` (default: at once, in `conn`'s transaction)."""
+    out = out or Immediate(conn)
     language = settings.language
     view = view_for(ctx, language, audience=audience, **(extra or {}))
     subject, text, html = _render(templates, template, language, view)
@@ -94,8 +96,8 @@ def render_internal(conn: sqlite3.Connection, templates: Templates, out_dir: Pat
     body = {"to": {"audience": audience, "contact_ref": contact_ref, "channel": channel}, "language": language,
             "subject": subject, "text": text, "html": html, "attachments": list(attachments)}
     path = out_dir / "notices" / safe_name(incident_id) / safe_name(step_id) / f"{safe_name(audience)}-r{revision}.json"
-    digest = write_private(path, _json.encode(body))
-    _insert(conn, incident_id=incident_id, step_id=step_id, revision=revision, kind=kind, audience=audience,
+    digest = out.file(path, _json.encode(body))
+    _insert(out, incident_id=incident_id, step_id=step_id, revision=revision, kind=kind, audience=audience,
             channel=channel, recipient=audience, contact_ref=contact_ref, language=language, subject=subject,
             path=path, digest=digest, now=now)
     return str(path)
@@ -108,9 +110,10 @@ def is_insider(contact: Contact, insider_addresses: frozenset[str]) -> bool:
 def render_customers(conn: sqlite3.Connection, templates: Templates, out_dir: Path, ctx: dict[str, Any], *,
                      incident_id: str, step_id: str, template: str, recipients: list[str], contacts: ContactBook,
                      insider_addresses: frozenset[str], default_language: str, now: dt.datetime,
-                     should_stop: Callable[[], bool] = lambda: False) -> CustomerResult:
+                     should_stop: Callable[[], bool] = lambda: False, out: Output | None = None) -> CustomerResult:
     """One message per resolvable affected customer, in their language, through their
     channel on file; the unresolved and the insider's own contacts are counted."""
+    out = out or Immediate(conn)
     result = CustomerResult()
     folder = out_dir / "notices" / safe_name(incident_id) / safe_name(step_id)
     cache: dict[str, tuple[str, str, str]] = {}  # one rendering per language: the body names nobody
@@ -133,8 +136,8 @@ def render_customers(conn: sqlite3.Connection, templates: Templates, out_dir: Pa
                 "language": language, "subject": subject, "salutation": contact.name, "text": text, "html": html,
                 "attachments": []}
         path = folder / f"{safe_name(pseudonym)}-r1.json"
-        digest = write_private(path, _json.encode(body))
-        _insert(conn, incident_id=incident_id, step_id=step_id, revision=1, kind="notice", audience="customers",
+        digest = out.file(path, _json.encode(body))
+        _insert(out, incident_id=incident_id, step_id=step_id, revision=1, kind="notice", audience="customers",
                 channel=contact.channel, recipient=pseudonym, contact_ref=f"contact:{pseudonym}:{contact.channel}",
                 language=language, subject=subject, path=path, digest=digest, now=now)
         result.recipients += 1
@@ -144,16 +147,17 @@ def render_customers(conn: sqlite3.Connection, templates: Templates, out_dir: Pa
 
 def render_announcement(conn: sqlite3.Connection, templates: Templates, out_dir: Path, ctx: dict[str, Any], *,
                         incident_id: str, step_id: str, template: str, channel: str, unresolved: int,
-                        now: dt.datetime) -> list[str]:
+                        now: dt.datetime, out: Output | None = None) -> list[str]:
     """The public announcement, in every language, for those who could not be told one by one."""
+    out = out or Immediate(conn)
     paths = []
     for language in LANGUAGES:
         subject, text, html = _render(templates, template, language, view_for(ctx, language, unresolved=unresolved))
         body = {"to": {"audience": "public", "channel": channel}, "language": language, "subject": subject,
                 "text": text, "html": html, "attachments": []}
         path = out_dir / "notices" / safe_name(incident_id) / safe_name(step_id) / f"public.{language}-r1.json"
-        digest = write_private(path, _json.encode(body))
-        _insert(conn, incident_id=incident_id, step_id=step_id, revision=1, kind="announcement", audience="public",
+        digest = out.file(path, _json.encode(body))
+        _insert(out, incident_id=incident_id, step_id=step_id, revision=1, kind="announcement", audience="public",
                 channel=channel, recipient=f"public.{language}", contact_ref="audience:public", language=language,
                 subject=subject, path=path, digest=digest, now=now)
         paths.append(str(path))

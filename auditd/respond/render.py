@@ -9,6 +9,13 @@ are escaped for HTML by autoescape and for Markdown by ``_markdown_finalize``.
 Files are written with mode 0600 in folders of mode 0700, through a temporary file
 that is renamed into place (never following a link), so a reader sees the old file or
 the new one, and a re-render after a crash replaces, never appends.
+
+What a rendering writes goes to an `Output`: `Immediate` writes the files and rows at
+once (in the caller's transaction), `Staged` writes the files under temporary names
+and keeps the rows, to be put in place together later, inside a short transaction
+(`commit`). The playbook job renders into a `Staged`: templates, contact look-ups and
+thousands of customer files then never hold the store's write lock, which the
+pipeline's batches wait for.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from auditd.respond.settings import LANGUAGES
@@ -50,6 +59,21 @@ class Templates:
                                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
         for env in (self.markdown, self.html):  # Chinese stays readable in JSON shown by templates
             env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
+
+    def warm(self) -> list[str]:
+        """Compile every template now (Jinja2 compiles one at its first use, a tenth of a
+        second each): a daemon warms them at its start and reload, so that the first
+        incident's steps do not take the interpreter from the pipeline while they
+        compile. Returns the problems of templates that do not compile (their steps
+        fail, and say why, when they fire)."""
+        problems = []
+        for name in self.markdown.list_templates(filter_func=lambda n: n.endswith((".md.j2", ".html.j2"))):
+            env = self.markdown if name.endswith(".md.j2") else self.html
+            try:
+                env.get_template(name)
+            except TemplateError as exc:
+                problems.append(f"{name}: {type(exc).__name__}: {exc}")
+        return problems
 
     def exists(self, name: str) -> bool:
         """A template usable for notices: Markdown in every language."""
@@ -97,15 +121,116 @@ def write_private(path: Path, data: bytes) -> str:
     """Write `data` to `path` (mode 0600) atomically; returns its SHA-256."""
     private_dir(path.parent)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digest = _write_synced(temp, data)
+    os.replace(temp, path)  # replaces a link by the file, never writes through it
+    return digest
+
+
+def _write_synced(path: Path, data: bytes) -> str:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temp, flags, 0o600)
+    fd = os.open(path, flags, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temp, path)  # replaces a link by the file, never writes through it
     return hashlib.sha256(data).hexdigest()
+
+
+class Output(Protocol):
+    """Where a rendering's files and rows go."""
+
+    def file(self, path: Path, data: bytes) -> str:
+        """Write `data` as `path` (mode 0600); returns its SHA-256."""
+
+    def row(self, sql: str, params: tuple) -> None:
+        """Record one row (an INSERT)."""
+
+
+class Immediate:
+    """Files written and rows inserted at once, in the caller's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def file(self, path: Path, data: bytes) -> str:
+        return write_private(path, data)
+
+    def row(self, sql: str, params: tuple) -> None:
+        self._conn.execute(sql, params)
+
+
+STAGING = ".staging"  # under the output folder: files rendered, not yet in place
+
+
+class Staged:
+    """Files written (and synced) under ``<out>/.staging/<pid>-<n>/`` and rows kept, to
+    be put in place together by `commit`, inside the caller's transaction: a rename
+    and an INSERT each, however long the rendering took. `discard` (or a crash) leaves
+    nothing in place; `clear_leftovers` removes what a process that died left staged."""
+
+    _made = 0
+
+    def __init__(self, out_dir: Path):
+        Staged._made += 1
+        self._folder = Path(out_dir) / STAGING / f"{os.getpid()}-{Staged._made}"
+        self._files: list[tuple[Path, Path]] = []
+        self._rows: list[tuple[str, tuple]] = []
+
+    def file(self, path: Path, data: bytes) -> str:
+        if not self._files:
+            private_dir(self._folder)
+        temp = self._folder / str(len(self._files))
+        digest = _write_synced(temp, data)
+        self._files.append((temp, path))
+        return digest
+
+    def row(self, sql: str, params: tuple) -> None:
+        self._rows.append((sql, params))
+
+    def commit(self, conn: sqlite3.Connection) -> None:
+        """Insert the rows and rename the files into place (call inside a transaction:
+        if it fails, the rows roll back and a later rendering replaces the files)."""
+        for sql, params in self._rows:
+            conn.execute(sql, params)
+        folders: set[Path] = set()
+        for temp, path in self._files:
+            if path.parent not in folders:
+                folders.add(private_dir(path.parent))
+            os.replace(temp, path)  # replaces a link by the file, never writes through it
+        self.discard()
+
+    def discard(self) -> None:
+        self._files.clear()
+        self._rows.clear()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    @staticmethod
+    def clear_leftovers(out_dir: Path) -> int:
+        """Remove what processes no longer running left staged (a crash mid-rendering);
+        returns how many folders went."""
+        root = Path(out_dir) / STAGING
+        try:
+            folders = list(os.scandir(root))
+        except OSError:
+            return 0
+        removed = 0
+        for entry in folders:
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: running
+        return True
+    return True
 
 
 def safe_name(text: str) -> str:

@@ -26,7 +26,7 @@ import msgspec
 from auditd.correlate import get_incident
 from auditd.correlate.model import IncidentDetail
 from auditd.respond import steps as steps_table
-from auditd.respond.render import Templates, safe_name, write_private
+from auditd.respond.render import Immediate, Output, Templates, safe_name
 from auditd.respond.settings import LANGUAGES, Organisation
 from auditd.respond.vocabulary import incident_type, vocabulary
 from auditd.store.encoding import decode_event
@@ -217,8 +217,10 @@ def latest(conn: sqlite3.Connection, incident_id: str, kind: str) -> tuple[int, 
 
 def render_report(conn: sqlite3.Connection, incident_id: str, kind: str, *, templates: Templates,
                   organisation: Organisation, zone: dt.tzinfo, out_dir: Path, now: dt.datetime, who: str,
-                  people: int | None = None) -> RenderedReport:
-    """Render a report of `kind` as a new revision, and record it (in the caller's transaction)."""
+                  people: int | None = None, out: Output | None = None) -> RenderedReport:
+    """Render a report of `kind` as a new revision, and record it in `out` (default: at
+    once, in `conn`'s transaction)."""
+    out = out or Immediate(conn)
     if kind not in KINDS:
         raise ReportError(f"unknown report kind {kind!r} (valid: {', '.join(KINDS)})")
     ctx = context(conn, incident_id, organisation, zone, now, people=people)
@@ -237,15 +239,15 @@ def render_report(conn: sqlite3.Connection, incident_id: str, kind: str, *, temp
         view = {"ctx": ctx, "items": items, "item_keys": ITEMS[kind], "h": HEADINGS[language], "kind": kind,
                 "revision": revision, "t": vocabulary(language), "language": language}
         md = folder / f"{base}.{language}.md"
-        write_private(md, templates.render_markdown(template, language, view).encode("utf-8"))
+        out.file(md, templates.render_markdown(template, language, view).encode("utf-8"))
         html = folder / f"{base}.{language}.html"
-        write_private(html, templates.render_html(template, language, view).encode("utf-8"))
+        out.file(html, templates.render_html(template, language, view).encode("utf-8"))
         paths[f"{language}.md"], paths[f"{language}.html"] = str(md), str(html)
     json_path = folder / f"{base}.json"
-    digest = write_private(json_path, msgspec.json.format(_json.encode(document), indent=2) + b"\n")
+    digest = out.file(json_path, msgspec.json.format(_json.encode(document), indent=2) + b"\n")
     paths["json"] = str(json_path)
-    conn.execute("INSERT INTO reports (incident_id, kind, revision, cause_known, markdown_path, html_path, json_path,"
-                 " sha256, rendered_at, rendered_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (incident_id, kind, revision, int(ctx["cause_known"]), paths["zh-CN.md"], paths["zh-CN.html"],
-                  str(json_path), digest, to_db(now), who))
+    out.row("INSERT INTO reports (incident_id, kind, revision, cause_known, markdown_path, html_path, json_path,"
+            " sha256, rendered_at, rendered_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (incident_id, kind, revision, int(ctx["cause_known"]), paths["zh-CN.md"], paths["zh-CN.html"],
+             str(json_path), digest, to_db(now), who))
     return RenderedReport(incident_id, kind, revision, ctx["cause_known"], paths, digest)

@@ -1,8 +1,10 @@
 """When storage cannot take a write: which errors mean "hold back and try again".
 
 A full disk (ENOSPC, SQLITE_FULL, the store's own size cap), a file system gone
-read-only (EROFS, SQLITE_READONLY), an I/O error (EIO, SQLITE_IOERR) or a quota are
-conditions the operator can clear: the daemon stops reading, says so, retries with
+read-only (EROFS, SQLITE_READONLY), an I/O error (EIO, SQLITE_IOERR), a quota, or
+another process holding the store's write lock past the busy timeout (SQLITE_BUSY: a
+person's long transaction in the sqlite3 shell) are conditions that pass or that the
+operator can clear: the daemon stops reading, says so, retries with
 backoff and goes on by itself once a write succeeds, losing and repeating nothing (a
 batch's transaction either committed or left no trace). Damage (SQLITE_CORRUPT) is not
 one of them: that is ``store.health``'s, and stops the daemon.
@@ -16,7 +18,8 @@ import sqlite3
 from auditd.errors import NeoError
 
 # SQLite's primary result codes (the low byte of an extended one)
-_SQLITE_HOLD = {13: "the store is full (SQLITE_FULL: the disk, or the store's max_bytes)",
+_SQLITE_HOLD = {5: "the store is busy (SQLITE_BUSY: another connection held its write lock past the busy timeout)",
+                13: "the store is full (SQLITE_FULL: the disk, or the store's max_bytes)",
                 8: "the store is read-only (SQLITE_READONLY)",
                 10: "the store cannot be written (SQLITE_IOERR: an I/O error)",
                 14: "the store cannot be opened for writing (SQLITE_CANTOPEN)"}

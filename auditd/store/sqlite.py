@@ -137,6 +137,19 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction on an autocommit connection: every SELECT inside sees the
+    same committed state, and no write lock is taken (in WAL mode writers go on
+    meanwhile). Nothing may be written inside; the end lets the snapshot go."""
+    conn.execute("BEGIN DEFERRED")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def _array_header_size(n: int) -> int:
     return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
