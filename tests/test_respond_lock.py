@@ -149,6 +149,22 @@ def test_a_person_who_skips_the_step_while_it_renders_wins(tmp_path):
     assert not any((tmp_path / "respond" / STAGING).iterdir())
 
 
+def test_a_stop_while_notices_render_keeps_nothing_and_the_next_run_renders_them_all(tmp_path):
+    stopping = threading.Event()
+    service = ContactService(lambda n: stopping.set() if n == 10 else None)
+    try:
+        world, incident = _leak(tmp_path, service.url)
+        report = world.responder.run(world.conn, world.clock(), should_stop=stopping.is_set)
+        assert f"{incident}/notify-customers" not in report.fired and report.failed == []
+        assert world.step(incident, "notify-customers").state == "pending" and _customer_rows(world, incident) == []
+        assert service.asked == 10 and not any((tmp_path / "respond" / STAGING).iterdir())
+        report = world.run()
+    finally:
+        service.close()
+    assert f"{incident}/notify-customers" in report.fired
+    assert len(_customer_rows(world, incident)) == CUSTOMERS
+
+
 RUN_DUE = textwrap.dedent("""
     import datetime as dt, sys
     from pathlib import Path

@@ -41,7 +41,7 @@ from auditd.respond import steps as table
 from auditd.respond.contacts import ContactBook, read_manifests
 from auditd.respond.contain import payload, run_action
 from auditd.respond.due import Due
-from auditd.respond.notices import render_announcement, render_customers, render_internal
+from auditd.respond.notices import RenderingStopped, render_announcement, render_customers, render_internal
 from auditd.respond.playbook import Playbook, PlaybookSet, Step
 from auditd.respond.render import Output, Staged, Templates
 from auditd.respond.reports import context, latest, render_report
@@ -89,12 +89,14 @@ class Responder:
         self.contacts = contacts if contacts is not None else ContactBook()
         self.pseudonymise = pseudonymise
         self.insider_addresses = insider_addresses
+        self._should_stop: Callable[[], bool] = lambda: False  # the running job's, during `run`
 
     # -- the job ---------------------------------------------------------------------------
     def run(self, conn: sqlite3.Connection, now: dt.datetime, *,
             should_stop: Callable[[], bool] = lambda: False) -> RunReport:
         report = RunReport()
         self._affected: dict[str, tuple[list[str], dict[str, Any]]] = {}  # per run: manifests read once
+        self._should_stop = should_stop
         Staged.clear_leftovers(self.out_dir)  # a crash mid-rendering left files of no step
         while not should_stop():
             n = self.plan(conn, now, report)
@@ -245,6 +247,8 @@ class Responder:
                 continue
             try:
                 self._fire_one(conn, row, now, report)
+            except RenderingStopped:
+                return  # the daemon stops; the step stays pending and renders again at the next run
             except Exception as exc:  # one step's failure must not stop the others
                 if hold_reason(exc) is not None:
                     # the store or the disk is full: the step did not fail, it could not be
@@ -320,7 +324,8 @@ class Responder:
                 conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id, step_id=row.step_id,
                 template=spec.template or "customer-notice", recipients=recipients, contacts=self.contacts,
                 insider_addresses=self.insider_addresses(incident["actor"]) if incident["actor"] else frozenset(),
-                default_language=self.settings.default_language, now=now, out=out)
+                default_language=self.settings.default_language, now=now, out=out,
+                should_stop=self._should_stop)
             return "done", {**result.as_dict(), **manifest}
         if spec.kind == "notify":
             attachments = []

@@ -39,6 +39,11 @@ NOTICE_ITEMS = ("pi_types", "cause", "harm", "measures", "advice", "contact")  #
 _json = msgspec.json.Encoder(order="sorted")
 
 
+class RenderingStopped(Exception):
+    """The daemon is stopping: a step's rendering was given up half-way. Nothing of it
+    is kept (it was staged), and the next run renders the step again."""
+
+
 @dataclass
 class CustomerResult:
     recipients: int = 0
@@ -112,12 +117,16 @@ def render_customers(conn: sqlite3.Connection, templates: Templates, out_dir: Pa
                      insider_addresses: frozenset[str], default_language: str, now: dt.datetime,
                      should_stop: Callable[[], bool] = lambda: False, out: Output | None = None) -> CustomerResult:
     """One message per resolvable affected customer, in their language, through their
-    channel on file; the unresolved and the insider's own contacts are counted."""
+    channel on file; the unresolved and the insider's own contacts are counted. Raises
+    RenderingStopped when `should_stop` says so (tens of thousands of customers, each
+    perhaps asked of a contact service, must not hold up the daemon's stop)."""
     out = out or Immediate(conn)
     result = CustomerResult()
     folder = out_dir / "notices" / safe_name(incident_id) / safe_name(step_id)
     cache: dict[str, tuple[str, str, str]] = {}  # one rendering per language: the body names nobody
     for pseudonym in recipients:
+        if should_stop():
+            raise RenderingStopped(f"{incident_id}/{step_id}")
         try:
             contact = contacts.lookup(pseudonym)
         except ContactError:
