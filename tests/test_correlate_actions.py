@@ -107,6 +107,9 @@ def test_verify_detects_an_edited_or_deleted_entry_in_the_database(tmp_path, cap
     key.write_text("ab" * 32)
     config.write_text(f"state_dir: {tmp_path}\nsources: []\npseudonym: {{key_file: {key}}}\n")
     assert main(["incidents", "verify", "-c", str(config), opened.incident_id]) == 0
+    # an empty id (a script's unset variable) is an unknown incident, not "every incident"
+    assert main(["incidents", "verify", "-c", str(config), ""]) == 1
+    assert "no incident ''" in capsys.readouterr().err
 
     raw = sqlite3.connect(tmp_path / "neo-auditd.db")
     raw.execute("DROP TRIGGER incident_timeline_no_update")

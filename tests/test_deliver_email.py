@@ -215,3 +215,18 @@ def test_a_secret_in_the_config_text_is_refused(tmp_path):
     text = "\n".join(str(p) for p in problems.items)
     assert "deliver.yaml:2:" in text and "channels.email.password" in text and "never written in the config" in text
     assert "hunter2" not in text
+
+
+def test_an_empty_escalate_to_is_refused_not_read_as_the_default(tmp_path):
+    """`escalate_to: ""` was taken for "not set", so failures went to the security
+    audience's route while the operator meant something else: now a located problem."""
+    from auditd.config.located import Problems, load_yaml_file
+    from auditd.config.typed import convert
+
+    path = tmp_path / "deliver.yaml"
+    path.write_text('to:\n  soc: [{channel: email, address: soc@b.example}]\nescalate_to: ""\n')
+    problems = Problems()
+    doc = load_yaml_file(path, problems)
+    convert(DeliverSettings, doc.data, doc, (), problems)
+    text = "\n".join(str(p) for p in problems.items)
+    assert "deliver.yaml:3:" in text and "escalate_to: must name a route in deliver.to" in text

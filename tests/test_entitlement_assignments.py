@@ -201,11 +201,15 @@ def test_settings_choose_exactly_one_lookup(tmp_path):
     problems = Problems()
     convert(EntitlementSettings, {"assignments": {"http": {"url": "ftp://x"}, "cache": {"size": 0}},
                                   "destinations": {"countries": ["cn"], "networks": ["10.0.0.0/33"]},
-                                  "departed": {"grace_working_days": -1}}, doc, (), problems)
+                                  "departed": {"grace_working_days": -1, "check_every": 0},
+                                  "review": {"period": "0s", "every": 0}}, doc, (), problems)
     text = "\n".join(str(p) for p in problems.items)
     for message in ("assignments.http.url: expected an http:// or https:// URL", "URL needs '{id}'",
                     "assignments.cache.size: must be at least 1", "destinations.countries[0]: expected an ISO",
-                    "destinations.networks[0]: bad network", "departed.grace_working_days: must not be negative"):
+                    "destinations.networks[0]: bad network", "departed.grace_working_days: must not be negative",
+                    # a 0 interval ran the job every second (APScheduler's floor); a 0 period made every grant unused
+                    "departed.check_every: must be more than 0", "review.period: must be more than 0",
+                    "review.every: must be more than 0"):
         assert message in text
     problems = Problems()
     convert(AssignmentSettings, {"sqlite": {"path": "a.db", "table": "x; DROP TABLE y"}}, doc, (), problems)

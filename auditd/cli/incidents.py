@@ -106,7 +106,7 @@ def cmd_incidents_verify(args) -> int:
 
     store, _ = incident_conn(args)
     try:
-        ids = [args.id] if args.id else [i.incident_id for i in list_incidents(store.conn, limit=1_000_000)]
+        ids = [args.id] if args.id is not None else [i.incident_id for i in list_incidents(store.conn, limit=1_000_000)]
         results = {incident: verify_timeline(store.conn, incident) for incident in ids}
     except UnknownIncident as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from auditd.respond.settings import RespondSettings
 
 def escalation_target(settings: DeliverSettings, respond: RespondSettings) -> str | None:
     """Whom failed messages are told: deliver.escalate_to, else the security audience's contact_ref."""
-    if settings.escalate_to:
+    if settings.escalate_to is not None:
         return settings.escalate_to
     security = respond.audiences.get("security")
     name = (security.contact_ref if security is not None else "") or "security"
@@ -36,7 +36,7 @@ def build_deliverer(settings: DeliverSettings, respond: RespondSettings, problem
     spool = settings.spool or Path(state_dir) / "deliver"
     channels = build_channels(settings, spool, problems, referrer=referrer)
     target = escalation_target(settings, respond)
-    if settings.escalate_to and settings.escalate_to not in settings.to:
+    if settings.escalate_to is not None and settings.escalate_to not in settings.to:
         problems.add(referrer, ("deliver", "escalate_to"), f"no route for {settings.escalate_to!r} in deliver.to")
     for name, audience in respond.audiences.items():
         ref = audience.contact_ref or name

@@ -250,6 +250,8 @@ class DeliverSettings:
             yield "check_every", "must be more than 0"
         if not 1 <= self.claim_batch <= 10_000:
             yield "claim_batch", "must be from 1 to 10000"
+        if self.escalate_to is not None and not self.escalate_to.strip():
+            yield "escalate_to", "must name a route in deliver.to (leave it out for the security audience's)"
         for audience in self.realert:
             if audience in NEVER_SUPPRESSED:
                 yield ("realert", audience), f"messages to {audience} are legal obligations: never suppressed"

@@ -109,6 +109,8 @@ class DepartedSettings:
     def check(self):
         if self.grace_working_days < 0:
             yield "grace_working_days", "must not be negative"
+        if self.check_every.seconds <= 0:
+            yield "check_every", "must be more than 0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,12 @@ class ReviewSettings:
 
     period: Duration = Duration(90 * 86400.0)
     every: Duration = Duration(7 * 86400.0)
+
+    def check(self):
+        if self.period.seconds <= 0:
+            yield "period", "must be more than 0 (the window a grant must have been used in)"
+        if self.every.seconds <= 0:
+            yield "every", "must be more than 0"
 
 
 @dataclass(frozen=True, slots=True)
