@@ -41,7 +41,7 @@ class Server(BaseHTTPRequestHandler):
 
         key = unquote(self.path.rsplit("/", 1)[-1])
         Server.requests.append(key)
-        if key == "slow":
+        if key == "slow" or key.startswith("slow-"):
             time.sleep(1.0)
         if key == "boom":
             self._send(500, {"error": "database down"})
@@ -190,6 +190,37 @@ def test_the_cache_in_front_of_a_real_server(http_url):
         lookup.assignee("boom")
     assert Server.requests.count("boom") == 2
     assert (lookup.hits, lookup.errors) == (7, 2)
+
+
+def test_a_hung_service_is_asked_three_times_not_once_per_new_id(http_url, caplog):
+    """The lookup runs on the pipeline's thread: against a service that hangs, each new id
+    waited the whole timeout (15 of them in one chunk outlasted systemd's watchdog). Now
+    three failures in a row take it for down; until error_ttl_s has passed, ids fail at
+    once; then one id probes it, and the first answer brings it back."""
+    caplog.set_level("INFO", logger="neo_auditd.entitlement")
+    now = [0.0]
+    lookup = CachedAssignments(HttpAssignments(http_url, timeout_s=0.2), ttl_s=60, error_ttl_s=5, trip_after=3,
+                               clock=lambda: now[0])
+    Server.requests.clear()
+    reasons = []
+    for n in range(20):
+        with pytest.raises(AssignmentLookupError) as failed:
+            lookup.assignee(f"slow-{n}")
+        reasons.append(str(failed.value))
+    assert Server.requests == ["slow-0", "slow-1", "slow-2"] and lookup.down
+    assert "unreachable" in reasons[0] and "not asked again for 5 s" in reasons[3]
+    assert (lookup.errors, lookup.short_circuited) == (3, 17)
+    now[0] = 6.0  # the pause is over: one probe, which hangs too, and it is down again at once
+    with pytest.raises(AssignmentLookupError):
+        lookup.assignee("slow-20")
+    with pytest.raises(AssignmentLookupError, match="not asked again"):
+        lookup.assignee("O1001")
+    assert Server.requests[-1] == "slow-20"
+    now[0] = 12.0  # the service answers again: the probe succeeds and every id is asked as usual
+    assert lookup.assignee("O1001") == "E10047" and not lookup.down
+    assert lookup.assignee("C00012345") == "E10039" and lookup.assignee("O404") is None
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "neo_auditd.entitlement"]
+    assert [level for level, _ in said] == ["WARNING", "INFO"]  # once down (not at every probe), once back
 
 
 def test_settings_choose_exactly_one_lookup(tmp_path):

@@ -264,16 +264,28 @@ _FAILED = object()
 class CachedAssignments:
     """A bounded LRU cache with expiry in front of a live lookup. Answers (None
     included) are kept `ttl_s`; failures `error_ttl_s`, during which the id raises
-    again without calling the lookup."""
+    again without calling the lookup.
+
+    The lookup runs on the pipeline's thread, so a service that hangs must not be asked
+    once per new id: after `trip_after` failures in a row it is taken for down, and for
+    `error_ttl_s` every id not cached fails at once (its events are reported as
+    unverifiable, as for any failed lookup); then one id is asked again, and one more
+    failure takes it for down again. Without this, each new id waited the full
+    timeout: a chunk with 15 of them against a hung service outlasted systemd's 30 s
+    watchdog, and the restart met the same ids with an empty cache."""
 
     def __init__(self, inner: AssignmentLookup, *, size: int = 100_000, ttl_s: float = 300.0,
-                 error_ttl_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+                 error_ttl_s: float = 10.0, trip_after: int = 3, clock: Callable[[], float] = time.monotonic):
         self.inner = inner
-        self.size, self.ttl_s, self.error_ttl_s = size, ttl_s, error_ttl_s
+        self.size, self.ttl_s, self.error_ttl_s, self.trip_after = size, ttl_s, error_ttl_s, trip_after
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, object, str]] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = self.misses = self.errors = 0
+        self.hits = self.misses = self.errors = self.short_circuited = 0
+        self._failures_in_row = 0
+        self._tripped = False
+        self._down_until = 0.0
+        self._down_why = ""
 
     def assignee(self, key: str) -> str | None:
         now = self._clock()
@@ -286,6 +298,9 @@ class CachedAssignments:
                 if value is _FAILED:
                     raise AssignmentLookupError(why)
                 return value  # type: ignore[return-value]
+            if now < self._down_until:
+                self.short_circuited += 1
+                raise AssignmentLookupError(f"{self._down_why} (not asked again for {self._down_until - now:.0f} s)")
         self.misses += 1
         try:
             value, why, ttl = self.inner.assignee(key), "", self.ttl_s
@@ -293,6 +308,18 @@ class CachedAssignments:
             value, why, ttl = _FAILED, str(exc), self.error_ttl_s
             self.errors += 1
         with self._lock:
+            if value is _FAILED:
+                self._failures_in_row += 1
+                if self._failures_in_row >= self.trip_after:  # a probe after a pause fails: down again at once
+                    if not self._tripped:
+                        log.warning("assignment lookups fail: ids not cached are reported unverifiable, and the "
+                                    "service is asked again every error_ttl_s", extra={"reason": why})
+                    self._failures_in_row, self._tripped = self.trip_after - 1, True
+                    self._down_until, self._down_why = self._clock() + self.error_ttl_s, why
+            else:
+                if self._tripped:
+                    log.info("assignment lookups answer again")
+                self._failures_in_row, self._tripped = 0, False
             self._entries[key] = (now + ttl, value, why)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
@@ -300,6 +327,11 @@ class CachedAssignments:
         if value is _FAILED:
             raise AssignmentLookupError(why)
         return value  # type: ignore[return-value]
+
+    @property
+    def down(self) -> bool:
+        """Whether the service is taken for down now (ids not cached fail at once)."""
+        return self._clock() < self._down_until
 
     def __len__(self) -> int:
         return len(self._entries)
