@@ -89,8 +89,10 @@ def _customer_rows(world: World, incident: str) -> list[tuple[str, str]]:
 
 def test_the_pipeline_writes_while_a_step_renders_its_notices(tmp_path):
     """Every look-up of the contact service is answered while another connection (the
-    pipeline's, as it were) commits a write with a short busy timeout: before the step's
-    rendering left the write lock alone, each of these timed out ("database is locked")."""
+    pipeline's, as it were) commits a write with a short busy timeout and checkpoints the
+    WAL to its end: before the step's rendering left the write lock alone, each of these
+    timed out ("database is locked"), and a read snapshot held through the rendering
+    would keep the WAL from being checkpointed."""
     outcomes: list[str] = []
 
     def pipeline_writes(n: int) -> None:
@@ -99,7 +101,9 @@ def test_the_pipeline_writes_while_a_step_renders_its_notices(tmp_path):
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)", (str(n),))
             conn.execute("COMMIT")
-            outcomes.append("committed")
+            _, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            # a reader's open snapshot would keep the checkpoint short of the WAL's end
+            outcomes.append("committed" if copied == log_frames else f"checkpointed {copied} of {log_frames}")
         except sqlite3.OperationalError as exc:
             outcomes.append(str(exc))
         finally:

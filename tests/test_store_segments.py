@@ -78,3 +78,27 @@ def test_a_store_that_keeps_no_events_counts_them_without_encoding(tmp_path):
     assert (segment.count, segment.last) == (300, max(e.timestamp for e in events(300)))
     assert store.count_events() == 0
     store.close()
+
+
+def test_a_wal_that_grew_behind_a_long_reader_is_cut_back_when_it_starts_over(tmp_path):
+    """A job's or a person's long read keeps checkpoints from catching up and the WAL
+    grows; without journal_size_limit the file kept its largest size for good."""
+    import os
+    import sqlite3
+
+    from auditd.store.sqlite import WAL_SIZE_LIMIT
+
+    store = Store(tmp_path / "s.db").open()
+    store.conn.execute("CREATE TABLE big (b BLOB)")
+    reader = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM big").fetchone()  # a snapshot held while the writer goes on
+    for _ in range((WAL_SIZE_LIMIT >> 20) + 32):
+        store.conn.execute("INSERT INTO big VALUES (?)", (os.urandom(1 << 20),))
+    wal = tmp_path / "s.db-wal"
+    assert wal.stat().st_size > WAL_SIZE_LIMIT
+    reader.execute("ROLLBACK")
+    store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    store.conn.execute("INSERT INTO big VALUES (x'00')")  # the next write starts the WAL over
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT
+    store.close()

@@ -279,7 +279,11 @@ class Responder:
                 fresh = table.get(conn, row.incident_id, row.step_id)
                 if fresh is None or fresh.state != "pending":
                     return  # another runner got there first
-                state, result = self._render_step(conn, fresh, now, staged)
+                rendered = self._render_step(conn, fresh, now, staged)
+            # what needs no store (customer notices: a contact look-up and a file each) is
+            # rendered after the snapshot is let go: a long read keeps the WAL from being
+            # checkpointed, and it grows meanwhile
+            state, result = rendered() if callable(rendered) else rendered
             late = row.due_at is not None and now > row.due_at
             closed = state in ("done", "skipped")
             with immediate(conn):
@@ -305,8 +309,9 @@ class Responder:
             report.late.append(key)
 
     def _render_step(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, out: Output,
-                     ) -> tuple[str, dict[str, Any]]:
-        """What the step renders (written to `out`), its state after, and its result."""
+                     ) -> tuple[str, dict[str, Any]] | Callable[[], tuple[str, dict[str, Any]]]:
+        """What the step renders (written to `out`): its state after and its result, or,
+        where the rest needs no store, a function that renders it and returns those."""
         spec = row.spec
         incident = self._incident(conn, row.incident_id)
         if spec.kind == "report":
@@ -320,13 +325,17 @@ class Responder:
                       people=self._people_count(conn, row.incident_id))
         if spec.kind == "notify" and spec.audience == "customers":
             recipients, manifest = self.affected(conn, row.incident_id)
-            result = render_customers(
-                conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id, step_id=row.step_id,
-                template=spec.template or "customer-notice", recipients=recipients, contacts=self.contacts,
-                insider_addresses=self.insider_addresses(incident["actor"]) if incident["actor"] else frozenset(),
-                default_language=self.settings.default_language, now=now, out=out,
-                should_stop=self._should_stop)
-            return "done", {**result.as_dict(), **manifest}
+            insiders = self.insider_addresses(incident["actor"]) if incident["actor"] else frozenset()
+
+            def notices() -> tuple[str, dict[str, Any]]:
+                result = render_customers(
+                    conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id, step_id=row.step_id,
+                    template=spec.template or "customer-notice", recipients=recipients, contacts=self.contacts,
+                    insider_addresses=insiders, default_language=self.settings.default_language, now=now, out=out,
+                    should_stop=self._should_stop)
+                return "done", {**result.as_dict(), **manifest}
+
+            return notices
         if spec.kind == "notify":
             attachments = []
             if spec.attach:

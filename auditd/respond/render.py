@@ -21,6 +21,7 @@ pipeline's batches wait for.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -191,8 +192,8 @@ class Staged:
     def commit(self, conn: sqlite3.Connection) -> None:
         """Insert the rows and rename the files into place (call inside a transaction:
         if it fails, the rows roll back and a later rendering replaces the files)."""
-        for sql, params in self._rows:
-            conn.execute(sql, params)
+        for sql, rows in itertools.groupby(self._rows, key=lambda r: r[0]):
+            conn.executemany(sql, [params for _, params in rows])
         folders: set[Path] = set()
         for temp, path in self._files:
             if path.parent not in folders:

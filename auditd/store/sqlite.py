@@ -44,6 +44,7 @@ WAL_CHECKPOINT_BYTES = 1000 * 4096
 # WAL bytes: a safety net for when the checkpointer cannot keep up.
 WAL_WRITER_CHECKPOINT_BYTES = 256 * 1024 * 1024
 CHECKPOINT_INTERVAL_S = 0.5
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is cut back to when it starts over
 _decode_segment = segment_decoder()
 
 
@@ -245,6 +246,10 @@ class Store:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         wal_bytes = WAL_WRITER_CHECKPOINT_BYTES if background_checkpoints else WAL_CHECKPOINT_BYTES
         conn.execute(f"PRAGMA wal_autocheckpoint={max(1, wal_bytes // page_size)}")
+        # a reader's long snapshot (a job, a person's query) keeps checkpoints from catching
+        # up, and the WAL grows meanwhile; without a limit the file keeps its largest size
+        # for good. With one, the writer that starts the WAL over cuts it back to this.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # NORMAL in WAL mode survives a process crash (kill -9); FULL also survives power loss.
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
