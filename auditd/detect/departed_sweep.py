@@ -163,20 +163,31 @@ _LoginDoc = stored_view("_LoginDoc", ("timestamp", "action", "outcome", "user_id
 _decode_segment = segment_decoder(_LoginDoc)
 
 
-def logins_since(conn, user_ids: Iterable[str], since: dt.datetime) -> dict[str, list[Login]]:
+@dataclass(frozen=True, slots=True)
+class LoginScan:
+    logins: dict[str, list["Login"]]  # per user id, in time order
+    last_seq: int  # the last event segment read (`after_seq` of the next scan)
+    segments: int  # how many were read
+
+
+def logins_since(conn, user_ids: Iterable[str], since: dt.datetime, *, after_seq: int = 0) -> LoginScan:
     """Successful logins of these users at or after `since`, from the store's event
-    segments (an sqlite3 connection), in time order."""
+    segments (an sqlite3 connection), in time order; with `after_seq`, only from the
+    segments written after that one (what an earlier scan did not read)."""
     wanted = frozenset(user_ids)
     out: dict[str, list[Login]] = {}
-    rows = conn.execute("SELECT doc FROM event_segments WHERE last_ts >= ? ORDER BY seq", (to_db(since),))
-    for (doc,) in rows:
+    last, segments = after_seq, 0
+    rows = conn.execute("SELECT seq, doc FROM event_segments WHERE last_ts >= ? AND seq > ? ORDER BY seq",
+                        (to_db(since), after_seq))
+    for seq, doc in rows:
+        last, segments = seq, segments + 1
         for ev in _decode_segment(doc):
             if (ev.action == "login" and ev.outcome == "success" and ev.user_id in wanted
                     and ev.timestamp >= since):
                 out.setdefault(ev.user_id, []).append(Login(ev.timestamp, ev.event_id))
     for logins in out.values():
         logins.sort(key=lambda login: login.at)
-    return out
+    return LoginScan(out, last, segments)
 
 
 def departed_ids(directory: Directory, now: dt.datetime) -> list[str]:
