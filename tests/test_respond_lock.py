@@ -264,3 +264,36 @@ def test_templates_are_compiled_once_at_warm_up_and_a_broken_one_is_named(tmp_pa
     template = templates.markdown.get_template("zh-CN/customer-notice.md.j2")
     assert len(templates.markdown.cache) == markdown  # found compiled, not compiled again
     assert template is templates.markdown.get_template("zh-CN/customer-notice.md.j2")
+
+
+def test_the_report_command_renders_without_the_lock_and_keeps_a_finding_only_for_a_real_incident(tmp_path):
+    from auditd.correlate import CorrelateSettings, Correlator
+    from auditd.enrich.pseudonym import create_key_file
+    from auditd.store.sqlite import Store
+
+    create_key_file(tmp_path / "pseudonym.key")
+    config = tmp_path / "config.yaml"
+    config.write_text("state_dir: state\nsources: []\npseudonym:\n  key_file: pseudonym.key\n")
+    store = Store(tmp_path / "state" / "neo-auditd.db").open()
+    with store.transaction() as conn:
+        (change,) = Correlator(CorrelateSettings(), Clock(T0)).apply(conn, [alert(1, T0, severity="critical")])
+    store.close()
+
+    def report(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "auditd.cli", "report", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    done = report(change.incident_id, "--kind", "initial", "--set", "cause=a role granted too widely", "--json")
+    assert done.returncode == 0, done.stderr
+    rendered = json.loads(done.stdout)
+    assert rendered["revision"] == 1 and all(Path(p).is_file() for p in rendered["paths"].values())
+    again = json.loads(report(change.incident_id, "--kind", "initial", "--json").stdout)
+    assert again["revision"] == 2 and again["cause_known"] is True  # the finding was kept
+    unknown = report("INC-20991231-0001", "--kind", "initial", "--set", "cause=x")
+    assert unknown.returncode == 1 and "no incident 'INC-20991231-0001'" in unknown.stderr
+    conn = sqlite3.connect(tmp_path / "state" / "neo-auditd.db")
+    assert conn.execute("SELECT incident_id, field FROM report_findings").fetchall() == [(change.incident_id, "cause")]
+    assert conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 2
+    staging = tmp_path / "state" / "respond" / STAGING
+    assert all(Path(p).is_relative_to(staging.parent) for p in rendered["paths"].values())
+    assert not any(staging.iterdir())  # staged, then put in place

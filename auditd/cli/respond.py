@@ -83,27 +83,53 @@ def cmd_report(args) -> int:
     import datetime as dt
 
     from auditd.correlate import UnknownIncident
+    import sqlite3
+
     from auditd.respond.reports import ReportError, render_report, set_finding
-    from auditd.store.sqlite import immediate
+    from auditd.respond.render import Staged
+    from auditd.store.sqlite import immediate, snapshot
 
     if any(refused_text(f"--set {item.partition('=')[0]}", item.partition("=")[2]) for item in args.set or []):
         return 2
+    findings = []
+    for item in args.set or []:
+        name, sep, text = item.partition("=")
+        if not sep or not text.strip():
+            print(f"error: --set takes FIELD=TEXT, got {item!r}", file=sys.stderr)
+            return 1
+        findings.append((name.strip(), text))
     try:
         runtime, store = _respond_runtime(args)
     except ConfigError as exc:
         return config_error(exc, args.json)
     responder, now, who = runtime.responder, dt.datetime.now(dt.timezone.utc), who_acts(args)
     try:
-        with immediate(store.conn):
-            for item in args.set or []:
-                name, sep, text = item.partition("=")
-                if not sep or not text.strip():
-                    raise ReportError(f"--set takes FIELD=TEXT, got {item!r}")
-                set_finding(store.conn, args.id, name.strip(), text, who, now)
-            people_count = len(responder.affected(store.conn, args.id)[0])
-            rendered = render_report(store.conn, args.id, args.kind, templates=responder.templates,
-                                     organisation=responder.settings.organisation, zone=runtime.settings.zone,
-                                     out_dir=responder.out_dir, now=now, who=who, people=people_count)
+        if findings:
+            with immediate(store.conn):
+                if store.conn.execute("SELECT 1 FROM incidents WHERE incident_id = ?", (args.id,)).fetchone() is None:
+                    raise UnknownIncident(args.id)
+                for name, text in findings:
+                    set_finding(store.conn, args.id, name, text, who, now)
+        # rendered without the store's write lock, which the daemon's pipeline waits for
+        # (export manifests read, templates, five files synced); put in place in one short
+        # transaction, rendered again if the daemon took the same revision meanwhile
+        for attempt in range(3):
+            staged = Staged(responder.out_dir)
+            try:
+                with snapshot(store.conn):
+                    people_count = len(responder.affected(store.conn, args.id)[0])
+                    rendered = render_report(store.conn, args.id, args.kind, templates=responder.templates,
+                                             organisation=responder.settings.organisation, zone=runtime.settings.zone,
+                                             out_dir=responder.out_dir, now=now, who=who, people=people_count,
+                                             out=staged)
+                with immediate(store.conn):
+                    staged.commit(store.conn)
+                break
+            except sqlite3.IntegrityError:
+                if attempt == 2:
+                    raise
+            finally:
+                staged.discard()
     except (UnknownIncident, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -474,12 +474,20 @@ class Responder:
 
     def _fail(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, detail: dict[str, Any],
               report: RunReport, *, late: bool = False) -> None:
-        """Failed: the step stays open (a person finishes or skips it) and escalates at once."""
-        with immediate(conn):
-            table.update(conn, row, state="failed", fired_at=now, late=late, result=detail,
-                         reason=_reason(detail))
-            self._trace(conn, row, "failed", _summary(detail))
-            self._escalate_one(conn, row, now, report, because="failed")
+        """Failed: the step stays open (a person finishes or skips it) and escalates at once.
+        The escalation renders first, without the write lock (as steps do, `_fire_one`)."""
+        staged = Staged(self.out_dir)
+        try:
+            with snapshot(conn):
+                audience = self._render_escalation(conn, row, now, staged, because="failed")
+            with immediate(conn):
+                table.update(conn, row, state="failed", fired_at=now, late=late, result=detail,
+                             reason=_reason(detail))
+                self._trace(conn, row, "failed", _summary(detail))
+                staged.commit(conn)
+                self._record_escalation(conn, row, now, report, audience, because="failed")
+        finally:
+            staged.discard()
         report.failed.append(f"{row.incident_id}/{row.step_id}")
 
     def _interrupted(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, report: RunReport) -> None:
@@ -501,11 +509,21 @@ class Responder:
             ladder = self._ladder(row, playbook)
             if row.escalations >= len(ladder):
                 continue  # every rung has been told; status and the metric keep showing it
-            with immediate(conn):
-                fresh = table.get(conn, row.incident_id, row.step_id)
-                if fresh is None or not fresh.open or fresh.escalations != row.escalations:
-                    continue
-                self._escalate_one(conn, fresh, now, report, because="overdue")
+            staged = Staged(self.out_dir)
+            try:
+                with snapshot(conn):
+                    fresh = table.get(conn, row.incident_id, row.step_id)
+                    if fresh is None or not fresh.open or fresh.escalations != row.escalations:
+                        continue
+                    audience = self._render_escalation(conn, fresh, now, staged, because="overdue")
+                with immediate(conn):
+                    fresh = table.get(conn, row.incident_id, row.step_id)
+                    if fresh is None or not fresh.open or fresh.escalations != row.escalations:
+                        continue  # a person acted meanwhile: nothing of the rendering is kept
+                    staged.commit(conn)
+                    self._record_escalation(conn, fresh, now, report, audience, because="overdue")
+            finally:
+                staged.discard()
 
     def _ladder(self, row: table.StepRow, playbook: Playbook | None) -> tuple[str, ...]:
         ladder = tuple(playbook.escalation.ladder) if playbook else ("security",)
@@ -513,22 +531,28 @@ class Responder:
             ladder = (row.spec.escalate_to,) + tuple(a for a in ladder if a != row.spec.escalate_to)
         return ladder
 
-    def _escalate_one(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, report: RunReport,
-                      *, because: str) -> None:
+    def _render_escalation(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, out: Output, *,
+                           because: str) -> str:
+        """The escalation of an overdue or failed step to the next rung, written to `out`;
+        returns the audience told."""
         playbook = self.playbooks.get(row.playbook)
         ladder = self._ladder(row, playbook)
-        level = min(row.escalations, len(ladder) - 1)
-        audience = ladder[level]
-        every = playbook.escalation.every.seconds if playbook else 3600.0
+        audience = ladder[min(row.escalations, len(ladder) - 1)]
         channel = playbook.escalation.channel if playbook else "chat"
         ctx = context(conn, row.incident_id, self.settings.organisation, self.zone, now)
         render_internal(conn, self.templates, self.out_dir, ctx, incident_id=row.incident_id,
-                               step_id=f"{row.step_id}.escalation", revision=row.escalations + 1, kind="escalation",
-                               audience=audience, settings=self._audience(audience), channel=channel,
-                               template="escalation", now=now,
-                               extra={"step": row.title, "overdue_steps": [row.step_id], "because": because,
-                                      "due_at": row.due_at.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
-                                      if row.due_at else None})
+                        step_id=f"{row.step_id}.escalation", revision=row.escalations + 1, kind="escalation",
+                        audience=audience, settings=self._audience(audience), channel=channel,
+                        template="escalation", now=now, out=out,
+                        extra={"step": row.title, "overdue_steps": [row.step_id], "because": because,
+                               "due_at": row.due_at.astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
+                               if row.due_at else None})
+        return audience
+
+    def _record_escalation(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, report: RunReport,
+                           audience: str, *, because: str) -> None:
+        playbook = self.playbooks.get(row.playbook)
+        every = playbook.escalation.every.seconds if playbook else 3600.0
         table.update(conn, row, escalations=row.escalations + 1,
                      next_escalation_at=now + dt.timedelta(seconds=every))
         self._trace(conn, row, "escalated", {"to": audience, "level": row.escalations, "because": because})
