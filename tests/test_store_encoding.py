@@ -93,7 +93,7 @@ def test_rows_in_the_old_map_form_are_read_beside_arrays_by_every_reader(tmp_pat
 
     assert list(store.iter_events()) == events[:4] + events[5:9] + events[9:]
     assert store.evidence(["f:4", "f:5", "f:6"]) == events[4:7]
-    logins = logins_since(store.conn, ["E0", "E1", "E2", "E3"], T0)
+    logins = logins_since(store.conn, ["E0", "E1", "E2", "E3"], T0).logins
     assert sorted(login.event_id for found in logins.values() for login in found) == sorted(
         e.event_id for e in events if e.action == "login" and e not in events[4:5])
     uses, accesses = _read_uses(store.conn, T0, T0 + dt.timedelta(days=1))
