@@ -147,6 +147,25 @@ def test_chunks_delete_everything_and_can_stop_between_them(store: Store) -> Non
     assert count(store, "events") == 0
 
 
+def test_the_quarantine_is_searched_without_the_write_lock_and_purged_in_chunks(store: Store) -> None:
+    """No index serves the quarantine's time test: the search for a chunk's rows (the
+    last one reads the whole table) ran inside BEGIN IMMEDIATE, minutes on a large
+    quarantine read cold, while the pipeline waited. Now it is a read of its own."""
+    for i in range(7):
+        add_quarantine(store, (CUTOFF - dt.timedelta(days=1, seconds=i)).isoformat())
+    add_quarantine(store, "not a time")  # between old rows: kept inside a deleted range
+    add_quarantine(store, (CUTOFF - dt.timedelta(days=2)).isoformat())
+    add_quarantine(store, (CUTOFF + dt.timedelta(hours=1)).isoformat())
+    traced: list[tuple[str, bool]] = []
+    with closing(connect(store.path)) as conn:
+        conn.set_trace_callback(lambda sql: traced.append((" ".join(sql.split())[:40], conn.in_transaction)))
+        report = purge(conn, NOW, SETTINGS, chunk_rows=3, pause_s=0)
+    assert report.quarantine_deleted == 8 and count(store, "quarantine") == 2
+    searches = [inside for sql, inside in traced if sql.startswith("SELECT MIN(seq), MAX(seq), COUNT(*)")]
+    deletes = [inside for sql, inside in traced if sql.startswith("DELETE FROM main.quarantine")]
+    assert searches == [False] * 3 and deletes == [True] * 3  # 3 + 3 + 2 rows
+
+
 def test_evidence_outlives_its_segment(store: Store) -> None:
     old = [event(f"e{i}", CUTOFF - dt.timedelta(days=1, seconds=i)) for i in range(5)]
     add_events(store, *old)

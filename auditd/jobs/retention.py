@@ -46,10 +46,13 @@ DELETE FROM main.event_segments WHERE seq IN (
 """
 # `at` is ISO text; julianday() compares it as a time whatever its offset or precision,
 # and a value it cannot parse gives NULL, so such a row is kept rather than guessed at.
-_DELETE_QUARANTINE = """
-DELETE FROM main.quarantine WHERE seq IN (
+# No index serves it: a chunk's rows are found by a read, outside the write lock (the
+# last chunk's search reads the whole table), and deleted by their range of seq.
+_FIND_QUARANTINE = """
+SELECT MIN(seq), MAX(seq), COUNT(*) FROM (
     SELECT seq FROM main.quarantine WHERE julianday(at) < julianday(?) ORDER BY seq LIMIT ?)
 """
+_DELETE_QUARANTINE = "DELETE FROM main.quarantine WHERE seq BETWEEN ? AND ? AND julianday(at) < julianday(?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ def purge(conn: sqlite3.Connection, now: dt.datetime, settings: RetentionSetting
     chunks = _Chunks(conn, chunk_rows, pause_s, should_stop)
 
     events_deleted, evidence_kept = _purge_events(conn, chunks, to_db(events_cutoff), segment_rows, keep_sql)
-    quarantine_deleted = chunks.run(_DELETE_QUARANTINE, (to_db(quarantine_cutoff),))
+    quarantine_deleted = chunks.run_found(_FIND_QUARANTINE, _DELETE_QUARANTINE, (to_db(quarantine_cutoff),))
     report = PurgeReport(
         events_cutoff=events_cutoff, quarantine_cutoff=quarantine_cutoff,
         events_deleted=events_deleted, quarantine_deleted=quarantine_deleted,
@@ -151,6 +154,26 @@ class _Chunks:
                 deleted = self.conn.execute(sql, (*args, limit)).rowcount
             total += deleted
             if deleted < limit:
+                break
+            if self.should_stop():
+                self.stopped = True
+                break
+            time.sleep(self.pause_s)
+        return total
+
+
+    def run_found(self, find: str, delete: str, args: tuple) -> int:
+        """As `run`, for a DELETE no index serves: each chunk's rows are found first by a
+        read (no write lock; `find` gives the lowest and highest seq and how many), then
+        deleted by that range of seq in a short write transaction."""
+        total = 0
+        while not self.stopped:
+            low, high, found = self.conn.execute(find, (*args, self.rows)).fetchone()
+            if not found:
+                break
+            with immediate(self.conn):
+                total += self.conn.execute(delete, (low, high, *args)).rowcount
+            if found < self.rows:
                 break
             if self.should_stop():
                 self.stopped = True
