@@ -152,6 +152,30 @@ def test_after_the_retry_budget_a_message_fails_is_escalated_and_can_be_retried(
                    for r in server.received)
 
 
+def test_a_route_that_fails_for_many_customers_pages_the_security_team_once(tmp_path, password_file):
+    """One escalation per failed message meant 30 (or 50,000) messages to the security
+    team for one outage, each with a synced file written inside the write lock: now one
+    per flush, listing the messages by number, pseudonym and error, no address."""
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 30, incident_id=incident)
+    with SmtpServer(tmp_path) as server:
+        server.handler.refuse_first = 10_000
+        settings = email_settings(server, password_file, retry=dataclasses.replace(FAST_RETRY, attempts=1),
+                                  to={"security-team": [Route(channel="email", address="soc@neo-retail.example")]},
+                                  escalate_to="security-team")
+        deliverer(settings, tmp_path).run(conn)
+        failed = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed' AND kind = 'notice'"
+                              " AND escalated_at IS NOT NULL").fetchone()[0]
+        escalations = conn.execute("SELECT body_path, wire_key FROM outbox WHERE kind = 'delivery-failed'").fetchall()
+    assert failed == 30 and len(escalations) == 1
+    body = json.loads(Path(escalations[0][0]).read_text())
+    assert body["subject"] == f"[delivery failed] 30 messages ({incident})"
+    listed = [line for line in body["text"].splitlines() if line.startswith("- ")]
+    assert len(listed) == 30 and all("recipient p:" in line for line in listed)
+    assert "mail.example" not in body["text"] and "neo-auditd outbox retry " in body["text"]
+
+
 def test_regulator_email_carries_the_report_as_attachments(tmp_path, password_file):
     conn = open_store(tmp_path / "neo.db")
     incident, _ = add_incident(conn)

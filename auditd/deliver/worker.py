@@ -39,6 +39,7 @@ log = logging.getLogger("neo_auditd.deliver")
 RECORD_EVERY = 50  # outcomes per transaction: at most this many are re-sent after a crash mid-batch
 RECORD_EVERY_S = 1.0
 OWN_KINDS = ("digest", "delivery-failed")
+ESCALATION_LINES = 50  # failed messages an escalation lists one by one
 
 
 class Fleet(Protocol):
@@ -326,33 +327,65 @@ class Deliverer:
                 "html": "", "attachments": []}
 
     # -- escalation ------------------------------------------------------------------------
-    def escalate(self, conn: sqlite3.Connection, row: Row, error: str | None, now: dt.datetime) -> int:
-        """Tell the escalation audience that a message failed (never about its own messages)."""
-        conn.execute("UPDATE outbox SET escalated_at = ? WHERE id = ?", (to_db(now), row.id))
-        log.error("message failed", extra={"outbox_id": row.id, "key": row.wire_key, "route": row.route,
-                                           "audience": row.audience, "error": error})
-        if row.kind == "delivery-failed" or self.escalate_to is None:
+    def escalation_file(self, failed: list[tuple[Row, str | None]], now: dt.datetime) -> Path | None:
+        """The message telling the escalation audience which messages failed, written
+        (and synced) before the write lock is taken: one per flush, so a route that fails
+        for 50,000 customers pages the security team once, not 50,000 times. None when
+        there is nobody to tell, or only escalations failed (never about its own)."""
+        told = [(row, error) for row, error in failed if row.kind != "delivery-failed"]
+        if not told or self.escalate_to is None:
+            return None
+        first = told[0][0]
+        if len(told) == 1:
+            path = self.spool / "escalations" / f"{first.id}.json"
+            subject = f"[delivery failed] {first.kind} to {first.audience} ({first.incident_id or '-'})"
+            text = (f"A message could not be delivered after {first.attempts} attempt(s).\n\n"
+                    f"- key: {first.wire_key}\n- route: {first.route}\n- recipient: {first.recipient}\n"
+                    f"- error: {told[0][1]}\n\nDetails: neo-auditd outbox show {first.id}\n"
+                    f"Send it again: neo-auditd outbox retry {first.id}\n")
+        else:
+            path = self.spool / "escalations" / f"{first.id}+{len(told) - 1}.json"
+            incidents = sorted({row.incident_id or "-" for row, _ in told})
+            subject = (f"[delivery failed] {len(told)} messages ({', '.join(incidents[:3])}"
+                       f"{', ...' if len(incidents) > 3 else ''})")
+            lines = [f"- {row.id}: {row.kind} to {row.audience} ({row.incident_id or '-'}) via {row.route}, "
+                     f"recipient {row.recipient}: {error}" for row, error in told[:ESCALATION_LINES]]
+            if len(told) > ESCALATION_LINES:
+                lines.append(f"- ... and {len(told) - ESCALATION_LINES} more")
+            text = (f"{len(told)} messages could not be delivered after their retry budget.\n\n"
+                    + "\n".join(lines) + "\n\nAll of them: neo-auditd outbox list --state failed\n"
+                    f"Send them again: neo-auditd outbox retry {' '.join(str(r.id) for r, _ in told[:5])}"
+                    f"{' ...' if len(told) > 5 else ''}\n")
+        write_private(path, json.dumps({"to": {"audience": "security"}, "language": "en", "subject": subject,
+                                        "text": text, "html": "", "attachments": []}, ensure_ascii=False).encode())
+        return path
+
+    def escalate(self, conn: sqlite3.Connection, failed: list[tuple[Row, str | None]], path: Path | None,
+                 now: dt.datetime) -> int:
+        """Mark the failed messages escalated and queue `path` (from `escalation_file`) to
+        the escalation audience, not through a route that just failed; in the caller's
+        transaction. Returns the messages queued."""
+        conn.executemany("UPDATE outbox SET escalated_at = ? WHERE id = ?", [(to_db(now), row.id) for row, _ in failed])
+        for row, error in failed:
+            log.error("message failed", extra={"outbox_id": row.id, "key": row.wire_key, "route": row.route,
+                                               "audience": row.audience, "error": error})
+        told = [row for row, _ in failed if row.kind != "delivery-failed"]
+        if path is None or not told:
             return 0
-        routes = self.settings.to.get(self.escalate_to) or []
-        path = self.spool / "escalations" / f"{row.id}.json"
-        subject = f"[delivery failed] {row.kind} to {row.audience} ({row.incident_id or '-'})"
-        text = (f"A message could not be delivered after {row.attempts} attempt(s).\n\n"
-                f"- key: {row.wire_key}\n- route: {row.route}\n- recipient: {row.recipient}\n"
-                f"- error: {error}\n\nDetails: neo-auditd outbox show {row.id}\n"
-                f"Send it again: neo-auditd outbox retry {row.id}\n")
+        failing = {row.route for row in told}
+        key = (f"delivery-failed/{told[0].wire_key}/{told[0].route}" if len(told) == 1
+               else f"delivery-failed/{told[0].wire_key}/+{len(told) - 1}")
+        incidents = {row.incident_id for row in told}
         added = 0
-        for i, route in enumerate(routes):
+        for i, route in enumerate(self.settings.to.get(self.escalate_to) or []):
             label = route.label(self.escalate_to, i)
-            if label == row.route:
-                continue  # not through the route that just failed
-            if added == 0:
-                write_private(path, json.dumps({"to": {"audience": "security"}, "language": "en", "subject": subject,
-                                                "text": text, "html": "", "attachments": []},
-                                               ensure_ascii=False).encode())
-            outbox.add_own(conn, route=label, channel=route.channel, key=f"delivery-failed/{row.wire_key}/{row.route}",
-                           kind="delivery-failed", audience="security", recipient=self.escalate_to,
+            if label in failing:
+                continue  # not through a route that just failed
+            outbox.add_own(conn, route=label, channel=route.channel, key=key, kind="delivery-failed",
+                           audience="security", recipient=self.escalate_to,
                            contact_ref=f"audience:{self.escalate_to}", body_path=str(path), now=now,
-                           incident_id=row.incident_id, fleet_key=row.fleet_key)
+                           incident_id=told[0].incident_id if len(incidents) == 1 else None,
+                           fleet_key=told[0].fleet_key if len(told) == 1 else None)
             added += 1
         return added
 
@@ -418,13 +451,15 @@ class _Recorder:
         outcomes, self.pending = self.pending, []
         report, now = self.report, self.deliverer.clock()
         rows = outbox.outcome_rows(outcomes)  # computed before the write lock is taken
+        failed = [(o.row, o.error) for o in outcomes if o.state == "failed"]
+        escalation = self.deliverer.escalation_file(failed, now) if failed else None
         with immediate(self.conn):
             outbox.record(self.conn, rows)
             for o in outcomes:
                 if o.row.kind == "digest":
                     self._digest_members(o, now)
-                if o.state == "failed":
-                    report.escalated += self.deliverer.escalate(self.conn, o.row, o.error, now)
+            if failed:
+                report.escalated += self.deliverer.escalate(self.conn, failed, escalation, now)
         for o in outcomes:
             if o.state == "delivered":
                 report.delivered += 1
