@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from zoneinfo import ZoneInfo
@@ -142,3 +143,29 @@ def test_the_scheduled_job_writes_both_reports(directory, store, tmp_path):
     text = (tmp_path / "reviews" / "grant-review-20261130.txt").read_text(encoding="utf-8")
     data = json.loads((tmp_path / "reviews" / "grant-review-20261130.json").read_text(encoding="utf-8"))
     assert text.startswith("Grant review") and data["events"] == 11
+
+
+def test_the_scheduled_review_runs_in_a_process_of_its_own_and_stops_with_the_daemon(directory, store, tmp_path):
+    """The review decodes its whole period (90 days by default): on the scheduler's thread
+    it took the interpreter from the pipeline for as long. The job now runs it in a
+    spawned process, on the directory the daemon holds, with the same report."""
+    from types import SimpleNamespace
+
+    from auditd.jobs import grant_review
+    from auditd.jobs.apart import StoppedWithTheDaemon
+    from auditd.jobs.context import JobContext
+
+    settings = SimpleNamespace(entitlement=SimpleNamespace(review=SimpleNamespace(
+        period=SimpleNamespace(timedelta=NOW - SINCE))), zone=SH)
+    context = JobContext(store_path=store.path, runtime=lambda: SimpleNamespace(settings=settings),
+                         directory=lambda: directory, now=lambda: NOW)
+    grant_review.run(context)
+    written = json.loads((store.path.parent / "reviews" / "grant-review-20261130.json").read_text())
+    here = grant_review.grant_review_job(store.path, directory, NOW - SINCE, out_dir=tmp_path / "here", now=NOW)
+    assert written == json.loads(render_grant_review(here, as_json=True))  # what the process wrote
+    assert written == json.loads((tmp_path / "here" / "grant-review-20261130.json").read_text())
+    with pytest.raises(StoppedWithTheDaemon):
+        grant_review.run(dataclasses.replace(context, should_stop=lambda: True))
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []  # ended, not left behind

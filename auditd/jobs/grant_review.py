@@ -1,5 +1,5 @@
 """Job: the periodic review of grants not exercised (``auditd/entitlement/review.py``),
-written as reports under ``<state_dir>/reviews/``. It reads the store and changes no
+written as reports under ``<state_dir>/reviews/``, in a process of its own. It reads the store and changes no
 incident; were it ever to raise alerts, they would go through the correlator's seam."""
 
 from __future__ import annotations
@@ -13,18 +13,22 @@ from pathlib import Path
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.directory.model import Directory
 from auditd.entitlement.review import GrantReview, render_grant_review, review_grants
+from auditd.jobs.apart import run_apart
 from auditd.jobs.context import JobContext
 
 log = logging.getLogger("neo_auditd.review")
 
 
 def run(context: JobContext) -> None:
+    """In a process of its own (`apart.py`): the review decodes its whole period of
+    events, which on the scheduler's thread would slow the pipeline for as long."""
     runtime = context.runtime()
     directory = context.directory()
     if directory is None:
         return
-    grant_review_job(context.store_path, directory, runtime.settings.entitlement.review.period.timedelta,
-                     out_dir=context.store_path.parent / "reviews", now=context.now(), zone=runtime.settings.zone)
+    run_apart(grant_review_job, (context.store_path, directory, runtime.settings.entitlement.review.period.timedelta),
+              {"out_dir": context.store_path.parent / "reviews", "now": context.now(), "zone": runtime.settings.zone},
+              should_stop=context.should_stop)
 
 
 def grant_review_job(db_path: Path | str, directory: Directory, period: dt.timedelta, *,
