@@ -120,16 +120,20 @@ def test_a_connection_lost_after_data_is_sent_again_and_marked_a_possible_repeat
     assert flagged == [repeated]  # only the message whose answer was lost is marked
 
 
+def escalating(server, password_file, *, attempts: int):
+    """E-mail through `server`, `attempts` tries a message, failures told to the security team's route."""
+    return email_settings(server, password_file, retry=dataclasses.replace(FAST_RETRY, attempts=attempts),
+                          to={"security-team": [Route(channel="email", address="soc@neo-retail.example")]},
+                          escalate_to="security-team")
+
+
 def test_after_the_retry_budget_a_message_fails_is_escalated_and_can_be_retried(tmp_path, password_file):
     conn = open_store(tmp_path / "neo.db")
     incident, _ = add_incident(conn)
     add_customers(conn, tmp_path, 1, incident_id=incident)
     with SmtpServer(tmp_path) as server:
         server.handler.refuse_first = 100
-        settings = email_settings(server, password_file, retry=dataclasses.replace(FAST_RETRY, attempts=2),
-                                  to={"security-team": [Route(channel="email", address="soc@neo-retail.example")]},
-                                  escalate_to="security-team")
-        d = deliverer(settings, tmp_path)
+        d = deliverer(escalating(server, password_file, attempts=2), tmp_path)
         for _ in range(3):
             d.run(conn)
         row = conn.execute("SELECT state, attempts, escalated_at, last_error FROM outbox WHERE notice_seq = 1"
@@ -161,10 +165,7 @@ def test_a_route_that_fails_for_many_customers_pages_the_security_team_once(tmp_
     add_customers(conn, tmp_path, 30, incident_id=incident)
     with SmtpServer(tmp_path) as server:
         server.handler.refuse_first = 10_000
-        settings = email_settings(server, password_file, retry=dataclasses.replace(FAST_RETRY, attempts=1),
-                                  to={"security-team": [Route(channel="email", address="soc@neo-retail.example")]},
-                                  escalate_to="security-team")
-        deliverer(settings, tmp_path).run(conn)
+        deliverer(escalating(server, password_file, attempts=1), tmp_path).run(conn)
         failed = conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'failed' AND kind = 'notice'"
                               " AND escalated_at IS NOT NULL").fetchone()[0]
         escalations = conn.execute("SELECT body_path, wire_key FROM outbox WHERE kind = 'delivery-failed'").fetchall()

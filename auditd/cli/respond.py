@@ -114,22 +114,20 @@ def cmd_report(args) -> int:
         # (export manifests read, templates, five files synced); put in place in one short
         # transaction, rendered again if the daemon took the same revision meanwhile
         for attempt in range(3):
-            staged = Staged(responder.out_dir)
-            try:
+            with Staged(responder.out_dir) as staged:
                 with snapshot(store.conn):
                     people_count = len(responder.affected(store.conn, args.id)[0])
                     rendered = render_report(store.conn, args.id, args.kind, templates=responder.templates,
                                              organisation=responder.settings.organisation, zone=runtime.settings.zone,
                                              out_dir=responder.out_dir, now=now, who=who, people=people_count,
                                              out=staged)
-                with immediate(store.conn):
-                    staged.commit(store.conn)
-                break
-            except sqlite3.IntegrityError:
-                if attempt == 2:
-                    raise
-            finally:
-                staged.discard()
+                try:
+                    with immediate(store.conn):
+                        staged.commit(store.conn)
+                    break
+                except sqlite3.IntegrityError:
+                    if attempt == 2:
+                        raise
     except (UnknownIncident, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

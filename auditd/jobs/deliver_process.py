@@ -42,14 +42,11 @@ from auditd.deliver import Deliverer, build_deliverer
 from auditd.deliver.lock import DeliverLock
 from auditd.errors import EX_CONFIG, ConfigError, Location
 from auditd.jobs import JobContext, JobRunner, job_specs
+from auditd.jobs.apart import NICE
 
 log = logging.getLogger("neo_auditd.deliver")
 
 JOBS = ("deliver",)
-# Below the pipeline's priority: where the two meet on one busy core, the pipeline (events
-# must not lag) wins; delivery still gets a tenth of a contended core (~500 messages/s of
-# e-mail here), and a whole idle one.
-NICE = 10
 _LENGTH = struct.Struct(">I")
 
 

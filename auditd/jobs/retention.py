@@ -148,32 +148,37 @@ class _Chunks:
 
     def run(self, sql: str, args: tuple, *, rows: int | None = None) -> int:
         limit = rows or self.rows
-        total = 0
-        while not self.stopped:
+
+        def chunk() -> tuple[int, bool]:
             with immediate(self.conn):  # a chunk never fails half-way on a lock upgrade
                 deleted = self.conn.execute(sql, (*args, limit)).rowcount
-            total += deleted
-            if deleted < limit:
-                break
-            if self.should_stop():
-                self.stopped = True
-                break
-            time.sleep(self.pause_s)
-        return total
+            return deleted, deleted == limit
 
+        return self._repeat(chunk)
 
     def run_found(self, find: str, delete: str, args: tuple) -> int:
         """As `run`, for a DELETE no index serves: each chunk's rows are found first by a
         read (no write lock; `find` gives the lowest and highest seq and how many), then
         deleted by that range of seq in a short write transaction."""
-        total = 0
-        while not self.stopped:
+
+        def chunk() -> tuple[int, bool]:
             low, high, found = self.conn.execute(find, (*args, self.rows)).fetchone()
             if not found:
-                break
+                return 0, False
             with immediate(self.conn):
-                total += self.conn.execute(delete, (low, high, *args)).rowcount
-            if found < self.rows:
+                deleted = self.conn.execute(delete, (low, high, *args)).rowcount
+            return deleted, found == self.rows
+
+        return self._repeat(chunk)
+
+    def _repeat(self, chunk: Callable[[], tuple[int, bool]]) -> int:
+        """Chunks (each: rows deleted, whether more may be left) until none is left or
+        the daemon stops, pausing between them."""
+        total = 0
+        while not self.stopped:
+            deleted, more = chunk()
+            total += deleted
+            if not more:
                 break
             if self.should_stop():
                 self.stopped = True

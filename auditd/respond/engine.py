@@ -273,36 +273,35 @@ class Responder:
         # customer notices or ask a contact service for each); then one short
         # transaction puts the files in place with the step's rows, unless another
         # runner fired the step meanwhile.
-        staged = Staged(self.out_dir)
-        try:
-            with snapshot(conn):
-                fresh = table.get(conn, row.incident_id, row.step_id)
-                if fresh is None or fresh.state != "pending":
-                    return  # another runner got there first
-                rendered = self._render_step(conn, fresh, now, staged)
-            # what needs no store (customer notices: a contact look-up and a file each) is
-            # rendered after the snapshot is let go: a long read keeps the WAL from being
-            # checkpointed, and it grows meanwhile
-            state, result = rendered() if callable(rendered) else rendered
-            late = row.due_at is not None and now > row.due_at
-            closed = state in ("done", "skipped")
-            with immediate(conn):
-                fresh = table.get(conn, row.incident_id, row.step_id)
-                if fresh is None or fresh.state != "pending":
-                    return
-                staged.commit(conn)
-                table.update(conn, fresh, state=state, fired_at=now, late=late, result=result,
-                             closed_at=now if closed else None, closed_by=WHO if closed else None,
-                             reason=result.pop("reason", None) if state == "skipped" else None)
-                self._trace(conn, fresh, "fired" if state != "skipped" else "skipped",
-                            {"late": late, "state": state, **_summary(result)})
-        except sqlite3.IntegrityError:
-            # a person rendered the same report revision meanwhile (`report`): the next
-            # run renders the step again, as the revision after theirs
-            log.info("playbook step rendered again later", extra={"incident": row.incident_id, "step": row.step_id})
-            return
-        finally:
-            staged.discard()
+        with Staged(self.out_dir) as staged:
+            try:
+                with snapshot(conn):
+                    fresh = table.get(conn, row.incident_id, row.step_id)
+                    if fresh is None or fresh.state != "pending":
+                        return  # another runner got there first
+                    rendered = self._render_step(conn, fresh, now, staged)
+                # what needs no store (customer notices: a contact look-up and a file each)
+                # is rendered after the snapshot is let go: a long read keeps the WAL from
+                # being checkpointed, and it grows meanwhile
+                state, result = rendered() if callable(rendered) else rendered
+                late = row.due_at is not None and now > row.due_at
+                closed = state in ("done", "skipped")
+                with immediate(conn):
+                    fresh = table.get(conn, row.incident_id, row.step_id)
+                    if fresh is None or fresh.state != "pending":
+                        return
+                    staged.commit(conn)
+                    table.update(conn, fresh, state=state, fired_at=now, late=late, result=result,
+                                 closed_at=now if closed else None, closed_by=WHO if closed else None,
+                                 reason=result.pop("reason", None) if state == "skipped" else None)
+                    self._trace(conn, fresh, "fired" if state != "skipped" else "skipped",
+                                {"late": late, "state": state, **_summary(result)})
+            except sqlite3.IntegrityError:
+                # a person rendered the same report revision meanwhile (`report`): the next
+                # run renders the step again, as the revision after theirs
+                log.info("playbook step rendered again later",
+                         extra={"incident": row.incident_id, "step": row.step_id})
+                return
         key = f"{row.incident_id}/{row.step_id}"
         report.fired.append(key)
         if late:
@@ -476,8 +475,7 @@ class Responder:
               report: RunReport, *, late: bool = False) -> None:
         """Failed: the step stays open (a person finishes or skips it) and escalates at once.
         The escalation renders first, without the write lock (as steps do, `_fire_one`)."""
-        staged = Staged(self.out_dir)
-        try:
+        with Staged(self.out_dir) as staged:
             with snapshot(conn):
                 audience = self._render_escalation(conn, row, now, staged, because="failed")
             with immediate(conn):
@@ -486,8 +484,6 @@ class Responder:
                 self._trace(conn, row, "failed", _summary(detail))
                 staged.commit(conn)
                 self._record_escalation(conn, row, now, report, audience, because="failed")
-        finally:
-            staged.discard()
         report.failed.append(f"{row.incident_id}/{row.step_id}")
 
     def _interrupted(self, conn: sqlite3.Connection, row: table.StepRow, now: dt.datetime, report: RunReport) -> None:
@@ -509,8 +505,7 @@ class Responder:
             ladder = self._ladder(row, playbook)
             if row.escalations >= len(ladder):
                 continue  # every rung has been told; status and the metric keep showing it
-            staged = Staged(self.out_dir)
-            try:
+            with Staged(self.out_dir) as staged:
                 with snapshot(conn):
                     fresh = table.get(conn, row.incident_id, row.step_id)
                     if fresh is None or not fresh.open or fresh.escalations != row.escalations:
@@ -522,8 +517,6 @@ class Responder:
                         continue  # a person acted meanwhile: nothing of the rendering is kept
                     staged.commit(conn)
                     self._record_escalation(conn, fresh, now, report, audience, because="overdue")
-            finally:
-                staged.discard()
 
     def _ladder(self, row: table.StepRow, playbook: Playbook | None) -> tuple[str, ...]:
         ladder = tuple(playbook.escalation.ladder) if playbook else ("security",)

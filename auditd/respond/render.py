@@ -168,7 +168,8 @@ class Staged:
     """Files written (and synced) under ``<out>/.staging/<pid>-<n>/`` and rows kept, to
     be put in place together by `commit`, inside the caller's transaction: a rename
     and an INSERT each, however long the rendering took. `discard` (or a crash) leaves
-    nothing in place; `clear_leftovers` removes what a process that died left staged."""
+    nothing in place; `clear_leftovers` removes what a process that died left staged.
+    As a context manager, it discards at the end whatever was not committed."""
 
     _made = 0
 
@@ -200,6 +201,12 @@ class Staged:
                 folders.add(private_dir(path.parent))
             os.replace(temp, path)  # replaces a link by the file, never writes through it
         self.discard()
+
+    def __enter__(self) -> "Staged":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()  # after a commit, only the empty folder; else everything staged
 
     def discard(self) -> None:
         self._files.clear()
