@@ -462,7 +462,8 @@ class Daemon:
 
             for source in runtime.settings.elastic.sources if runtime.settings.elastic else ():
                 if source.name not in self.tailers:
-                    reader = ElasticEventSource(source, self.cluster.es, self.store.load_checkpoints(source.name))
+                    reader = ElasticEventSource(source, self.cluster.es, self.store.load_checkpoints(source.name),
+                                                wake=self._wake)
                     reader.start()
                     self.tailers[source.name] = reader
 

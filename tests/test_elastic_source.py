@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import msgspec
 import pytest
@@ -14,7 +16,7 @@ from auditd.elastic.client import build_client
 from auditd.elastic.documents import event_actions
 from auditd.elastic.ecs_format import EcsDocumentDecoder
 from auditd.elastic.settings import ElasticSourceSettings
-from auditd.elastic.source import ElasticEventSource
+from auditd.elastic.source import AHEAD_PAGES, ElasticEventSource
 from auditd.elastic.testing import T0, scratch_settings, synthetic_events, unique_name
 from auditd.event import AccessEvent
 from auditd.sources.base import Batch, Checkpoint
@@ -182,6 +184,36 @@ def test_an_unreachable_cluster_gives_no_batches_and_backs_off() -> None:
     assert reader.stats.errors == 1
     assert reader.poll() == []  # within the back-off: not even tried
     assert reader.stats.errors == 1
+
+
+def test_started_it_reads_on_its_own_thread_each_document_once_and_stops_ahead(es: Elasticsearch) -> None:
+    index = events_index(es)
+    events = crowded_events(250)
+    put(es, index, events)
+    clock = Clock(T0 + dt.timedelta(hours=1))
+    wake = threading.Event()
+    reader = ElasticEventSource(ElasticSourceSettings(name="fleet", index=index, page_size=30, poll_interval_s=0.05,
+                                                      settle=Duration(SETTLE.total_seconds())),
+                                es, {}, clock=clock, wake=wake)
+    reader.start()
+    try:
+        assert wake.wait(10), "the thread never handed a page over"
+        deadline = time.monotonic() + 5
+        while len(reader._ready) < AHEAD_PAGES and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # time enough to read on, were it not bounded
+        assert len(reader._ready) == AHEAD_PAGES and reader.stats.searches == AHEAD_PAGES
+        first = reader.poll(1000)
+        checkpoint = first[-1].checkpoint  # committed; then the daemon stops with pages unread
+        deadline = time.monotonic() + 5
+        while not reader._ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        reader.stop()
+    resumed = source(es, index, clock, checkpoint)
+    read = ids(first) + ids(drain(resumed))
+    expected = sorted(events, key=lambda e: (e.timestamp, e.event_id))
+    assert read == [e.event_id for e in expected]  # what the stopped thread had read ahead is read again, once
 
 
 def test_ecs_decoder_quarantines_what_is_not_an_access_event() -> None:

@@ -18,6 +18,14 @@ Limit: a document that becomes searchable later than that sorts behind the curso
 and is not read. Choose ``settle`` above the longest outage you want covered; the
 shipper stamps ``event.ingested``, so such documents can be found afterwards with a
 query on ``event.ingested - @timestamp``.
+
+Searches run on the source's own thread once it is started (the daemon starts it):
+a cluster that hangs (a long collection pause, a network that drops packets) holds a
+search for up to the client's request timeout, and on the pipeline's thread that
+would hold every file source's lines, and their alerts, as long. The thread reads at
+most `AHEAD_PAGES` pages ahead of what the pipeline took; each page's batch carries
+its own checkpoint, so what was fetched and not committed is simply read again after
+a restart. Not started (tests, tools), `poll` searches itself.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +50,8 @@ from auditd.sources.base import Batch, Checkpoint
 log = logging.getLogger("neo_auditd.elastic")
 
 TIME_FIELD = "@timestamp"
+AHEAD_PAGES = 2  # pages the reader thread fetches ahead of the pipeline
+STOP_WAIT_S = 1.0  # a search in flight at stop is left to its daemon thread after this
 _encode = msgspec.json.Encoder().encode
 
 
@@ -72,8 +84,15 @@ class ElasticEventSource:
 
     def __init__(self, settings: ElasticSourceSettings, es: Elasticsearch,
                  checkpoints: dict[str, Checkpoint], *, clock: Callable[[], dt.datetime] = _utc_now,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, wake: threading.Event | None = None):
         self.settings = settings
+        self._wake = wake  # set when the thread has a page for the pipeline
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._taken = threading.Event()  # the pipeline took pages: room to read ahead again
+        self._ready: deque[Batch] = deque()  # fetched by the thread, not yet polled
+        self._page = settings.page_size
+        self._full_page = False  # the last search filled its page: more may be waiting
         self.es = es
         self.clock = clock
         self.monotonic = monotonic
@@ -94,10 +113,19 @@ class ElasticEventSource:
 
     # the tailer's interface, for the service's loop
     def start(self) -> None:
-        pass
+        """Search on a thread of the source's own from now on."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"neo-auditd-es-source-{self.settings.name}",
+                                            daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
-        pass
+        """Stop reading. A search in flight is not waited for beyond `STOP_WAIT_S`: its
+        page is never handed out, and is read again from the committed checkpoint."""
+        self._stopping.set()
+        self._taken.set()
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT_S)
 
     def checkpoint(self) -> Checkpoint:
         cursor = json.dumps({"after": self._after}) if self._after is not None else None
@@ -105,10 +133,48 @@ class ElasticEventSource:
                           offset=self._read, cursor=cursor)
 
     def poll(self, max_records: int = 10_000) -> list[Batch]:
-        """At most one page: the documents after the cursor, up to now - settle."""
+        """The pages the thread has read (never waiting for a search); not started, at
+        most one page searched now: the documents after the cursor, up to now - settle."""
+        self._page = max(1, min(max_records, self.settings.page_size))
+        if self._thread is None:
+            return self._fetch()
+        taken = []
+        while self._ready:
+            taken.append(self._ready.popleft())
+        if taken:
+            self._taken.set()
+        return taken
+
+    def _run(self) -> None:
+        stopping = self._stopping
+        while not stopping.is_set():
+            if len(self._ready) >= AHEAD_PAGES:  # the pipeline is behind (or holding back): wait for it
+                self._taken.wait(self.settings.poll_interval_s)
+                self._taken.clear()
+                continue
+            wait = self._retry_at - self.monotonic()
+            if wait > 0:
+                stopping.wait(wait)
+                continue
+            try:
+                batches = self._fetch()
+            except Exception:  # a bug here must not end the reading silently: said, and tried again
+                log.exception("elasticsearch source %s: reading failed", self.settings.name)
+                self._retry_at = self.monotonic() + self._backoff.next_delay()
+                continue
+            if stopping.is_set():
+                return  # not handed out: read again from the committed checkpoint
+            self._ready.extend(batches)
+            if batches and self._wake is not None:
+                self._wake.set()
+            if not self._full_page:
+                stopping.wait(self.settings.poll_interval_s)  # caught up: the next documents settle meanwhile
+
+    def _fetch(self) -> list[Batch]:
         if self.monotonic() < self._retry_at:
             return []
-        hits = self._search(min(max_records, self.settings.page_size))
+        hits = self._search(self._page)
+        self._full_page = hits is not None and len(hits) >= self._page
         if hits is None:
             return []
         if not hits:
