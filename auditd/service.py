@@ -24,8 +24,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from auditd import __version__
 from auditd.detect.kinds import KINDS, RuleKind
 from auditd.directory import DirectoryWatcher, load_directory
+from auditd.directory.packed import load_apart
 from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.jobs import JobContext, JobRunner, job_specs
+from auditd.jobs.apart import NICE
 from auditd.jobs.deliver_supervisor import DeliverProcess
 from auditd.ops.memory import keep_buffers_in_heap
 from auditd.ops.metrics import Metrics
@@ -387,12 +389,16 @@ class Daemon:
 
     @staticmethod
     def _watch_directory(runtime: Runtime) -> DirectoryWatcher | None:
+        """A changed directory is loaded in a child process, below the pipeline's priority,
+        and taken in on a thread of its own; the workers are handed it packed
+        (`directory.packed`), so that they take this one as it is."""
         settings = runtime.settings
         if runtime.directory is None or settings.directory is None:
             return None
         return DirectoryWatcher(
             runtime.directory, settings.directory.path, min_interval_s=settings.directory.reload_check_s,
-            loader=partial(load_directory, categories=frozenset(settings.categories)),
+            loader=partial(load_directory, categories=frozenset(settings.categories)), background=True,
+            load_apart=partial(load_apart, categories=frozenset(settings.categories), nice=NICE),
         )
 
     def _check_directory(self) -> None:
@@ -405,7 +411,7 @@ class Daemon:
         if outcome.changed:
             self._settle()  # the batches read before the change are committed as prepared
             self.pipeline.runtime.enricher.set_directory(self.directory_watcher.directory)
-            self._reload_workers("directory")
+            self._reload_workers("directory", self.directory_watcher.packed)
             log.info("directory reloaded", extra={"employees": len(self.directory_watcher.directory)})
         else:
             log.error("directory file rejected; the previous directory stays",
@@ -433,9 +439,11 @@ class Daemon:
                 self.cluster.follower.give_back(alerts, position)  # applied once storage takes writes
 
     def _keepalive(self) -> None:
-        if self.pool is not None and not self._workers_ready and self.pool.ready() == self.pool.workers:
-            self._workers_ready = True  # until now this process did the batches itself
-            log.info("workers ready", extra={"workers": self.pool.workers})
+        if self.pool is not None:
+            ready = self.pool.ready()  # reads the answers of workers starting or reloading
+            if not self._workers_ready and ready == self.pool.workers:
+                self._workers_ready = True  # until now this process did the batches itself
+                log.info("workers ready", extra={"workers": self.pool.workers})
         self._check_directory()
         if self.holding_back is None:
             self._correlate_cluster_alerts()
@@ -503,14 +511,13 @@ class Daemon:
             first = (self.last_reload_error or "").split("\n")[0]
             self.notifier.status("running" if self.last_reload_ok else f"reload refused, previous set running: {first}")
 
-    def _reload_workers(self, what: str) -> None:
+    def _reload_workers(self, what: str, directory: bytes | None = None) -> None:
         """The workers load the new set too, between two batches (none is in flight).
         Batches still held were prepared under the old set: this process does them again."""
         if self.pool is None:
             return
         self._held = [(batch, None) for batch, _ in self._held]
-        self.pool.reload(what, fingerprint(self.pipeline.runtime, _current_directory(self)))
-        log.info("workers reloaded", extra={"what": what, "workers_agreeing": self.pool.trusted()})
+        self.pool.reload(what, fingerprint(self.pipeline.runtime, _current_directory(self)), directory=directory)
 
     def _swap(self, runtime: Runtime) -> None:
         old_sources = _all_sources(self.pipeline.runtime)

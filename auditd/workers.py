@@ -27,7 +27,11 @@ daemon does its live batches itself (a replay, whose batches are large, waits fo
 them: `wait_ready`).
 
 Reloads (`WorkerPool.reload`) are sent when no batch is in flight, so every batch is
-prepared and committed under one set; the daemon commits what is in flight first.
+prepared and committed under one set; the daemon commits what is in flight first. The
+writer does not wait for the workers to load (a directory of 10,000 employees takes
+each of them half a second): a reloading worker is one that is starting again, and
+the main process does the live batches itself until the worker's new fingerprint has
+come back and agrees.
 
 Workers start by `spawn`: the main process has threads (the WAL checkpointer), which
 a fork would copy in an unknown state. They ignore SIGINT and SIGTERM (systemd signals
@@ -121,6 +125,7 @@ class Reload:
 
     what: str  # "config" or "directory"
     scopes: frozenset[str] | None = None
+    directory: bytes | None = None  # the writer's new directory, packed: taken as it is, not read again
 
 
 def _load(config_path: str, scopes: frozenset[str] | None):
@@ -151,7 +156,12 @@ def _reload(runtime, directory, order: Reload, config_path: str):
 
     problems = Problems()
     try:
-        fresh = load_directory(settings.directory.path, problems, categories=frozenset(settings.categories))
+        if order.directory is not None:
+            from auditd.directory.packed import unpack
+
+            fresh = unpack(order.directory)
+        else:
+            fresh = load_directory(settings.directory.path, problems, categories=frozenset(settings.categories))
     except Exception:  # noqa: BLE001 - a loader bug is a rejected file, as in the main process
         fresh = None
     if fresh is None or problems:
@@ -199,14 +209,26 @@ class _Worker:
                                        name="neo-auditd-worker")
         self.process.start()
         child.close()
-        self.loaded: Fingerprint | None = None  # its first message, once read
-        self.judged = False  # its first message compared with the writer's
+        self.loaded: Fingerprint | None = None  # its last fingerprint read
+        self.judged = False  # that fingerprint compared with the writer's
+        self.due = 1  # fingerprints it sends before it takes a batch: its start's, then one per reload
+
+    @property
+    def settled(self) -> bool:
+        """Loaded, and every reload it was sent answered."""
+        return self.due == 0 and self.loaded is not None
 
     def ready(self, block: bool = False) -> bool:
-        """Whether it has loaded (its fingerprint read); raises EOFError if it died first."""
-        if self.loaded is None and (block or self.conn.poll()):
-            self.loaded = self.conn.recv()
-        return self.loaded is not None
+        """Whether it has loaded (every fingerprint due read); raises EOFError if it died first."""
+        while self.due and (block or self.conn.poll()):
+            self.loaded, self.judged = self.conn.recv(), False
+            self.due -= 1
+        return self.settled
+
+    def reloading(self) -> None:
+        """A `Reload` was sent: it is loading again, as if starting."""
+        self.due += 1
+        self.judged = False
 
     def stop(self, *, idle: bool) -> None:
         """An idle worker is told to stop; a busy or starting one is killed (its batch is
@@ -254,6 +276,7 @@ class WorkerPool:
         self._pool: list[_Worker | None] = [None] * workers
         self._distrusted: dict[int, str] = {}  # slot -> what differed
         self._not_before: dict[int, float] = {}  # slot -> when a worker that died loading may start again
+        self._reloading: str | None = None  # what the workers were asked to load again, until all answered
         # oldest first: (batch, its parts: (worker slot, the records it prepares) -- None: this process does it)
         self._window: deque[tuple[Batch, list[tuple[int, Batch]] | None]] = deque()
 
@@ -285,14 +308,14 @@ class WorkerPool:
     def trusted(self) -> int:
         """Workers loaded and in agreement with the writer."""
         return sum(1 for slot, w in enumerate(self._pool)
-                   if w is not None and w.loaded is not None and slot not in self._distrusted)
+                   if w is not None and w.settled and slot not in self._distrusted)
 
     def close(self) -> None:
         busy = self._busy()
         self._window.clear()
         for i, worker in enumerate(self._pool):
             if worker is not None:
-                worker.stop(idle=i not in busy and worker.loaded is not None)
+                worker.stop(idle=i not in busy and worker.settled)
                 self._pool[i] = None
 
     # -- batches --------------------------------------------------------------------------------
@@ -373,31 +396,42 @@ class WorkerPool:
         finally:
             self.close()
 
-    def reload(self, what: str, expected: Fingerprint) -> None:
+    def reload(self, what: str, expected: Fingerprint, *, wait: bool = False, directory: bytes | None = None,
+               ) -> None:
         """Every worker loads again (`what`: "config" or "directory") and must then agree
         with `expected`, the writer's new fingerprint. Only between batches: nothing may be
-        in flight, so no batch is prepared under one set and committed under another."""
+        in flight, so no batch is prepared under one set and committed under another.
+
+        Returns once every worker was asked (`wait`: once every one answered): a worker
+        takes batches again when its answer agrees (see `ready`), and when the last one
+        has answered the log says how many agree ("workers reloaded"). `directory`: the
+        writer's new directory packed (`directory.packed`), for the workers that are idle
+        (one still loading reads the files itself: the pipe would hold this process until
+        it had loaded)."""
         if self._window:
             raise RuntimeError("reload() with batches in flight: take them first")
         self.expected = expected
-        asked = []
+        self._reloading = what
         for slot, worker in enumerate(self._pool):
             if worker is None:
                 continue
             try:
-                worker.conn.send(Reload(what, self.scopes))
-                asked.append(slot)
+                worker.conn.send(Reload(what, self.scopes, directory if worker.settled else None))
+                worker.reloading()
             except OSError:
                 self._buried(slot, "while asked to reload")
-        for slot in asked:
-            worker = self._pool[slot]
-            try:
-                worker.ready(block=True)  # a worker still starting answers its start first
-                worker.loaded, worker.judged = worker.conn.recv(), True
-            except (EOFError, OSError):
-                self._buried(slot, "while reloading")
-                continue
-            self._judge(slot, worker.loaded)
+        if wait:
+            for slot in range(self.workers):
+                if self._pool[slot] is not None:
+                    self._check(slot, block=True)
+        self._reloaded()
+
+    def _reloaded(self) -> None:
+        """Say so once every worker asked to reload has answered."""
+        if self._reloading is None or any(w is not None and not w.settled for w in self._pool):
+            return
+        log.info("workers reloaded", extra={"what": self._reloading, "workers_agreeing": self.trusted()})
+        self._reloading = None
 
     # -- inside -------------------------------------------------------------------------------
     def _worker(self, slot: int) -> _Worker:
@@ -434,6 +468,7 @@ class WorkerPool:
         if not worker.judged:
             worker.judged = True
             self._judge(slot, worker.loaded)
+            self._reloaded()
         return slot not in self._distrusted
 
     def _judge(self, slot: int, loaded: Fingerprint) -> None:

@@ -16,6 +16,11 @@ store holds all their alerts (append -> alert committed). The other lines never 
 `--workers N` is passed to `neo-auditd run`; with more than one, the writing starts once
 the daemon says its workers are ready (until then it prepares the batches itself, and
 the figures would be those of its start). The daemon's log is kept in the workdir.
+
+With `--directory-employees N --directory-every S`, the HR directory holds N more
+employees (the example's and N generated ones) and is rewritten every S seconds while
+the lines are written, as an HR export lands: the latencies then include the daemon
+reloading it (and its workers with it), and the result counts the reloads.
 """
 
 from __future__ import annotations
@@ -47,7 +52,20 @@ ALERT_LINE = ('{{"ts":"2026-11-02T10:00:00.{ms:03d}+08:00","app":"crm","host":"c
 ALERT_RULE = "biometric_data_access"
 
 
-def setup(workdir: Path) -> Path:
+def write_directory(path: Path, extra: int, version: int) -> None:
+    """The example directory with `extra` more clerks (E2xxxxxx); `version` changes one name."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "examples" / "directory.yaml").read_text(encoding="utf-8"))
+    model = next(e for e in doc["employees"] if e["id"] == "E10002")
+    doc["employees"] += [dict(model, id=f"E2{n:06d}", name=f"clerk {n}") for n in range(extra)]
+    doc["employees"][-1]["name"] = f"clerk v{version}"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.dump(doc, Dumper=yaml.CSafeDumper, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)  # as an export lands: whole, never half-written
+
+
+def setup(workdir: Path, directory: Path | None = None) -> Path:
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "logs").mkdir(parents=True)
     create_key_file(workdir / "pseudonym.key")
@@ -56,7 +74,7 @@ def setup(workdir: Path) -> Path:
         "state_dir: state\n"
         "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.5\n"
         "pseudonym:\n  key_file: pseudonym.key\n"
-        f"directory:\n  path: {REPO / 'examples' / 'directory.yaml'}\n"
+        f"directory:\n  path: {directory or REPO / 'examples' / 'directory.yaml'}\n  reload_check_s: 1\n"
         f"rules:\n  paths: [{REPO / 'examples' / 'rules.d'}]\n"
         "pipeline: {batch_records: 5000}\n"
         "ops:\n  metrics: {enabled: false}\n"
@@ -93,11 +111,20 @@ def main() -> None:
     parser.add_argument("--alert-percent", type=float, default=0.0,
                         help="share of lines that alert (0: none, as before)")
     parser.add_argument("--workers", type=int, default=None, help="passed to neo-auditd run")
+    parser.add_argument("--directory-employees", type=int, default=0,
+                        help="employees added to the example directory (e.g. 10000)")
+    parser.add_argument("--directory-every", type=float, default=0.0,
+                        help="rewrite the directory every this many seconds while writing (0: never)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     every = round(100 / args.alert_percent) if args.alert_percent > 0 else 0  # every n-th line alerts
 
-    config = setup(args.workdir)
+    directory = None
+    if args.directory_employees or args.directory_every:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        directory = args.workdir.parent / f"{args.workdir.name}-directory.yaml"
+        write_directory(directory, args.directory_employees, 0)
+    config = setup(args.workdir, directory)
     db = args.workdir / "state" / "neo-auditd.db"
     neo = shutil.which("neo-auditd") or str(Path(sys.executable).with_name("neo-auditd"))
     command = [neo, "run", "-c", str(config)] + (["--workers", str(args.workers)] if args.workers else [])
@@ -138,6 +165,7 @@ def main() -> None:
     watcher.start()
     per_burst = max(1, args.rate // 10)
     written, alerting, started = 0, 0, time.monotonic()
+    rewrites, next_rewrite = 0, started + args.directory_every if args.directory_every else None
     with open(args.workdir / "logs" / "access.log", "a") as fh:
         while time.monotonic() - started < args.seconds:
             numbers = range(written, written + per_burst)
@@ -147,6 +175,10 @@ def main() -> None:
             fh.flush()
             written += per_burst
             bursts.append((written, time.monotonic(), alerting))
+            if next_rewrite is not None and time.monotonic() >= next_rewrite:
+                rewrites += 1
+                write_directory(directory, args.directory_employees, rewrites)
+                next_rewrite += args.directory_every
             time.sleep(max(0.0, started + len(bursts) * 0.1 - time.monotonic()))
     done.set()
     watcher.join(timeout=60)
@@ -158,6 +190,9 @@ def main() -> None:
     result = {"lines": written, "seconds": round(elapsed, 1), "events_per_second": round(committed(db) / elapsed),
               "latency_ms": {"p50": round(percentile(ms, 50), 1), "p90": round(percentile(ms, 90), 1),
                              "p99": round(percentile(ms, 99), 1), "max": round(max(ms), 1)}}
+    if directory is not None:
+        reloads = daemon_log.read_bytes().count(b'"directory reloaded"')
+        result["directory"] = {"employees": args.directory_employees, "rewrites": rewrites, "reloads": reloads}
     if every:
         alert_ms = [d * 1000 for d in alert_delays]
         result["alerting_lines"] = alerting
@@ -173,6 +208,10 @@ def main() -> None:
         print(f"neo-auditd run: {written:,} lines at {args.rate:,}/s for {result['seconds']} s, "
               f"{result['events_per_second']:,} events/s committed; write-to-commit latency "
               f"p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+        if directory is not None:
+            d = result["directory"]
+            print(f"  directory of {d['employees']:,} more employees rewritten {d['rewrites']} times, "
+                  f"reloaded {d['reloads']} times")
         if every:
             a = result["alert_latency_ms"]
             print(f"  {alerting:,} alerting lines, {a['alerts']:,} alerts; write-to-alert latency "

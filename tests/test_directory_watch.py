@@ -108,3 +108,73 @@ def test_a_loader_that_raises_is_a_rejected_file_and_the_old_directory_stays(tmp
     outcome = watcher.reload()
     assert not outcome.changed and watcher.directory is first
     assert [str(p) for p in outcome.problems] == [f"{path}: cannot load: RuntimeError: a bug in a loader"]
+
+
+def test_in_the_background_a_changed_file_is_read_on_another_thread_and_swapped_at_a_later_poll(tmp_path):
+    """The pipeline's thread polls; the load (half a second for 10,000 employees) runs
+    apart, and the poll after it finished swaps the directory in (or keeps the old one
+    when the new file is bad)."""
+    import threading
+
+    path, clock, _ = start(tmp_path)
+    release, entered = threading.Event(), threading.Event()
+    threads = []
+
+    def slow_loader(p, problems):
+        threads.append(threading.current_thread())
+        entered.set()
+        assert release.wait(10)
+        return load_directory(p, problems)
+
+    first = load_directory(path, Problems())
+    watcher = DirectoryWatcher(first, path, min_interval_s=5, clock=clock, loader=slow_loader, background=True)
+    write(path, HEAD + "employees: [{id: E2, name: b, roles: [clerk], store: S011}]\n", bump=1)
+    clock.now += 5
+    assert watcher.poll() is None  # the load started, and the poll did not wait for it
+    assert entered.wait(10) and threads[0] is not threading.current_thread()
+    clock.now += 5
+    assert watcher.poll() is None and watcher.directory is first  # still loading: the old one in force
+    release.set()
+    threads[0].join(10)
+    outcome = watcher.poll()
+    assert outcome is not None and outcome.changed and list(watcher.directory.employees) == ["E2"]
+    assert watcher.poll() is None  # nothing changed since
+
+    write(path, HEAD + "employees: [{id: E3, name: c, roles: [cashier], store: S011}]\n", bump=2)
+    clock.now += 5
+    assert watcher.poll() is None
+    threads[-1].join(10)
+    outcome = watcher.poll()
+    assert outcome is not None and not outcome.changed and outcome.problems
+    assert list(watcher.directory.employees) == ["E2"]
+
+
+def test_loaded_apart_the_directory_comes_back_whole_with_its_packed_form_and_its_problems(tmp_path):
+    """The daemon's way: the files parsed in a spawned child, the result unpacked here
+    (the same directory as a load here gives), and a bad file's located problems back."""
+    from functools import partial
+
+    from auditd.directory.packed import load_apart, unpack
+
+    path, clock, _ = start(tmp_path)
+    first = load_directory(path, Problems())
+    watcher = DirectoryWatcher(first, path, min_interval_s=5, clock=clock, background=True,
+                               load_apart=partial(load_apart, nice=5))
+    write(path, HEAD + "employees: [{id: E2, name: b, roles: [clerk], store: S011}]\n", bump=1)
+    clock.now += 5
+    assert watcher.poll() is None
+    watcher._loading.join(60)
+    outcome = watcher.poll()
+    assert outcome is not None and outcome.changed
+    assert watcher.directory == load_directory(path, Problems())
+    assert unpack(watcher.packed) == watcher.directory
+
+    write(path, HEAD + "employees: [{id: E3, name: c, roles: [cashier], store: S011}]\n", bump=2)
+    clock.now += 5
+    assert watcher.poll() is None
+    watcher._loading.join(60)
+    outcome = watcher.poll()
+    assert outcome is not None and not outcome.changed
+    assert [p.message for p in outcome.problems] == ["unknown role 'cashier' (known: clerk)"]
+    assert outcome.problems[0].location.file == str(path)
+    assert list(watcher.directory.employees) == ["E2"]

@@ -263,3 +263,44 @@ def test_a_batch_cut_between_idle_workers_leaves_the_same_store_as_one_process(t
     assert pool.prepared > 0 and pool.done_here == 0
     assert same.store_digest(tmp_path / "parts" / "neo-auditd.db") == \
         same.store_digest(tmp_path / "serial" / "neo-auditd.db")
+
+
+@pytest.mark.slow
+def test_a_reload_does_not_wait_for_the_workers_and_they_take_batches_again_once_they_agree(tmp_path, caplog):
+    """The writer asks the workers to load again and goes on at once: batches read
+    meanwhile are done in the main process, then the workers take them again, and the
+    log says so once every worker answered."""
+    import logging
+    import time
+
+    from auditd.runtime import load_runtime
+    from auditd.sources.tail import ReplaySource
+    from auditd.workers import WorkerPool, fingerprint
+
+    same = _same_output()
+    config, log = same.example(tmp_path, 2000, 500)
+    runtime = load_runtime(config)
+    pool = WorkerPool(config, 2, ruleset=runtime.ruleset, expected=fingerprint(runtime), strict=False)
+    pool.start()
+    pool.wait_ready()
+    batches = list(ReplaySource("crm", [log], runtime.framers["crm"](), {}).batches(500))
+    caplog.set_level(logging.INFO, logger="neo_auditd.workers")
+    try:
+        started = time.monotonic()
+        pool.reload("config", fingerprint(runtime))
+        asked_in = time.monotonic() - started
+        assert pool.trusted() == 0 and not [r for r in caplog.records if r.message == "workers reloaded"]
+        pool.submit(batches[0])
+        assert pool.take() == (batches[0], None)  # loading: the main process does it
+        deadline = time.monotonic() + 60
+        while pool.ready() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waited = time.monotonic() - started
+        pool.submit(batches[1])
+        batch, prepared = pool.take()
+        assert batch is batches[1] and prepared is not None  # agreeing again: a worker prepared it
+    finally:
+        pool.close()
+    reloaded = [r for r in caplog.records if r.message == "workers reloaded"]
+    assert len(reloaded) == 1 and reloaded[0].what == "config" and reloaded[0].workers_agreeing == 2
+    assert asked_in < waited / 4, (asked_in, waited)  # asked in a fraction of the time they took to load

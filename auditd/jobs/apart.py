@@ -16,13 +16,13 @@ is the job's failure (recorded, logged, run again at its next time).
 
 from __future__ import annotations
 
-import copyreg
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any
+
+import auditd.directory.packed  # noqa: F401 - how the directory's frozen mappings pickle
 
 # Below the pipeline's priority, for work apart and the deliver process alike: where they
 # meet on one busy core, the pipeline (events must not lag) wins; delivery still gets a
@@ -33,14 +33,6 @@ POLL_S = 0.5
 
 class StoppedWithTheDaemon(Exception):
     """The daemon stopped while the work ran apart: it was ended, and runs again later."""
-
-
-def _proxy(items: dict) -> MappingProxyType:
-    return MappingProxyType(items)
-
-
-# the directory's frozen mappings: a mappingproxy does not pickle by itself
-copyreg.pickle(MappingProxyType, lambda proxy: (_proxy, (dict(proxy),)))
 
 
 def run_apart(target: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
