@@ -228,16 +228,22 @@ def test_the_password_never_reaches_the_log_the_store_or_status(tmp_path, passwo
         assert SMTP_PASSWORD not in text and "not-the-password" not in text
 
 
-def test_a_secret_in_the_config_text_is_refused(tmp_path):
+def deliver_problems(tmp_path, text: str) -> str:
+    """The located problems of a deliver.yaml holding `text`, one per line."""
     from auditd.config.located import Problems, load_yaml_file
     from auditd.config.typed import convert
 
     path = tmp_path / "deliver.yaml"
-    path.write_text("channels:\n  email: {host: 127.0.0.1, username: u, password: hunter2, sender: a@b.example}\n")
+    path.write_text(text)
     problems = Problems()
     doc = load_yaml_file(path, problems)
     convert(DeliverSettings, doc.data, doc, (), problems)
-    text = "\n".join(str(p) for p in problems.items)
+    return "\n".join(str(p) for p in problems.items)
+
+
+def test_a_secret_in_the_config_text_is_refused(tmp_path):
+    text = deliver_problems(tmp_path, "channels:\n  email: {host: 127.0.0.1, username: u, password: hunter2, "
+                                      "sender: a@b.example}\n")
     assert "deliver.yaml:2:" in text and "channels.email.password" in text and "never written in the config" in text
     assert "hunter2" not in text
 
@@ -245,13 +251,5 @@ def test_a_secret_in_the_config_text_is_refused(tmp_path):
 def test_an_empty_escalate_to_is_refused_not_read_as_the_default(tmp_path):
     """`escalate_to: ""` was taken for "not set", so failures went to the security
     audience's route while the operator meant something else: now a located problem."""
-    from auditd.config.located import Problems, load_yaml_file
-    from auditd.config.typed import convert
-
-    path = tmp_path / "deliver.yaml"
-    path.write_text('to:\n  soc: [{channel: email, address: soc@b.example}]\nescalate_to: ""\n')
-    problems = Problems()
-    doc = load_yaml_file(path, problems)
-    convert(DeliverSettings, doc.data, doc, (), problems)
-    text = "\n".join(str(p) for p in problems.items)
+    text = deliver_problems(tmp_path, 'to:\n  soc: [{channel: email, address: soc@b.example}]\nescalate_to: ""\n')
     assert "deliver.yaml:3:" in text and "escalate_to: must name a route in deliver.to" in text

@@ -21,8 +21,7 @@ from elasticsearch import Elasticsearch
 
 from auditd.elastic.settings import ElasticSourceSettings
 from auditd.elastic.source import STOP_WAIT_S, ElasticEventSource
-from auditd.enrich.pseudonym import create_key_file
-from test_service_daemon import RULE, alerts_by_rule, line, ready, wait_for, free_port
+from test_service_daemon import alerts_by_rule, line, ready, wait_for, write_setup
 
 
 @pytest.fixture
@@ -55,20 +54,10 @@ def test_polls_return_at_once_while_a_search_hangs_and_stop_does_not_wait(hung_h
 
 @pytest.mark.slow
 def test_the_daemon_alerts_on_file_lines_while_its_cluster_source_hangs(tmp_path: Path, hung_host) -> None:
-    create_key_file(tmp_path / "pseudonym.key")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "rules.d").mkdir()
-    (tmp_path / "rules.d" / "a.yaml").write_text(RULE.format(rule_id="order_read"))
-    port = free_port()
-    (tmp_path / "config.yaml").write_text(
-        "state_dir: state\n"
-        "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.1\n"
-        "pseudonym:\n  key_file: pseudonym.key\n"
-        "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
-        f"ops:\n  metrics: {{listen: 127.0.0.1, port: {port}}}\n"
+    port = write_setup(tmp_path, "order_read", more_config=(
         f"elastic:\n  hosts: ['http://127.0.0.1:{hung_host.getsockname()[1]}']\n  request_timeout_s: 60\n"
         "  install_templates: false\n  ship: {enabled: false}\n"
-        "  sources:\n    - {name: fleet, index: logs-x, poll_interval_s: 0.1}\n")
+        "  sources:\n    - {name: fleet, index: logs-x, poll_interval_s: 0.1}\n"))
     out = open(tmp_path / "daemon.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(tmp_path / "config.yaml")],
                             stdout=out, stderr=subprocess.STDOUT)

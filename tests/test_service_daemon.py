@@ -45,20 +45,26 @@ def line(n: int) -> str:
     }) + "\n"
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
+def write_setup(tmp_path: Path, rule_id: str, more_config: str = "") -> int:
+    """Key, log folder, one rule and config.yaml (plus `more_config`) in `tmp_path`; the metrics port."""
     create_key_file(tmp_path / "pseudonym.key")
     (tmp_path / "logs").mkdir()
     (tmp_path / "rules.d").mkdir()
-    (tmp_path / "rules.d" / "a.yaml").write_text(RULE.format(rule_id="order_read_a"))
+    (tmp_path / "rules.d" / "a.yaml").write_text(RULE.format(rule_id=rule_id))
     port = free_port()
     (tmp_path / "config.yaml").write_text(
         "state_dir: state\n"
         "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.1\n"
         "pseudonym:\n  key_file: pseudonym.key\n"
         "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
-        f"ops:\n  metrics: {{listen: 127.0.0.1, port: {port}}}\n"
+        f"ops:\n  metrics: {{listen: 127.0.0.1, port: {port}}}\n" + more_config
     )
+    return port
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    port = write_setup(tmp_path, "order_read_a")
     out = open(tmp_path / "daemon.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(tmp_path / "config.yaml")],
                             stdout=out, stderr=subprocess.STDOUT)
