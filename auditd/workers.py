@@ -396,13 +396,12 @@ class WorkerPool:
         finally:
             self.close()
 
-    def reload(self, what: str, expected: Fingerprint, *, wait: bool = False, directory: bytes | None = None,
-               ) -> None:
+    def reload(self, what: str, expected: Fingerprint, *, directory: bytes | None = None) -> None:
         """Every worker loads again (`what`: "config" or "directory") and must then agree
         with `expected`, the writer's new fingerprint. Only between batches: nothing may be
         in flight, so no batch is prepared under one set and committed under another.
 
-        Returns once every worker was asked (`wait`: once every one answered): a worker
+        Returns once every worker was asked, without waiting for their answers: a worker
         takes batches again when its answer agrees (see `ready`), and when the last one
         has answered the log says how many agree ("workers reloaded"). `directory`: the
         writer's new directory packed (`directory.packed`), for the workers that are idle
@@ -420,10 +419,6 @@ class WorkerPool:
                 worker.reloading()
             except OSError:
                 self._buried(slot, "while asked to reload")
-        if wait:
-            for slot in range(self.workers):
-                if self._pool[slot] is not None:
-                    self._check(slot, block=True)
         self._reloaded()
 
     def _reloaded(self) -> None:

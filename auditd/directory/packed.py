@@ -60,7 +60,6 @@ def load_apart(path: Path, problems: Problems, *, categories: Iterable[str] | No
 
 def _load_packed(path: str, categories: frozenset[str] | None) -> tuple[bytes | None, list, list]:
     problems = Problems()
-    kwargs = {"categories": categories} if categories is not None else {}
-    directory = load_directory(Path(path), problems, **kwargs)
+    directory = load_directory(Path(path), problems, categories=categories)
     packed = pack(directory) if directory is not None and not problems else None
     return packed, problems.items, problems.warnings

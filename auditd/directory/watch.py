@@ -57,10 +57,9 @@ class DirectoryWatcher:
         self._rejected: tuple[FileStamp, ...] | None = None  # stamps of the last bad version
         self._background = background
         self._loading: threading.Thread | None = None
-        self._loaded: tuple[tuple[FileStamp, ...], Directory | None, Problems] | None = None
+        self._loaded: tuple[tuple[FileStamp, ...], Directory | None, Problems, bytes | None] | None = None
         self._load_apart = load_apart  # with `background`: (directory, its packed form)
         self.packed: bytes | None = None  # the directory in force, packed, when loaded apart
-        self._packed_next: bytes | None = None
 
     def poll(self) -> ReloadOutcome | None:
         """Reload if due and changed; None when nothing was checked or nothing changed
@@ -95,21 +94,23 @@ class DirectoryWatcher:
             seen = tuple(stamp(s.path) for s in self._watched())
         return self._outcome(seen, *self._load())
 
-    def _load(self, apart: bool = False) -> tuple[Directory | None, Problems]:
+    def _load(self, apart: bool = False) -> tuple[Directory | None, Problems, bytes | None]:
+        """(the directory or None, its problems, its packed form when loaded apart)."""
         problems = Problems()
+        packed = None
         try:
             if apart:
-                fresh, self._packed_next = self._load_apart(self.path, problems)
+                fresh, packed = self._load_apart(self.path, problems)
             else:
                 fresh = self._loader(self.path, problems)
         except Exception as exc:  # a loader bug is a rejected file, never the end of the daemon
             problems.items.append(ConfigProblem(Location(str(self.path), 0, 0), "",
                                                 f"cannot load: {type(exc).__name__}: {exc}"))
             fresh = None
-        return fresh, problems
+        return fresh, problems, packed
 
-    def _outcome(self, seen: tuple[FileStamp, ...], fresh: Directory | None, problems: Problems) -> ReloadOutcome:
-        packed, self._packed_next = self._packed_next, None
+    def _outcome(self, seen: tuple[FileStamp, ...], fresh: Directory | None, problems: Problems,
+                 packed: bytes | None) -> ReloadOutcome:
         if fresh is None or problems:
             # stamped before reading: an unchanged bad file is not re-read at every poll,
             # and a fix written during this read still counts as a change
