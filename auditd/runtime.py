@@ -60,10 +60,14 @@ class Runtime:
 
 
 def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
-                 kinds: Mapping[str, RuleKind] = KINDS) -> Runtime:
+                 kinds: Mapping[str, RuleKind] = KINDS,
+                 directory_loader: Callable[..., Directory | None] = load_directory) -> Runtime:
     """Load and validate config, formats, directory, key and rules; raise ConfigError with all problems.
 
-    `kinds` is the registry of rule kinds (tests pass one with a kind of their own)."""
+    `kinds` is the registry of rule kinds (tests pass one with a kind of their own).
+    `directory_loader` reads the HR directory, as `load_directory` does (a reload passes
+    one that keeps the directory in force when its files are unchanged:
+    `directory.reuse`)."""
     problems = Problems()
     settings, doc = load_settings(config_path, problems)
     if settings is None:
@@ -73,8 +77,8 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     normalisers, framers = _load_sources(settings, doc, problems)
     directory = None
     if settings.directory is not None:
-        directory = load_directory(settings.directory.path, problems, referrer=doc, key_path=("directory", "path"),
-                                   categories=frozenset(settings.categories))
+        directory = directory_loader(settings.directory.path, problems, referrer=doc, key_path=("directory", "path"),
+                                     categories=frozenset(settings.categories))
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
     state = StateStore()

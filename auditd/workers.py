@@ -128,12 +128,12 @@ class Reload:
     directory: bytes | None = None  # the writer's new directory, packed: taken as it is, not read again
 
 
-def _load(config_path: str, scopes: frozenset[str] | None):
+def _load(config_path: str, scopes: frozenset[str] | None, directory_loader=None):
     import dataclasses
 
     from auditd.runtime import load_runtime
 
-    runtime = load_runtime(Path(config_path))
+    runtime = load_runtime(Path(config_path), **({"directory_loader": directory_loader} if directory_loader else {}))
     if scopes is not None and scopes != runtime.ruleset.scopes:
         runtime = dataclasses.replace(runtime, ruleset=runtime.ruleset.with_scopes(scopes))
     return runtime
@@ -142,8 +142,13 @@ def _load(config_path: str, scopes: frozenset[str] | None):
 def _reload(runtime, directory, order: Reload, config_path: str):
     """(runtime, directory) after a reload; the ones it had when the load fails."""
     if order.what == "config":
+        from auditd.directory.reuse import reusing
+
+        # the writer's directory when it read a changed one; else the one in force, unless its files changed
+        loader = reusing(directory, runtime.settings.categories,
+                         load_changed=(lambda *_, **__: _unpacked(order.directory)) if order.directory else None)
         try:
-            fresh = _load(config_path, order.scopes)
+            fresh = _load(config_path, order.scopes, loader)
         except Exception as exc:  # noqa: BLE001 - the writer sees the old fingerprint and says why
             log.warning("worker reload failed; it keeps its set", extra={"error": str(exc)[:500]})
             return runtime, directory
@@ -157,9 +162,7 @@ def _reload(runtime, directory, order: Reload, config_path: str):
     problems = Problems()
     try:
         if order.directory is not None:
-            from auditd.directory.packed import unpack
-
-            fresh = unpack(order.directory)
+            fresh = _unpacked(order.directory)
         else:
             fresh = load_directory(settings.directory.path, problems, categories=frozenset(settings.categories))
     except Exception:  # noqa: BLE001 - a loader bug is a rejected file, as in the main process
@@ -168,6 +171,12 @@ def _reload(runtime, directory, order: Reload, config_path: str):
         return runtime, directory
     runtime.enricher.set_directory(fresh)
     return runtime, fresh
+
+
+def _unpacked(packed: bytes):
+    from auditd.directory.packed import unpack
+
+    return unpack(packed)
 
 
 def _serve(conn: Connection, config_path: str, scopes: frozenset[str] | None = None) -> None:

@@ -21,6 +21,11 @@ With `--directory-employees N --directory-every S`, the HR directory holds N mor
 employees (the example's and N generated ones) and is rewritten every S seconds while
 the lines are written, as an HR export lands: the latencies then include the daemon
 reloading it (and its workers with it), and the result counts the reloads.
+
+With `--sighup-every S`, the daemon is sent SIGHUP every S seconds while the lines are
+written, as an operator or a deployment tool does after changing a rule: the latencies
+then include reloading the whole configuration (with the directory of
+`--directory-employees`), and the result counts the reloads the daemon logged.
 """
 
 from __future__ import annotations
@@ -115,6 +120,8 @@ def main() -> None:
                         help="employees added to the example directory (e.g. 10000)")
     parser.add_argument("--directory-every", type=float, default=0.0,
                         help="rewrite the directory every this many seconds while writing (0: never)")
+    parser.add_argument("--sighup-every", type=float, default=0.0,
+                        help="send the daemon SIGHUP every this many seconds while writing (0: never)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     every = round(100 / args.alert_percent) if args.alert_percent > 0 else 0  # every n-th line alerts
@@ -166,6 +173,7 @@ def main() -> None:
     per_burst = max(1, args.rate // 10)
     written, alerting, started = 0, 0, time.monotonic()
     rewrites, next_rewrite = 0, started + args.directory_every if args.directory_every else None
+    sighups, next_sighup = 0, started + args.sighup_every if args.sighup_every else None
     with open(args.workdir / "logs" / "access.log", "a") as fh:
         while time.monotonic() - started < args.seconds:
             numbers = range(written, written + per_burst)
@@ -179,6 +187,10 @@ def main() -> None:
                 rewrites += 1
                 write_directory(directory, args.directory_employees, rewrites)
                 next_rewrite += args.directory_every
+            if next_sighup is not None and time.monotonic() >= next_sighup:
+                sighups += 1
+                daemon.send_signal(signal.SIGHUP)
+                next_sighup += args.sighup_every
             time.sleep(max(0.0, started + len(bursts) * 0.1 - time.monotonic()))
     done.set()
     watcher.join(timeout=60)
@@ -193,6 +205,8 @@ def main() -> None:
     if directory is not None:
         reloads = daemon_log.read_bytes().count(b'"directory reloaded"')
         result["directory"] = {"employees": args.directory_employees, "rewrites": rewrites, "reloads": reloads}
+    if sighups:
+        result["sighup"] = {"sent": sighups, "reloads": daemon_log.read_bytes().count(b'"message":"reloaded"')}
     if every:
         alert_ms = [d * 1000 for d in alert_delays]
         result["alerting_lines"] = alerting
@@ -212,6 +226,9 @@ def main() -> None:
             d = result["directory"]
             print(f"  directory of {d['employees']:,} more employees rewritten {d['rewrites']} times, "
                   f"reloaded {d['reloads']} times")
+        if sighups:
+            h = result["sighup"]
+            print(f"  SIGHUP sent {h['sent']} times, configuration reloaded {h['reloads']} times")
         if every:
             a = result["alert_latency_ms"]
             print(f"  {alerting:,} alerting lines, {a['alerts']:,} alerts; write-to-alert latency "

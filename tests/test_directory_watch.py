@@ -178,3 +178,42 @@ def test_loaded_apart_the_directory_comes_back_whole_with_its_packed_form_and_it
     assert [p.message for p in outcome.problems] == ["unknown role 'cashier' (known: clerk)"]
     assert outcome.problems[0].location.file == str(path)
     assert list(watcher.directory.employees) == ["E2"]
+
+
+# -- a SIGHUP's reload keeps the directory in force while its files are unchanged -------------
+
+def test_a_reload_keeps_the_directory_in_force_until_one_of_its_files_changes(tmp_path):
+    """`directory.reuse`: the same object while the YAML and its CSV files are as they
+    were read (no parse); read again once either changes, or for other categories."""
+    from auditd.directory.reuse import reusing
+
+    (tmp_path / "staff.csv").write_text("id,name,roles,store\nE20,t,clerk,S011\n", encoding="utf-8")
+    path, _, _ = start(tmp_path, "employees: []\nemployees_csv: [staff.csv]\n")
+    in_force = load_directory(path, Problems(), categories={"contact"})
+    read_again: list[Path] = []
+
+    def load_changed(p, problems, **kwargs):
+        read_again.append(Path(p))
+        return load_directory(p, problems, **kwargs)
+
+    def load(categories=("contact",)):
+        return reusing(in_force, {"contact"}, load_changed=load_changed)(path, Problems(), categories=categories)
+
+    assert load() is in_force and read_again == []
+    assert load(categories=("contact", "order")) is not in_force  # grants are checked against other categories
+    assert reusing(in_force, {"contact"}, load_changed=load_changed)(
+        tmp_path / "other.yaml", Problems(), categories=("contact",)) is None  # another file: read (missing)
+
+    os.utime(tmp_path / "staff.csv", ns=(0, 10**18))  # the CSV file changed
+    again = load()
+    assert again is not in_force and again == load_directory(path, Problems(), categories={"contact"})
+    assert len(read_again) == 3
+
+
+def test_a_reload_with_no_directory_in_force_reads_the_file(tmp_path):
+    from auditd.directory.reuse import reusing
+
+    path, _, _ = start(tmp_path)
+    problems = Problems()
+    fresh = reusing(None, None)(path, problems)
+    assert fresh is not None and list(fresh.employees) == ["E1"] and not problems

@@ -1,0 +1,169 @@
+"""A SIGHUP is read on a thread of its own, while the lines go on: a real daemon with a
+directory of 20,000 employees, changed before the SIGHUP so that the reload must parse
+it (seconds), keeps committing lines and alerts during the load, swaps the new set in
+when it is read, and stops promptly when told to in the middle of one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from auditd.enrich.pseudonym import create_key_file
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+EMPLOYEES = 20_000
+RULE = """- rule: order_read
+  desc: any read of an order, for the test
+  condition: event.action = read and neo.resource.type = order
+  severity: low
+  tags: [sandbox]
+  samples:
+    match: [{'@timestamp': '2026-11-02T10:00:00+08:00', event.action: read, neo.resource.type: order}]
+    no_match: [{'@timestamp': '2026-11-02T10:00:00+08:00', event.action: export}]
+"""
+
+
+def line(n: int) -> str:
+    return json.dumps({
+        "ts": f"2026-11-02T10:{n // 60 % 60:02d}:{n % 60:02d}.000+08:00", "app": "crm", "host": "crm-web-01",
+        "req": f"r-{n:08d}", "emp": {"id": "E10002", "name": "x"}, "ip": "10.20.1.5",
+        "op": "order.view", "res": {"type": "order", "id": f"O{n:09d}", "store": "S011"},
+        "subjects": [f"C{n:08d}"], "count": 1, "fields": ["items"], "masked": True, "result": "ok",
+    }) + "\n"
+
+
+def write_directory(path: Path, version: int) -> None:
+    """The example directory and 20,000 more clerks; `version` renames the last one."""
+    doc = yaml.safe_load((REPO / "examples" / "directory.yaml").read_text(encoding="utf-8"))
+    model = next(e for e in doc["employees"] if e["id"] == "E10002")
+    doc["employees"] += [dict(model, id=f"E2{n:06d}", name=f"clerk {n}") for n in range(EMPLOYEES)]
+    doc["employees"][-1]["name"] = f"clerk v{version}"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.dump(doc, Dumper=yaml.CSafeDumper, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def query(db: Path, sql: str):
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return conn.execute(sql).fetchone()
+    except sqlite3.Error:
+        return None
+
+
+def events(db: Path) -> int:
+    row = query(db, "SELECT COALESCE(SUM(count), 0) FROM event_segments")
+    return row[0] if row else 0
+
+
+def alerts(db: Path) -> int:
+    row = query(db, "SELECT COUNT(*) FROM alerts")
+    return row[0] if row else 0
+
+
+def last_reload(db: Path) -> dict | None:
+    row = query(db, "SELECT value FROM meta WHERE key = 'last_reload'")
+    return json.loads(row[0]) if row else None
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def big(tmp_path: Path):
+    create_key_file(tmp_path / "pseudonym.key")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "a.yaml").write_text(RULE)
+    directory = tmp_path / "directory.yaml"
+    write_directory(directory, 0)
+    (tmp_path / "config.yaml").write_text(
+        "state_dir: state\n"
+        "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.1\n"
+        "pseudonym:\n  key_file: pseudonym.key\n"
+        # the watcher would notice the change by itself: here only the SIGHUP reads it
+        f"directory:\n  path: {directory}\n  reload_check_s: 3600\n"
+        "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
+        "ops:\n  metrics: {enabled: false}\n"
+    )
+    out = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(tmp_path / "config.yaml"),
+                             "--workers", "1"], stdout=out, stderr=subprocess.STDOUT)
+    db = tmp_path / "state" / "neo-auditd.db"
+    try:
+        wait_for(lambda: last_reload(db), "the daemon to start")
+        yield {"dir": tmp_path, "proc": proc, "db": db, "log": tmp_path / "logs" / "access.log",
+               "directory": directory}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def append(ctx, first: int, count: int) -> None:
+    with open(ctx["log"], "a") as fh:
+        fh.writelines(line(n) for n in range(first, first + count))
+
+
+def test_lines_are_committed_and_alerted_while_a_sighup_reads_a_changed_directory(big):
+    db = big["db"]
+    append(big, 0, 10)
+    wait_for(lambda: alerts(db) == 10, "the first alerts")
+    started = last_reload(db)
+
+    write_directory(big["directory"], 1)  # the HR export changed: this SIGHUP must parse it again
+    big["proc"].send_signal(signal.SIGHUP)
+    append(big, 10, 10)
+    # committed, alerts included, before the reload is done: the load did not hold the lines up
+    wait_for(lambda: alerts(db) == 20, "the alerts of the lines written during the reload", timeout=30)
+    assert last_reload(db) == started, "the lines waited for the reload"
+
+    record = wait_for(lambda: (r := last_reload(db)) != started and r, "the reload to be swapped in")
+    assert record["ok"] is True, record
+    log = (big["dir"] / "daemon.log").read_text(encoding="utf-8")
+    assert '"message":"reloaded"' in log
+    append(big, 20, 10)  # under the new set: nothing lost, nothing twice
+    wait_for(lambda: events(db) == 30 and alerts(db) == 30, "every line after the swap")
+
+
+def test_a_stop_in_the_middle_of_a_reload_is_prompt_and_clean(big):
+    db = big["db"]
+    append(big, 0, 10)
+    wait_for(lambda: events(db) == 10, "the first events")
+    write_directory(big["directory"], 1)
+    big["proc"].send_signal(signal.SIGHUP)
+    time.sleep(0.3)  # the child process parsing the directory has started
+    append(big, 10, 10)
+    children = children_of(big["proc"].pid)  # the deliver process and the child parsing the directory
+    asked = time.monotonic()
+    big["proc"].send_signal(signal.SIGTERM)
+    assert big["proc"].wait(timeout=30) == 0
+    took = time.monotonic() - asked
+    assert events(db) == 20  # drained before it stopped
+    assert took < 10, f"the stop waited {took:.1f} s for a reload it no longer needs"
+    assert len(children) >= 2, children
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), "no child left behind", 10)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
