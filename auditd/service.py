@@ -155,6 +155,7 @@ class Daemon:
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()  # an idle loop starts the load now
         self._wake.set()
 
     def request_tick(self) -> None:

@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import pickle
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 
@@ -48,18 +47,39 @@ def load_apart(path: Path, problems: Problems, *, categories: Iterable[str] | No
                nice: int = 0) -> tuple[Directory | None, bytes | None]:
     """`load_directory` in a spawned child process (`nice` added to its niceness): the
     directory, and its packed form for the workers; None for both when it has
-    problems (added to `problems`). A child that dies raises (BrokenProcessPool)."""
+    problems (added to `problems`). A child that fails or dies raises RuntimeError.
+
+    The child is a daemonic process: when the daemon stops in the middle of a load, it
+    ends the child on its way out instead of waiting for a result nobody wants."""
     context = multiprocessing.get_context("spawn")  # never fork a process with threads
-    with ProcessPoolExecutor(1, mp_context=context, initializer=os.nice, initargs=(nice,)) as child:
-        packed, items, warnings = child.submit(
-            _load_packed, str(path), frozenset(categories) if categories is not None else None).result()
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_load_packed, name="neo-auditd-directory-load", daemon=True,
+                            args=(send, str(path), frozenset(categories) if categories is not None else None, nice))
+    child.start()
+    send.close()  # the child's end: an EOF here once the child is gone
+    try:
+        answer = receive.recv()
+    except EOFError:
+        raise RuntimeError(f"the process loading {path} ended without an answer") from None
+    finally:
+        receive.close()
+        child.join()
+    if isinstance(answer, str):
+        raise RuntimeError(f"loading {path} apart failed: {answer}")
+    packed, items, warnings = answer
     problems.items += items
     problems.warnings += warnings
     return (unpack(packed) if packed is not None else None), packed
 
 
-def _load_packed(path: str, categories: frozenset[str] | None) -> tuple[bytes | None, list, list]:
-    problems = Problems()
-    directory = load_directory(Path(path), problems, categories=categories)
-    packed = pack(directory) if directory is not None and not problems else None
-    return packed, problems.items, problems.warnings
+def _load_packed(conn, path: str, categories: frozenset[str] | None, nice: int) -> None:
+    os.nice(nice)
+    try:
+        problems = Problems()
+        directory = load_directory(Path(path), problems, categories=categories)
+        packed = pack(directory) if directory is not None and not problems else None
+        answer = (packed, problems.items, problems.warnings)
+    except Exception as exc:  # noqa: BLE001 - said to the parent, which treats it as a rejected file
+        answer = f"{type(exc).__name__}: {exc}"
+    conn.send(answer)
+    conn.close()
