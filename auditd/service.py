@@ -496,6 +496,7 @@ class Daemon:
         self._retry_at = 0.0  # an operator's SIGHUP (a raised cap, space freed) is a reason to try now
         if self.notifier:
             self.notifier.reloading()
+        self.runstate.set(reloading_since=_now_text())  # `status` says a reload is being read
         in_force, categories = _current_directory(self), self.pipeline.runtime.settings.categories
         config_path, kinds = self.config_path, self.kinds
         packed: list[bytes] = []
@@ -528,6 +529,7 @@ class Daemon:
         """Between two batches: swap in what a reload loaded, or say why it was refused
         and keep the set in force."""
         exc = loaded.error
+        self.runstate.set(reloading_since=None)
         if isinstance(exc, ConfigError):
             self.last_reload_ok, self.last_reload_error = False, str(exc)
             log.error("reload rejected; the previous configuration keeps running",

@@ -156,6 +156,20 @@ def test_render_shows_shanghai_times_and_a_table(store: Store, logs: dict[str, P
     assert "open incidents: T2 2, T5 1" in lines
 
 
+def test_render_says_a_reload_is_being_read_while_the_daemon_reads_one(store: Store) -> None:
+    record_reload(store.conn, True, dt.datetime(2026, 11, 2, 9, 0, tzinfo=UTC), rules_in_force=17)
+    status = collect_status(store.path, None, NOW)
+    running = {"state": "running", "since": "2026-11-02T08:00:00+00:00", "pid": 4242, "alive": True}
+    loading = msgspec.structs.replace(status, daemon=dict(running, reloading_since="2026-11-02T08:59:58+00:00"))
+    assert ("last reload:  ok at 2026-11-02 17:00:00+08:00; a reload is being read since 2026-11-02 16:59:58+08:00"
+            in render_status(loading).splitlines())
+    for daemon in (running, dict(running, reloading_since=None),  # none in progress
+                   dict(running, reloading_since="2026-11-02T08:59:58+00:00", alive=False)):  # a dead daemon's record
+        line = next(x for x in render_status(msgspec.structs.replace(status, daemon=daemon)).splitlines()
+                    if x.startswith("last reload:"))
+        assert line == "last reload:  ok at 2026-11-02 17:00:00+08:00", daemon
+
+
 def test_a_fresh_store_without_later_tables(tmp_path: Path) -> None:
     store = Store(tmp_path / "neo-auditd.db").open()  # no incidents, no playbook steps, no reload yet
     store.close()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from auditd.enrich.pseudonym import create_key_file
+from auditd.ops import runstate
 
 pytestmark = pytest.mark.slow
 
@@ -131,12 +132,14 @@ def test_lines_are_committed_and_alerted_while_a_sighup_reads_a_changed_director
     write_directory(big["directory"], 1)  # the HR export changed: this SIGHUP must parse it again
     big["proc"].send_signal(signal.SIGHUP)
     append(big, 10, 10)
+    assert wait_for(lambda: (runstate.read(db) or {}).get("reloading_since"), "status to say a reload is read")
     # committed, alerts included, before the reload is done: the load did not hold the lines up
     wait_for(lambda: alerts(db) == 20, "the alerts of the lines written during the reload", timeout=30)
     assert last_reload(db) == started, "the lines waited for the reload"
 
     record = wait_for(lambda: (r := last_reload(db)) != started and r, "the reload to be swapped in")
     assert record["ok"] is True, record
+    assert wait_for(lambda: (r := runstate.read(db)) and r.get("reloading_since") is None and r, "the end of it")
     log = (big["dir"] / "daemon.log").read_text(encoding="utf-8")
     assert '"message":"reloaded"' in log
     append(big, 20, 10)  # under the new set: nothing lost, nothing twice

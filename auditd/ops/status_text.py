@@ -20,7 +20,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"neo-auditd status at {_when(status.generated_at, zone)}",
         f"store:        {status.store_path}",
         f"rules loaded: {'unknown' if status.rules_loaded is None else status.rules_loaded}",
-        f"last reload:  {_reload_line(status.last_reload, zone)}",
+        f"last reload:  {_reload_line(status.last_reload, zone)}{_reloading(status.daemon, zone)}",
         f"daemon:       {_daemon_line(status.daemon, zone)}",
         *([f"deliver:      {_deliver_line(status.daemon, zone)}"] if status.daemon and status.daemon.get("deliver")
           else []),
@@ -203,6 +203,13 @@ def _reload_line(reload: ReloadStatus | None, zone: ZoneInfo) -> str:
     problems = (reload.error or "").splitlines()
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"FAILED at {_when(reload.at, zone)}" + (f": {problems[0]}{more}" if problems else "")
+
+
+def _reloading(daemon: dict | None, zone: ZoneInfo) -> str:
+    """A SIGHUP's load in progress (read on a thread while the lines go on)."""
+    since = daemon.get("reloading_since") if daemon and daemon.get("alive") and daemon.get("state") != "stopped" \
+        else None
+    return f"; a reload is being read since {_when(dt.datetime.fromisoformat(since), zone)}" if since else ""
 
 
 def _incident_line(by_tier: dict[str, int]) -> str:
