@@ -57,6 +57,7 @@ HOLD_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # between tries while storag
 IDLE_WAKE_S = 1.0  # an idle daemon still wakes this often: directory changes, watchdog pings
 EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: stopped mid-batch after the stop timeout; the batch is read again
 DELIVER_STOP_MARGIN_S = 5.0  # the deliver process is killed this long before the stop timeout
+SLOW_RELOAD_S = 60.0  # a SIGHUP's load still reading after this long is said, and again as often
 
 if TYPE_CHECKING:
     from auditd.elastic.daemon import Cluster
@@ -452,6 +453,9 @@ class Daemon:
                 self._workers_ready = True  # until now this process did the batches itself
                 log.info("workers ready", extra={"workers": self.pool.workers})
         self._check_directory()
+        if self._loading is not None and self._loading.overdue(SLOW_RELOAD_S):
+            log.warning("a reload is still being read; the previous configuration keeps running",
+                        extra={"seconds": round(self._loading.elapsed)})
         if self.holding_back is None:
             self._correlate_cluster_alerts()
         now = time.monotonic()
@@ -607,12 +611,16 @@ class ConfigLoad:
     def __init__(self, load: Callable[[], Loaded], wake: threading.Event):
         self._loaded: Loaded | None = None
         self._load, self._wake = load, wake
+        self._started = self._said = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="neo-auditd-config-load", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             self._loaded = self._load()  # catches what the load raises: `Loaded.error`
+        except BaseException as exc:  # noqa: BLE001 - a bug past that: a refused reload, said, not a dead thread
+            self._loaded = Loaded(None, RuntimeError(f"the configuration load ended without a result: {exc!r}"),
+                                  None, self.elapsed)
         finally:
             self._wake.set()  # an idle loop swaps it in now, not at its next poll
 
@@ -620,9 +628,22 @@ class ConfigLoad:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def overdue(self, every_s: float) -> bool:
+        """True once per `every_s` while the load goes on (a file on a hung mount, a
+        child that cannot get the CPU): the log says so rather than nothing."""
+        now = time.monotonic()
+        if self.done or now - self._said < every_s:
+            return False
+        self._said = now
+        return True
+
     def take(self) -> Loaded:
-        if self._loaded is None:  # the thread died without a result (it cannot, short of a bug)
-            return Loaded(None, RuntimeError("the configuration load ended without a result"), None)
+        if self._loaded is None:
+            raise RuntimeError("take() before the load is done")
         return self._loaded
 
 

@@ -19,8 +19,6 @@ import yaml
 from auditd.enrich.pseudonym import create_key_file
 from auditd.ops import runstate
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 EMPLOYEES = 20_000
 RULE = """- rule: order_read
@@ -123,6 +121,7 @@ def append(ctx, first: int, count: int) -> None:
         fh.writelines(line(n) for n in range(first, first + count))
 
 
+@pytest.mark.slow
 def test_lines_are_committed_and_alerted_while_a_sighup_reads_a_changed_directory(big):
     db = big["db"]
     append(big, 0, 10)
@@ -146,6 +145,7 @@ def test_lines_are_committed_and_alerted_while_a_sighup_reads_a_changed_director
     wait_for(lambda: events(db) == 30 and alerts(db) == 30, "every line after the swap")
 
 
+@pytest.mark.slow
 def test_a_stop_in_the_middle_of_a_reload_is_prompt_and_clean(big):
     db = big["db"]
     append(big, 0, 10)
@@ -169,3 +169,37 @@ def children_of(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
     return found
+
+
+# -- the load's thread, alone ---------------------------------------------------------------
+
+def test_a_load_wakes_the_loop_when_done_and_a_slow_one_is_said_once_per_period():
+    import threading
+
+    from auditd.service import ConfigLoad, Loaded
+
+    gate, wake = threading.Event(), threading.Event()
+    expected = Loaded(None, ValueError("refused"), None, 1.5)
+    load = ConfigLoad(lambda: (gate.wait(10), expected)[1], wake)
+    time.sleep(0.05)
+    assert not load.done and not wake.is_set()
+    assert load.overdue(0.01) and not load.overdue(60)  # said, then not again within the period
+    gate.set()
+    assert wake.wait(10) and wait_for(lambda: load.done, "the load's end", 10)
+    assert load.take() is expected and not load.overdue(0.0)
+
+
+def test_a_load_whose_thread_dies_is_a_refused_reload_not_a_hang():
+    import threading
+
+    from auditd.service import ConfigLoad
+
+    def broken():
+        raise SystemExit("a bug in the loader")  # not an Exception: `_loader` does not catch it
+
+    wake = threading.Event()
+    load = ConfigLoad(broken, wake)
+    assert wake.wait(10) and wait_for(lambda: load.done, "the thread's end", 10)
+    loaded = load.take()
+    assert loaded.runtime is None and str(loaded.error) == \
+        "the configuration load ended without a result: SystemExit('a bug in the loader')"
