@@ -205,7 +205,7 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 if self._reload.is_set() and self._loading is None:
-                    self._loading = ConfigLoad(self._loader(), self._wake)  # read on a thread; batches go on meanwhile
+                    self._start_reload()
                 if self._loading is not None and self._loading.done:
                     loading, self._loading = self._loading, None
                     self._apply_reload(loading.take())
@@ -486,6 +486,13 @@ class Daemon:
                     reader.start()
                     self.tailers[source.name] = reader
 
+    def _start_reload(self) -> None:
+        load = self._loader()
+        try:
+            self._loading = ConfigLoad(load, self._wake)  # read on a thread; batches go on meanwhile
+        except RuntimeError as exc:  # no thread to be had (a process limit): refused, said, retried at the next SIGHUP
+            self._apply_reload(Loaded(None, exc, None))
+
     def _do_reload(self) -> None:
         """Load the configuration and swap it in now, on this thread (the loop loads on
         a thread of its own instead: `ConfigLoad`)."""
@@ -497,23 +504,26 @@ class Daemon:
         in a niced child process, as the directory watcher does, so the load takes little
         of the interpreter from the pipeline's thread."""
         self._reload.clear()  # a SIGHUP from now on is a reason to load again, after this load
-        self._retry_at = 0.0  # an operator's SIGHUP (a raised cap, space freed) is a reason to try now
         if self.notifier:
             self.notifier.reloading()
         self.runstate.set(reloading_since=_now_text())  # `status` says a reload is being read
         in_force, categories = _current_directory(self), self.pipeline.runtime.settings.categories
-        config_path, kinds = self.config_path, self.kinds
+        config_path, kinds, stopping = self.config_path, self.kinds, self._stop.is_set
         packed: list[bytes] = []
 
         def load_changed(path, problems, *, referrer=None, key_path=(), categories=None):
             mine = Problems()
             try:
                 fresh, packed_form = load_apart(path, mine, categories=categories, nice=NICE)
-            except Exception:  # noqa: BLE001 - a child that died: read here, where a bug shows itself
-                fresh = None
+            except Exception as exc:  # noqa: BLE001 - the child died (killed for memory?): not parsed here instead
+                problems.items.append(ConfigProblem(Location(str(path), 0, 0), "", f"cannot load: {exc}"))
+                return None
             if fresh is not None and not mine:
                 packed.append(packed_form)
                 return fresh
+            if stopping():
+                problems.extend(mine)
+                return None
             # rejected: read again here, for problems located at the config's line
             return load_directory(path, problems, referrer=referrer, key_path=key_path, categories=categories)
 
@@ -523,7 +533,8 @@ class Daemon:
                 runtime = load_runtime(config_path, kinds=kinds,
                                        directory_loader=reusing(in_force, categories, load_changed=load_changed))
                 _warm_templates(runtime)
-                return Loaded(runtime, None, packed[0] if packed else None, time.monotonic() - started)
+                kept = in_force if in_force is not None and runtime.directory is in_force else None
+                return Loaded(runtime, None, packed[0] if packed else None, time.monotonic() - started, kept)
             except Exception as exc:  # noqa: BLE001 - a loader bug must not take the daemon down
                 return Loaded(None, exc, None, time.monotonic() - started)
 
@@ -532,8 +543,14 @@ class Daemon:
     def _apply_reload(self, loaded: "Loaded") -> None:
         """Between two batches: swap in what a reload loaded, or say why it was refused
         and keep the set in force."""
+        if loaded.kept is not None and _current_directory(self) is not loaded.kept:
+            # the watcher took in a newer directory while this load kept the one before it
+            log.info("reload read again: the directory changed while it was read")
+            self._reload.set()
+            return
         exc = loaded.error
         self.runstate.set(reloading_since=None)
+        self._retry_at = 0.0  # an operator's SIGHUP (a raised cap, space freed) is a reason to try now
         if isinstance(exc, ConfigError):
             self.last_reload_ok, self.last_reload_error = False, str(exc)
             log.error("reload rejected; the previous configuration keeps running",
@@ -600,6 +617,7 @@ class Loaded(NamedTuple):
     error: Exception | None
     packed: bytes | None
     seconds: float = 0.0  # how long the load took, on its thread
+    kept: Directory | None = None  # the directory in force when the load began, when the load kept it
 
 
 class ConfigLoad:
@@ -626,7 +644,7 @@ class ConfigLoad:
 
     @property
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._loaded is not None  # set before the loop is woken
 
     @property
     def elapsed(self) -> float:

@@ -168,7 +168,8 @@ def test_a_full_store_holds_back_says_so_and_resumes_when_the_cap_is_raised(tmp_
 
         daemon.write_config(None)  # the operator lifts the cap
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: daemon.events() == total, "every line once the store takes writes again")
+        # at once, not after the backoff's next try (30-60 s by now): the SIGHUP is the reason to try
+        wait_for(lambda: daemon.events() == total, "every line once the store takes writes again", timeout=20)
         wait_for(lambda: daemon.status()["daemon"]["state"] == "running", "status to say running")
         assert daemon.metric("neo_auditd_holding_back") == 0
         assert daemon.metric("neo_auditd_storage_retries_total") >= 1
