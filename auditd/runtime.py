@@ -16,7 +16,7 @@ from pathlib import Path
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
-from auditd.config.located import Problems
+from auditd.config.located import Problems, regular_file_stat
 from auditd.settings import SHIPPED_RULES, Settings, load_settings
 from auditd.correlate import Correlator
 from auditd.decode import load_format
@@ -100,6 +100,7 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
                              max_bytes=64 * 1024, secret=True)
         if settings.elastic.ca_certs is not None:
             check_named_file(settings.elastic.ca_certs, doc, ("elastic", "ca_certs"), problems)
+    _check_entitlement_files(settings, doc, problems)
     pseudonymiser = Pseudonymiser(key, cache_size=settings.pseudonym.cache_size) if key is not None else None
     correlator = Correlator(settings.correlate, clock) if clock else Correlator(settings.correlate)
     # playbooks are validated like rules: a reload with a bad one keeps the old set running
@@ -132,6 +133,29 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         state=state,
         warnings=tuple(problems.warnings),
     )
+
+
+def _check_entitlement_files(settings: Settings, doc, problems: Problems) -> None:
+    """The files the least-privilege check reads later, on the pipeline's thread (the
+    assignments) or in a job (the account feed): a FIFO, device or folder named there
+    is refused now, where it would otherwise hang a lookup or the departed sweep. One
+    that is not there yet is the lookup's own error when it is needed, as before."""
+    entitlement = settings.entitlement
+    named: list[tuple[Path, tuple]] = []
+    if entitlement.assignments is not None:
+        for kind in ("csv", "sqlite"):
+            lookup = getattr(entitlement.assignments, kind)
+            if lookup is not None:
+                named.append((lookup.path, ("entitlement", "assignments", kind, "path")))
+    if entitlement.departed.account_feed is not None:
+        named.append((entitlement.departed.account_feed, ("entitlement", "departed", "account_feed")))
+    for path, key_path in named:
+        try:
+            regular_file_stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.add(doc, key_path, f"cannot read {path}: {exc.strerror or exc}")
 
 
 def _rule_paths(settings: Settings, doc, problems: Problems) -> list[Path]:

@@ -158,3 +158,25 @@ def test_an_elasticsearch_host_no_request_can_be_made_to_is_located(deployment: 
     assert result.returncode == 78, result.stderr
     assert "Traceback" not in result.stderr
     assert re.search(r"config\.yaml:\d+:\d+: elastic\.hosts: not a usable URL", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("key, extra", [
+    ("entitlement.assignments.csv.path", "entitlement:\n  assignments: {csv: {path: %s}}\n"),
+    ("entitlement.assignments.sqlite.path", "entitlement:\n  assignments: {sqlite: {path: %s}}\n"),
+    ("entitlement.departed.account_feed", "entitlement:\n  departed: {account_feed: %s}\n"),
+])
+def test_a_fifo_named_as_an_entitlement_file_is_refused_not_waited_on(deployment: Path, key: str, extra: str):
+    """Read later on the pipeline's thread (assignments) or by the departed sweep: a FIFO
+    there would hang them; refused at `check` (and so at `run` and on SIGHUP)."""
+    import os
+
+    fifo = deployment / "feed.fifo"
+    os.mkfifo(fifo)
+    write_config(deployment, extra=extra % fifo)
+    result = neo("check", "-c", str(deployment / "config.yaml"), "--offline")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert re.search(rf"config\.yaml:\d+:\d+: {re.escape(key)}: cannot read .*feed\.fifo: not a regular file",
+                     result.stderr), result.stderr
+    (deployment / "config.yaml").write_text((deployment / "config.yaml").read_text().replace(str(fifo),
+                                                                                            str(deployment / "later.csv")))
+    assert neo("check", "-c", str(deployment / "config.yaml"), "--offline").returncode == 0  # not there yet: as before

@@ -316,3 +316,20 @@ def test_http_lookup_after_a_timeout_uses_a_fresh_connection(keepalive_server):
     time.sleep(1.0)  # the slow answer arrives late on the abandoned connection: it must not be read as this one's
     assert lookup.assignee("O1001") == "E10047"
     assert lookup.assignee("unassigned") is None
+
+
+def test_a_fifo_in_place_of_a_file_is_an_error_at_once_never_a_wait(tmp_path):
+    """Swapped in after `check` (or by someone who can write there): the lookup and the
+    departed sweep's feed refuse it without opening it for a writer that never comes."""
+    from auditd.entitlement import load_account_feed
+    from auditd.entitlement.accounts import AccountFeedError
+
+    fifo = tmp_path / "swapped.fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    for lookup in (CsvAssignments(fifo), SqliteAssignments(fifo)):
+        with pytest.raises(AssignmentLookupError, match="not a regular file"):
+            lookup.assignee("O1001")
+    with pytest.raises(AccountFeedError, match="not a regular file"):
+        load_account_feed(fifo)
+    assert time.monotonic() - started < 5

@@ -315,6 +315,22 @@ def read_regular_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result
     return b"".join(chunks), st
 
 
+def regular_file_stat(path: Path) -> os.stat_result:
+    """The stat of a regular file, opened as `read_regular_file` opens it (non-blocking:
+    a FIFO cannot hang the caller) but not read: for a file another library opens (an
+    SQLite database). Raises OSError (with strerror) for anything but a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    return st
+
+
 def _size(n: int) -> str:
     return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n:,} bytes"
 

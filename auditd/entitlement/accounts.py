@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auditd.config.located import read_regular_file
 from auditd.config.typed import DEFAULT_ZONE
 from auditd.errors import NeoError
 
@@ -85,12 +86,17 @@ class AccountFeed:
         return found
 
 
+MAX_FEED_BYTES = 256 * 1024 * 1024  # an account per line: millions of accounts
+
+
 def load_account_feed(path: Path | str, *, zone: dt.tzinfo = DEFAULT_ZONE) -> AccountFeed:
     """Read a CSV (``.csv``) or JSON-lines feed; raises AccountFeedError if unreadable."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+    try:  # a regular file only, opened without blocking: a FIFO named here cannot hang the sweep
+        text = read_regular_file(path, MAX_FEED_BYTES)[0].decode("utf-8-sig")
+    except OSError as exc:
+        raise AccountFeedError(f"cannot read account feed {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
         raise AccountFeedError(f"cannot read account feed {path}: {exc}") from None
     is_csv = path.suffix.lower() == ".csv" or not text.lstrip().startswith("{")
     rows = _csv_rows(text) if is_csv else _json_rows(text)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import http.client
+import io
 import json
 import logging
 import socket
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from auditd.config.located import read_regular_file, regular_file_stat
 from auditd.entitlement.settings import AssignmentSettings
 from auditd.errors import NeoError
 
@@ -58,6 +60,9 @@ class MappingAssignments:
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+MAX_CSV_BYTES = 1 << 30  # an export of millions of orders; past that, a database (sqlite:) is the tool
 
 
 class CsvAssignments:
@@ -106,7 +111,11 @@ class CsvAssignments:
             log.info("assignments loaded", extra={"file.path": str(self.path), "assignments": len(table)})
 
     def _read(self) -> dict[str, str]:
-        with open(self.path, encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
+        try:  # a regular file only, opened without blocking: a FIFO named here cannot stop the pipeline
+            data, _ = read_regular_file(self.path, MAX_CSV_BYTES)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot read it: {exc.strerror}") from None
+        with io.StringIO(data.decode("utf-8-sig"), newline="") as f:  # Excel writes a BOM
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             for column in (self.id_column, self.assignee_column):
@@ -142,12 +151,14 @@ class SqliteAssignments:
         with self._lock:
             try:
                 if self._conn is None:
+                    regular_file_stat(self.path)  # a FIFO or device named here would block or mislead SQLite
                     uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
                     self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5)
                 row = self._conn.execute(self._sql, (key,)).fetchone()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 self.close_locked()
-                raise AssignmentLookupError(f"assignments database {self.path}: {exc}") from None
+                why = f"cannot open it: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+                raise AssignmentLookupError(f"assignments database {self.path}: {why}") from None
         return None if row is None or row[0] is None else str(row[0])
 
     def close(self) -> None:
