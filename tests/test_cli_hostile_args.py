@@ -5,6 +5,7 @@ IsADirectoryError) or answering wrongly."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,55 @@ def test_escaped_output_keeps_the_daemons_json_log_lines_json() -> None:
     EscapedText(raw).write(line + "\n")
     assert "\x85" not in raw.getvalue() and "\u202e" not in raw.getvalue()
     assert json.loads(raw.getvalue())["file.path"] == "/var/log/app\x85\u202e.log\x1b[2J"
+
+
+# -- found by a second hostile trial: tracebacks where a clear error belongs ------------------
+
+@pytest.mark.parametrize("args, code, said", [
+    (["check", "--offline", "--as-of", "9999-12-31"], 2, "expected a date between 1970 and 9000"),
+    (["incidents", "list", "--limit", "99999999999999999999999"], 2, "expected a number of rows from 1"),
+    (["outbox", "list", "--limit", "0"], 2, "expected a number of rows from 1"),
+])
+def test_a_date_or_a_count_out_of_range_is_a_usage_error(config: Path, args, code, said) -> None:
+    ran(config)
+    result = neo(*args[:2] if args[0] != "check" else args[:1], "-c", str(config),
+                 *(args[2:] if args[0] != "check" else args[1:]))
+    assert result.returncode == code and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd/x", "/proc/neo-auditd-key", "/tmp/" + "a" * 300])
+def test_keygen_where_no_file_can_be_made_says_so(target: str) -> None:
+    result = neo("keygen", target)
+    assert result.returncode == 73, result.stderr
+    assert result.stderr.startswith(f"error: cannot write {target}") and "Traceback" not in result.stderr
+
+
+def test_replay_into_a_state_dir_no_store_can_live_in_is_a_config_error(config: Path, tmp_path: Path) -> None:
+    config.write_text(config.read_text().replace("sources: []\n", "sources:\n  - {name: crm, paths: [logs/*.log], format: neo-crm}\n"))
+    log = tmp_path / "access.log"
+    log.write_text("")
+    (tmp_path / "a-file").write_text("")  # not a folder: no store can be made in it
+    result = neo("replay", "-c", str(config), "--state-dir", str(tmp_path / "a-file"), str(log))
+    assert result.returncode == 78, result.stderr
+    assert "state_dir: cannot open the store in" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_backup_to_a_name_too_long_is_an_io_error(config: Path) -> None:
+    ran(config)
+    result = neo("store", "backup", "-c", str(config), "/tmp/" + "b" * 300)
+    assert result.returncode == 74 and "File name too long" in result.stderr, result.stderr
+
+
+def test_a_condition_nested_too_deep_is_located_not_a_recursion_error(tmp_path: Path, config: Path) -> None:
+    depth = 400
+    rule = tmp_path / "deep.yaml"
+    rule.write_text(
+        "- rule: deep\n  desc: d\n  severity: low\n  tags: [sandbox]\n"
+        f"  condition: \"{'(' * depth}event.action = export{')' * depth}\"\n"
+        "  samples:\n    match: [{'@timestamp': '2026-11-02T10:00:00+08:00', event.action: export}]\n")
+    result = neo("test-rules", "--rules", str(rule))
+    assert result.returncode != 0 and "nested more than 50 deep" in result.stderr + result.stdout
+    config.write_text(config.read_text() + f"rules:\n  paths: [{rule}]\n")
+    result = neo("check", "-c", str(config), "--offline")
+    assert result.returncode == 78 and re.search(r"deep\.yaml:\d+:\d+: .*nested more than 50 deep", result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout

@@ -131,9 +131,23 @@ def date_arg(text: str):
     import datetime as dt
 
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date such as 2027-01-15, got {text!r}") from None
+    if not 1970 <= day.year <= 9000:  # a year ahead of it is counted in working days too
+        raise argparse.ArgumentTypeError(f"expected a date between 1970 and 9000, got {text!r}")
+    return day
+
+
+def limit_arg(text: str) -> int:
+    """How many rows to show: a positive number SQLite can take as a LIMIT."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rows, got {text[:30]!r}") from None
+    if not 1 <= n < 2**31:
+        raise argparse.ArgumentTypeError(f"expected a number of rows from 1 to {2**31 - 1:,}, got {text[:30]!r}")
+    return n
 
 
 def workers_arg(text: str) -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from auditd.cli.common import (
     config_arg, config_error, date_arg, json_out, print_warnings, rule_ids, settings_and_store_path,
     state_arg, store_reader, workers_arg,
 )
-from auditd.errors import ConfigError
+from auditd.errors import ConfigError, ConfigProblem, Location
 
 
 def _environment_checks(runtime, today, *, cluster: bool):
@@ -132,7 +133,12 @@ def cmd_replay(args) -> int:
         import dataclasses
 
         runtime = dataclasses.replace(runtime, ruleset=runtime.ruleset.with_scopes(frozenset({"local", "cluster"})))
-    store, quarantine = open_store(runtime, args.state_dir)
+    try:
+        store, quarantine = open_store(runtime, args.state_dir)
+    except (OSError, sqlite3.Error) as exc:  # as `run` says it: the folder is not one a store can live in
+        where = args.state_dir or runtime.settings.state_dir
+        return config_error(ConfigError([ConfigProblem(Location(str(args.config), 0, 0), "state_dir",
+                                                       f"cannot open the store in {where}: {exc}")]), args.json)
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
     if ship:
@@ -272,13 +278,19 @@ def cmd_test_rules(args) -> int:
 def cmd_keygen(args) -> int:
     from auditd.enrich.pseudonym import create_key_file
 
-    args.path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        args.path.parent.mkdir(parents=True, exist_ok=True)
         create_key_file(args.path)
     except FileExistsError:
+        if not args.path.exists() and not args.path.is_symlink():  # a file where a folder of the path should be
+            print(f"error: cannot write {args.path}: a part of the path is a file, not a folder", file=sys.stderr)
+            return 73
         # a new key would silently change every pseudonym: never overwrite
         print(f"error: {args.path} exists; keeping it (a new key would change every pseudonym)", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: cannot write {args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 73  # EX_CANTCREAT
     print(f"wrote a new 256-bit pseudonym key to {args.path} (mode 0600)")
     return 0
 

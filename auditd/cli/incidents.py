@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from auditd.cli.common import (
-    config_arg, config_error, id_arg, incident_conn, json_out, open_store, refused_text, rule_ids,
+    config_arg, config_error, id_arg, incident_conn, json_out, limit_arg, open_store, refused_text, rule_ids,
     settings_and_store_path, state_arg, who_acts,
 )
 from auditd.errors import ConfigError
@@ -301,7 +301,7 @@ def add_incident_parsers(sub) -> None:
     q.add_argument("--status", help="only incidents in this status: open, triaged, contained, notified, resolved, "
                                     "closed or dismissed")
     q.add_argument("--tier", help="only incidents of this tier, T1 (the gravest) to T6")
-    q.add_argument("--limit", type=int, default=50, help="list at most this many (default 50)")
+    q.add_argument("--limit", type=limit_arg, default=50, help="list at most this many (default 50)")
     q.add_argument("--json", action="store_true", help="print the incidents as JSON (times in UTC)")
     q.set_defaults(func=cmd_incidents_list)
     q = isub.add_parser("show", help="one incident: rules, categories, affected count, alerts, evidence in words, "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditd.cli.common import (
-    config_arg, config_error, id_arg, incident_conn, json_out, refused_text, settings_and_store_path, state_arg,
+    config_arg, config_error, id_arg, incident_conn, json_out, limit_arg, refused_text, settings_and_store_path,
+    state_arg,
     store_reader,
     who_acts,
 )
@@ -278,7 +279,7 @@ def add_parsers(sub) -> None:
                    help="only messages in this state (failed: out of retries, escalated; fleet: another daemon "
                         "of the fleet delivered it)")
     q.add_argument("--incident", metavar="ID", help="only this incident's messages")
-    q.add_argument("--limit", type=int, default=50, help="at most this many messages (default 50)")
+    q.add_argument("--limit", type=limit_arg, default=50, help="at most this many messages (default 50)")
     q.set_defaults(func=cmd_outbox)
     q = osub.add_parser("show", help="one message: its key, route, receipt and every attempt")
     store_reader(q, "print the result as JSON (times in UTC)")

@@ -198,11 +198,21 @@ def parse_appended(text: str, origin: Origin | None = None) -> tuple[str, Any]:
     return first.text, parse_condition(text, origin, offset=first.pos + len(first.text))
 
 
+MAX_NESTING = 50  # parentheses and 'not' inside one another: beyond, a located error, not a RecursionError
+
+
 class _Parser:
     def __init__(self, tokens: list[Token], origin: Origin | None):
         self.tokens = tokens
         self.at = 0
         self.origin = origin
+        self.depth = 0
+
+    def deeper(self, tok: Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ConditionError(f"nested more than {MAX_NESTING} deep (parentheses or 'not'); "
+                                 "simplify the condition or split it into macros", tok.pos)
 
     # token helpers
     def peek(self, ahead: int = 0) -> Token:
@@ -240,16 +250,19 @@ class _Parser:
 
     def not_expr(self) -> Any:
         if self.is_word("not"):
-            self.take()
-            return Not(self.not_expr())
+            self.deeper(self.take())
+            node = Not(self.not_expr())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self) -> Any:
         tok = self.peek()
         if tok.kind == "(":
-            self.take()
+            self.deeper(self.take())
             node = self.expr()
             self.expect(")", "')'")
+            self.depth -= 1
             return node
         if tok.kind != "word" or tok.text in ("and", "or") or tok.text in OPERATORS:
             raise ConditionError(f"expected a field, a macro or '(', got {_describe(tok)}", tok.pos)
