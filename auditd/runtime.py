@@ -61,18 +61,22 @@ class Runtime:
 
 def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
                  kinds: Mapping[str, RuleKind] = KINDS,
-                 directory_loader: Callable[..., Directory | None] = load_directory) -> Runtime:
+                 directory_loader: Callable[..., Directory | None] = load_directory,
+                 state_dir: Path | None = None) -> Runtime:
     """Load and validate config, formats, directory, key and rules; raise ConfigError with all problems.
 
     `kinds` is the registry of rule kinds (tests pass one with a kind of their own).
     `directory_loader` reads the HR directory, as `load_directory` does (a reload passes
     one that keeps the directory in force when its files are unchanged:
-    `directory.reuse`)."""
+    `directory.reuse`). `state_dir` (from `--state-dir`) replaces the config's, for
+    everything kept under it (`Settings.with_state_dir`)."""
     problems = Problems()
     settings, doc = load_settings(config_path, problems)
     if settings is None:
         problems.raise_if_any()
         raise ConfigError([])  # pragma: no cover - load_settings always reports why
+    if state_dir is not None:
+        settings = settings.with_state_dir(state_dir)
     settings = _guard_sources(settings, Path(config_path), doc, problems)
     normalisers, framers = _load_sources(settings, doc, problems)
     directory = None

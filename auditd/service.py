@@ -73,8 +73,9 @@ class Daemon:
                  on_batch: Callable[[Pipeline], None] | None = None, cluster: "Cluster | None" = None,
                  kinds: Mapping[str, RuleKind] = KINDS, stop_timeout_s: float | None = None,
                  exit_now: Callable[[int], None] = os._exit, runstate: RunState | None = None,
-                 workers: int = 1):
+                 workers: int = 1, state_dir: Path | None = None):
         self.config_path = config_path
+        self.state_dir = state_dir  # `run --state-dir`: every reload keeps it
         self.kinds = kinds  # the rule kinds a reload builds with
         self.pipeline = Pipeline(runtime, store, quarantine, metrics)
         self.store = store
@@ -508,7 +509,7 @@ class Daemon:
             self.notifier.reloading()
         self.runstate.set(reloading_since=_now_text())  # `status` says a reload is being read
         in_force, categories = _current_directory(self), self.pipeline.runtime.settings.categories
-        config_path, kinds, stopping = self.config_path, self.kinds, self._stop.is_set
+        config_path, kinds, state_dir, stopping = self.config_path, self.kinds, self.state_dir, self._stop.is_set
         packed: list[bytes] = []
 
         def load_changed(path, problems, *, referrer=None, key_path=(), categories=None):
@@ -530,7 +531,7 @@ class Daemon:
         def load() -> Loaded:
             started = time.monotonic()
             try:
-                runtime = load_runtime(config_path, kinds=kinds,
+                runtime = load_runtime(config_path, kinds=kinds, state_dir=state_dir,
                                        directory_loader=reusing(in_force, categories, load_changed=load_changed))
                 _warm_templates(runtime)
                 kept = in_force if in_force is not None and runtime.directory is in_force else None
@@ -705,7 +706,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     early_stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: early_stop.set())
-    runtime = load_runtime(config_path, kinds=kinds)  # a ConfigError reaches the CLI: exit 78
+    runtime = load_runtime(config_path, kinds=kinds, state_dir=state_dir)  # a ConfigError reaches the CLI: exit 78
     _log_warnings(runtime)
     _warm_templates(runtime)
     ops = runtime.settings.ops
@@ -744,7 +745,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
         n = 1
     daemon = Daemon(config_path, runtime, store, quarantine, notifier=Notifier(), metrics=metrics,
                     on_batch=cluster.wake if cluster else None, cluster=cluster, kinds=kinds, runstate=runstate,
-                    workers=n)
+                    workers=n, state_dir=state_dir)
     metrics.watch_calendar(lambda: daemon.pipeline.runtime.calendar, runtime.settings.zone)
     metrics.watch_rules(lambda: daemon.pipeline.runtime.ruleset.stats)
     daemon.install_signal_handlers()

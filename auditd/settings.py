@@ -178,6 +178,20 @@ class Settings:
             if source.name in names:
                 yield ("elastic", "sources", i, "name"), f"source name {source.name!r} is also a file source"
 
+    def with_state_dir(self, state_dir: Path) -> "Settings":
+        """These settings with everything the daemon keeps under `state_dir` kept under
+        another folder instead (`--state-dir`: a copy of the store for a trial): the store,
+        the quarantine file, rendered reports and notices, the deliver spool, even where
+        the config names them elsewhere, so that a trial never writes where production
+        keeps its records."""
+        import dataclasses
+
+        return dataclasses.replace(
+            self, state_dir=Path(state_dir), store=dataclasses.replace(self.store, path=None),
+            quarantine=dataclasses.replace(self.quarantine, path=None),
+            respond=dataclasses.replace(self.respond, output_dir=None),
+            deliver=dataclasses.replace(self.deliver, spool=None))
+
     @property
     def store_path(self) -> Path:
         return self.store.path or self.state_dir / "neo-auditd.db"

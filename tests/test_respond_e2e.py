@@ -130,3 +130,26 @@ def test_one_notice_per_resolved_customer_in_their_language_none_to_the_insider(
     assert entry["unresolved_customers"] == step["result"]["unresolved"]
     rendered = sum(n["count"] for n in entry["notices"] if n["audience"] == "customers")
     assert rendered == len(rows)
+
+
+def test_a_trial_on_a_copy_of_the_store_writes_nothing_where_production_keeps_its_records(deployment):
+    """`--state-dir` names a copy for a trial: its reports and notices go under the copy,
+    never into the production folder (whose store would not know them, and whose own
+    next rendering would overwrite them)."""
+    import shutil
+
+    tmp, c, incident = deployment["tmp"], deployment["config"], deployment["incident"]
+    production = tmp / "state" / "respond"
+
+    def files(root: Path) -> dict[str, int]:
+        return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+    before = files(production)
+    assert before, "the production run rendered nothing to compare with"
+    trial = tmp / "trial"
+    shutil.copytree(tmp / "state", trial, ignore=shutil.ignore_patterns("respond", "deliver"))
+    report = _cli("report", "-c", c, "--state-dir", str(trial), incident, "--kind", "initial", "--json")
+    assert all(Path(p).is_relative_to(trial / "respond") for p in report["paths"].values()), report["paths"]
+    _cli("playbook", "run-due", "-c", c, "--state-dir", str(trial), "--json")
+    assert files(production) == before  # not one file added or rewritten
+    assert files(trial / "respond")

@@ -168,7 +168,8 @@ def config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def state_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, metavar="DIR",
-                   help="use the store in DIR instead of the config's state_dir (e.g. a copy for a trial)")
+                   help="keep everything kept under the config's state_dir in DIR instead: the store, the quarantine, "
+                        "rendered reports and notices, the deliver spool (e.g. a copy of the store for a trial)")
 
 
 def store_reader(p: argparse.ArgumentParser, json_help: str) -> None:

@@ -104,7 +104,7 @@ def cmd_replay(args) -> int:
     from auditd.workers import WorkerMismatch
 
     try:
-        runtime = load_runtime(args.config)
+        runtime = load_runtime(args.config, state_dir=args.state_dir)
     except ConfigError as exc:
         return config_error(exc, args.json)
     names = [s.name for s in runtime.settings.sources]

@@ -261,7 +261,7 @@ def cmd_review_grants(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        runtime = load_runtime(args.config)
+        runtime = load_runtime(args.config, state_dir=args.state_dir)
     except ConfigError as exc:
         return config_error(exc, args.json)
     if runtime.directory is None:

@@ -18,9 +18,8 @@ def _respond_runtime(args):
     from auditd.runtime import load_runtime
     from auditd.store.sqlite import Store
 
-    runtime = load_runtime(args.config)
-    path = (args.state_dir / "neo-auditd.db") if args.state_dir else runtime.settings.store_path
-    return runtime, Store(path).open()
+    runtime = load_runtime(args.config, state_dir=args.state_dir)  # reports and notices under it too
+    return runtime, Store(runtime.settings.store_path).open()
 
 
 def cmd_playbook(args) -> int:
