@@ -185,3 +185,31 @@ def test_a_condition_nested_too_deep_is_located_not_a_recursion_error(tmp_path: 
     result = neo("check", "-c", str(config), "--offline")
     assert result.returncode == 78 and re.search(r"deep\.yaml:\d+:\d+: .*nested more than 50 deep", result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_company_s_customer_ids_are_refused_in_text_kept_for_good(config: Path) -> None:
+    """`pseudonym.id_patterns`: what the generic PI patterns cannot know (C00001234 is
+    this CRM's customer id), refused in notes, reasons, assignees and who acts."""
+    config.write_text(config.read_text() + "  id_patterns: ['\\bC\\d{8}\\b']\n")
+    ran(config)
+    for args in (["suppress", "add", "-c", str(config), "--rule", "*", "--match", "user.id=E1", "--owner", "a",
+                  "--reason", "customer C00001234 asked", "--expires", "1d"],
+                 ["incidents", "note", "-c", str(config), "INC-1", "customer C00001234 called"],
+                 ["incidents", "assign", "-c", str(config), "INC-1", "C00001235"],
+                 ["incidents", "ack", "-c", str(config), "INC-1", "--why", "seen", "--who", "C00001236"],
+                 ["report", "-c", str(config), "INC-1", "--kind", "initial", "--set", "cause=C00001234 exported"]):
+        result = neo(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "customer id" in result.stderr and "C0000123" not in result.stderr, result.stderr
+    note = neo("incidents", "note", "-c", str(config), "INC-1", "called about order O123456789")
+    assert "customer id" not in note.stderr  # other ids pass (the incident is unknown: that error)
+
+
+@pytest.mark.parametrize("pattern, said", [("'(a'", "invalid regular expression"),
+                                           ("'\\d*'", "matches empty text"),
+                                           ("'(?=C)'", "RE2")])
+def test_a_bad_customer_id_pattern_is_a_located_config_error(config: Path, pattern: str, said: str) -> None:
+    config.write_text(config.read_text() + f"  id_patterns: [{pattern}]\n")
+    result = neo("check", "-c", str(config), "--offline")
+    assert result.returncode == 78 and re.search(r"config\.yaml:\d+:\d+: pseudonym\.id_patterns\[0\]", result.stderr)
+    assert said in result.stderr, result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import msgspec
 
@@ -97,12 +97,16 @@ def open_store(path: Path, *, create: bool):
     return Store(path).open()
 
 
-def refused_text(what: str, text: str) -> bool:
+def refused_text(what: str, text: str, id_patterns: Iterable[str] = ()) -> bool:
     """Free text kept for good (a timeline entry is hash-chained) must carry pseudonyms
-    only: refuse, with the reason, text in which the PI patterns find something."""
+    only: refuse, with the reason, text in which the PI patterns find something, or the
+    config's patterns of raw customer ids (`pseudonym.id_patterns`)."""
+    from auditd.config.regex import compile_regex
     from auditd.ops.sentry import personal_information_in
 
     found = personal_information_in(text)
+    if any(compile_regex(p).search(text) for p in id_patterns):  # checked by the config's loader
+        found.append("customer id")
     if found:
         print(f"error: {what} holds what looks like personal information ({', '.join(found)}): it would be kept "
               "for good; name customers by their pseudonym (as `incidents show` gives them), never by phone, "

@@ -65,8 +65,10 @@ def cmd_incidents_act(args) -> int:
     settings, _ = settings_and_store_path(args)
     who, verb = who_acts(args), args.incidents_command
     why = getattr(args, "why", None) or ""
-    for flag, text in (("--why", why), ("the note", getattr(args, "text", None) or "")):
-        if refused_text(flag, text):
+    ids = settings.pseudonym.id_patterns
+    for flag, text in (("--why", why), ("the note", getattr(args, "text", None) or ""),
+                       ("the assignee", getattr(args, "assignee", None) or ""), ("--who", who)):
+        if refused_text(flag, text, ids):
             return 2
     if verb in _TRANSITIONS:
         action = Transition(incident_id=args.id, who=who, status=_TRANSITIONS[verb], why=why)
@@ -160,7 +162,7 @@ def cmd_suppress_add(args) -> int:
 
     settings, path = settings_and_store_path(args)
     now = dt.datetime.now(dt.timezone.utc)
-    if refused_text("--reason", args.reason):
+    if refused_text("--reason", args.reason, settings.pseudonym.id_patterns):
         return 2
     match = {}
     for item in args.match:

@@ -30,8 +30,10 @@ def cmd_playbook(args) -> int:
     from auditd.respond import steps as step_table
     from auditd.respond.view import render_steps
 
-    if refused_text("--note", getattr(args, "note", None) or "") or \
-            refused_text("--reason", getattr(args, "reason", None) or ""):
+    ids = settings_and_store_path(args)[0].pseudonym.id_patterns
+    if any(refused_text(flag, text, ids) for flag, text in (
+            ("--note", getattr(args, "note", None) or ""), ("--reason", getattr(args, "reason", None) or ""),
+            ("--who", getattr(args, "who", None) or ""))):
         return 2
     try:
         runtime, store = _respond_runtime(args)
@@ -89,7 +91,9 @@ def cmd_report(args) -> int:
     from auditd.respond.render import Staged
     from auditd.store.sqlite import immediate, snapshot
 
-    if any(refused_text(f"--set {item.partition('=')[0]}", item.partition("=")[2]) for item in args.set or []):
+    ids = settings_and_store_path(args)[0].pseudonym.id_patterns
+    if any(refused_text(f"--set {item.partition('=')[0]}", item.partition("=")[2], ids) for item in args.set or []) \
+            or refused_text("--who", args.who or "", ids):
         return 2
     findings = []
     for item in args.set or []:
