@@ -97,6 +97,8 @@ class Pipeline:
                 segment = prepared.segment
                 cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._confirm_prepared(
                     runtime, prepared)
+            if alerts and runtime.id_scrubber is not None:  # a raw customer id where none belongs
+                alerts = list(map(runtime.id_scrubber.alert, alerts))
             detected = time.perf_counter()
             latest, n_events = segment.last, segment.count
             with self.store.transaction() as conn:

@@ -27,6 +27,7 @@ from auditd.detect.kinds import RuleKind
 from auditd.detect.state import StateStore
 from auditd.directory import Directory, load_directory
 from auditd.enrich import Enricher, Pseudonymiser, load_key
+from auditd.enrich.pseudonym import IdScrubber
 from auditd.entitlement import build_checker
 from auditd.errors import ConfigError, ConfigProblem
 from auditd.ops.privacy import check_named_file, check_state
@@ -54,6 +55,7 @@ class Runtime:
     state: StateStore = field(default_factory=StateStore)  # stateful rules' state; the pipeline binds it
     loaded_at: float = field(default_factory=time.time)
     warnings: tuple[ConfigProblem, ...] = ()  # located, not reasons to refuse the set (a key others can read)
+    id_scrubber: IdScrubber | None = None  # raw customer ids in alerts' words -> pseudonyms (pseudonym.id_patterns)
 
     def normaliser(self, source: str) -> Normaliser:
         return self.normalisers[source]
@@ -136,6 +138,8 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
         deliverer=deliverer,
         state=state,
         warnings=tuple(problems.warnings),
+        id_scrubber=IdScrubber(settings.pseudonym.id_patterns, pseudonymiser)
+        if settings.pseudonym.id_patterns and pseudonymiser is not None else None,
     )
 
 

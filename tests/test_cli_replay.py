@@ -250,3 +250,36 @@ def test_control_characters_from_a_log_line_reach_the_terminal_escaped(tmp_path:
         assert "E1\\u001b[2J\\u001b[31mFAKE-OK\\u001b[0m\\u202e" in out
     as_json = neo("incidents", "list", "-c", str(config), "--json")
     assert "\x1b" not in as_json.stdout and json.loads(as_json.stdout)[0]["actor"] == hostile
+
+
+def test_a_customer_id_where_none_belongs_reaches_no_alert_text_raw(tmp_path: Path):
+    """A hostile trial: a customer's id in fields that never hold one (the store, the
+    employee id) was rendered raw into alert titles, which go to chat and SMS. With
+    `pseudonym.id_patterns`, every such id in an alert's title, reason and output
+    fields is its pseudonym, the same one the customer has everywhere else."""
+    import sqlite3
+
+    from auditd.config.located import Problems
+    from auditd.enrich.pseudonym import Pseudonymiser, load_key
+
+    config = deployment(tmp_path, CRM_SOURCE)
+    config.write_text(config.read_text().replace("  key_file: pseudonym.key\n",
+                                                 "  key_file: pseudonym.key\n  id_patterns: ['\\bC\\d{8}\\b']\n"))
+    (tmp_path / "logs").mkdir()
+    lines = []
+    for n, change in enumerate(({"emp": {"id": "C00000111", "name": "x"}},
+                                {"res": {"type": "customer", "id": "C00000005", "store": "C00000114"}})):
+        record = json.loads(good_line(n))
+        record.update(op="customer.export", count=5000, **change)
+        lines.append(json.dumps(record) + "\n")
+    (tmp_path / "logs" / "access.log").write_text("".join(lines))
+    done = neo("replay", "-c", str(config), str(tmp_path / "logs" / "access.log"))
+    assert done.returncode == 0, done.stderr
+    pseudonym = Pseudonymiser(load_key(tmp_path / "pseudonym.key", Problems()))
+    with sqlite3.connect(tmp_path / "state" / "neo-auditd.db") as conn:
+        docs = [json.loads(doc) for (doc,) in conn.execute("SELECT doc FROM alerts")]
+    words = [json.dumps([d["title"], d.get("reason"), d.get("output_fields")], ensure_ascii=False) for d in docs]
+    assert words, "no alert to look at"
+    # the actor stays as logged (incidents are keyed on it): an employee field, read by the security team
+    assert not any(raw in w for w in words for raw in ("C00000111", "C00000114")), words
+    assert any(pseudonym("C00000111") in w for w in words) and any(pseudonym("C00000114") in w for w in words), words

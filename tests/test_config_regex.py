@@ -167,3 +167,16 @@ def test_check_refuses_what_re2_cannot_run_with_file_line_and_reason(tmp_path, w
     assert f" {key}: " in problem
     assert ("back-references" in problem) or ("look-ahead" in problem)
     assert "re2.cc" not in result.stderr and "WARNING: All log messages" not in result.stderr  # RE2's C++ log is off
+
+
+def test_replace_each_rewrites_every_match_once_and_never_what_it_wrote():
+    from auditd.config.regex import compile_regex
+
+    ids = compile_regex(r"\bC\d{8}\b")
+    assert ids.replace_each("C00000001 saw 店C00000002, not XC00000003", lambda m: f"<{m[-1]}>") == \
+        "<1> saw 店<2>, not XC00000003"
+    hexes = compile_regex(r"[0-9a-f]{4}")  # matches what it writes: replaced once all the same
+    assert hexes.replace_each("abcd 1234", lambda m: "p:beefbeef") == "p:beefbeef p:beefbeef"
+    assert compile_regex(r"x*").replace_each("abc", lambda m: "Z") == "abc"  # empty matches replace nothing
+    assert ids.replace_each("C00000001 " * 5, lambda m: "p", limit=2) == "p p " + "C00000001 " * 3
+    assert ids.replace_each("no ids here", lambda m: 1 / 0) == "no ids here"

@@ -89,6 +89,29 @@ class LinearRegex:
         start, end = spans[1] if self.groups else spans[0]
         return None if start < 0 else data[start:end].decode("utf-8", "replace")
 
+    def replace_each(self, text: str, replacement: Callable[[str], str], limit: int = 1000) -> str:
+        """`text` with each (non-overlapping, non-empty) match replaced by
+        `replacement(match)`, in one pass: what a replacement writes is never matched
+        again. At most `limit` matches are replaced."""
+        data = text.encode("utf-8", "surrogatepass")
+        pieces: list[str] = []
+        pos = kept = n = 0
+        while pos <= len(data) and n < limit:
+            start, end = self._match(_UNANCHORED, data, pos, len(data))[0]
+            if (start, end) == _NO_MATCH:
+                break
+            if end == start:  # an empty match replaces nothing
+                pos = end + 1
+                continue
+            pieces += [data[kept:start].decode("utf-8", "surrogatepass"),
+                       replacement(data[start:end].decode("utf-8", "surrogatepass"))]
+            pos = kept = end
+            n += 1
+        if not pieces:
+            return text
+        pieces.append(data[kept:].decode("utf-8", "surrogatepass"))
+        return "".join(pieces)
+
     def named_groups(self, text: str) -> dict[str, str] | None:
         """Named groups that took part in the first match; None without a match."""
         data, spans = self._spans(text)

@@ -189,3 +189,44 @@ def create_key_file(path: Path | str, *, nbytes: int = 32) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+class IdScrubber:
+    """Raw customer ids in an alert's words, replaced by their pseudonyms.
+
+    The fields that hold customers are pseudonymised when an event is enriched; a raw id
+    can still reach an alert through a field that never should hold one (a store or a
+    partner named by a customer's id, an unknown employee id typed as one) and be
+    rendered into the title, the reason or an output field, which go to chat, SMS and
+    Elasticsearch. With `pseudonym.id_patterns` (what the company's ids look like), every
+    match in those words becomes the pseudonym the id has everywhere else."""
+
+    def __init__(self, patterns: Iterable[str], pseudonymise: Callable[[str], str]):
+        from auditd.config.regex import compile_regex
+
+        self._patterns = [compile_regex(p) for p in patterns]
+        self._pseudonymise = pseudonymise
+
+    def text(self, text: str) -> str:
+        for pattern in self._patterns:
+            text = pattern.replace_each(text, self._pseudonymise)
+        return text
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.value(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value
+
+    def alert(self, alert):
+        """The alert with its title, reason and output fields scrubbed (itself if clean)."""
+        import msgspec
+
+        title, reason = self.text(alert.title), None if alert.reason is None else self.text(alert.reason)
+        fields = self.value(alert.output_fields) if alert.output_fields else alert.output_fields
+        if title == alert.title and reason == alert.reason and fields == alert.output_fields:
+            return alert
+        return msgspec.structs.replace(alert, title=title, reason=reason, output_fields=fields)
