@@ -283,3 +283,29 @@ def test_a_customer_id_where_none_belongs_reaches_no_alert_text_raw(tmp_path: Pa
     # the actor stays as logged (incidents are keyed on it): an employee field, read by the security team
     assert not any(raw in w for w in words for raw in ("C00000111", "C00000114")), words
     assert any(pseudonym("C00000111") in w for w in words) and any(pseudonym("C00000114") in w for w in words), words
+
+
+def test_a_file_still_being_written_keeps_its_unfinished_last_line_for_the_next_replay(tmp_path: Path):
+    """A hostile trial: replaying a log the application was still writing cut its last
+    line in two; each half was quarantined and that event never became one."""
+    import os
+
+    config = deployment(tmp_path, CRM_SOURCE)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "access.log"
+    whole = "".join(good_line(n) + "\n" for n in range(3))
+    log.write_text(whole + good_line(3)[:40])  # written just now, the last line half-way
+    first = neo("replay", "-c", str(config), "--json", str(log))
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert (summary["events"], summary["quarantined"], summary["unfinished"]) == (3, 0, [str(log)])
+    with log.open("a") as fh:
+        fh.write(good_line(3)[40:] + "\n")  # the application finishes the line
+    second = json.loads(neo("replay", "-c", str(config), "--json", str(log)).stdout)
+    assert (second["events"], second["quarantined"], second["unfinished"]) == (1, 0, [])
+
+    old = tmp_path / "logs" / "old.log"  # a finished file whose last line has no newline: a record
+    old.write_text(good_line(10))
+    os.utime(old, (0, 1_700_000_000))
+    third = json.loads(neo("replay", "-c", str(config), "--json", str(old)).stdout)
+    assert (third["events"], third["unfinished"]) == (1, [])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from auditd.sources.framing import CsvFramer, LineFramer
 from auditd.sources.replay import ReplaySource
 from auditd.sources.tail import ReplaySource as ReplayFromTail
@@ -15,6 +17,7 @@ def test_replay_reads_every_record_including_an_unterminated_last_one(tmp_path):
     a, b = tmp_path / "a.log", tmp_path / "b.log"
     a.write_bytes(b"a1\na2\r\n")
     b.write_bytes(b"b1\nb2 unterminated")
+    os.utime(b, (0, 1_700_000_000))  # finished long ago: its unterminated last line is a record
     replay = ReplaySource("crm", [a, b], LineFramer())
     assert replay.total_bytes() == a.stat().st_size + b.stat().st_size
     batches = list(replay.batches(1000))
@@ -22,6 +25,18 @@ def test_replay_reads_every_record_including_an_unterminated_last_one(tmp_path):
     assert [batch.checkpoint.offset for batch in batches] == [7, 3, b.stat().st_size]
     assert batches[-1].offsets == [3]
     assert replay.bytes_done() == replay.total_bytes()
+
+
+def test_an_unterminated_last_line_of_a_file_written_just_now_is_left_for_the_next_replay(tmp_path):
+    log = tmp_path / "b.log"
+    log.write_bytes(b"b1\nb2 being writ")
+    now = log.stat().st_mtime
+    replay = ReplaySource("crm", [log], LineFramer(), clock=lambda: now + 4.9)  # within the 5 s grace
+    batches = list(replay.batches(1000))
+    assert records_of(batches) == [b"b1"] and batches[-1].checkpoint.offset == 3
+    assert replay.unfinished == [str(log)]
+    later = ReplaySource("crm", [log], LineFramer(), clock=lambda: now + 5.1)  # no longer written: a record
+    assert records_of(list(later.batches(1000))) == [b"b1", b"b2 being writ"] and later.unfinished == []
 
 
 def test_replay_splits_at_max_records_with_checkpoints_on_record_boundaries(tmp_path):

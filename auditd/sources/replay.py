@@ -1,6 +1,10 @@
 """ReplaySource: read given files once, start to end, for `neo-auditd replay`.
 
-No watching, no rotation: the files are taken to be finished. Big sequential reads
+No watching, no rotation: the files are taken to be finished. One that is not (its last
+line unterminated and the file written less than `unfinished_grace_s` ago: a log the
+application still writes) keeps that line for the next replay rather than reading half
+of it now (the rest would be quarantined apart from it, and the event never be one);
+`unfinished` lists such files. Big sequential reads
 (8 MiB by default) keep the framer, not the system calls, the cost. A file whose
 checkpoint (same key as the tailer's) is found resumes past it, so an interrupted
 replay can be run again without counting anything twice. A copy of a file replayed
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -39,7 +44,8 @@ class ReplaySource:
                  checkpoints: dict[str, Checkpoint] | None = None, *,
                  chunk_bytes: int = REPLAY_CHUNK_BYTES, fingerprint_bytes: int = 1024,
                  max_record_bytes: int = 16 * 1024 * 1024, max_document_bytes: int = 256 * 1024 * 1024,
-                 max_decompressed_bytes: int = 4096 * 1024 * 1024):
+                 max_decompressed_bytes: int = 4096 * 1024 * 1024, unfinished_grace_s: float = 5.0,
+                 clock=time.time):
         self.name = name
         self.paths = [Path(p) for p in paths]
         self._framer = framer
@@ -50,6 +56,8 @@ class ReplaySource:
         self._limits = Limits(chunk_bytes, self._max_record_bytes, max_document_bytes, max_decompressed_bytes)
         self._bytes_done = 0
         self.refused: list[Refusal] = []  # paths given that are not regular files
+        self.unfinished: list[str] = []  # files whose last line, still being written, was left for later
+        self._grace_s, self._clock = unfinished_grace_s, clock
 
     def total_bytes(self) -> int:
         total = 0
@@ -134,8 +142,12 @@ class ReplaySource:
         while True:
             data = fh.read(self._chunk_bytes)
             buf = leftover + data if leftover else data
-            if not data:  # the end: an unterminated last record is still a record
-                if buf:
+            if not data:  # the end: an unterminated last record is still a record, once written
+                if buf and self._clock() - os.fstat(fd).st_mtime < self._grace_s:
+                    log.warning("%s: %s: the last line is unfinished and the file was written just now; "
+                                "left for the next replay of it", self.name, path)
+                    self.unfinished.append(path)
+                elif buf:
                     record = buf[:-1] if buf.endswith(b"\r") else buf
                     yield self._batch(fd, path, identity, [record], [position], position + len(buf))
                 break
