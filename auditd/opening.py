@@ -11,10 +11,12 @@ daemon exists.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from auditd.errors import ConfigError, ConfigProblem, Location
 from auditd.runtime import Runtime
 from auditd.store import health
 from auditd.store.health import CheckReport
@@ -27,7 +29,20 @@ log = logging.getLogger("neo_auditd.service")
 def open_store(runtime: Runtime, state_dir: Path | None = None, *, new_store: bool = False,
                on_damage: Callable[[CheckReport], None] | None = None) -> tuple[Store, QuarantineFile]:
     """Open the store after making sure it is the one kept here and whole (see
-    store/health.py); raises StoreDamaged (exit 65) when it is not."""
+    store/health.py); raises StoreDamaged (exit 65) when it is not, and a ConfigError
+    located at the config's state_dir (exit 78) when the folder is not one a store can
+    be opened in (a file, a read-only or full disk: checked by `check`, but the disk may
+    have changed since)."""
+    try:
+        return _open(runtime, state_dir, new_store, on_damage)
+    except (OSError, sqlite3.Error) as exc:
+        where = state_dir or runtime.settings.state_dir
+        raise ConfigError([ConfigProblem(Location(str(runtime.config_path), 0, 0), "state_dir",
+                                         f"cannot open the store in {where}: {exc}")]) from None
+
+
+def _open(runtime: Runtime, state_dir: Path | None, new_store: bool,
+          on_damage: Callable[[CheckReport], None] | None) -> tuple[Store, QuarantineFile]:
     settings = runtime.settings
     db_path = (state_dir / "neo-auditd.db") if state_dir else settings.store_path
     q_path = (state_dir / "quarantine.jsonl") if state_dir else settings.quarantine_path

@@ -63,12 +63,12 @@ class Runtime:
 
 def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
                  kinds: Mapping[str, RuleKind] = KINDS,
-                 directory_loader: Callable[..., Directory | None] = load_directory,
+                 directory_loader: Callable[..., Directory | None] | None = None,
                  state_dir: Path | None = None) -> Runtime:
     """Load and validate config, formats, directory, key and rules; raise ConfigError with all problems.
 
     `kinds` is the registry of rule kinds (tests pass one with a kind of their own).
-    `directory_loader` reads the HR directory, as `load_directory` does (a reload passes
+    `directory_loader` reads the HR directory (default `load_directory`; a reload passes
     one that keeps the directory in force when its files are unchanged:
     `directory.reuse`). `state_dir` (from `--state-dir`) replaces the config's, for
     everything kept under it (`Settings.with_state_dir`)."""
@@ -83,8 +83,9 @@ def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
     normalisers, framers = _load_sources(settings, doc, problems)
     directory = None
     if settings.directory is not None:
-        directory = directory_loader(settings.directory.path, problems, referrer=doc, key_path=("directory", "path"),
-                                     categories=frozenset(settings.categories))
+        load = directory_loader or load_directory
+        directory = load(settings.directory.path, problems, referrer=doc, key_path=("directory", "path"),
+                         categories=frozenset(settings.categories))
     key = load_key(settings.pseudonym.key_file, problems, referrer=doc, key_path=("pseudonym", "key_file"))
     pre_enriched = _add_cluster_sources(settings, normalisers)
     state = StateStore()

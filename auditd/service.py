@@ -10,7 +10,6 @@ import gc
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -713,11 +712,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     init_sentry(ops.sentry.dsn, ops.sentry.environment, f"neo-auditd@{__version__}",
                 sample_rate=ops.sentry.sample_rate)
     damage = DamageRelay()  # a background store check may finish before the daemon exists
-    try:
-        store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)
-    except (OSError, sqlite3.Error) as exc:  # checked by `check`, but the disk may have changed since
-        raise ConfigError([ConfigProblem(Location(str(config_path), 0, 0), "state_dir",
-                                         f"cannot open the store: {exc}")]) from None
+    store, quarantine = open_store(runtime, state_dir, new_store=new_store, on_damage=damage)  # or exit 78
     tighten(store_files(store.path) + [quarantine.path])  # files an earlier start left under umask 022
     metrics = Metrics(store.path)
     metrics.declare_sources(_all_sources(runtime))

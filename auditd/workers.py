@@ -133,7 +133,7 @@ def _load(config_path: str, scopes: frozenset[str] | None, directory_loader=None
 
     from auditd.runtime import load_runtime
 
-    runtime = load_runtime(Path(config_path), **({"directory_loader": directory_loader} if directory_loader else {}))
+    runtime = load_runtime(Path(config_path), directory_loader=directory_loader)
     if scopes is not None and scopes != runtime.ruleset.scopes:
         runtime = dataclasses.replace(runtime, ruleset=runtime.ruleset.with_scopes(scopes))
     return runtime

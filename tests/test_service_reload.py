@@ -86,23 +86,31 @@ def wait_for(predicate, what: str, timeout: float = 60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def big(tmp_path: Path):
+def write_setup(tmp_path: Path, directory_settings: str = "") -> tuple[Path, Path]:
+    """Key, log folder, the rule and config.yaml in `tmp_path`, naming directory.yaml
+    (written by the caller) with `directory_settings` added; (config, directory)."""
     create_key_file(tmp_path / "pseudonym.key")
     (tmp_path / "logs").mkdir()
     (tmp_path / "rules.d").mkdir()
     (tmp_path / "rules.d" / "a.yaml").write_text(RULE)
     directory = tmp_path / "directory.yaml"
-    write_directory(directory, 0)
-    (tmp_path / "config.yaml").write_text(
+    config = tmp_path / "config.yaml"
+    config.write_text(
         "state_dir: state\n"
         "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n    poll_interval_s: 0.1\n"
         "pseudonym:\n  key_file: pseudonym.key\n"
-        # the watcher would notice the change by itself: here only the SIGHUP reads it
-        f"directory:\n  path: {directory}\n  reload_check_s: 3600\n"
+        f"directory:\n  path: {directory}\n{directory_settings}"
         "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
         "ops:\n  metrics: {enabled: false}\n"
     )
+    return config, directory
+
+
+@pytest.fixture
+def big(tmp_path: Path):
+    # the watcher would notice the change by itself: here only the SIGHUP reads it
+    _, directory = write_setup(tmp_path, "  reload_check_s: 3600\n")
+    write_directory(directory, 0)
     out = open(tmp_path / "daemon.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "run", "-c", str(tmp_path / "config.yaml"),
                              "--workers", "1"], stdout=out, stderr=subprocess.STDOUT)
@@ -224,21 +232,8 @@ def small(tmp_path: Path):
     from auditd.runtime import load_runtime
     from auditd.service import Daemon
 
-    create_key_file(tmp_path / "pseudonym.key")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "rules.d").mkdir()
-    (tmp_path / "rules.d" / "a.yaml").write_text(RULE)
-    directory = tmp_path / "directory.yaml"
+    config, directory = write_setup(tmp_path)
     directory.write_bytes((REPO / "examples" / "directory.yaml").read_bytes())
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "state_dir: state\n"
-        "sources:\n  - name: crm\n    paths: [logs/access.log]\n    format: neo-crm\n"
-        "pseudonym:\n  key_file: pseudonym.key\n"
-        f"directory:\n  path: {directory}\n"
-        "rules:\n  include_shipped: false\n  paths: [rules.d]\n"
-        "ops:\n  metrics: {enabled: false}\n"
-    )
     runtime = load_runtime(config)
     store, quarantine = open_store(runtime)
     daemon = Daemon(config, runtime, store, quarantine)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from auditd.cli.common import (
     config_arg, config_error, date_arg, json_out, print_warnings, rule_ids, settings_and_store_path,
     state_arg, store_reader, workers_arg,
 )
-from auditd.errors import ConfigError, ConfigProblem, Location
+from auditd.errors import ConfigError
 
 
 def _environment_checks(runtime, today, *, cluster: bool):
@@ -135,10 +134,8 @@ def cmd_replay(args) -> int:
         runtime = dataclasses.replace(runtime, ruleset=runtime.ruleset.with_scopes(frozenset({"local", "cluster"})))
     try:
         store, quarantine = open_store(runtime, args.state_dir)
-    except (OSError, sqlite3.Error) as exc:  # as `run` says it: the folder is not one a store can live in
-        where = args.state_dir or runtime.settings.state_dir
-        return config_error(ConfigError([ConfigProblem(Location(str(args.config), 0, 0), "state_dir",
-                                                       f"cannot open the store in {where}: {exc}")]), args.json)
+    except ConfigError as exc:  # the folder is not one a store can be opened in
+        return config_error(exc, args.json)
     progress = _ProgressBar() if (sys.stderr.isatty() and not args.json and not args.no_progress) else None
     cluster = None
     if ship:
@@ -283,11 +280,12 @@ def cmd_keygen(args) -> int:
 
     try:
         args.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder of the path should be, /proc, a name too long
+        print(f"error: cannot write {args.path}: cannot make its folder: {exc.strerror or exc}", file=sys.stderr)
+        return 73  # EX_CANTCREAT
+    try:
         create_key_file(args.path)
     except FileExistsError:
-        if not args.path.exists() and not args.path.is_symlink():  # a file where a folder of the path should be
-            print(f"error: cannot write {args.path}: a part of the path is a file, not a folder", file=sys.stderr)
-            return 73
         # a new key would silently change every pseudonym: never overwrite
         print(f"error: {args.path} exists; keeping it (a new key would change every pseudonym)", file=sys.stderr)
         return 1

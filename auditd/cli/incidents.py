@@ -271,7 +271,10 @@ def cmd_review_grants(args) -> int:
         return 2
     if until.tzinfo is None:
         until = until.replace(tzinfo=runtime.settings.zone)
-    store, _ = open_store(runtime, args.state_dir)
+    try:
+        store, _ = open_store(runtime, args.state_dir)
+    except ConfigError as exc:
+        return config_error(exc, args.json)
     try:
         review = review_grants(store, runtime.directory, until - period, until)
     finally:

@@ -45,11 +45,12 @@ def cmd_store_backup(args) -> int:
     _, path = settings_and_store_path(args)
     try:
         size, seconds = health.backup(path, args.target)
-    except (FileExistsError, health.StoreDamaged, health.BackupFailed, OSError) as exc:
+    except (FileExistsError, health.StoreDamaged) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if isinstance(exc, health.BackupFailed) or not isinstance(exc, (FileExistsError, health.StoreDamaged)):
-            return 74  # EX_IOERR: the target, not the store, is the problem
         return 1 if isinstance(exc, FileExistsError) else health.EX_DATAERR
+    except (health.BackupFailed, OSError) as exc:  # a name too long, a folder that cannot be made
+        print(f"error: {exc}", file=sys.stderr)
+        return 74  # EX_IOERR: the target, not the store, is the problem
     result = {"store": str(path), "backup": str(args.target), "bytes": size, "seconds": seconds, "ok": True}
     _store_result(result, args.json)
     return 0

@@ -290,13 +290,8 @@ def read_regular_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result
     reload; only a regular file is read (not /dev/zero, not /proc/self/mem), and at
     most `max_bytes` of it.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd, st = _open_regular(path)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
         too_big = OSError(errno.EFBIG, f"larger than {_size(max_bytes)}")
         if st.st_size > max_bytes:
             raise too_big
@@ -319,16 +314,24 @@ def regular_file_stat(path: Path) -> os.stat_result:
     """The stat of a regular file, opened as `read_regular_file` opens it (non-blocking:
     a FIFO cannot hang the caller) but not read: for a file another library opens (an
     SQLite database). Raises OSError (with strerror) for anything but a regular file."""
+    fd, st = _open_regular(path)
+    os.close(fd)
+    return st
+
+
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A descriptor of a regular file and its stat, opened non-blocking."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-    finally:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
         os.close(fd)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file")
-    return st
+        raise
+    return fd, st
 
 
 def _size(n: int) -> str:
