@@ -43,7 +43,8 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
     gc.freeze()  # the loaded rules, directory and formats never die: keep the collector off them
     keep_buffers_in_heap()
     framer = runtime.framers[source_name]()
-    reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name))
+    reader = ReplaySource(source_name, [Path(p) for p in paths], framer, store.load_checkpoints(source_name),
+                          **_reading_limits(runtime, source_name))
     batch_records = runtime.settings.pipeline.batch_records
     total = reader.total_bytes()
     started = time.monotonic()
@@ -71,3 +72,14 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
         pipeline.totals.shipped_lag = cluster.shipper.lag()
         pipeline.totals.seconds_with_shipping = time.monotonic() - started
     return pipeline
+
+
+def _reading_limits(runtime: Runtime, source_name: str) -> dict[str, int]:
+    """The source's own limits, and its fingerprint length: a replayed file keeps the key the
+    daemon's tailer gives it, so neither reads again what the other has read."""
+    for source in runtime.settings.sources:
+        if source.name == source_name:
+            return {"fingerprint_bytes": source.fingerprint_bytes, "max_record_bytes": source.max_record_bytes,
+                    "max_document_bytes": source.max_document_bytes,
+                    "max_decompressed_bytes": source.max_decompressed_bytes}
+    return {}  # an Elasticsearch source: no file reading of its own

@@ -309,3 +309,51 @@ def test_a_file_still_being_written_keeps_its_unfinished_last_line_for_the_next_
     os.utime(old, (0, 1_700_000_000))
     third = json.loads(neo("replay", "-c", str(config), "--json", str(old)).stdout)
     assert (third["events"], third["unfinished"]) == (1, [])
+
+
+def test_a_line_longer_than_the_sources_max_record_bytes_is_quarantined_once(tmp_path: Path):
+    """A hostile trial: one 50 MB line was cut into 16 MiB pieces, each quarantined,
+    counted and stored as a record of its own (three for one line); replay did not
+    even use the source's limit."""
+    source = CRM_SOURCE + "    read_chunk_bytes: 65536\n    max_record_bytes: 1048576\n"
+    config = deployment(tmp_path, source)
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "access.log"
+    with open(log, "w") as fh:
+        fh.write(good_line(1) + "\n" + '{"pad": "' + "a" * (9 * 1024 * 1024) + '"}\n' + good_line(2) + "\n")
+    result = neo("replay", "-c", str(config), "--json", str(log))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert (summary["events"], summary["quarantined"]) == (2, 1)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "neo-auditd.db") as conn:
+        rows = conn.execute("SELECT offset, reason FROM quarantine").fetchall()
+    assert [offset for offset, _ in rows] == [len(good_line(1)) + 1]
+    assert rows[0][1].startswith("expected a record of at most max_record_bytes (1048576), found a longer one")
+
+
+def test_the_daemon_reads_nothing_again_of_a_file_replayed_with_the_sources_fingerprint_bytes(tmp_path: Path):
+    """Replay named files by the first 1024 bytes whatever the source's fingerprint_bytes,
+    so with another setting the daemon did not know a replayed file and read it again."""
+    from auditd.opening import open_store
+    from auditd.runtime import load_runtime
+    from auditd.sources.tail import FileTailer
+
+    config = deployment(tmp_path, CRM_SOURCE + "    fingerprint_bytes: 64\n")
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "access.log"
+    log.write_text("".join(good_line(n) + "\n" for n in range(30)))
+    result = neo("replay", "-c", str(config), "--json", str(log))
+    assert result.returncode == 0 and json.loads(result.stdout)["events"] == 30, result.stderr[-2000:]
+    runtime = load_runtime(config)
+    store, _ = open_store(runtime)
+    try:
+        (source,) = runtime.settings.sources
+        tailer = FileTailer(source, runtime.framers["crm"](), store.load_checkpoints("crm"), first_start=False)
+        try:
+            assert [record for batch in tailer.poll(1000) for record in batch.records] == []
+        finally:
+            tailer.stop()
+    finally:
+        store.close()

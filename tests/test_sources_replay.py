@@ -52,6 +52,18 @@ def test_replay_splits_at_max_records_with_checkpoints_on_record_boundaries(tmp_
         assert [data[o: o + len(r)] for r, o in zip(batch.records, batch.offsets)] == batch.records
 
 
+def test_replay_rejects_a_record_over_max_record_bytes_once_and_skips_to_its_end(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_bytes(b"one\n" + b"H" * 1000 + b"\ntwo\n" + b"T" * 300)
+    os.utime(log, (0, 1_700_000_000))
+    batches = list(ReplaySource("crm", [log], LineFramer(), chunk_bytes=64, max_record_bytes=256).batches(10))
+    assert records_of(batches) == [b"one", b"two"]
+    rejected = [r for batch in batches for r in batch.rejected]
+    assert [r.offset for r in rejected] == [4, 1009]  # an unended last one too
+    assert rejected[0].data.strip(b"H") == b"" and len(rejected[0].data) >= 256
+    assert batches[-1].checkpoint.offset == log.stat().st_size
+
+
 def test_replay_resumes_past_its_own_checkpoint(tmp_path):
     log = tmp_path / "a.log"
     log.write_bytes(b"one\ntwo\nthree\n")

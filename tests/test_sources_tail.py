@@ -224,11 +224,28 @@ def test_max_records_splits_reading_and_each_checkpoint_is_a_record_boundary(rig
     assert r.read() == Counter(r.written)
 
 
-def test_a_record_longer_than_a_chunk_is_read_whole_and_one_over_max_record_bytes_is_cut(rig):
+def test_a_record_longer_than_a_chunk_is_read_whole_and_one_over_max_record_bytes_is_rejected_once(rig):
     r = rig(fingerprint_bytes=16, read_chunk_bytes=64, max_record_bytes=256)
     r.append(b"head\n" + b"L" * 200 + b"\n" + b"H" * 600 + b"\nend\n")
-    records = [rec for b in r.poll() for rec in b.records]
-    assert records == [b"head", b"L" * 200, b"H" * 256, b"H" * 256, b"H" * 88, b"end"]
+    batches = r.poll()
+    assert [rec for b in batches for rec in b.records] == [b"head", b"L" * 200, b"end"]
+    (rejected,) = [rej for b in batches for rej in b.rejected]  # one line, one quarantined record
+    assert rejected.offset == 206 and rejected.data == b"H" * 256
+    assert rejected.reason.startswith("expected a record of at most max_record_bytes (256), found a longer one")
+
+
+def test_the_rest_of_an_over_long_record_written_later_is_skipped_not_read_as_records(rig):
+    r = rig(fingerprint_bytes=16, read_chunk_bytes=64, max_record_bytes=256)
+    r.append(b"head\n" + b"H" * 300)
+    first = r.poll()
+    assert [rec for b in first for rec in b.records] == [b"head"]
+    assert len([rej for b in first for rej in b.rejected]) == 1
+    r.append(b"H" * 700)  # the writer goes on with the same line...
+    r.append(b"H" * 50 + b"\nnext\n")  # ... and ends it
+    later = r.poll() + r.poll()
+    assert [rec for b in later for rec in b.records] == [b"next"]
+    assert [rej for b in later for rej in b.rejected] == []
+    assert later[-1].checkpoint.offset == r.log.stat().st_size
 
 
 def test_csv_records_spanning_lines_are_checkpointed_only_at_their_end(rig):

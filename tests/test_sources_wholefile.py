@@ -282,3 +282,15 @@ def test_pieces_of_a_multi_member_gzip_are_one_stream(tmp_path):
     finally:
         os.close(fd)
     assert [r for p in out for r in p.records] == [b"a", b"bc", b"d"] and not any(p.rejected for p in out)
+
+
+def test_a_record_over_max_record_bytes_in_a_gzip_file_is_rejected_once(tmp_path, old_mtime):
+    (tmp_path / "long.jsonl.gz").write_bytes(gzip.compress(b"one\n" + b"H" * 300_000 + b"\ntwo\n"))
+    old_mtime(tmp_path / "long.jsonl.gz")
+    rig = Rig(tmp_path / "*.gz", read_chunk_bytes=64 * 1024, max_record_bytes=64 * 1024)
+    rig.settle()
+    assert rig.records == [b"one", b"two"]
+    (rejected,) = rig.rejected
+    assert rejected.offset == 4 and rejected.data == b"H" * (64 * 1024)
+    assert rejected.reason.startswith("expected a record of at most max_record_bytes (65536)")
+    rig.tailer.stop()

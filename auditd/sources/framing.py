@@ -2,7 +2,8 @@
 
 Line and CSV framers return (records, start offsets, consumed). ``consumed`` stops just
 past the last complete record, so the caller keeps ``buf[consumed:]`` (an unfinished
-record) and reads it again with more bytes; the checkpoint never lands inside a record.
+record) and reads it again with more bytes; the checkpoint never lands inside a record,
+except inside one longer than max_record_bytes, which `RecordCutter` rejects once and skips.
 
 The JSON documents framer is for whole files (``whole_file``): a CloudTrail file is one
 ``{"Records": [...]}`` document, and cannot be cut before it is complete. Its
@@ -77,13 +78,50 @@ class CsvFramer:
             quotes = 0
 
 
+SAMPLE_BYTES = 64 * 1024  # what a rejection keeps of the bytes it is about
+
+
+class RecordCutter:
+    """A stream framer's guard against a record without end (one file's reader each).
+
+    A record longer than ``max_record_bytes`` is not cut into pieces that would each be
+    quarantined, counted and stored as records of their own: it is rejected once, where it
+    starts, with a sample of its head, and the rest of it is skipped up to its end. Only the
+    skip is in memory: after a restart in the middle of one, the rest is read as a record
+    of its own (quarantined, nothing lost).
+    """
+
+    __slots__ = ("_framer", "_max_bytes", "skipping")
+
+    def __init__(self, framer, max_record_bytes: int):
+        self._framer = framer
+        self._max_bytes = max_record_bytes
+        self.skipping = False  # inside a record rejected before
+
+    def split(self, buf: bytes, base_offset: int) -> tuple[list[bytes], list[int], int, Rejected | None]:
+        """The framer's (records, offsets, consumed), and the rejection of the unfinished
+        record after them once it is longer than the limit (then all of `buf` is consumed)."""
+        records, offsets, consumed = self._framer.split(buf, base_offset)
+        if self.skipping:
+            if consumed == 0:
+                return records, offsets, len(buf), None  # still inside it: nothing to keep
+            self.skipping = False
+            del records[0], offsets[0]  # its end
+        if len(buf) - consumed < self._max_bytes:
+            return records, offsets, consumed, None
+        self.skipping = True
+        reason = (f"expected a record of at most max_record_bytes ({self._max_bytes}), found a longer one; its "
+                  f"first {min(len(buf) - consumed, SAMPLE_BYTES)} bytes are kept, the rest is skipped to its end")
+        return records, offsets, len(buf), Rejected(base_offset + consumed, reason,
+                                                   bytes(buf[consumed:consumed + SAMPLE_BYTES]))
+
+
 _DOCUMENT_TOP = dict[str, msgspec.Raw] | list[msgspec.Raw]
 _decode_top = msgspec.json.Decoder(_DOCUMENT_TOP).decode
 _decode_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
 # A JSON string (escapes included) or a bracket: enough to find where top-level values end.
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _WHITESPACE = b" \t\r\n"
-SAMPLE_BYTES = 64 * 1024  # what a rejection keeps of the bytes it is about
 
 
 class JsonDocumentFramer:

@@ -29,6 +29,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from auditd.sources.base import Batch, Checkpoint, Framer, Rejected
+from auditd.sources.framing import RecordCutter
 from auditd.sources.guard import Refusal, type_reason
 from auditd.sources.identity import FileIdentity, bytes_before, digest, read_head
 from auditd.sources.wholefile import DONE, Limits, content_key, is_gzip, pieces
@@ -52,7 +53,7 @@ class ReplaySource:
         self._checkpoints = dict(checkpoints or {})
         self._chunk_bytes = chunk_bytes
         self._fingerprint_bytes = fingerprint_bytes
-        self._max_record_bytes = max(max_record_bytes, chunk_bytes)
+        self._max_record_bytes = max_record_bytes  # a longer record is cut once a read finds no end in it
         self._limits = Limits(chunk_bytes, self._max_record_bytes, max_document_bytes, max_decompressed_bytes)
         self._bytes_done = 0
         self.refused: list[Refusal] = []  # paths given that are not regular files
@@ -139,6 +140,7 @@ class ReplaySource:
         self._bytes_done = done_before + position
         fh.seek(position)
         leftover = b""
+        cutter = RecordCutter(self._framer, self._max_record_bytes)
         while True:
             data = fh.read(self._chunk_bytes)
             buf = leftover + data if leftover else data
@@ -151,10 +153,12 @@ class ReplaySource:
                     record = buf[:-1] if buf.endswith(b"\r") else buf
                     yield self._batch(fd, path, identity, [record], [position], position + len(buf))
                 break
-            records, offsets, consumed = self._framer.split(buf, position)
-            if consumed == 0 and len(buf) >= self._max_record_bytes:
-                records, offsets, consumed = [buf], [position], len(buf)  # cut, as the tailer does
-            yield from self._slices(fd, path, identity, records, offsets, position + consumed, max_records)
+            records, offsets, consumed, too_long = cutter.split(buf, position)
+            if too_long is not None:
+                log.warning("%s: %s: the record at %d is over max_record_bytes; quarantined once and "
+                            "skipped to its end", self.name, path, too_long.offset)
+            yield from self._slices(fd, path, identity, records, offsets, position + consumed, max_records,
+                                    [too_long] if too_long is not None else [])
             leftover = buf[consumed:]
             position += consumed
             self._bytes_done = done_before + position + len(leftover)
@@ -179,16 +183,18 @@ class ReplaySource:
         return best
 
     def _slices(self, fd: int, path: str, identity: FileIdentity, records: list[bytes], offsets: list[int],
-                end: int, max_records: int) -> Iterator[Batch]:
+                end: int, max_records: int, rejected: list[Rejected]) -> Iterator[Batch]:
+        """Batches of at most max_records; what was rejected (after the records) goes with the last."""
         if len(records) <= max_records:  # the usual case: no list copies
-            yield self._batch(fd, path, identity, records, offsets, end)
+            yield self._batch(fd, path, identity, records, offsets, end, rejected)
             return
         for start in range(0, len(records), max_records):
             stop = start + max_records
-            checkpoint_at = offsets[stop] if stop < len(records) else end
-            yield self._batch(fd, path, identity, records[start:stop], offsets[start:stop], checkpoint_at)
+            last = stop >= len(records)
+            yield self._batch(fd, path, identity, records[start:stop], offsets[start:stop],
+                              end if last else offsets[stop], rejected if last else None)
 
     def _batch(self, fd: int, path: str, identity: FileIdentity, records: list[bytes], offsets: list[int],
-               end: int) -> Batch:
+               end: int, rejected: list[Rejected] | None = None) -> Batch:
         checkpoint = Checkpoint(self.name, identity.key, path, end, digest(bytes_before(fd, end)))
-        return Batch(self.name, path, identity.key, records, offsets, checkpoint)
+        return Batch(self.name, path, identity.key, records, offsets, checkpoint, rejected=rejected or [])

@@ -49,8 +49,8 @@ class FileSourceSettings:
     # the writer's open descriptor until it reopens its log; it is drained until it has
     # been quiet this long, then its unterminated last record, if any, is emitted.
     drain_grace_s: float = 5.0
-    # A record longer than this is cut and emitted in pieces (the decoder quarantines
-    # them) rather than holding the file forever, e.g. on an unbalanced csv quote.
+    # A record longer than this (e.g. after an unbalanced csv quote) is quarantined once,
+    # by its head, and skipped to its end, rather than holding the file forever.
     max_record_bytes: int = 16 * MIB
     # Directories a file (through a symlink, or a symlinked directory under `**`) may
     # really lie in, besides the globs' own directories.

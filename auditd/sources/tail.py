@@ -51,7 +51,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from auditd.sources.base import NO_FILE, Batch, Checkpoint, Framer, SourceReport
+from auditd.sources.base import NO_FILE, Batch, Checkpoint, Framer, Rejected, SourceReport
+from auditd.sources.framing import RecordCutter
 from auditd.sources.globs import PathMatcher
 from auditd.sources.guard import Refusal, classify, open_checked
 from auditd.sources.identity import (
@@ -432,6 +433,7 @@ class FileTailer:
             order=next(self._sequence) if order is None else order,
             size=st.st_size, mtime_ns=st.st_mtime_ns, changed_at=now,
             tail_sample=bytes_before(opened.fd, position), announce=announce, forget=forget or [],
+            cutter=RecordCutter(self._framer, self.settings.max_record_bytes),
         )
         self._tracked[opened.place] = tracked
 
@@ -489,28 +491,31 @@ class FileTailer:
         return batches
 
     def _read_file(self, tracked: TrackedFile, budget: int, now: float) -> Batch | None:
-        records, offsets, position = self._read_records(tracked, budget)
-        if records and not tracked.unchanged():  # rewritten while we read: not the bytes we know
+        records, offsets, position, rejected = self._read_records(tracked, budget)
+        if (records or rejected) and not tracked.unchanged():  # rewritten while we read: not the bytes we know
             self._restart_inode(tracked, now)
             return None
         self._advance(tracked, position)
         if self._drained_and_gone(tracked, len(records) < budget, now):
             tail = self._unterminated_tail(tracked)
             if tail:  # the writer will never finish it: hand it on rather than lose it
-                records.append(tail)
-                offsets.append(tracked.position)
+                if not tracked.cutter.skipping:
+                    records.append(tail)
+                    offsets.append(tracked.position)
                 self._advance(tracked, tracked.position + len(tail))
-            batch = self._batch(tracked, records, offsets)
+            batch = self._batch(tracked, records, offsets, rejected)
             self._retire(tracked, now)
             return batch
-        if not records and not tracked.announce:
+        if not records and not rejected and not tracked.announce:
             return None
-        return self._batch(tracked, records, offsets)
+        return self._batch(tracked, records, offsets, rejected)
 
-    def _read_records(self, tracked: TrackedFile, budget: int) -> tuple[list[bytes], list[int], int]:
-        """Complete records from `position` on, at most `budget` of them; the position past them."""
+    def _read_records(self, tracked: TrackedFile, budget: int) -> tuple[list[bytes], list[int], int, list[Rejected]]:
+        """Complete records from `position` on, at most `budget` of them; the position past
+        them; and the rejection of a record over max_record_bytes, if one starts there."""
         records: list[bytes] = []
         offsets: list[int] = []
+        rejected: list[Rejected] = []
         position = tracked.position
         chunk = self.settings.read_chunk_bytes
         want = chunk
@@ -518,16 +523,16 @@ class FileTailer:
             data = os.pread(tracked.fd, want, position)
             if not data:
                 break
-            found, starts, consumed = self._framer.split(data, position)
+            found, starts, consumed, too_long = tracked.cutter.split(data, position)
             if consumed == 0:
                 if len(data) < want:
                     break  # an unfinished record at the end: wait for the rest
-                if want < self.settings.max_record_bytes:
-                    want = min(want * 2, self.settings.max_record_bytes)
-                    continue  # a record longer than a chunk: read more of it at once
-                log.warning("%s: %s: a record at %d is over max_record_bytes; cutting it",
-                            self.settings.name, tracked.path, position)
-                found, starts, consumed = [data], [position], len(data)
+                want = min(want * 2, self.settings.max_record_bytes)
+                continue  # a record longer than a chunk: read more of it at once
+            if too_long is not None:  # (a read is never longer than the limit: no records came before it)
+                log.warning("%s: %s: the record at %d is over max_record_bytes; quarantined once and "
+                            "skipped to its end", self.settings.name, tracked.path, too_long.offset)
+                rejected.append(too_long)
             room = budget - len(records)
             if len(found) > room:
                 consumed = starts[room] - position
@@ -538,7 +543,7 @@ class FileTailer:
             if len(data) < want:
                 break  # that read reached the end of the file
             want = chunk
-        return records, offsets, position
+        return records, offsets, position, rejected
 
     def _advance(self, tracked: TrackedFile, position: int) -> None:
         if position != tracked.position:
@@ -554,13 +559,14 @@ class FileTailer:
         tail = os.pread(tracked.fd, self.settings.max_record_bytes, tracked.position)
         return tail[:-1] if tail.endswith(b"\r") else tail
 
-    def _batch(self, tracked: TrackedFile, records: list[bytes], offsets: list[int]) -> Batch:
+    def _batch(self, tracked: TrackedFile, records: list[bytes], offsets: list[int],
+               rejected: list[Rejected]) -> Batch:
         name = self.settings.name
         checkpoint = Checkpoint(name, tracked.key, tracked.path, tracked.position,
                                 tail_hash=digest(tracked.tail_sample))
         forget = self._not_in_use(tracked.forget)
         tracked.announce, tracked.forget = False, []
-        return Batch(name, tracked.path, tracked.key, records, offsets, checkpoint, forget=forget)
+        return Batch(name, tracked.path, tracked.key, records, offsets, checkpoint, forget=forget, rejected=rejected)
 
     # -- step 4: forgetting --------------------------------------------------------------------------
     def _expire_orphans(self, now: float) -> None:

@@ -52,6 +52,7 @@ class TrackedFile:
     announce: bool = False  # its checkpoint must be committed even without records
     forget: list[str] = field(default_factory=list)  # to retire with its next batch
     retired: bool = False
+    cutter: RecordCutter | None = None  # frames its records; set by the tailer
 
     @property
     def key(self) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from auditd.sources.base import Batch, Checkpoint, Framer, Rejected
-from auditd.sources.framing import SAMPLE_BYTES
+from auditd.sources.framing import SAMPLE_BYTES, RecordCutter
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +177,15 @@ def _document_pieces(blocks: Iterator[bytes], framer, limits: Limits) -> Iterato
 def _stream_pieces(blocks: Iterator[bytes], framer: Framer, limits: Limits) -> Iterator[Piece]:
     position = 0  # where `leftover` starts
     leftover = b""
+    cutter = RecordCutter(framer, limits.max_record_bytes)
     try:
         for block in blocks:
             buf = leftover + block if leftover else block
-            records, offsets, consumed = framer.split(buf, position)
-            if consumed == 0 and len(buf) >= limits.max_record_bytes:
-                records, offsets, consumed = [buf], [position], len(buf)  # cut, as the tailer does
+            records, offsets, consumed, too_long = cutter.split(buf, position)
             leftover = buf[consumed:]
             position += consumed
-            if records:
-                yield Piece(records, offsets, position)
+            if records or too_long is not None:
+                yield Piece(records, offsets, position, [too_long] if too_long is not None else [])
     except StreamProblem as exc:
         reason = f"{exc.reason}; an unfinished record is cut here" if leftover else exc.reason
         yield Piece([], [], position + len(leftover), [Rejected(position, reason, leftover[:SAMPLE_BYTES])])
