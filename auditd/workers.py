@@ -110,7 +110,7 @@ def fingerprint(runtime, directory=None) -> Fingerprint:
     """`runtime`'s fingerprint; `directory`, when given, is the one in force (the
     daemon's watcher reloads it apart from the runtime)."""
     directory = directory if directory is not None else runtime.directory
-    stamps = tuple((str(s.path), s.mtime_ns, s.size, s.inode) for s in directory.sources) \
+    stamps = tuple((str(s.path), s.mtime_ns, s.size, s.inode, s.ctime_ns) for s in directory.sources) \
         if directory is not None else ()
     pseudonymiser = getattr(runtime.enricher, "pseudonymiser", None)
     return Fingerprint(rules_in_force(runtime.ruleset), stamps,

@@ -217,3 +217,20 @@ def test_a_reload_with_no_directory_in_force_reads_the_file(tmp_path):
     problems = Problems()
     fresh = reusing(None, None)(path, problems)
     assert fresh is not None and list(fresh.employees) == ["E1"] and not problems
+
+
+def test_a_rewrite_of_the_same_size_with_its_mtime_set_back_is_noticed(tmp_path):
+    """Size, mtime and inode alone missed it: `touch -r` (or a tool that keeps times)
+    after an in-place edit of the same length left the old directory in force."""
+    path, clock, watcher = start(tmp_path)
+    before = path.stat()
+    with open(path, "r+b") as fh:  # E1 -> E9: same length, same inode
+        data = fh.read()
+        fh.seek(0)
+        fh.write(data.replace(b"id: E1", b"id: E9"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    clock.now += 5
+    outcome = watcher.poll()
+    assert outcome is not None and outcome.changed and list(watcher.directory.employees) == ["E9"]

@@ -136,6 +136,21 @@ def test_csv_is_reread_when_it_changes_and_a_bad_version_keeps_the_old(tmp_path)
     assert lookup.assignee("O1") == "E2"  # the last good version
 
 
+def test_csv_rewritten_in_place_with_the_same_size_and_mtime_is_reread(tmp_path):
+    now = [0.0]
+    path = tmp_path / "assignments.csv"
+    path.write_text("id,assignee\nO1,E1\n", encoding="utf-8")
+    lookup = CsvAssignments(path, reload_check_s=30, clock=lambda: now[0])
+    assert lookup.assignee("O1") == "E1"
+    before = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(len("id,assignee\nO1,E"))
+        fh.write(b"7")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    now[0] = 31
+    assert lookup.assignee("O1") == "E7"
+
+
 def test_csv_without_a_good_version_raises(tmp_path):
     path = tmp_path / "assignments.csv"
     with pytest.raises(AssignmentLookupError, match="cannot read it"):

@@ -110,13 +110,13 @@ def load_directory(
 
 
 def stamp(path: Path) -> FileStamp:
-    """Size, mtime and inode of a file now; taken *before* reading, so a write during the
+    """Size, mtime, inode and ctime of a file now; taken *before* reading, so a write during the
     read shows up as a change at the next check rather than being missed."""
     try:
         st = Path(path).stat()
     except OSError:
-        return FileStamp(Path(path), None, None, None)
-    return FileStamp(Path(path), st.st_mtime_ns, st.st_size, st.st_ino)
+        return FileStamp(Path(path), None, None, None, None)
+    return FileStamp(Path(path), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
 def start_of(value: dt.date | dt.datetime, zone: dt.tzinfo = DEFAULT_ZONE) -> dt.datetime:

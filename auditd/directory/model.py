@@ -214,6 +214,7 @@ class FileStamp:
     mtime_ns: int | None  # None: the file was missing
     size: int | None
     inode: int | None
+    ctime_ns: int | None  # what no writer can set back: a rewrite keeping size and mtime shows here
 
 
 @dataclass(frozen=True, slots=True)

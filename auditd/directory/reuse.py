@@ -5,7 +5,7 @@ not to the HR files; parsing the directory of 20,000 employees again takes 2.5 s
 interpreter for a result equal to the one in force. `reusing` gives `load_runtime` a
 directory loader that hands back the directory in force when it was read from the same
 file, for the same data categories, and none of its files (the YAML and its CSVs) has
-changed size, mtime or inode since: the test the directory watcher uses to decide that
+changed size, mtime, inode or ctime since: the test the directory watcher uses to decide that
 a file changed. Otherwise the files are read again, by `load_changed`.
 """
 

@@ -123,4 +123,4 @@ class DirectoryWatcher:
     def _watched(self) -> tuple[FileStamp, ...]:
         """The files the current directory was read from. A CSV file that only a rejected
         YAML names is not among them: its fix is seen once the YAML changes or on SIGHUP."""
-        return self.directory.sources or (FileStamp(self.path, None, None, None),)
+        return self.directory.sources or (FileStamp(self.path, None, None, None, None),)

@@ -99,7 +99,7 @@ class CsvAssignments:
             except OSError as exc:
                 self._failed(f"cannot read it: {exc.strerror}")
                 return
-            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)  # ctime: a same-size rewrite with its mtime set back
             if stamp == self._stamp:
                 return
             try:
