@@ -280,9 +280,18 @@ def test_a_customer_id_where_none_belongs_reaches_no_alert_text_raw(tmp_path: Pa
         docs = [json.loads(doc) for (doc,) in conn.execute("SELECT doc FROM alerts")]
     words = [json.dumps([d["title"], d.get("reason"), d.get("output_fields")], ensure_ascii=False) for d in docs]
     assert words, "no alert to look at"
-    # the actor stays as logged (incidents are keyed on it): an employee field, read by the security team
     assert not any(raw in w for w in words for raw in ("C00000111", "C00000114")), words
     assert any(pseudonym("C00000111") in w for w in words) and any(pseudonym("C00000114") in w for w in words), words
+    # the actor too: it keys the incident, whose timeline, register entry and reports name it
+    assert {d["actor"] for d in docs} == {pseudonym("C00000111"), "E10001"}
+    listed = neo("incidents", "list", "-c", str(config), "--json")
+    assert "C00000111" not in listed.stdout and pseudonym("C00000111") in listed.stdout
+    with sqlite3.connect(tmp_path / "state" / "neo-auditd.db") as conn:
+        timeline = " ".join(str(row) for row in conn.execute("SELECT * FROM incident_timeline"))
+    assert "C00000111" not in timeline and "C00000114" not in timeline
+    for incident in json.loads(listed.stdout):  # what `incidents show` says of the evidence
+        shown = neo("incidents", "show", "-c", str(config), incident["incident_id"])
+        assert shown.returncode == 0 and "C00000111" not in shown.stdout and "C00000114" not in shown.stdout, shown.stdout
 
 
 def test_a_file_still_being_written_keeps_its_unfinished_last_line_for_the_next_replay(tmp_path: Path):

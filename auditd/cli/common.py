@@ -71,6 +71,19 @@ def settings_and_store_path(args):
     return settings, (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
 
 
+def shown_id_scrubber(settings):
+    """`pseudonym.id_patterns` over text a command shows: each raw customer id becomes its
+    pseudonym, or "[customer id]" when the key cannot be read here; None without patterns."""
+    from auditd.config.located import Problems
+    from auditd.enrich.pseudonym import IdScrubber, Pseudonymiser, load_key
+
+    if not settings.pseudonym.id_patterns:
+        return None
+    key = load_key(settings.pseudonym.key_file, Problems())
+    pseudonymise = Pseudonymiser(key) if key is not None else (lambda _id: "[customer id]")
+    return IdScrubber(settings.pseudonym.id_patterns, pseudonymise).text
+
+
 def incident_conn(args):
     """The store, and the zone its times are shown in (the config's `timezone`). A store
     that is not there is an error, not a new empty one: a mistyped state_dir must not

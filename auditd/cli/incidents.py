@@ -6,7 +6,7 @@ import sys
 
 from auditd.cli.common import (
     config_arg, config_error, id_arg, incident_conn, json_out, limit_arg, open_store, refused_text, rule_ids,
-    settings_and_store_path, state_arg, who_acts,
+    settings_and_store_path, shown_id_scrubber, state_arg, who_acts,
 )
 from auditd.errors import ConfigError
 
@@ -35,10 +35,12 @@ def cmd_incidents_show(args) -> int:
     from auditd.correlate import UnknownIncident, get_incident, render_incident_detail
     from auditd.correlate.evidence import readable_evidence
 
-    store, zone = incident_conn(args)
+    settings, path = settings_and_store_path(args)
+    store, zone = open_store(path, create=False), settings.zone
     try:
         detail = get_incident(store.conn, args.id)
-        detail = msgspec.structs.replace(detail, evidence=readable_evidence(store.evidence(detail.evidence_event_ids)))
+        evidence = readable_evidence(store.evidence(detail.evidence_event_ids), shown_id_scrubber(settings))
+        detail = msgspec.structs.replace(detail, evidence=evidence)
     except UnknownIncident:
         print(f"error: no incident {args.id}", file=sys.stderr)
         return 1

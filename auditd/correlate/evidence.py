@@ -8,7 +8,9 @@ could name a customer: resource ids only when they are pseudonyms, no free text
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
+
+import msgspec
 
 from auditd.correlate.model import EvidenceEvent
 from auditd.event import AccessEvent
@@ -16,9 +18,19 @@ from auditd.event import AccessEvent
 PSEUDONYM_PREFIX = "p:"
 
 
-def readable_evidence(events: Iterable[AccessEvent]) -> tuple[EvidenceEvent, ...]:
-    """The events in time order, each as an EvidenceEvent."""
-    return tuple(_readable(e) for e in sorted(events, key=lambda e: (e.timestamp, e.event_id)))
+def readable_evidence(events: Iterable[AccessEvent],
+                      scrub: Callable[[str], str] | None = None) -> tuple[EvidenceEvent, ...]:
+    """The events in time order, each as an EvidenceEvent. `scrub` (pseudonym.id_patterns)
+    turns a raw customer id in a field that should never hold one (the actor, a store, a
+    partner) into its pseudonym."""
+    shown = (_readable(e) for e in sorted(events, key=lambda e: (e.timestamp, e.event_id)))
+    return tuple(shown if scrub is None else (_scrubbed(e, scrub) for e in shown))
+
+
+def _scrubbed(e: EvidenceEvent, scrub: Callable[[str], str]) -> EvidenceEvent:
+    words = {name: scrub(value) for name in ("actor", "resource", "destination")
+             if (value := getattr(e, name)) is not None}
+    return msgspec.structs.replace(e, **words)
 
 
 def _readable(e: AccessEvent) -> EvidenceEvent:

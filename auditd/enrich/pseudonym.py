@@ -222,11 +222,15 @@ class IdScrubber:
         return value
 
     def alert(self, alert):
-        """The alert with its title, reason and output fields scrubbed (itself if clean)."""
+        """The alert with its title, reason, output fields and actor scrubbed (itself if
+        clean). The actor too: it keys the incident and is written into its timeline, the
+        breach register and the reports; a customer's id there (a self-service account
+        logged as the user) is keyed by its pseudonym just as well."""
         import msgspec
 
         title, reason = self.text(alert.title), None if alert.reason is None else self.text(alert.reason)
         fields = self.value(alert.output_fields) if alert.output_fields else alert.output_fields
-        if title == alert.title and reason == alert.reason and fields == alert.output_fields:
+        actor = None if alert.actor is None else self.text(alert.actor)
+        if title == alert.title and reason == alert.reason and fields == alert.output_fields and actor == alert.actor:
             return alert
-        return msgspec.structs.replace(alert, title=title, reason=reason, output_fields=fields)
+        return msgspec.structs.replace(alert, title=title, reason=reason, output_fields=fields, actor=actor)
