@@ -98,8 +98,7 @@ class Pipeline:
                 segment = prepared.segment
                 cited, quarantined, skipped, alerts, eval_seconds, unmapped = self._confirm_prepared(
                     runtime, prepared)
-            if alerts and runtime.id_scrubber is not None:  # a raw customer id where none belongs
-                alerts = list(map(runtime.id_scrubber.alert, alerts))
+            alerts = runtime.scrubbed(alerts)  # a raw customer id where none belongs
             detected = time.perf_counter()
             latest, n_events = segment.last, segment.count
             with self.store.transaction() as conn:
@@ -224,7 +223,7 @@ class Pipeline:
         self.refresh_suppressions(runtime)
         try:
             with self.store.transaction() as conn:
-                alerts = runtime.ruleset.tick(now)
+                alerts = runtime.scrubbed(runtime.ruleset.tick(now))
                 changes = runtime.correlator.apply(conn, alerts) if alerts else []
                 runtime.state.flush(conn)
         except BaseException as exc:

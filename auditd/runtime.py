@@ -60,6 +60,14 @@ class Runtime:
     def normaliser(self, source: str) -> Normaliser:
         return self.normalisers[source]
 
+    def scrubbed(self, alerts: list) -> list:
+        """Alerts as they may be committed: with `pseudonym.id_patterns`, no raw customer id
+        in their words or actor. Alerts from the logs (per batch, at a tick, from the cluster)
+        pass here before the correlator's seam."""
+        if not alerts or self.id_scrubber is None:
+            return alerts
+        return list(map(self.id_scrubber.alert, alerts))
+
 
 def load_runtime(config_path: Path, *, clock: Callable[[], Any] | None = None,
                  kinds: Mapping[str, RuleKind] = KINDS,

@@ -438,7 +438,8 @@ class Daemon:
             try:
                 with self.store.transaction() as conn:
                     if alerts:
-                        self.pipeline.runtime.correlator.apply(conn, alerts)
+                        runtime = self.pipeline.runtime
+                        runtime.correlator.apply(conn, runtime.scrubbed(alerts))
                     if position:
                         write_meta(conn, POSITION_KEY, position)
             except Exception as exc:

@@ -180,3 +180,27 @@ def test_replace_each_rewrites_every_match_once_and_never_what_it_wrote():
     assert compile_regex(r"x*").replace_each("abc", lambda m: "Z") == "abc"  # empty matches replace nothing
     assert ids.replace_each("C00000001 " * 5, lambda m: "p", limit=2) == "p p " + "C00000001 " * 3
     assert ids.replace_each("no ids here", lambda m: 1 / 0) == "no ids here"
+
+
+def test_the_runtime_scrubs_an_alerts_words_and_actor_and_leaves_clean_alerts_alone():
+    import datetime as dt
+
+    from auditd.detect.alert import Alert
+    from auditd.enrich.pseudonym import IdScrubber
+    from auditd.runtime import Runtime
+
+    scrubber = IdScrubber([r"\bC\d{8}\b"], lambda raw: "p:" + raw[-2:])
+    runtime = object.__new__(Runtime)  # only the scrubber is read
+    object.__setattr__(runtime, "id_scrubber", scrubber)
+    at = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
+    raw = Alert(alert_id="a", rule_id="r", rule_kind="threshold", severity="high", title="C00000012 read 9",
+                timestamp=at, event_ids=("e",), actor="C00000034", reason="store C00000056",
+                output_fields={"x": ["C00000078"]})
+    clean = Alert(alert_id="b", rule_id="r", rule_kind="match", severity="low", title="E1 read",
+                  timestamp=at, event_ids=("f",), actor="E1")
+    scrubbed, same = runtime.scrubbed([raw, clean])
+    assert (scrubbed.title, scrubbed.actor, scrubbed.reason, scrubbed.output_fields) == \
+        ("p:12 read 9", "p:34", "store p:56", {"x": ["p:78"]})
+    assert same is clean
+    object.__setattr__(runtime, "id_scrubber", None)
+    assert runtime.scrubbed([raw])[0] is raw
