@@ -9,6 +9,7 @@ committed, as the daemon does after a restart.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import shutil
 import tempfile
@@ -500,6 +501,63 @@ def test_a_copy_made_by_hand_of_a_live_file_is_not_read_again(rig):
     os.remove(r.log)  # even once the original is gone, the copy holds nothing new
     r.drain()
     assert r.read() == Counter(r.written)
+
+
+def compress_rotated(r: Rig, name: str = "access.log.1") -> None:
+    """logrotate's `compress`: the rotated file becomes name.gz, the plain one is deleted."""
+    plain = r.root / name
+    (r.root / f"{name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    os.remove(plain)
+    os.utime(r.root / f"{name}.gz", (time.time() - 60, time.time() - 60))  # finished a while ago
+
+
+@pytest.mark.parametrize("keeps_tail_hash", [True, False])
+def test_a_rotation_compressed_while_the_daemon_is_down_is_read_from_where_it_stopped(rig, keeps_tail_hash):
+    # rotate + compress (no delaycompress) while the daemon is down and behind: the
+    # lines after the checkpoint are only in the .gz (they were lost: 50 of 60)
+    r = rig(pattern="access.log*", keeps_tail_hash=keeps_tail_hash)
+    r.write(60)
+    r.poll(10)
+    r.tailer.stop()
+    r.rotate_by_rename()
+    compress_rotated(r)
+    r.write(5)
+    r.tailer = r.new_tailer()
+    r.poll(7)  # a crash in the middle of the .gz resumes where its batches were committed
+    r.crash()
+    r.assert_every_line_once()
+    r.crash()  # read to its end: never again
+    r.write(2)
+    r.assert_every_line_once()
+
+
+def test_a_rotation_compressed_after_it_was_drained_is_not_read_again(rig):
+    r = rig(pattern="access.log*")
+    r.write(20)
+    r.poll()
+    r.rotate_by_rename()
+    r.write(3)
+    r.poll()
+    compress_rotated(r)  # its lines were all read, from the plain file
+    r.clock.now += GRACE_S
+    r.drain()
+    r.crash()
+    r.write(2)
+    r.assert_every_line_once()
+
+
+def test_a_compressed_rotation_of_another_file_or_with_other_bytes_is_not_read(rig):
+    r = rig(pattern="access.log*")
+    r.write(30)
+    r.poll(10)
+    r.tailer.stop()
+    r.rotate_by_rename()
+    (r.root / "access.log.1").write_bytes(b"line-000001 x\nrewritten, not what was read\n" * 20)
+    compress_rotated(r)
+    r.written = r.written[:10]  # those 20 are gone for good; the .gz holds other bytes
+    r.write(3)
+    r.tailer = r.new_tailer()
+    r.assert_every_line_once()
 
 
 # -- truncation and identical first lines -----------------------------------------------------------------

@@ -12,7 +12,10 @@ whose last part is a match of the glob's last part followed by a rotated suffix.
 
 Compressed files (.gz, .xz, ...) are matched only by a glob that names them
 (``cloudtrail/**/*.json.gz``): a compressed rotation (``access.log.2.gz``) holds lines
-already read from ``access.log.1``, and reading it again would count them twice.
+already read from ``access.log.1``, and reading it again would count them twice. The
+compressed rotations a scan meets are listed apart (`compressed_rotations`): one made
+while the daemon was down, of a file it had not finished, holds the only copy of that
+file's last lines (compressed.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class PathMatcher:
     def __init__(self, patterns: tuple[Path, ...] | list[Path]):
         self.patterns = tuple(os.path.abspath(os.fspath(p)) for p in patterns)
         self._found: frozenset[str] = frozenset()  # the last scan's result, for `matches`
+        self.compressed_rotations: list[str] = []  # the last scan's access.log.1.gz, access.log-20261102.gz
 
     def matches(self, path: str) -> bool:
         """Whether the last scan found `path` (the watcher's test for "a file we read changed")."""
@@ -43,6 +47,7 @@ class PathMatcher:
     def scan_patterns(self) -> dict[str, list[str]]:
         """Each glob's matches (its own and its rotated names), sorted."""
         out: dict[str, list[str]] = {}
+        compressed: set[str] = set()
         for pattern in self.patterns:
             recursive = "**" in pattern
             names_compressed = pattern.lower().endswith(COMPRESSED_SUFFIXES)
@@ -50,10 +55,16 @@ class PathMatcher:
                      if names_compressed or not is_compressed(path)}
             last_part = os.path.basename(pattern)
             for rotated_pattern in (pattern + ".*", pattern + "-*"):
-                found.update(path for path in glob.glob(rotated_pattern, recursive=recursive)
-                             if not is_compressed(path) and is_rotation_of(os.path.basename(path), last_part))
+                for path in glob.glob(rotated_pattern, recursive=recursive):
+                    if not is_compressed(path):
+                        if is_rotation_of(os.path.basename(path), last_part):
+                            found.add(path)
+                    elif not names_compressed and path.endswith(".gz") \
+                            and is_rotation_of(os.path.basename(path)[:-3], last_part):
+                        compressed.add(path)
             out[pattern] = sorted(found)
         self._found = frozenset(path for paths in out.values() for path in paths)
+        self.compressed_rotations = sorted(compressed - self._found)
         return out
 
     def watch_directories(self) -> list[tuple[str, bool]]:

@@ -19,6 +19,9 @@ A file is known by the hash of its first line plus (device, inode) — the check
    kept); a tracked file whose start it copies (a copy still being made: shadowed, not
    read, until its original is truncated or gone); otherwise it is a new file, read
    from 0 (or from its end at the very first start with ``start_at: end``).
+   A compressed rotation (access.log.1.gz) is read only when it continues an orphan:
+   the file was compressed and deleted while the daemon was down, before it was read
+   to its end (compressed.py).
 3. Files are read in age order. A file gone from the globs (renamed away or deleted) is
    drained through its descriptor, and retired once quiet for ``drain_grace_s``.
 4. Orphans are forgotten after ``forget_after_s``; their keys ride on the next batch.
@@ -52,6 +55,7 @@ import time
 from collections.abc import Callable
 
 from auditd.sources.base import NO_FILE, Batch, Checkpoint, Framer, Rejected, SourceReport
+from auditd.sources.compressed import CompressedContinuation
 from auditd.sources.framing import RecordCutter
 from auditd.sources.globs import PathMatcher
 from auditd.sources.guard import Refusal, classify, open_checked
@@ -87,9 +91,12 @@ class FileTailer:
         self._tracked: dict[Place, TrackedFile] = {}
         self._shadows: dict[Place, Shadow] = {}
         self._orphans = {key: Orphan.of_checkpoint(cp) for key, cp in checkpoints.items() if not is_whole_key(key)}
+        self._continuations: dict[Place, CompressedContinuation] = {}  # gzip files continuing an orphan
+        self._compressed_seen: dict[Place, tuple[int, int]] = {}  # (size, mtime) of those that continue none
+        self._compressed_due = False
         self._expired: list[str] = []
         self._whole_format = bool(getattr(framer, "whole_file", False))
-        limits = Limits(settings.read_chunk_bytes, settings.max_record_bytes, settings.max_document_bytes,
+        self._limits = limits = Limits(settings.read_chunk_bytes, settings.max_record_bytes, settings.max_document_bytes,
                         settings.max_decompressed_bytes)
         self._whole = WholeFileReader(
             settings.name, framer, limits, {k: cp for k, cp in checkpoints.items() if is_whole_key(k)},
@@ -112,6 +119,8 @@ class FileTailer:
             self._watcher = None
         fds = [f.fd for f in self._tracked.values()] + [o.fd for o in self._opened.values()]
         fds += [s.opened.fd for s in self._shadows.values()]
+        fds += [c.fd for c in self._continuations.values()]
+        self._continuations.clear()
         self._whole.close()
         self._tracked.clear()
         self._opened.clear()
@@ -149,7 +158,11 @@ class FileTailer:
             self._scan(now)
         self._settle_shadows(now)
         self._identify_opened(now)
-        batches = self._read_files(max_records, now)
+        if self._compressed_due:
+            self._compressed_due = False
+            self._find_continuations()
+        batches = self._read_continuations(max_records)
+        batches += self._read_files(max_records - sum(len(b) for b in batches), now)
         batches += self._whole.poll(max_records - sum(len(b) for b in batches), now)
         self._expire_orphans(now)
         self._expired += self._whole.take_forget()
@@ -241,6 +254,7 @@ class FileTailer:
             elif place in self._opened or self._whole.knows(path, st):
                 seen.add(place)
         self._forget_unseen(seen)
+        self._compressed_due = True
         self._whole.end_scan(seen, now)
         self._skip_to_end = False  # only files found by the first scan may start at their end
         self._note_scan(by_pattern, refused, len(seen))
@@ -472,6 +486,72 @@ class FileTailer:
             return
         shadow.opened.may_shadow = False
         self._opened[shadow.opened.place] = shadow.opened  # matched against the orphan as a copy
+
+    def _find_continuations(self) -> None:
+        """Compressed rotations that continue an orphan (compressed.py); each other one is
+        looked at once (again only if it changes)."""
+        paths = self._matcher.compressed_rotations
+        if self._whole_format or not paths:
+            self._compressed_seen.clear()
+            return
+        orphans = [o for o in self._orphans.values() if o.identity is not None]
+        allowed, protected_places = None, None
+        present: set[Place] = set()
+        for path in paths:
+            found = classify(path)
+            if found is None or isinstance(found, Refusal):
+                continue
+            lst, st = found
+            place = (st.st_dev, st.st_ino)
+            present.add(place)
+            if place in self._continuations or self._compressed_seen.get(place) == (st.st_size, st.st_mtime_ns):
+                continue
+            if not orphans:
+                self._compressed_seen[place] = (st.st_size, st.st_mtime_ns)
+                continue
+            if time.time() - st.st_mtime_ns / 1e9 < self.settings.drain_grace_s:
+                continue  # maybe still being compressed: looked at when quiet
+            if allowed is None:
+                allowed, protected_places = self._allowed_directories(), self.settings.protected.places()
+            opened = open_checked(path, lst, allowed, self.settings.protected, protected_places)
+            if isinstance(opened, Refusal) or (opened.st.st_dev, opened.st.st_ino) != place:
+                if not isinstance(opened, Refusal):
+                    os.close(opened.fd)
+                continue
+            matched = CompressedContinuation.match(opened.fd, path, orphans, self._framer, self._limits,
+                                                   self.settings.fingerprint_bytes)
+            if matched is None:
+                os.close(opened.fd)
+                self._compressed_seen[place] = (opened.st.st_size, opened.st.st_mtime_ns)
+                continue
+            continuation, orphan = matched
+            del self._orphans[orphan.key]
+            orphans.remove(orphan)
+            self._continuations[place] = continuation
+            log.info("%s: %s continues %s, compressed before it was read to its end; reading it from "
+                     "offset %d", self.settings.name, path, orphan.path, orphan.offset)
+        for place in [p for p in self._compressed_seen if p not in present]:
+            del self._compressed_seen[place]
+
+    def _read_continuations(self, max_records: int) -> list[Batch]:
+        batches: list[Batch] = []
+        budget = max_records
+        for place, continuation in list(self._continuations.items()):
+            if budget <= 0:
+                break
+            try:
+                batch = continuation.read(self.settings.name, budget)
+            except OSError as exc:
+                log.warning("%s: reading %s failed: %s", self.settings.name, continuation.path, exc)
+                continue
+            batches.append(batch)
+            budget -= len(batch.records)
+            if continuation.done:
+                del self._continuations[place]
+                st = os.fstat(continuation.fd)
+                continuation.close()
+                self._compressed_seen[place] = (st.st_size, st.st_mtime_ns)  # read: never again
+        return batches
 
     # -- step 3: reading ---------------------------------------------------------------------------
     def _read_files(self, max_records: int, now: float) -> list[Batch]:

@@ -174,8 +174,9 @@ def _document_pieces(blocks: Iterator[bytes], framer, limits: Limits) -> Iterato
     yield Piece(records, offsets, len(doc), rejected)
 
 
-def _stream_pieces(blocks: Iterator[bytes], framer: Framer, limits: Limits) -> Iterator[Piece]:
-    position = 0  # where `leftover` starts
+def _stream_pieces(blocks: Iterator[bytes], framer: Framer, limits: Limits, start: int = 0) -> Iterator[Piece]:
+    """Records of a stream whose first block starts at `start` (a record boundary)."""
+    position = start  # where `leftover` starts
     leftover = b""
     cutter = RecordCutter(framer, limits.max_record_bytes)
     try:
