@@ -118,6 +118,8 @@ class Daemon:
                                strict=False, split=True) if workers > 1 else None
         self._queued: deque[Batch] = deque()  # read, not yet handed to a worker (at most one poll's)
         self._workers_ready = False  # said once, when every worker has loaded
+        # sources whose reloaded settings wait for their held batches to be committed
+        self._restart_after_hold: set[str] = set()
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -379,6 +381,13 @@ class Daemon:
         log.warning("storage takes writes again: reading resumes", extra={
             "held_for_s": round(time.monotonic() - self._hold_started, 1), "retries": self._hold_attempts})
         self.holding_back = None
+        if self._restart_after_hold:
+            for name in self._restart_after_hold:
+                tailer = self.tailers.pop(name, None)
+                if tailer is not None:
+                    tailer.stop()
+            self._restart_after_hold.clear()
+            self._start_tailers(self.pipeline.runtime, first_start=False)
         self.runstate.set(state="running", since=_now_text(), reason=None)
         self.watchdog.resumed()
         if self.metrics is not None:
@@ -562,7 +571,9 @@ class Daemon:
         else:
             runtime = loaded.runtime
             started = time.monotonic()
-            self._settle()  # the batches read before the swap are committed under the old set
+            # the batches read before the swap are committed under the old set: also those
+            # read and not yet handed to a worker, or a restarted tailer reads them again
+            self._settle(queued=True)
             self._swap(runtime)
             self._reload_workers("config", loaded.packed)
             self.last_reload_ok, self.last_reload_error = True, None
@@ -596,7 +607,14 @@ class Daemon:
         old_sources = _all_sources(self.pipeline.runtime)
         new_sources = _all_sources(runtime)
         for name in list(self.tailers):
+            if name in self._restart_after_hold:
+                continue
             if name not in new_sources or new_sources[name] != old_sources.get(name):
+                if any(batch.source == name for batch, _ in self._held):
+                    # A new tailer starts from the committed checkpoints and would read
+                    # the held batches' records again: it starts once they are in.
+                    self._restart_after_hold.add(name)
+                    continue
                 self.tailers.pop(name).stop()
         self.store.set_max_bytes(runtime.settings.store.max_bytes)
         self.pipeline.runtime = runtime  # between batches: one batch never mixes two rule sets
