@@ -22,7 +22,9 @@ from collections.abc import Iterable, Iterator
 from auditd.sources.base import Batch, Checkpoint, Framer
 from auditd.sources.identity import SAMPLE_BYTES, digest, is_rotated_name
 from auditd.sources.tracking import DISTINCT_SAMPLE_BYTES, Orphan
-from auditd.sources.wholefile import GZIP_MAGIC, Limits, Piece, StreamProblem, _gunzip_blocks, _past, _stream_pieces
+from auditd.sources.wholefile import (
+    GZIP_MAGIC, Limits, Piece, StreamProblem, gunzip_blocks, past_resume, stream_pieces,
+)
 
 
 class _Window:
@@ -68,7 +70,7 @@ class CompressedContinuation:
         self._window = window
         tail = bytes(window.buf[orphan.offset - window.start:])  # read past the offset already
         blocks = _chain(tail, rest)
-        self._pieces = _stream_pieces(blocks, framer, limits, start=orphan.offset)
+        self._pieces = stream_pieces(blocks, framer, limits, start=orphan.offset)
         self._piece: Piece | None = None
         self.done = False
 
@@ -79,7 +81,7 @@ class CompressedContinuation:
         if os.pread(fd, 2, 0) != GZIP_MAGIC:
             return None
         window = _Window()
-        blocks = window.feed(_gunzip_blocks(fd, limits))
+        blocks = window.feed(gunzip_blocks(fd, limits))
         try:
             while window.end < fingerprint_bytes and b"\n" not in window.buf:
                 if next(blocks, None) is None:
@@ -117,7 +119,7 @@ class CompressedContinuation:
             if piece is None:
                 self.done = True
                 break
-            piece = _past(piece, self.position)
+            piece = past_resume(piece, self.position)
             room = budget - len(records)
             if len(piece.records) > room:
                 records += piece.records[:room]

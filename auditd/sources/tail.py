@@ -96,8 +96,8 @@ class FileTailer:
         self._compressed_due = False
         self._expired: list[str] = []
         self._whole_format = bool(getattr(framer, "whole_file", False))
-        self._limits = limits = Limits(settings.read_chunk_bytes, settings.max_record_bytes, settings.max_document_bytes,
-                        settings.max_decompressed_bytes)
+        self._limits = limits = Limits(settings.read_chunk_bytes, settings.max_record_bytes,
+                                       settings.max_document_bytes, settings.max_decompressed_bytes)
         self._whole = WholeFileReader(
             settings.name, framer, limits, {k: cp for k, cp in checkpoints.items() if is_whole_key(k)},
             quiet_s=settings.drain_grace_s, forget_after_s=settings.forget_after_s, clock=clock)

@@ -88,11 +88,11 @@ def is_gzip(fd: int) -> bool:
 
 def pieces(fd: int, framer: Framer, limits: Limits) -> Iterator[Piece]:
     """Every record of the file, gzip or not, cut by `framer`, in order."""
-    blocks = _gunzip_blocks(fd, limits) if is_gzip(fd) else _raw_blocks(fd, limits.chunk_bytes)
+    blocks = gunzip_blocks(fd, limits) if is_gzip(fd) else _raw_blocks(fd, limits.chunk_bytes)
     if getattr(framer, "whole_file", False):
         yield from _document_pieces(blocks, framer, limits)
     else:
-        yield from _stream_pieces(blocks, framer, limits)
+        yield from stream_pieces(blocks, framer, limits)
 
 
 def _raw_blocks(fd: int, chunk: int) -> Iterator[bytes]:
@@ -105,7 +105,7 @@ def _raw_blocks(fd: int, chunk: int) -> Iterator[bytes]:
         yield data
 
 
-def _gunzip_blocks(fd: int, limits: Limits) -> Iterator[bytes]:
+def gunzip_blocks(fd: int, limits: Limits) -> Iterator[bytes]:
     """The inflated content, a chunk at a time; members one after another (as `cat a.gz
     b.gz` makes) are one stream. Raises StreamProblem for what is not a whole gzip file."""
     chunk, limit = limits.chunk_bytes, limits.max_decompressed_bytes
@@ -174,7 +174,7 @@ def _document_pieces(blocks: Iterator[bytes], framer, limits: Limits) -> Iterato
     yield Piece(records, offsets, len(doc), rejected)
 
 
-def _stream_pieces(blocks: Iterator[bytes], framer: Framer, limits: Limits, start: int = 0) -> Iterator[Piece]:
+def stream_pieces(blocks: Iterator[bytes], framer: Framer, limits: Limits, start: int = 0) -> Iterator[Piece]:
     """Records of a stream whose first block starts at `start` (a record boundary)."""
     position = start  # where `leftover` starts
     leftover = b""
@@ -379,7 +379,7 @@ class WholeFileReader:
             candidate.piece = None
             if piece is None:
                 return self._finish(place, candidate, records, offsets, rejected)
-            piece = _past(piece, candidate.resume_at)
+            piece = past_resume(piece, candidate.resume_at)
             room = budget - len(records)
             if len(piece.records) > room:  # the rest waits for the next batch
                 records += piece.records[:room]
@@ -412,7 +412,7 @@ class WholeFileReader:
         self._settled[place] = _Settled(candidate.size, candidate.mtime_ns, candidate.key, candidate.path)
 
 
-def _past(piece: Piece, resume_at: int) -> Piece:
+def past_resume(piece: Piece, resume_at: int) -> Piece:
     """The piece without what was committed before a restart (below resume_at)."""
     if (not piece.offsets or piece.offsets[0] >= resume_at) and all(r.offset >= resume_at for r in piece.rejected):
         return piece
