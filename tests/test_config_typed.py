@@ -92,3 +92,24 @@ def test_raise_if_any_carries_all_problems():
         problems.raise_if_any()
     assert len(info.value.problems) == 2
     assert "y[0]: two" in str(info.value)
+
+
+def test_a_key_indented_too_little_names_the_section_it_belongs_to():
+    _, problems = _load("name: a\ninner:\n  mode: fast\nport: 1\n")
+    assert problems[0].startswith("/etc/neo/config.yaml:4:1: port: unknown key 'port' (did you mean 'inner.port' "
+                                  "or 'items[0].port'? indent it under 'inner')")
+
+
+def test_a_misspelt_required_key_is_one_problem_not_two():
+    problems = Problems()
+    doc = parse_yaml("name: a\ninner: {prot: 25}\n", "/etc/neo/config.yaml", problems)
+    assert convert(Outer, doc.data, doc, (), problems) is MISSING
+    assert [str(p) for p in problems.shown] == [
+        "/etc/neo/config.yaml:2:9: inner.prot: unknown key 'prot' (did you mean 'port'?) (valid keys: mode, port)"]
+
+
+def test_yaml_indentation_errors_say_to_check_the_indentation():
+    problems = Problems()
+    assert parse_yaml("a:\n  b: 1\n    c: 2\n", "f.yaml", problems) is None
+    assert str(problems.items[0]).startswith("f.yaml:3:6: invalid YAML: mapping values are not allowed")
+    assert "check the indentation of this line" in str(problems.items[0])

@@ -487,8 +487,8 @@ def test_unknown_keys_and_kind_options_are_located(tmp_path):
     _, problems = load(
         tmp_path, "kind: csv\noptions: {colums: [a]}\n" + BASE_FIELDS + "  user.id: {path: u, lowercase: true}\n"
     )
-    assert any("options.colums: unknown key 'colums'" in p for p in problems)
-    assert any("options.columns: missing required key 'columns'" in p for p in problems)
+    assert any("options.colums: unknown key 'colums' (did you mean 'columns'?)" in p for p in problems)
+    assert not any("missing required key 'columns'" in p for p in problems)  # the same mistake, said once
     assert any("fields.user.id.lowercase: unknown key 'lowercase'" in p for p in problems)
 
 

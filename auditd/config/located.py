@@ -150,7 +150,7 @@ def parse_yaml(text: str, file: str, problems: Problems) -> Doc | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
-        problems.items.append(ConfigProblem(loc, "", f"invalid YAML: {_yaml_reason(exc)}"))
+        problems.items.append(ConfigProblem(loc, "", f"invalid YAML: {_yaml_reason(exc)}{_indent_hint(exc)}"))
         return None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # a reader error (bad bytes), no mark
         problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"invalid YAML: {_yaml_reason(exc)}"))
@@ -268,6 +268,18 @@ def _yaml_reason(exc: BaseException) -> str:
         if parts:
             return ", ".join(parts)
     return str(exc).split("\n")[0].strip() or type(exc).__name__
+
+
+# What PyYAML says when a line is indented more or less than its neighbours.
+_INDENT_PROBLEMS = ("mapping values are not allowed", "did not find expected '-' indicator",
+                    "did not find expected key", "expected <block end>")
+
+
+def _indent_hint(exc: yaml.MarkedYAMLError) -> str:
+    if not any(p in (exc.problem or "") for p in _INDENT_PROBLEMS):
+        return ""
+    return ("; check the indentation of this line and the one above it: a key lines up with the other "
+            "keys of its section, two spaces deeper than the section's name")
 
 
 def _yaml_kind(value: Any) -> str:

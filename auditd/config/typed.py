@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from auditd.config.located import Doc, PathKey, Problems
+from auditd.config.located import Doc, PathKey, Problems, format_key_path
 from auditd.errors import ALREADY_REPORTED
 
 MISSING: Any = dataclasses.MISSING
@@ -288,11 +288,14 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     known = {_key_of(f): f for f in fields.values()}
+    misspelt: set[str] = set()  # required keys an unknown key is a near miss of: said once, not twice
     for key in value:
         if key not in known:
             valid = ", ".join(sorted(known))
-            problems.add(doc, path + (key,), f"unknown key '{key}'{did_you_mean(key, known)} (valid keys: {valid})",
-                         at_key=True)
+            hint = did_you_mean(key, known) or _indent_hint(cls, key, path)
+            problems.add(doc, path + (key,), f"unknown key '{key}'{hint} (valid keys: {valid})", at_key=True)
+            if isinstance(key, str):
+                misspelt.update(difflib.get_close_matches(key, [str(k) for k in known], n=1, cutoff=0.6))
     kwargs: dict[str, Any] = {}
     broken = False
     before = len(problems.items)
@@ -304,7 +307,10 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
             else:
                 kwargs[f.name] = out
         elif f.default is MISSING and f.default_factory is MISSING:
-            problems.add(doc, path + (key,), f"missing required key '{key}'")
+            if key not in misspelt:
+                problems.add(doc, path + (key,), f"missing required key '{key}'")
+            else:
+                problems.add(doc, path + (key,), ALREADY_REPORTED)
             broken = True
     if broken:
         return MISSING
@@ -315,6 +321,27 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
         return MISSING
     _run_check(obj, doc, path, problems, parts_broken=len(problems.items) > before)
     return obj
+
+
+def _indent_hint(cls: type, key: Any, path: PathKey) -> str:
+    """' (did you mean 'directory.reload_check_s'? ...)' for a key of a section one level down,
+    the usual result of a line indented too little."""
+    if not isinstance(key, str):
+        return ""
+    homes = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls).get(f.name)
+        if get_origin(tp) in (typing.Union, types.UnionType):
+            inner = [a for a in get_args(tp) if a is not type(None)]
+            tp = inner[0] if len(inner) == 1 else None
+        under: PathKey = (_key_of(f),)
+        if get_origin(tp) in (list, tuple) and get_args(tp):
+            tp, under = get_args(tp)[0], (_key_of(f), 0)  # a key of a list's items: the first one's
+        if dataclasses.is_dataclass(tp) and any(_key_of(g) == key for g in dataclasses.fields(tp)):
+            homes.append(format_key_path(path + under + (key,)))
+    if not homes:
+        return ""
+    return f" (did you mean {' or '.join(repr(h) for h in homes)}? indent it under {homes[0][:-len(key) - 1]!r})"
 
 
 def _run_check(obj: Any, doc: Doc, path: PathKey, problems: Problems, *, parts_broken: bool) -> None:
