@@ -186,3 +186,14 @@ def test_by_severity_takes_only_known_severities_and_tiers(tmp_path):
         "(valid: info, low, medium, high, critical)"]
     (bad_tier,) = problems_of("{by_severity: {high: T9}}")
     assert "correlate.tiers.by_severity.high" in bad_tier
+
+
+def test_the_timeline_shows_nested_instants_in_shanghai_time_too():
+    from auditd.correlate.render import _localised
+
+    data = {"event": "planned", "at": "2026-12-05T13:04:53.077811+00:00",
+            "steps": {"triage": "2026-12-05T14:04:53.077811+00:00", "closing": None},
+            "times": ["2026-12-05T16:00:00Z"]}
+    assert _localised(data, dt.timezone(dt.timedelta(hours=8))) == {
+        "event": "planned", "at": "2026-12-05T21:04:53+08:00",
+        "steps": {"triage": "2026-12-05T22:04:53+08:00", "closing": None}, "times": ["2026-12-06T00:00:00+08:00"]}

@@ -107,16 +107,18 @@ def _evidence_table(events: Sequence[EvidenceEvent], zone: dt.tzinfo) -> list[st
             for row in (_EVIDENCE_COLUMNS, *rows)]
 
 
-def _localised(data: dict, zone: dt.tzinfo) -> dict:
-    """Timeline data with its instants in the zone every other time here is shown in."""
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
-            try:
-                moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                moment = None
-            if moment is not None and moment.tzinfo is not None:
-                value = moment.astimezone(zone).isoformat(timespec="seconds")
-        out[key] = value
-    return out
+def _localised(data, zone: dt.tzinfo):
+    """Timeline data with its instants in the zone every other time here is shown in, also
+    those nested in it (a playbook's planned steps and their due times)."""
+    if isinstance(data, dict):
+        return {key: _localised(value, zone) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_localised(value, zone) for value in data]
+    if isinstance(data, str) and len(data) >= 20 and data[4:5] == "-" and data[10:11] == "T":
+        try:
+            moment = dt.datetime.fromisoformat(data.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is not None:
+            return moment.astimezone(zone).isoformat(timespec="seconds")
+    return data
