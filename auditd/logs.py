@@ -37,3 +37,27 @@ def setup_logging(level: str = "INFO") -> None:
     # the scheduler's own line for every job run would drown the daemon's; the jobs
     # package records each run in the store and logs failures itself
     logging.getLogger("apscheduler").setLevel(max(root.level, logging.WARNING))
+
+
+class _CommandFormatter(logging.Formatter):
+    """'warning: message failed (outbox_id=353, route=email, error=...)': a one-shot
+    command's log line on stderr with the fields the daemon's JSON line has."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = [f"{key}={value}" for key, value in vars(record).items()
+                  if key not in _RESERVED and not key.startswith("_")]
+        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        return text + (f" ({', '.join(fields)})" if fields else "")
+
+
+def setup_command_logging() -> None:
+    """Warnings and errors of a one-shot command (outbox send, playbook run-due) on stderr
+    with their fields; without it Python printed the bare message ('message failed'),
+    which says neither which nor why. `run` replaces it with the JSON lines."""
+    root = logging.getLogger()
+    if root.handlers:  # set up already (a test's capture, an embedding program)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CommandFormatter())
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)

@@ -372,6 +372,19 @@ def test_outbox_send_refuses_while_a_deliver_process_holds_the_outbox(tmp_path):
     assert oct((tmp_path / "state" / "deliver.lock").stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_one_shot_command_logs_which_message_failed_and_why():
+    """`outbox send` with a channel missing logs each failed message; Python's last-resort
+    handler printed only 'message failed', 225 times, without which or why."""
+    code = ("import logging, sys; from auditd.logs import setup_command_logging; setup_command_logging(); "
+            "logging.getLogger('neo_auditd.deliver').error('message failed', extra={'outbox_id': 353, "
+            "'route': 'email', 'error': 'channel email is not configured'}); "
+            "logging.getLogger('neo_auditd.deliver').info('quiet')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr == ("error: message failed (outbox_id=353, route=email, "
+                           "error=channel email is not configured)\n")
+    assert proc.stdout == ""
+
+
 def test_the_deliver_lock_refuses_a_link(tmp_path):
     (tmp_path / "elsewhere").write_text("")
     (tmp_path / "deliver.lock").symlink_to(tmp_path / "elsewhere")

@@ -11,6 +11,7 @@ from auditd import __version__
 from auditd.cli import daemon, incidents, respond, store
 from auditd.cli.common import EscapedText
 from auditd.errors import EX_CONFIG, StoreFormatError
+from auditd.logs import setup_command_logging
 from auditd.ops.privacy import make_private
 from auditd.store.health import StoreDamaged
 
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything this program creates (store, WAL, quarantine, keys, reviews) holds or
     # guards personal information: its user's alone, also outside systemd's UMask=0077.
     make_private()
+    setup_command_logging()
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = EscapedText(stdout), EscapedText(stderr)
     try:
