@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_help_prints_what_the_command_and_its_options_do(path, parser, line, cap
 def test_the_installed_command_prints_help():
     """The console script itself, as a newcomer runs it first."""
     neo = REPO / ".venv" / "bin" / "neo-auditd"
-    command = [str(neo)] if neo.exists() else ["python", "-m", "auditd.cli"]
+    command = [str(neo)] if neo.exists() else [sys.executable, "-m", "auditd.cli"]  # NEO_VENV elsewhere
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "neo-auditd COMMAND --help" in done.stdout
