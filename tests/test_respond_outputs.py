@@ -325,3 +325,28 @@ def test_the_register_lines_up_every_step_even_the_longest_ids(tmp_path):
     rows = [line for line in render_register([entry], ZONE).splitlines() if " due " in line]
     assert any(len(c["step"]) > 22 for c in entry["clocks"]), "the playbook should have a long step id"
     assert len({line.index(" due ") for line in rows}) == 1  # one column, whatever the step's id
+
+
+def test_the_register_steps_and_outbox_say_which_zone_their_times_are_in(tmp_path):
+    """Their times carry no offset; without the zone named, 21:04 could be read as UTC."""
+    from auditd.deliver.view import render_list
+    from auditd.respond import steps
+    from auditd.respond.view import render_steps
+
+    world = World(tmp_path, Clock(T0))
+    (change,) = world.apply([alert(1, T0, kind="match", severity="critical", subjects=("p:1",))])
+    world.run()
+    text = render_steps(change.incident_id, steps.of_incident(world.conn, change.incident_id), T0, ZONE)
+    assert text.splitlines()[0] == f"{change.incident_id}: playbook T4; times Asia/Shanghai"
+
+    assert render_register([], ZONE).startswith("the breach register is empty")
+    world_free_entry = {"incident_id": "INC-1", "tier": "T4", "status": "open", "discovered_at": T0,
+                        "affected_count": 1, "title": "t", "clocks": [], "reports": [], "notices": [],
+                        "exemptions": [], "unresolved_customers": 0}
+    assert render_register([world_free_entry], ZONE).splitlines()[0] == (
+        "breach register: 1 incident(s) of tiers T1–T4; times Asia/Shanghai")
+    assert render_steps("INC-1", [], T0, ZONE).startswith("INC-1: no playbook steps yet")
+    row = {"id": 1, "state": "delivered", "attempts": 1, "possible_repeat": False, "delivered_at": T0,
+           "next_attempt_at": None, "receipt": {"queue_id": "q"}, "covered_by": None, "last_error": None,
+           "route": "email", "audience": "security", "recipient": "security"}
+    assert render_list([row], ZONE).splitlines()[-1] == "times Asia/Shanghai"

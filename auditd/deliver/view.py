@@ -88,11 +88,12 @@ def render_list(rows: list[dict[str, Any]], zone: dt.tzinfo) -> str:
             f"covered by {r['covered_by']}" if r["covered_by"] else (r["last_error"] or "-"))
         lines.append(f"{r['id']:>6}  {shown_state(r):<18} {r['route'][:24]:<24} {r['audience'][:10]:<10} "
                      f"{r['recipient'][:16]:<16} {r['attempts']:>5}  {_when(when, zone):<19}  {detail[:80]}")
+    lines.append(f"times {zone}")
     return "\n".join(lines) + "\n"
 
 
 def render_show(row: dict[str, Any], zone: dt.tzinfo) -> str:
-    lines = [f"message {row['id']}: {shown_state(row)}",
+    lines = [f"message {row['id']}: {shown_state(row)}; times {zone}",
              f"  key:        {row['wire_key']}",
              f"  incident:   {row['incident_id'] or '-'} (neo-auditd incidents show {row['incident_id']})"
              if row["incident_id"] else "  incident:   -",

@@ -97,7 +97,7 @@ def render_register(entries: list[dict[str, Any]], zone: dt.tzinfo) -> str:
     def local(value: dt.datetime | None) -> str:
         return value.astimezone(zone).strftime("%Y-%m-%d %H:%M") if value else "-"
 
-    lines = []
+    lines = [f"breach register: {len(entries)} incident(s) of tiers T1–T4; times {zone}", ""]
     # the step column as wide as the longest step id (approve-customer-notice, 23)
     width = max((len(c["step"]) for e in entries for c in e["clocks"]), default=0)
     for e in entries:

@@ -30,7 +30,7 @@ def render_steps(incident_id: str, rows: Sequence[StepRow], now: dt.datetime, zo
         table.append((r.step_id, r.kind, r.state, _local(r.due_at, zone), _local(r.closed_at, zone),
                       r.closed_by or "-", "; ".join(flags)))
     widths = [max(len(c) for c in column) for column in zip(headers, *table)]
-    lines = [f"{incident_id}: playbook {rows[0].playbook}"]
+    lines = [f"{incident_id}: playbook {rows[0].playbook}; times {zone}"]
     for cells in (headers, *table):
         lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     return "\n".join(lines) + "\n"
