@@ -41,6 +41,7 @@ class Totals:
     shipped_lag: int | None = None  # events not yet in the cluster when a replay ended
     seconds_with_shipping: float | None = None
     unfinished: list[str] = field(default_factory=list)  # replayed files whose last line was still being written
+    already_read: list[str] = field(default_factory=list)  # replayed files this store had read to their end before
     by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     alerts_by_rule: dict[str, int] = field(default_factory=dict)
     unmapped_actions: dict[str, int] = field(default_factory=dict)  # operation name -> events mapped to `other`

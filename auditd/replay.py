@@ -67,6 +67,7 @@ def replay(runtime: Runtime, store: Store, quarantine: QuarantineFile, paths: li
         progress(total, total)  # every byte read: the bar ends at 100 %, whatever the last batch was
     pipeline.totals.seconds = time.monotonic() - started
     pipeline.totals.unfinished = list(reader.unfinished)
+    pipeline.totals.already_read = list(reader.already_read)
     if cluster is not None and cluster.shipper is not None:
         cluster.shipper.stop(drain_timeout=REPLAY_DRAIN_S)
         pipeline.totals.shipped_lag = cluster.shipper.lag()

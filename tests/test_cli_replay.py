@@ -101,6 +101,10 @@ def test_replaying_the_same_file_again_adds_nothing(tmp_path: Path):
     first = json.loads(neo("replay", "-c", str(config), "--json", str(log)).stdout)
     second = json.loads(neo("replay", "-c", str(config), "--json", str(log)).stdout)
     assert (first["events"], second["events"]) == (500, 0)
+    # and says why it read nothing, rather than a bare '0 events' that looks like an empty file
+    assert (first["already_read"], second["already_read"]) == ([], [str(log)])
+    text = neo("replay", "-c", str(config), str(log)).stdout
+    assert f"{log}: read into this store before, to its end; nothing new in it" in text
 
 
 @pytest.mark.realdata

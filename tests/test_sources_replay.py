@@ -70,7 +70,10 @@ def test_replay_resumes_past_its_own_checkpoint(tmp_path):
     first = list(ReplaySource("crm", [log], LineFramer()).batches(2))
     done = {first[0].checkpoint.fingerprint: first[0].checkpoint}
     again = ReplaySource("crm", [log], LineFramer(), done)
-    assert records_of(again.batches(100)) == [b"three"]
+    assert records_of(again.batches(100)) == [b"three"] and again.already_read == []
+    done = {b.checkpoint.fingerprint: b.checkpoint for b in first}
+    whole = ReplaySource("crm", [log], LineFramer(), done)
+    assert records_of(whole.batches(100)) == [] and whole.already_read == [str(log)]
 
 
 def test_replay_keeps_csv_records_that_span_chunks_whole(tmp_path):

@@ -164,6 +164,9 @@ def cmd_replay(args) -> int:
               f"({summary['seconds']:.1f} s, {summary['events_per_second']:,.0f} events/s)")
         if summary["cluster_rules"]:
             print(summary["cluster_rules"]["note"])
+        for path in summary["already_read"]:
+            print(f"{path}: read into this store before, to its end; nothing new in it (its checkpoint; "
+                  "--state-dir DIR replays it into another store)")
         for path in summary["unfinished"]:
             print(f"{path}: its last line was still being written; replay it again to read that line")
     return 0
@@ -232,6 +235,7 @@ def _replay_summary(pipeline, store) -> dict:
         "events_per_second": round(t.records / t.seconds, 1) if t.seconds else 0.0,
         "shipped_lag": t.shipped_lag,
         "seconds_with_shipping": round(t.seconds_with_shipping, 3) if t.seconds_with_shipping else None,
+        "already_read": t.already_read,  # files this store had read to their end before: nothing new in them
         "unfinished": t.unfinished,  # files whose last line was still being written: read at the next replay
     }
 

@@ -58,6 +58,7 @@ class ReplaySource:
         self._bytes_done = 0
         self.refused: list[Refusal] = []  # paths given that are not regular files
         self.unfinished: list[str] = []  # files whose last line, still being written, was left for later
+        self.already_read: list[str] = []  # files this store's checkpoints show were read to their end before
         self._grace_s, self._clock = unfinished_grace_s, clock
 
     def total_bytes(self) -> int:
@@ -113,6 +114,7 @@ class ReplaySource:
         checkpoint = self._checkpoints.get(key)
         if checkpoint is not None and checkpoint.cursor == DONE:
             self._bytes_done = done_before + size
+            self.already_read.append(path)
             return  # replayed (or tailed) into this store before
         resume_at = checkpoint.offset if checkpoint is not None else 0
         records: list[bytes] = []
@@ -136,7 +138,10 @@ class ReplaySource:
     def _file_batches(self, fh, path: str, max_records: int, done_before: int) -> Iterator[Batch]:
         fd = fh.fileno()
         identity = self._identity(fd)
-        position = self._resume_offset(fd, identity, os.fstat(fd).st_size)
+        size = os.fstat(fd).st_size
+        position = self._resume_offset(fd, identity, size)
+        if position and position == size:
+            self.already_read.append(path)
         self._bytes_done = done_before + position
         fh.seek(position)
         leftover = b""
