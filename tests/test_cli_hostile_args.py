@@ -76,6 +76,8 @@ def test_suppress_refuses_what_it_would_silently_misread(config: Path) -> None:
     for expires in ("9999-12-31", "9999-12-31T23:00:00-05:00"):
         far = neo(*base[:-2], "--expires", expires, "--match", "user.id=E3")
         assert far.returncode == 2 and "before the year 9999" in far.stderr and "Traceback" not in far.stderr
+    past = neo(*base[:-2], "--expires", "2020-01-01", "--match", "user.id=E5")  # said in the zone it was meant in
+    assert past.returncode == 2 and "the expiry 2020-01-02T00:00:00+08:00 is not in the future" in past.stderr
     near = neo(*base[:-2], "--expires", "9998-06-01", "--match", "user.id=E4")
     assert near.returncode == 0 and "until 9998-06-02T00:00" in near.stdout, near.stderr
 
@@ -85,6 +87,9 @@ def test_suppress_refuses_what_it_would_silently_misread(config: Path) -> None:
     (["incidents", "ack", "INC-20261102-0001", "--why", "wrote to alice@example.com"], "--why"),
     (["suppress", "add", "--rule", "*", "--match", "user.id=E9", "--owner", "a", "--reason",
       "card 6222020200112233445", "--expires", "1d"], "--reason"),
+    # kept in the store and listed by status: a match value is no place for a customer's phone
+    (["suppress", "add", "--rule", "*", "--match", "user.id=13812345678", "--owner", "a", "--reason", "b",
+      "--expires", "1d"], "--match user.id"),
 ])
 def test_free_text_kept_for_good_takes_pseudonyms_only(config: Path, args, what) -> None:
     """A hostile trial: `incidents note` stored 'customer C10023 phone 13812345678' in the
@@ -94,7 +99,7 @@ def test_free_text_kept_for_good_takes_pseudonyms_only(config: Path, args, what)
     assert result.returncode == 2, result.stderr
     assert f"error: {what} holds what looks like personal information" in result.stderr
     listed = neo("suppress", "list", "-c", str(config), "--json")
-    assert "6222020200112233445" not in listed.stdout
+    assert "6222020200112233445" not in listed.stdout and "13812345678" not in listed.stdout
 
 
 def test_retrying_a_message_that_is_not_failed_names_it(config: Path) -> None:

@@ -110,14 +110,14 @@ def open_store(path: Path, *, create: bool):
     return Store(path).open()
 
 
-def refused_text(what: str, text: str, id_patterns: Iterable[str] = ()) -> bool:
+def refused_text(what: str, text: str, id_patterns: Iterable[str] = (), *, allowed: Iterable[str] = ()) -> bool:
     """Free text kept for good (a timeline entry is hash-chained) must carry pseudonyms
-    only: refuse, with the reason, text in which the PI patterns find something, or the
-    config's patterns of raw customer ids (`pseudonym.id_patterns`)."""
+    only: refuse, with the reason, text in which the PI patterns find something (but the
+    kinds `allowed`), or the config's patterns of raw customer ids (`pseudonym.id_patterns`)."""
     from auditd.config.regex import compile_regex
     from auditd.ops.sentry import personal_information_in
 
-    found = personal_information_in(text)
+    found = [kind for kind in personal_information_in(text) if kind not in allowed]
     if any(compile_regex(p).search(text) for p in id_patterns):  # checked by the config's loader
         found.append("customer id")
     if found:

@@ -172,6 +172,11 @@ def cmd_suppress_add(args) -> int:
         if not sep or not name.strip() or not value:
             print(f"error: --match {item!r}: expected FIELD=VALUE, e.g. user.id=E10011", file=sys.stderr)
             return 2
+        # kept in the store and shown by status and `suppress list`: a customer is matched by no
+        # single-valued field, so a raw id or phone here is a mistake that would spread it
+        # (an employee's e-mail, user.email, is fine)
+        if refused_text(f"--match {name.strip()}", value, settings.pseudonym.id_patterns, allowed=("email",)):
+            return 2
         if name.strip() in match:
             print(f"error: --match {name.strip()} given twice: a suppression matches one value a field "
                   "(add one suppression for each)", file=sys.stderr)
@@ -188,7 +193,7 @@ def cmd_suppress_add(args) -> int:
     store = open_store(path, create=True)  # a suppression may be added before the first run
     try:
         sid = add(store.conn, rule_id=args.rule, match=match, owner=args.owner, reason=args.reason,
-                  expires_at=expires, now=now, known_rules=known)
+                  expires_at=expires.astimezone(settings.zone), now=now, known_rules=known)  # said in its zone
     except SuppressionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
