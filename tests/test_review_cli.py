@@ -57,7 +57,7 @@ def test_review_grants_json(replayed):
 
 def test_review_grants_table_and_bad_period(replayed):
     proc = neo("review", "grants", "-c", str(replayed), "--since", "7d", "--until", "2026-11-09T00:00")
-    assert proc.returncode == 0 and proc.stdout.startswith("Grant review 2026-11-02 00:00 .. 2026-11-09 00:00")
+    assert proc.returncode == 0 and proc.stdout.startswith("Grant review 2026-11-02 00:00 .. 2026-11-09 00:00 (Asia/Shanghai)")
     assert "ALL (unused grant)" in proc.stdout
     bad = neo("review", "grants", "-c", str(replayed), "--since", "a while")
     assert bad.returncode == 2 and "expected a duration" in bad.stderr

@@ -117,7 +117,7 @@ def test_a_period_with_nothing(directory, store):
 def test_render_table_and_json(directory, store):
     review = review_grants(store, directory, SINCE, NOW)
     text = render_grant_review(review)
-    assert text.startswith("Grant review 2026-10-31 12:00 .. 2026-11-30 12:00: 11 data accesses read")
+    assert text.startswith("Grant review 2026-10-31 12:00 .. 2026-11-30 12:00 (Asia/Shanghai): 11 data accesses read")
     assert "#1 order × print" in text and "ALL (unused grant)" in text
     assert any(line.split()[:3] == ["E2", "店员乙", "clerk"] for line in text.splitlines())
     data = json.loads(render_grant_review(review, as_json=True))

@@ -165,7 +165,7 @@ def render_grant_review(review: GrantReview, *, as_json: bool = False, zone: dt.
     if as_json:
         return msgspec.json.format(msgspec.json.encode(review), indent=2).decode()
     since, until = (t.astimezone(zone).strftime("%Y-%m-%d %H:%M") for t in (review.since, review.until))
-    lines = [f"Grant review {since} .. {until}: {review.events:,} data accesses read", "",
+    lines = [f"Grant review {since} .. {until} ({zone}): {review.events:,} data accesses read", "",
              "Roles (a grant is unused when no category:action pair of it was exercised)"]
     lines += _table(["role", "holders", "grant", "scope", "exercised", "unused"], _role_rows(review))
     idle = [e for e in review.employees if e.unused]
