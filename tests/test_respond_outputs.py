@@ -350,3 +350,12 @@ def test_the_register_steps_and_outbox_say_which_zone_their_times_are_in(tmp_pat
            "next_attempt_at": None, "receipt": {"queue_id": "q"}, "covered_by": None, "last_error": None,
            "route": "email", "audience": "security", "recipient": "security"}
     assert render_list([row], ZONE).splitlines()[-1] == "times Asia/Shanghai"
+
+
+def test_a_misspelt_finding_says_which_was_meant(tmp_path):
+    from auditd.respond.reports import ReportError
+
+    world = World(tmp_path, Clock(T0))
+    (change,) = world.apply([alert(1, T0, kind="match", severity="critical", subjects=("p:1",))])
+    with pytest.raises(ReportError, match=r"unknown finding 'caus' \(did you mean 'cause'\?\) \(valid: cause, "):
+        set_finding(world.conn, change.incident_id, "caus", "x", "alice", world.clock())

@@ -82,7 +82,9 @@ def findings(conn: sqlite3.Connection, incident_id: str) -> dict[str, str]:
 
 def set_finding(conn: sqlite3.Connection, incident_id: str, name: str, text: str, who: str, at: dt.datetime) -> None:
     if name not in FINDINGS:
-        raise ReportError(f"unknown finding {name!r} (valid: {', '.join(FINDINGS)})")
+        from auditd.config.typed import did_you_mean
+
+        raise ReportError(f"unknown finding {name!r}{did_you_mean(name, FINDINGS)} (valid: {', '.join(FINDINGS)})")
     conn.execute("INSERT INTO report_findings (incident_id, field, text, who, at) VALUES (?, ?, ?, ?, ?)"
                  " ON CONFLICT (incident_id, field) DO UPDATE SET text = excluded.text, who = excluded.who,"
                  " at = excluded.at", (incident_id, name, text.strip(), who, to_db(at)))
