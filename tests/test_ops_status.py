@@ -204,3 +204,18 @@ def test_missing_store_and_naive_now(tmp_path: Path, store: Store) -> None:
     (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
     with pytest.raises(StatusError, match="cannot"):
         collect_status(tmp_path / "junk.db", None, NOW)
+
+
+def test_the_outbox_backlog_says_which_messages_wait_on_purpose() -> None:
+    """Right after the demo: 8 T6 notices held for tomorrow's digest read as a stuck backlog."""
+    from zoneinfo import ZoneInfo
+
+    from auditd.ops.status import OutboxStatus
+    from auditd.ops.status_text import _outbox_lines
+
+    now = dt.datetime(2026, 12, 5, 13, 0, tzinfo=dt.timezone.utc)
+    box = OutboxStatus(by_state={"delivered": 44, "held": 8}, backlog=8, failed=0, possible_repeats=0,
+                       oldest_waiting=now - dt.timedelta(seconds=16), failed_messages=[])
+    lines = _outbox_lines(box, now, ZoneInfo("Asia/Shanghai"))
+    assert lines[1] == ("  backlog:      8 messages (8 held for the next daily digest); oldest waiting since "
+                        "2026-12-05 20:59:44+08:00 (16s ago)")

@@ -96,7 +96,9 @@ def _outbox_lines(box: OutboxStatus, now: dt.datetime, zone: ZoneInfo) -> list[s
     states = ", ".join(f"{state} {n:,}" for state, n in box.by_state.items()) or "empty"
     oldest = "" if box.oldest_waiting is None else \
         f"; oldest waiting since {_when(box.oldest_waiting, zone)} ({_ago(box.oldest_waiting, now)})"
-    lines = [f"outbox: {states}", f"  backlog:      {box.backlog:,} messages{oldest}",
+    held = box.by_state.get("held", 0)  # waiting on purpose (the daily digest), not stuck
+    why = f" ({held:,} held for the next daily digest)" if held else ""
+    lines = [f"outbox: {states}", f"  backlog:      {box.backlog:,} messages{why}{oldest}",
              f"  possible repeats after a crash: {box.possible_repeats:,}"]
     if box.failed:
         lines.append(f"  FAILED:       {box.failed:,} (escalated; see `neo-auditd outbox list --state failed`, "
