@@ -507,13 +507,16 @@ def generate(out: Path, lines: int, seed: int, start: dt.date, days: int = 7, pe
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for access.log and ground_truth.jsonl")
-    parser.add_argument("--lines", type=int, default=100_000, help="lines to write, planted ones included")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--lines", type=int, default=100_000,
+                        help="lines to write, planted ones included (default 100000; at least the planted ones)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="the same seed and arguments give the same bytes (default 1)")
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2026, 11, 2),
                         help="first local day (default 2026-11-02)")
-    parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--per-kind", type=int, default=2, help="planted instances of each scenario")
-    parser.add_argument("--directory", type=Path, default=DIRECTORY)
+    parser.add_argument("--days", type=int, default=7, help="days of log from --start (default 7)")
+    parser.add_argument("--per-kind", type=int, default=2, help="planted instances of each scenario (default 2)")
+    parser.add_argument("--directory", type=Path, default=DIRECTORY,
+                        help="the HR directory whose staff work in the log (default examples/directory.yaml)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     generate(args.out, args.lines, args.seed, args.start, args.days, args.per_kind, args.directory)

@@ -149,7 +149,9 @@ def render(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", type=Path, default=HERE / "config.yaml", help="the daemon's config")
-    parser.add_argument("--truth", type=Path, default=HERE / "out" / "logs" / "ground_truth.jsonl")
+    parser.add_argument("--truth", type=Path, default=HERE / "out" / "logs" / "ground_truth.jsonl",
+                        help="the planted scenarios, as generate.py wrote them "
+                             "(default examples/out/logs/ground_truth.jsonl)")
     parser.add_argument("--state-dir", type=Path, help="the store to read, if not the config's")
     parser.add_argument("--rules", type=Path, nargs="*", default=[REPO / "rules", HERE / "rules.d"],
                         help="rule files and folders whose kinds count as covered")
