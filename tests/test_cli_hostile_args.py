@@ -218,3 +218,14 @@ def test_a_bad_customer_id_pattern_is_a_located_config_error(config: Path, patte
     result = neo("check", "-c", str(config), "--offline")
     assert result.returncode == 78 and re.search(r"config\.yaml:\d+:\d+: pseudonym\.id_patterns\[0\]", result.stderr)
     assert said in result.stderr, result.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(config: Path) -> None:
+    """`neo-auditd status | head -8` ended in a BrokenPipeError traceback."""
+    ran(config)
+    proc = subprocess.Popen([sys.executable, "-m", "auditd.cli", "suppress", "list", "-c", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the command has loaded and writes
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr

@@ -4,6 +4,8 @@ module of its own (daemon, incidents, respond, store), with its arguments."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Sequence
 
@@ -66,7 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = EscapedText(stdout), EscapedText(stderr)
     try:
-        return args.func(args)
+        code = args.func(args)
+        stdout.flush()  # a reader that went away (`| head`) is found here, not at exit
+        return code
+    except BrokenPipeError:
+        # `status | head`: the reader has what it wanted; no traceback, and no second
+        # one when Python flushes stdout at exit. 141 as a shell reports SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except StoreFormatError as exc:  # a newer version's store: restarting will not help
         print(f"neo-auditd: {exc}", file=sys.stderr)
         return EX_CONFIG
