@@ -735,11 +735,15 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
     tighten(store_files(store.path) + [quarantine.path])  # files an earlier start left under umask 022
     metrics = Metrics(store.path)
     metrics.declare_sources(_all_sources(runtime))
+    endpoint = None  # what `status` says of the endpoint (the run-state file, below)
     if ops.metrics.enabled:
+        endpoint = {"listen": ops.metrics.listen, "port": ops.metrics.port, "error": None}
         try:
             port = metrics.start_http(ops.metrics.listen, ops.metrics.port)
+            endpoint["port"] = port
             log.info("metrics endpoint up", extra={"listen": ops.metrics.listen, "port": port})
         except OSError as exc:  # auditing matters more than its metrics: carry on, loudly
+            endpoint["error"] = str(exc)
             log.error("metrics endpoint failed to start", extra={"error": str(exc)})
     record_reload(store.conn, True, dt.datetime.now(dt.timezone.utc), rules_in_force=len(runtime.ruleset))
     cluster = None
@@ -753,6 +757,7 @@ def serve(config_path: Path, state_dir: Path | None = None, *, kinds: Mapping[st
             metrics.watch_shipper(cluster.shipper)
         metrics.watch_cluster_rules(lambda: cluster.detector.costs() if cluster.detector is not None else [])
     runstate = RunState(path_for(store.path)).open()  # before the disk can fill: its blocks are kept
+    runstate.set(metrics=endpoint)
     n = resolve_workers(runtime.settings.pipeline.workers if workers is None else workers)
     if n > 1 and kinds is not KINDS:  # a worker loads the built-in kinds only
         log.warning("rule kinds of this process's own: one process, no workers", extra={"workers": n})

@@ -219,3 +219,16 @@ def test_the_outbox_backlog_says_which_messages_wait_on_purpose() -> None:
     lines = _outbox_lines(box, now, ZoneInfo("Asia/Shanghai"))
     assert lines[1] == ("  backlog:      8 messages (8 held for the next daily digest); oldest waiting since "
                         "2026-12-05 20:59:44+08:00 (16s ago)")
+
+
+def test_status_says_when_the_metrics_endpoint_is_not_listening() -> None:
+    """The daemon runs on without its endpoint (port taken); that was only in its log."""
+    from auditd.ops.status_text import _metrics_line
+
+    alive = {"alive": True, "state": "running"}
+    taken = {**alive, "metrics": {"listen": "127.0.0.1", "port": 9464, "error": "[Errno 98] Address already in use"}}
+    assert _metrics_line(taken).startswith("NOT LISTENING on 127.0.0.1:9464: [Errno 98] Address already in use")
+    assert "ops.metrics.port" in _metrics_line(taken)
+    up = {**alive, "metrics": {"listen": "127.0.0.1", "port": 9464, "error": None}}
+    assert _metrics_line(up) == "http://127.0.0.1:9464/metrics"
+    assert _metrics_line({**taken, "alive": False}) is None and _metrics_line(alive) is None

@@ -24,6 +24,7 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
         f"daemon:       {_daemon_line(status.daemon, zone)}",
         *([f"deliver:      {_deliver_line(status.daemon, zone)}"] if status.daemon and status.daemon.get("deliver")
           else []),
+        *([f"metrics:      {_metrics_line(status.daemon)}"] if _metrics_line(status.daemon) else []),
         f"store check:  {_check_line(status.store_check, zone)}",
         "",
         "sources:",
@@ -132,6 +133,18 @@ def _daemon_line(daemon: dict | None, zone: ZoneInfo) -> str:
     else:
         text = f"running since {since_text} (pid {daemon.get('pid')})"
     return text + (" -- record stale: the daemon may be stuck" if daemon.get("stale") else "")
+
+
+def _metrics_line(daemon: dict | None) -> str | None:
+    """The running daemon's metrics endpoint, or why it is not listening (the daemon runs on
+    without it, and said so only in its log)."""
+    if not daemon or not daemon.get("alive") or daemon.get("state") == "stopped" or not daemon.get("metrics"):
+        return None
+    endpoint = daemon["metrics"]
+    if endpoint.get("error"):
+        return (f"NOT LISTENING on {endpoint.get('listen')}:{endpoint.get('port')}: {endpoint['error']} "
+                "(another process has the port? set ops.metrics.port, then restart)")
+    return f"http://{endpoint.get('listen')}:{endpoint.get('port')}/metrics"
 
 
 def _deliver_line(daemon: dict, zone: ZoneInfo) -> str:
