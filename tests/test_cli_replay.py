@@ -136,6 +136,12 @@ def test_example_log_incidents_list_and_show(tmp_path: Path):
 
     listed = json.loads(neo("incidents", "list", "-c", str(config), "--json").stdout)
     assert len(listed) == summary["incidents"]
+    # a table cut at --limit says so, rather than passing for every incident
+    cut = neo("incidents", "list", "-c", str(config), "--limit", "1").stdout
+    assert len(listed) > 1 and "the newest 1 shown; there are more (--limit N" in cut
+    whole = neo("incidents", "list", "-c", str(config), "--limit", str(len(listed))).stdout
+    assert "there are more" not in whole and len(json.loads(neo("incidents", "list", "-c", str(config), "--limit",
+                                                                 "1", "--json").stdout)) == 1
     first = listed[0]
     shown = neo("incidents", "show", "-c", str(config), first["incident_id"], "--json")
     detail = json.loads(shown.stdout)

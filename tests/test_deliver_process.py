@@ -385,6 +385,27 @@ def test_a_one_shot_command_logs_which_message_failed_and_why():
     assert proc.stdout == ""
 
 
+def test_outbox_list_says_when_its_limit_cut_the_list(tmp_path):
+    from auditd.deliver import outbox
+    from auditd.enrich.pseudonym import create_key_file
+
+    create_key_file(tmp_path / "pseudonym.key")
+    (tmp_path / "state").mkdir(mode=0o700)
+    conn = open_store(tmp_path / "state" / "neo-auditd.db")
+    now = dt.datetime(2026, 12, 5, 13, 0, tzinfo=dt.timezone.utc)
+    for n in range(3):
+        outbox.add_own(conn, route="email", channel="email", key=f"k{n}", kind="digest", audience="security",
+                       recipient="security", contact_ref="security-team", body_path="x.json", now=now)
+    conn.commit()
+    conn.close()
+    (tmp_path / "config.yaml").write_text("state_dir: state\nsources: []\npseudonym: {key_file: pseudonym.key}\n")
+    cmd = [sys.executable, "-m", "auditd.cli", "outbox", "list", "-c", str(tmp_path / "config.yaml")]
+    cut = subprocess.run([*cmd, "--limit", "2"], capture_output=True, text=True, timeout=60)
+    assert cut.returncode == 0 and "the newest 2 shown; there are more (--limit N" in cut.stdout, cut.stderr
+    whole = subprocess.run([*cmd, "--limit", "3"], capture_output=True, text=True, timeout=60)
+    assert whole.returncode == 0 and "there are more" not in whole.stdout
+
+
 def test_the_deliver_lock_refuses_a_link(tmp_path):
     (tmp_path / "elsewhere").write_text("")
     (tmp_path / "deliver.lock").symlink_to(tmp_path / "elsewhere")

@@ -16,16 +16,19 @@ def cmd_incidents_list(args) -> int:
 
     store, zone = incident_conn(args)
     try:
-        rows = list_incidents(store.conn, status=args.status, tier=args.tier, limit=args.limit)
+        rows = list_incidents(store.conn, status=args.status, tier=args.tier, limit=args.limit + 1)
     except CorrelateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
+    more, rows = len(rows) > args.limit, rows[:args.limit]
     if args.json:
         json_out(rows)
     else:
-        print(render_incident_table(rows, zone))
+        print(render_incident_table(rows, zone), end="")
+        # the default 50 must not pass for all of them
+        print(f"the newest {args.limit} shown; there are more (--limit N, --status, --tier)\n" if more else "")
     return 0
 
 

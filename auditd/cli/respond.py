@@ -197,11 +197,14 @@ def cmd_outbox(args) -> int:
     store, zone = incident_conn(args)
     try:
         if args.outbox_command == "list":
-            rows = view.list_messages(store.conn, state=args.state, incident=args.incident, limit=args.limit)
+            rows = view.list_messages(store.conn, state=args.state, incident=args.incident, limit=args.limit + 1)
+            more, rows = len(rows) > args.limit, rows[:args.limit]
             if args.json:
                 json_out(rows)
             else:
                 print(view.render_list(rows, zone), end="")
+                if more:  # the default 50 must not pass for all of them
+                    print(f"the newest {args.limit} shown; there are more (--limit N, --state, --incident)")
             return 0
         if args.outbox_command == "show":
             try:
