@@ -71,7 +71,9 @@ def test_key_file_problems_are_located_at_the_config_key(tmp_path):
     (tmp_path / "short").write_bytes(b"abc\n")
     assert load_key(tmp_path / "short", problems) is None
     assert [str(p) for p in problems.items] == [
-        f"/etc/neo/config.yaml:2:13: pseudonym.key_file: pseudonym key file not found: {tmp_path / 'missing'}",
+        f"/etc/neo/config.yaml:2:13: pseudonym.key_file: pseudonym key file not found: {tmp_path / 'missing'}; on a "
+        f"first start create it with `neo-auditd keygen {tmp_path / 'missing'}` (a new key, not a lost one "
+        "restored, changes every pseudonym)",
         f"<config>: pseudonym key file is empty: {tmp_path / 'empty'}",
         f"<config>: pseudonym key file {tmp_path / 'short'} holds 3 bytes; at least 16 are needed",
     ]

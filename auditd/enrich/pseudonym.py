@@ -148,7 +148,9 @@ def load_key(path: Path | str, problems: Problems, *, referrer: Doc | None = Non
         data, st = read_regular_file(path, MAX_KEY_FILE_BYTES)
         mode = st.st_mode
     except FileNotFoundError:
-        problems.add(referrer, key_path, f"pseudonym key file not found: {path}")
+        problems.add(referrer, key_path, f"pseudonym key file not found: {path}; on a first start create it with "
+                                         f"`neo-auditd keygen {path}` (a new key, not a lost one restored, "
+                                         "changes every pseudonym)")
         return None
     except OSError as exc:
         problems.add(referrer, key_path, f"cannot read pseudonym key file {path}: {exc.strerror}")
