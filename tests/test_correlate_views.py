@@ -197,3 +197,15 @@ def test_the_timeline_shows_nested_instants_in_shanghai_time_too():
     assert _localised(data, dt.timezone(dt.timedelta(hours=8))) == {
         "event": "planned", "at": "2026-12-05T21:04:53+08:00",
         "steps": {"triage": "2026-12-05T22:04:53+08:00", "closing": None}, "times": ["2026-12-06T00:00:00+08:00"]}
+
+
+def test_the_detail_says_why_an_incident_is_dismissed_and_its_loss(conn):
+    """A merged incident showed only 'Status dismissed', and a recorded loss not at all."""
+    from auditd.correlate import Merge, SetLoss
+
+    e1, e2 = (list_incidents(conn, tier=t)[0].incident_id for t in ("T6", "T5"))
+    act(conn, Merge(incident_id=e1, into=e2, who="alice", why="same"), clock=fixed_clock)
+    act(conn, SetLoss(incident_id=e2, yuan=12000, who="alice", why="estimate"), clock=fixed_clock)
+    assert f"Status      dismissed (duplicate, merged into {e2})" in render_incident_detail(get_incident(conn, e1))
+    text = render_incident_detail(get_incident(conn, e2))
+    assert "Loss        ¥12,000" in text and "CII" not in text

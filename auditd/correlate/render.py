@@ -50,11 +50,13 @@ def render_incident_table(incidents: Sequence[IncidentSummary], zone: dt.tzinfo 
 
 def render_incident_detail(detail: IncidentDetail, zone: dt.tzinfo = DEFAULT_ZONE) -> str:
     s = detail.summary
+    why = [s.dismissal_reason.replace("_", "-")] if s.dismissal_reason else []
+    why += [f"merged into {s.merged_into}"] if s.merged_into else []
     fields = [
         ("Incident", s.incident_id),
         ("Title", s.title),
         ("Tier", s.tier + (f" (criminal band '{s.band}' reached)" if s.band else "")),
-        ("Status", s.status),
+        ("Status", s.status + (f" ({', '.join(why)})" if why else "")),
         ("Severity", s.severity),
         ("Actor", s.actor or "-"),
         ("Assignee", s.assignee or "-"),
@@ -62,7 +64,9 @@ def render_incident_detail(detail: IncidentDetail, zone: dt.tzinfo = DEFAULT_ZON
         ("First seen", _local(s.first_seen, zone)),
         ("Last seen", _local(s.last_seen, zone)),
         ("Alerts", str(s.alert_count)),
-        ("Affected", f"{s.affected_count:,} customers" + (", sensitive data" if s.sensitive else "")),
+        ("Affected", f"{s.affected_count:,} customer{'' if s.affected_count == 1 else 's'}" + (", sensitive data" if s.sensitive else "")),
+        *([("Loss", f"¥{s.economic_loss:,.0f}")] if s.economic_loss is not None else []),
+        *([("CII", "critical information infrastructure hit")] if s.cii else []),
         ("Categories", ", ".join(s.categories) or "-"),
         ("Rules", ", ".join(detail.rules) or "-"),
         ("Pseudonyms", ", ".join(detail.affected_subjects[:SHOWN_ROWS])
