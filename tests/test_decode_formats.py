@@ -496,7 +496,8 @@ def test_unknown_format_name_lists_the_known_ones():
     problems = Problems()
     assert load_format("neo-cmr", problems) is None
     assert str(problems.items[0]) == (
-        "<config>: unknown format 'neo-cmr' (known formats: cloudtrail, cloudtrail-files, neo-crm, pgaudit; "
+        "<config>: unknown format 'neo-cmr' (did you mean 'neo-crm'?) (known formats: cloudtrail, cloudtrail-files, "
+        "neo-crm, pgaudit; "
         "or give the path of a .yaml file)"
     )
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from typing import Mapping as MappingType
 
 from auditd.config.located import Doc, PathKey, Problems, load_yaml_file, parse_yaml
-from auditd.config.typed import MISSING, convert
+from auditd.config.typed import MISSING, convert, did_you_mean
 from auditd.decode.kinds import KINDS, JsonLinesParser, RecordParser
 from auditd.decode.mapping import (
     FieldEntry,
@@ -326,7 +326,8 @@ def _find(
         problems.add(
             referrer,
             key_path,
-            f"unknown format {spec!r} (known formats: {', '.join(known)}; or give the path of a .yaml file)",
+            f"unknown format {spec!r}{did_you_mean(spec, known)} (known formats: {', '.join(known)}; or give the "
+            "path of a .yaml file)",
         )
         return None
     entry = resources.files(SHIPPED_PACKAGE) / f"{spec}.yaml"
