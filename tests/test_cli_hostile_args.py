@@ -229,3 +229,14 @@ def test_a_reader_that_stops_early_gets_no_traceback(config: Path) -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_a_read_command_on_a_broken_config_does_not_say_nothing_was_started(config: Path) -> None:
+    """After a bad edit the daemon runs on with its last good config; 'nothing was started'
+    from `status` read as if it had stopped."""
+    ran(config)
+    config.write_text(config.read_text().replace("sources:", "sorces:"))
+    result = neo("status", "-c", str(config))
+    assert result.returncode == 78 and "did you mean 'sources'?" in result.stderr
+    assert "nothing was started" not in result.stderr
+    assert "a running daemon keeps the configuration it last loaded" in result.stderr

@@ -43,13 +43,14 @@ def json_out(obj) -> None:
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
 
 
-def config_error(exc: ConfigError, as_json: bool, warnings: Sequence[object] = ()) -> int:
+def config_error(exc: ConfigError, as_json: bool, warnings: Sequence[object] = (), *,
+                 outcome: str = "nothing was started") -> int:
     if as_json:
         json_out({"ok": False, "problems": [str(p) for p in exc.problems], "warnings": [str(w) for w in warnings]})
     print_warnings(warnings)
     for problem in exc.problems:
         print(f"error: {problem}", file=sys.stderr)
-    print(f"{len(exc.problems)} problem(s) found; nothing was started", file=sys.stderr)
+    print(f"{len(exc.problems)} problem(s) found; {outcome}", file=sys.stderr)
     return EX_CONFIG
 
 
@@ -67,7 +68,11 @@ def settings_and_store_path(args):
     problems = Problems()
     settings, _ = load_settings(args.config, problems)
     if settings is None:
-        raise SystemExit(config_error(ConfigError(problems.items), getattr(args, "json", False)))
+        # status and the incident commands find the store through this file: after a bad edit
+        # they cannot, while a running daemon goes on with what it last loaded
+        raise SystemExit(config_error(ConfigError(problems.items), getattr(args, "json", False),
+                                      outcome="the store it names was not read (a running daemon keeps the "
+                                              "configuration it last loaded; fix this file, then reload)"))
     return settings, (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
 
 
