@@ -240,3 +240,12 @@ def test_a_read_command_on_a_broken_config_does_not_say_nothing_was_started(conf
     assert result.returncode == 78 and "did you mean 'sources'?" in result.stderr
     assert "nothing was started" not in result.stderr
     assert "a running daemon keeps the configuration it last loaded" in result.stderr
+
+
+def test_a_responder_named_by_e_mail_is_told_how_to_name_them(config: Path) -> None:
+    """'--who lead@example.com' was refused with advice about customers' pseudonyms."""
+    ran(config)
+    result = neo("incidents", "assign", "-c", str(config), "INC-20261102-0001", "secops@example.com")
+    assert result.returncode == 2
+    assert "name the responder by login name or staff id (alice, E10011)" in result.stderr
+    assert "pseudonym" not in result.stderr

@@ -115,6 +115,9 @@ def open_store(path: Path, *, create: bool):
     return Store(path).open()
 
 
+_NAMES_A_RESPONDER = ("--who", "the assignee")
+
+
 def refused_text(what: str, text: str, id_patterns: Iterable[str] = (), *, allowed: Iterable[str] = ()) -> bool:
     """Free text kept for good (a timeline entry is hash-chained) must carry pseudonyms
     only: refuse, with the reason, text in which the PI patterns find something (but the
@@ -125,7 +128,11 @@ def refused_text(what: str, text: str, id_patterns: Iterable[str] = (), *, allow
     found = [kind for kind in personal_information_in(text) if kind not in allowed]
     if any(compile_regex(p).search(text) for p in id_patterns):  # checked by the config's loader
         found.append("customer id")
-    if found:
+    if found and what in _NAMES_A_RESPONDER:  # a person of the staff, not a customer
+        print(f"error: {what} holds what looks like personal information ({', '.join(found)}): it would be kept "
+              "for good; name the responder by login name or staff id (alice, E10011), never by e-mail or "
+              "phone", file=sys.stderr)
+    elif found:
         print(f"error: {what} holds what looks like personal information ({', '.join(found)}): it would be kept "
               "for good; name customers by their pseudonym (as `incidents show` gives them), never by phone, "
               "e-mail, id or card number", file=sys.stderr)
