@@ -364,8 +364,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--rules", type=Path, nargs="*", default=[],
                    help="rule files or folders to test, besides the config's (without -c and --rules: the shipped "
                         "rules)")
-    p.add_argument("--json", action="store_true", help="print every rule's result as JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="list every sample, not only failures")
+    p.add_argument("--json", action="store_true", help="print the counts and the failed samples as JSON (with -v: every sample)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every sample, not only failures (in --json too)")
     p.set_defaults(func=cmd_test_rules)
 
     p = sub.add_parser("keygen", help="create the HMAC-SHA-256 pseudonym key file (mode 0600; never overwrites)")
