@@ -5,6 +5,7 @@ IsADirectoryError) or answering wrongly."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -249,3 +250,21 @@ def test_a_responder_named_by_e_mail_is_told_how_to_name_them(config: Path) -> N
     assert result.returncode == 2
     assert "name the responder by login name or staff id (alice, E10011)" in result.stderr
     assert "pseudonym" not in result.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_s_is_not_taken_for_a_reader_that_had_enough(tmp_path: Path) -> None:
+    """Exit 141 is for `| head`; a BrokenPipeError from a socket is a fault, and says so."""
+    script = (
+        "import socket, sys\n"
+        "import auditd.cli.daemon as daemon\n"
+        "from auditd.cli import main\n"
+        "def broken(args):\n"
+        "    near, far = socket.socketpair()\n"
+        "    far.close()\n"
+        "    near.sendall(b'x' * 1_000_000)\n"
+        "daemon.cmd_status = broken\n"
+        "sys.exit(main(['status', '-c', 'any.yaml']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode not in (0, 141) and "BrokenPipeError" in result.stderr, result

@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stdout.flush()  # a reader that went away (`| head`) is found here, not at exit
         return code
     except BrokenPipeError:
+        if not _reader_gone(stdout):
+            raise  # a socket's, say: a fault to report, not a reader that had enough
         # `status | head`: the reader has what it wanted; no traceback, and no second
         # one when Python flushes stdout at exit. 141 as a shell reports SIGPIPE.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -87,3 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stdout, sys.stderr = stdout, stderr
 
+
+def _reader_gone(stream) -> bool:
+    """Whether the pipe or socket `stream` writes to has no reader any more."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
