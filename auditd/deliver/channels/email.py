@@ -105,10 +105,17 @@ class EmailChannel:
             if not message.address:
                 report(message, Result.failed("no e-mail address"))
                 continue
+            if not (_printable(message.address) and _printable(message.name or "")):
+                # what a customer typed as their name or address: a line break in it would
+                # add headers (a Reply-To of the typist's choosing) to an official notice
+                report(message, Result.failed("the recipient's name or address holds control characters"))
+                continue
             try:
                 ready.append((message, self.compose(message)))
             except OSError as exc:
                 report(message, Result.failed(f"attachment unreadable: {exc.strerror or exc}"))
+            except ValueError as exc:  # the library refused a header: this message's problem, not the batch's
+                report(message, Result.failed(f"cannot compose the message: {type(exc).__name__}"))
         for start in range(0, len(ready), CHUNK):
             chunk = ready[start:start + CHUNK]
             results = self._open().send_many([(m.address or "", raw) for m, raw in chunk])
@@ -178,6 +185,10 @@ class EmailChannel:
             ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
             maintype, subtype = ctype.split("/", 1)
             mail.add_attachment(data, maintype=maintype, subtype=subtype, filename=Path(path).name)
+
+
+def _printable(text: str) -> bool:
+    return text.isprintable()
 
 
 def _needs_base64(text: str) -> bool:
