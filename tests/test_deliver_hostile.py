@@ -4,12 +4,19 @@ customer typed into their own name or address, and receivers that misbehave."""
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
+import time
 
 import pytest
 
-from auditd.deliver.settings import ChannelSettings
-from deliver_helpers import SmtpServer, add_incident, add_notice, deliverer, open_store, outbox_states
+from auditd.config.typed import Duration
+from auditd.deliver.settings import ChannelSettings, DeliverSettings, GatewaySettings, RetrySettings
+from deliver_helpers import (SmtpServer, add_customers, add_incident, add_notice, deliverer, open_store,
+                             outbox_states)
 from test_deliver_email import email_settings, password_file  # noqa: F401 - a fixture
+
+SLOW_RETRY = RetrySettings(attempts=5, initial=Duration(3600.0), max=Duration(3600.0), jitter=Duration(0.0))
 
 HOSTILE = {
     "p:000001": ("Eve\r\nReply-To: phish@evil.example", "eve@mail.example"),  # ASCII: the fast path
@@ -40,4 +47,65 @@ def test_a_name_or_address_with_line_breaks_fails_alone_and_injects_no_header(tm
     for (error,) in conn.execute("SELECT last_error FROM outbox WHERE state = 'failed'"):
         assert "control characters" in error and "@" not in error and "Eve" not in error
     assert all("evil" not in r.data.decode("utf-8", "replace") for r in received)
+
+
+class Trickler:
+    """A raw HTTP receiver on loopback that reads the request, then answers one byte at a
+    time, slower than any timeout would notice per read (a slowloris in reverse)."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.every_s = every_s
+        self.requests = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/send"
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(client,), daemon=True).start()
+
+    def _answer(self, client: socket.socket) -> None:
+        with client:
+            try:
+                client.recv(1 << 16)
+                self.requests += 1
+                for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 60_000:
+                    if self.stopped.is_set():
+                        return
+                    client.sendall(bytes([byte]))
+                    time.sleep(self.every_s)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.server.close()
+
+
+def test_a_gateway_that_trickles_its_answer_times_out_and_holds_up_nothing(tmp_path):
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 2, incident_id=incident, channel="sms")
+    gateway = Trickler()
+    try:
+        channels = ChannelSettings(sms=GatewaySettings(url=gateway.url, timeout_s=1.0))
+        d = deliverer(DeliverSettings(channels=channels, retry=SLOW_RETRY), tmp_path)
+        reports: list = []
+        started = time.monotonic()
+        runner = threading.Thread(target=lambda: reports.append(d.run(open_store(tmp_path / "neo.db"))), daemon=True)
+        runner.start()
+        runner.join(20)
+        took = time.monotonic() - started
+    finally:
+        gateway.close()
+    assert reports, "the deliver run was still waiting for the gateway's answer after 20 s"
+    assert took < 8  # two messages, each given up after its 1 s timeout
+    assert reports[0].retried == 2 and outbox_states(conn) == {"pending": 2}
+    errors = [e for (e,) in conn.execute("SELECT last_error FROM outbox")]
+    assert all("Timeout" in e for e in errors), errors
 

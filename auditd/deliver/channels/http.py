@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import io
 import json
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -75,6 +77,7 @@ class HttpPoster:
     def _connect(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         self._conn = cls(self.host, self.port, timeout=self.timeout_s)
+        self._conn.response_class = _answer_within(self.timeout_s)  # type: ignore[assignment]
         return self._conn
 
     def close(self) -> None:
@@ -83,6 +86,48 @@ class HttpPoster:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+class _Deadline(io.RawIOBase):
+    """The receiver's socket, read until a deadline: the socket's own timeout counts per
+    read, so a receiver that trickles a byte every few seconds would hold the deliver
+    process (and every other route's messages) for ever."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer within {self.timeout_s:g} s")
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.timeout_s)  # the kept-alive connection's next request
+
+
+class _Bounded:
+    """What http.client's response reads from: the socket, behind a `_Deadline`."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_Deadline(self.sock, self.timeout_s))
+
+
+def _answer_within(timeout_s: float):
+    """A response class whose status, headers and body must all arrive within `timeout_s`."""
+
+    def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_Bounded(sock, timeout_s), *args, **kwargs)  # type: ignore[arg-type]
+
+    return response
 
 
 def _result(status: int, answer: bytes, request_id: str | None, sent: bytes) -> Result:
