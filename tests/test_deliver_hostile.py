@@ -12,11 +12,12 @@ import pytest
 
 from auditd.config.typed import Duration
 from auditd.deliver.settings import ChannelSettings, DeliverSettings, GatewaySettings, RetrySettings
-from deliver_helpers import (SmtpServer, add_customers, add_incident, add_notice, deliverer, open_store,
+from deliver_helpers import (HttpReceiver, SmtpServer, add_customers, add_incident, add_notice, deliverer, open_store,
                              outbox_states)
 from test_deliver_email import email_settings, password_file  # noqa: F401 - a fixture
 
 SLOW_RETRY = RetrySettings(attempts=5, initial=Duration(3600.0), max=Duration(3600.0), jitter=Duration(0.0))
+FAST_RETRY = RetrySettings(attempts=5, initial=Duration(0.0), max=Duration(0.0), jitter=Duration(0.0))
 
 HOSTILE = {
     "p:000001": ("Eve\r\nReply-To: phish@evil.example", "eve@mail.example"),  # ASCII: the fast path
@@ -108,4 +109,29 @@ def test_a_gateway_that_trickles_its_answer_times_out_and_holds_up_nothing(tmp_p
     assert reports[0].retried == 2 and outbox_states(conn) == {"pending": 2}
     errors = [e for (e,) in conn.execute("SELECT last_error FROM outbox")]
     assert all("Timeout" in e for e in errors), errors
+
+
+def test_a_webhook_answer_that_comes_too_late_makes_the_resend_a_possible_repeat(tmp_path):
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 2, incident_id=incident, channel="sms")
+    slow = iter([True])
+
+    def answer(request):  # takes the first message, but answers after the sender gave up
+        if next(slow, False):
+            time.sleep(2.0)
+        return 200
+
+    with HttpReceiver(status=answer) as gateway:
+        channels = ChannelSettings(sms=GatewaySettings(url=gateway.url + "/send", timeout_s=1.0))
+        d = deliverer(DeliverSettings(channels=channels, retry=FAST_RETRY), tmp_path)
+        for _ in range(3):
+            d.run(conn)
+        time.sleep(1.5)  # the slow handler records its request
+        keys = [r.headers["X-Neo-Idempotency-Key"] for r in gateway.requests]
+    assert outbox_states(conn) == {"delivered": 2}
+    assert len(keys) == 3 and len(set(keys)) == 2
+    repeated = next(k for k in keys if keys.count(k) == 2)
+    flagged = [k for (k,) in conn.execute("SELECT wire_key FROM outbox WHERE possible_repeat = 1")]
+    assert flagged == [repeated]  # sent twice, and on record as a possible repeat
 

@@ -58,18 +58,20 @@ class HttpPoster:
     def post(self, body: bytes, headers: dict[str, str]) -> Result:
         reused = self._conn is not None
         conn = self._conn or self._connect()
+        sent = False  # once the request is out, the receiver may act on it whatever happens to its answer
         try:
             conn.request("POST", self.path, body=body, headers={"Content-Type": "application/json", **headers})
+            sent = True
             response = conn.getresponse()
             answer = response.read(MAX_ANSWER_BYTES)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
             self.close()
             if reused:  # a kept-alive connection the server had closed: once more on a fresh one
                 return self.post(body, headers)
-            return Result.retry(f"HTTP connection lost: {type(exc).__name__}")
+            return Result.retry(f"HTTP connection lost: {type(exc).__name__}", maybe_sent=sent)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            return Result.retry(f"HTTP error: {type(exc).__name__}: {exc}"[:200])
+            return Result.retry(f"HTTP error: {type(exc).__name__}: {exc}"[:200], maybe_sent=sent)
         if (response.getheader("Connection") or "").lower() == "close":
             self.close()
         return _result(response.status, answer, response.getheader("X-Request-Id"), body)
