@@ -4,14 +4,18 @@ customer typed into their own name or address, and receivers that misbehave."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import os
 import socket
+import stat
 import threading
 import time
 
 import pytest
 
 from auditd.config.typed import Duration
-from auditd.deliver.settings import ChannelSettings, DeliverSettings, GatewaySettings, RetrySettings
+from auditd.deliver.channels.files import _file_name
+from auditd.deliver.settings import ChannelSettings, DeliverSettings, GatewaySettings, LetterSettings, RetrySettings
 from deliver_helpers import (HttpReceiver, SmtpServer, add_customers, add_incident, add_notice, deliverer, open_store,
                              outbox_states)
 from test_deliver_email import email_settings, password_file  # noqa: F401 - a fixture
@@ -135,3 +139,43 @@ def test_a_webhook_answer_that_comes_too_late_makes_the_resend_a_possible_repeat
     flagged = [k for (k,) in conn.execute("SELECT wire_key FROM outbox WHERE possible_repeat = 1")]
     assert flagged == [repeated]  # sent twice, and on record as a possible repeat
 
+
+def _letters(tmp_path, n=1):
+    conn = open_store(tmp_path / "neo.db")
+    incident, fleet_key = add_incident(conn)
+    for i in range(n):
+        add_notice(conn, tmp_path, incident_id=incident, step_id="notify-customers", recipient=f"p:{i}",
+                   channel="letter", address=f"云南省昆明市示例路 {i} 号", name="郭军敏")
+    settings = DeliverSettings(retry=SLOW_RETRY, channels=ChannelSettings(
+        letter=LetterSettings(spool=tmp_path / "spool", format="html")))
+    return conn, deliverer(settings, tmp_path), [f"{fleet_key}/notify-customers/p:{i}/r1" for i in range(n)]
+
+
+def test_a_letter_folder_that_is_a_link_gets_no_letter(tmp_path):
+    conn, d, _ = _letters(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / dt.date.today().isoformat()).symlink_to(elsewhere)
+    report = d.run(conn)
+    assert list(elsewhere.iterdir()) == []  # the customer's name and address did not go where the link points
+    assert report.delivered == 0 and outbox_states(conn) == {"pending": 1}
+    (error,) = conn.execute("SELECT last_error FROM outbox").fetchone()
+    assert "link" in error and "示例路" not in error
+
+
+def test_a_fifo_where_a_letter_is_written_blocks_nothing(tmp_path):
+    conn, d, [key] = _letters(tmp_path)
+    folder = tmp_path / "spool" / dt.date.today().isoformat()
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / f".{_file_name(key)}.html.tmp")
+    os.symlink(tmp_path / "neo.db", folder / f"{_file_name(key)}.html")  # the letter's own name: replaced
+    reports: list = []
+    runner = threading.Thread(target=lambda: reports.append(d.run(open_store(tmp_path / "neo.db"))), daemon=True)
+    runner.start()
+    runner.join(20)
+    assert reports, "the deliver run was still blocked on the FIFO after 20 s"
+    assert reports[0].delivered == 1
+    letter = folder / f"{_file_name(key)}.html"
+    assert not letter.is_symlink() and "示例路" in letter.read_text(encoding="utf-8")
+    assert stat.S_ISREG(os.lstat(letter).st_mode) and oct(os.lstat(letter).st_mode)[-3:] == "600"

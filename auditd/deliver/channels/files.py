@@ -15,6 +15,7 @@ regulator's portal, the company site's announcements) and answers with the folde
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import html
 import os
@@ -43,9 +44,20 @@ def _file_name(key: str) -> str:
 
 
 def write_private(path: Path, data: bytes) -> None:
+    """Write `path` (mode 0600) through a temporary file renamed into place. Whatever
+    someone put in the folder is never written through: a folder that is a link is
+    refused (letters would land where the link points), and a temporary name already
+    taken (a link, a FIFO that would block the deliver process for ever, a leftover) is
+    removed and made anew."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.parent.is_symlink() or not path.parent.is_dir():
+        raise OSError(errno.ENOTDIR, "the folder is a link or not a folder", str(path.parent))
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
