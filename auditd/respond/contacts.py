@@ -153,9 +153,9 @@ def _parse_csv(text: str, file: str, pseudonymise: Callable[[str], str], problem
         problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"the header must be {','.join(CSV_COLUMNS)}"))
         return table
     reported = 0
-    for row in reader:
+    for row in _rows(reader):
         line = reader.line_num
-        problem = _row_problem(row)
+        problem = _row_problem(row) if isinstance(row, list) else ("", row)
         if problem is not None:
             if reported < 20:  # name the line and column, never the person's data
                 problems.items.append(ConfigProblem(Location(file, line, 1), problem[0], problem[1]))
@@ -166,6 +166,19 @@ def _parse_csv(text: str, file: str, pseudonymise: Callable[[str], str], problem
     if reported > 20:
         problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"{reported - 20} more bad rows"))
     return table
+
+
+def _rows(reader: Iterable[list[str]]) -> Iterable[list[str] | str]:
+    """Each row, or what the csv module found wrong with it (a field over its size limit,
+    say): that row is bad, the file goes on."""
+    rows = iter(reader)
+    while True:
+        try:
+            yield next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield f"not a CSV row: {exc}"
 
 
 def _row_problem(row: list[str]) -> tuple[str, str] | None:
@@ -227,10 +240,10 @@ def _jsonl_rows(text: str, out: ManifestRead) -> Iterable[tuple[str, list[str]]]
 
 
 def _csv_rows(text: str, out: ManifestRead) -> Iterable[tuple[str, list[str]]]:
-    for row in csv.reader(io.StringIO(text, newline="")):
+    for row in _rows(csv.reader(io.StringIO(text, newline=""))):
         if row == ["req", "customer_id"]:
             continue
-        if len(row) != 2 or not row[0] or not row[1]:
+        if not isinstance(row, list) or len(row) != 2 or not row[0] or not row[1]:
             out.bad_lines += 1
             continue
         yield row[0], [row[1]]
