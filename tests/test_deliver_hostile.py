@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import socket
 import stat
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -179,3 +181,37 @@ def test_a_fifo_where_a_letter_is_written_blocks_nothing(tmp_path):
     letter = folder / f"{_file_name(key)}.html"
     assert not letter.is_symlink() and "示例路" in letter.read_text(encoding="utf-8")
     assert stat.S_ISREG(os.lstat(letter).st_mode) and oct(os.lstat(letter).st_mode)[-3:] == "600"
+
+
+class _ClosingGateway(BaseHTTPRequestHandler):
+    """An HTTP/1.0 gateway: no Content-Length, the answer ends when it closes the connection."""
+
+    received: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802
+        self.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({"message_id": f"M{len(self.received)}"}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_gateway_that_closes_after_each_answer_delivers_each_message_once(tmp_path):
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 3, incident_id=incident, channel="sms")
+    _ClosingGateway.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/send"
+        channels = ChannelSettings(sms=GatewaySettings(url=url, timeout_s=2.0))
+        report = deliverer(DeliverSettings(channels=channels, retry=SLOW_RETRY), tmp_path).run(conn)
+    finally:
+        server.shutdown()
+    assert report.delivered == 3 and len(_ClosingGateway.received) == 3
+    receipts = sorted(json.loads(r)["response_id"] for (r,) in conn.execute("SELECT receipt FROM outbox"))
+    assert receipts == ["M1", "M2", "M3"]

@@ -98,9 +98,17 @@ class _Deadline(io.RawIOBase):
     def __init__(self, sock: socket.socket, timeout_s: float):
         self.sock, self.timeout_s = sock, timeout_s
         self.deadline = time.monotonic() + timeout_s
+        # as http.client's own reader does: the socket stays open until the answer is read,
+        # even when the connection closes it at once (an answer with "Connection: close")
+        self._hold = sock.makefile("rb")
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._hold.close()
+        super().close()
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         left = self.deadline - time.monotonic()
