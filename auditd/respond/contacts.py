@@ -8,7 +8,8 @@ rendered:
   daemon's own key as it is loaded: the table kept in memory is keyed by pseudonym, and
   the raw customer id is dropped there and then;
 - or an HTTP endpoint asked by pseudonym (GET, JSON ``{name, language, channel,
-  address}``, 404 for unknown).
+  address}``, 404 for unknown; a redirect is an error, and the whole answer must come
+  within the timeout).
 
 The raw name and address go into that one file (mode 0600, under the state directory)
 and nowhere else: not the store, not a log line, not a metric. The store keeps
@@ -24,18 +25,19 @@ from __future__ import annotations
 
 import csv
 import glob
+import http.client
 import io
 import json
 import logging
 import os
 import re
+import socket
 import stat
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from auditd.config.located import Doc, PathKey, Problems
 from auditd.errors import ConfigProblem, Location
@@ -108,15 +110,79 @@ class ContactBook:
             return self._table.get(pseudonym)
         url = self._url.replace("{pseudonym}", urllib.parse.quote(pseudonym, safe=""))
         try:
-            with urllib.request.urlopen(url, timeout=self._timeout) as response:
-                body = json.loads(response.read(1 << 16))
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+            status, answer = _get(url, self._timeout, 1 << 16)
+            if status == 404:
                 return None
-            raise ContactError(f"contact endpoint answered HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:
+            if not 200 <= status < 300:  # a redirect too: no other host learns the pseudonym or names the addressee
+                raise ContactError(f"contact endpoint answered HTTP {status}")
+            body = json.loads(answer)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             raise ContactError(f"contact endpoint failed: {type(exc).__name__}") from None
         return _contact_from(body)
+
+
+def _get(url: str, timeout_s: float, limit: int) -> tuple[int, bytes]:
+    """GET `url`: its status and at most `limit` bytes of its answer, all within `timeout_s`."""
+    parts = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout_s)
+    conn.response_class = answer_within(timeout_s)  # type: ignore[assignment]
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                     headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read(limit)
+    finally:
+        conn.close()
+
+
+class _Deadline(io.RawIOBase):
+    """A peer's socket, read until a deadline: the socket's own timeout counts per read,
+    so a peer that trickles a byte every few seconds would hold the reader for ever."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        # as http.client's own reader does: the socket stays open until the answer is read,
+        # even when the connection closes it at once (an answer with "Connection: close")
+        self._hold = sock.makefile("rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._hold.close()
+        super().close()
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete answer within {self.timeout_s:g} s")
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.timeout_s)  # the kept-alive connection's next request
+
+
+class _Bounded:
+    """What http.client's response reads from: the socket, behind a `_Deadline`."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_Deadline(self.sock, self.timeout_s))
+
+
+def answer_within(timeout_s: float):
+    """A response class whose status, headers and body must all arrive within `timeout_s`."""
+
+    def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_Bounded(sock, timeout_s), *args, **kwargs)  # type: ignore[arg-type]
+
+    return response
 
 
 def _contact_from(body: object) -> Contact | None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import io
 import json
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -26,6 +24,7 @@ from typing import Any
 from auditd.deliver.channels.base import Report, Result, transient_status
 from auditd.deliver.message import Outgoing
 from auditd.deliver.secrets import SecretValue
+from auditd.respond.contacts import answer_within
 
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -79,7 +78,7 @@ class HttpPoster:
     def _connect(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         self._conn = cls(self.host, self.port, timeout=self.timeout_s)
-        self._conn.response_class = _answer_within(self.timeout_s)  # type: ignore[assignment]
+        self._conn.response_class = answer_within(self.timeout_s)  # type: ignore[assignment]
         return self._conn
 
     def close(self) -> None:
@@ -88,56 +87,6 @@ class HttpPoster:
                 self._conn.close()
             finally:
                 self._conn = None
-
-
-class _Deadline(io.RawIOBase):
-    """The receiver's socket, read until a deadline: the socket's own timeout counts per
-    read, so a receiver that trickles a byte every few seconds would hold the deliver
-    process (and every other route's messages) for ever."""
-
-    def __init__(self, sock: socket.socket, timeout_s: float):
-        self.sock, self.timeout_s = sock, timeout_s
-        self.deadline = time.monotonic() + timeout_s
-        # as http.client's own reader does: the socket stays open until the answer is read,
-        # even when the connection closes it at once (an answer with "Connection: close")
-        self._hold = sock.makefile("rb")
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self._hold.close()
-        super().close()
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no complete answer within {self.timeout_s:g} s")
-        self.sock.settimeout(left)
-        try:
-            return self.sock.recv_into(buffer)
-        finally:
-            self.sock.settimeout(self.timeout_s)  # the kept-alive connection's next request
-
-
-class _Bounded:
-    """What http.client's response reads from: the socket, behind a `_Deadline`."""
-
-    def __init__(self, sock: socket.socket, timeout_s: float):
-        self.sock, self.timeout_s = sock, timeout_s
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_Deadline(self.sock, self.timeout_s))
-
-
-def _answer_within(timeout_s: float):
-    """A response class whose status, headers and body must all arrive within `timeout_s`."""
-
-    def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
-        return http.client.HTTPResponse(_Bounded(sock, timeout_s), *args, **kwargs)  # type: ignore[arg-type]
-
-    return response
 
 
 def _result(status: int, answer: bytes, request_id: str | None, sent: bytes) -> Result:
