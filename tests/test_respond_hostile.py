@@ -1,8 +1,9 @@
-"""Hostile input on the respond path: contact files, export manifests and contact
-endpoints that a careless operator or a hostile system could produce."""
+"""Hostile input on the respond path: contact files, export manifests, contact endpoints
+and contain webhooks that a careless operator or a hostile system could produce."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -13,7 +14,9 @@ import pytest
 from auditd.config.located import Problems
 from auditd.enrich.pseudonym import create_key_file
 from auditd.respond.contacts import ContactError, load_contacts, read_manifests
-from auditd.respond.settings import ContactSettings, HttpContacts, ManifestSettings
+from auditd.respond.settings import ContactSettings, ContainAction, HttpContacts, ManifestSettings, Webhook
+
+from respond_helpers import UTC, Clock, World, alert
 
 HEADER = "customer_id,name,language,channel,address\n"
 
@@ -133,3 +136,83 @@ def test_a_contact_endpoint_that_trickles_its_answer_fails_within_its_timeout(tm
     assert outcome, "the look-up was still waiting for the contact endpoint after 15 s"
     assert isinstance(outcome[0], ContactError) and took < 5
 
+
+def test_a_contain_webhook_redirected_to_a_login_page_fails_and_escalates(tmp_path):
+    """An IAM endpoint behind single sign-on answers the POST with 302 to its login page;
+    followed with a GET, that page's 200 counted as the account disabled."""
+    asked: list[str] = []
+
+    class SingleSignOn(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            asked.append(f"POST {self.path}")
+            self.send_response(302)
+            self.send_header("Location", "/login")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):  # noqa: N802
+            asked.append(f"GET {self.path}")
+            page = b"<html>please sign in</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    iam = _serve(SingleSignOn)
+    t0 = dt.datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+    try:
+        world = World(tmp_path, Clock(t0))
+        url = f"http://127.0.0.1:{iam.server_port}/revoke"
+        world.rebuild(contain={"disable-account": ContainAction(webhook=Webhook(url), timeout_s=5)})
+        (change,) = world.apply([alert(1, t0)])
+        result = world.run()
+    finally:
+        iam.shutdown()
+    assert asked == ["POST /revoke"]
+    step = world.step(change.incident_id, "contain-account")
+    assert step.state == "failed" and step.open and step.result == {"http_status": 302}
+    assert f"{change.incident_id}/contain-account" in result.failed and step.escalations == 1
+
+
+def test_a_contain_webhook_that_trickles_its_answer_fails_at_its_timeout(tmp_path):
+    class Trickling(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(200):
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    iam = _serve(Trickling)
+    t0 = dt.datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+    done: list[object] = []
+    try:
+        world = World(tmp_path, Clock(t0))
+        url = f"http://127.0.0.1:{iam.server_port}/revoke"
+        world.rebuild(contain={"disable-account": ContainAction(webhook=Webhook(url), timeout_s=1)})
+        (change,) = world.apply([alert(1, t0)])
+        world.conn.close()  # the runner's thread opens its own
+
+        def run() -> None:
+            runner = World(tmp_path, Clock(t0))
+            runner.rebuild(contain={"disable-account": ContainAction(webhook=Webhook(url), timeout_s=1)})
+            done.append(runner.run())
+            done.append(runner.step(change.incident_id, "contain-account"))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(20)
+    finally:
+        iam.shutdown()
+    assert done, "the respond job was still waiting for the contain webhook after 20 s"
+    step = done[1]
+    assert step.state == "failed" and step.open and "Timeout" in step.result["error"]

@@ -110,7 +110,7 @@ class ContactBook:
             return self._table.get(pseudonym)
         url = self._url.replace("{pseudonym}", urllib.parse.quote(pseudonym, safe=""))
         try:
-            status, answer = _get(url, self._timeout, 1 << 16)
+            status, answer = http_call("GET", url, self._timeout, headers={"Accept": "application/json"})
             if status == 404:
                 return None
             if not 200 <= status < 300:  # a redirect too: no other host learns the pseudonym or names the addressee
@@ -121,15 +121,17 @@ class ContactBook:
         return _contact_from(body)
 
 
-def _get(url: str, timeout_s: float, limit: int) -> tuple[int, bytes]:
-    """GET `url`: its status and at most `limit` bytes of its answer, all within `timeout_s`."""
+def http_call(method: str, url: str, timeout_s: float, *, body: bytes | None = None,
+              headers: dict[str, str] | None = None, limit: int = 1 << 16) -> tuple[int, bytes]:
+    """One request: its status and at most `limit` bytes of its answer, all within
+    `timeout_s`. A redirect is an answer like any other, never followed."""
     parts = urllib.parse.urlsplit(url)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(parts.hostname or "", parts.port, timeout=timeout_s)
     conn.response_class = answer_within(timeout_s)  # type: ignore[assignment]
     try:
-        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                     headers={"Accept": "application/json"})
+        conn.request(method, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers=headers or {})
         response = conn.getresponse()
         return response.status, response.read(limit)
     finally:

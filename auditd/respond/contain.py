@@ -11,16 +11,16 @@ step is marked failed. The exit status goes on the incident's timeline.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from auditd.respond.contacts import http_call
 from auditd.respond.settings import ContainAction
 
 OUTPUT_LIMIT = 2000  # characters of stdout/stderr kept on the timeline
@@ -76,12 +76,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def call_webhook(url: str, values: dict[str, Any], timeout_s: float) -> Outcome:
-    request = urllib.request.Request(url, data=json.dumps(values, ensure_ascii=False).encode("utf-8"),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    """POST the values; done only on a 2xx. A redirect is not followed: urllib used to
+    follow a 302 to a single sign-on login page with a GET, and that page's 200 counted as
+    the account disabled. The whole answer must come within `timeout_s` (a trickled one
+    would hold the respond job, and every playbook clock, for ever)."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return Outcome(200 <= response.status < 300, {"http_status": response.status})
-    except urllib.error.HTTPError as exc:
-        return Outcome(False, {"http_status": exc.code})
-    except (OSError, ValueError) as exc:
+        status, _ = http_call("POST", url, timeout_s, body=json.dumps(values, ensure_ascii=False).encode("utf-8"),
+                              headers={"Content-Type": "application/json"}, limit=OUTPUT_LIMIT)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         return Outcome(False, {"error": f"{type(exc).__name__}: {exc}"[:OUTPUT_LIMIT]})
+    return Outcome(200 <= status < 300, {"http_status": status})
