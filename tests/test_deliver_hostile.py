@@ -17,7 +17,8 @@ import pytest
 
 from auditd.config.typed import Duration
 from auditd.deliver.channels.files import _file_name
-from auditd.deliver.settings import ChannelSettings, DeliverSettings, GatewaySettings, LetterSettings, RetrySettings
+from auditd.deliver.settings import (ChannelSettings, DeliverSettings, EmailSettings, GatewaySettings, LetterSettings,
+                                     RetrySettings)
 from deliver_helpers import (HttpReceiver, SmtpServer, add_customers, add_incident, add_notice, deliverer, open_store,
                              outbox_states)
 from test_deliver_email import email_settings, password_file  # noqa: F401 - a fixture
@@ -215,3 +216,46 @@ def test_a_gateway_that_closes_after_each_answer_delivers_each_message_once(tmp_
     assert report.delivered == 3 and len(_ClosingGateway.received) == 3
     receipts = sorted(json.loads(r)["response_id"] for (r,) in conn.execute("SELECT receipt FROM outbox"))
     assert receipts == ["M1", "M2", "M3"]
+
+
+@pytest.mark.parametrize("process", [True, False], ids=["child-process", "in-thread"])
+def test_an_smtp_server_that_trickles_its_replies_times_out_and_holds_up_nothing(tmp_path, process):
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 2, incident_id=incident)
+    server = socket.create_server(("127.0.0.1", 0))
+    stopped = threading.Event()
+
+    def greet(client: socket.socket) -> None:  # "220 " and then a byte every 0.2 s: never a whole line
+        with client:
+            try:
+                for byte in b"220 " + b"x" * 60_000:
+                    if stopped.is_set():
+                        return
+                    client.sendall(bytes([byte]))
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while not stopped.is_set():
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=greet, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    email = EmailSettings(host="127.0.0.1", port=server.getsockname()[1], security="none", timeout_s=1.0,
+                          sender="security@neo-retail.example", process=process)
+    d = deliverer(DeliverSettings(channels=ChannelSettings(email=email), retry=SLOW_RETRY), tmp_path)
+    reports: list = []
+    try:
+        runner = threading.Thread(target=lambda: reports.append(d.run(open_store(tmp_path / "neo.db"))), daemon=True)
+        runner.start()
+        runner.join(20)
+    finally:
+        stopped.set()
+        server.close()
+    assert reports, "the deliver run was still waiting for the SMTP server's greeting after 20 s"
+    assert reports[0].retried == 2 and outbox_states(conn) == {"pending": 2}

@@ -18,11 +18,14 @@ retry a possible repeat.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import smtplib
+import socket
 import ssl
 import sys
+import time
 from typing import Any, BinaryIO
 
 _QUEUED = re.compile(r"queued as\s+<?([A-Za-z0-9._\-]+)>?", re.IGNORECASE)
@@ -36,6 +39,58 @@ def scrub(text: str) -> str:
 
 def describe(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {exc}")[:200]
+
+
+# -- each reply within the timeout -------------------------------------------------------------
+class _Reply(io.RawIOBase):
+    """The server's socket, read until a deadline that each reply resets: the socket's own
+    timeout counts per read, so a server that trickles a reply a byte every few seconds
+    (65,536 bytes of a greeting) would hold the deliver process for ever."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self._hold = sock.makefile("rb")  # as smtplib's own reader: the socket lives while it is read
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._hold.close()
+        super().close()
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no complete SMTP reply within the timeout")
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.timeout_s)
+
+
+class _Timed:
+    """smtplib's client, each reply (greeting, EHLO, AUTH, MAIL, RCPT, DATA) whole within the timeout."""
+
+    _reply: _Reply | None = None
+
+    def getreply(self):  # type: ignore[no-untyped-def]
+        if self.file is None and self.sock is not None:  # type: ignore[attr-defined]
+            self._reply = _Reply(self.sock, self.timeout)  # type: ignore[attr-defined]
+            self.file = io.BufferedReader(self._reply)
+        if self._reply is not None:
+            self._reply.deadline = time.monotonic() + self.timeout  # type: ignore[attr-defined]
+        return super().getreply()  # type: ignore[misc]
+
+
+class _SMTP(_Timed, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_Timed, smtplib.SMTP_SSL):  # noqa: N801 - smtplib's name
+    pass
 
 
 # -- the conversation --------------------------------------------------------------------------
@@ -59,9 +114,9 @@ class Session:
 
     def _connect(self) -> smtplib.SMTP:
         if self.security == "tls":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=self._tls())
+            conn: smtplib.SMTP = _SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=self._tls())
         else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+            conn = _SMTP(self.host, self.port, timeout=self.timeout_s)
         try:
             conn.ehlo()
             if self.security == "starttls":
