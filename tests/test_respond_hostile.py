@@ -216,3 +216,15 @@ def test_a_contain_webhook_that_trickles_its_answer_fails_at_its_timeout(tmp_pat
     assert done, "the respond job was still waiting for the contain webhook after 20 s"
     step = done[1]
     assert step.state == "failed" and step.open and "Timeout" in step.result["error"]
+
+
+def test_a_customer_listed_twice_in_the_contacts_is_a_located_problem_not_a_silent_choice(tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text(HEADER + "C00000001,Alice,en,email,alice@example.com\n"
+                    "C00000002,Bob,en,email,bob@example.com\n"
+                    " C00000001 ,Alice,en,email,alice.old@example.com\n", encoding="utf-8")
+    problems = Problems()
+    load_contacts(ContactSettings(csv=path), lambda raw: "p:" + raw, problems)
+    assert [str(p) for p in problems.items] == [
+        f"{path}:4:1: customer_id: the same customer as line 2: one row per customer"]
+    assert "alice" not in str(problems.items[0]).lower()

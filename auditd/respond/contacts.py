@@ -221,16 +221,22 @@ def _parse_csv(text: str, file: str, pseudonymise: Callable[[str], str], problem
         problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"the header must be {','.join(CSV_COLUMNS)}"))
         return table
     reported = 0
+    first_line: dict[str, int] = {}  # pseudonym -> the line of its row
     for row in _rows(reader):
         line = reader.line_num
         problem = _row_problem(row) if isinstance(row, list) else ("", row)
+        if problem is None:
+            customer, name, language, channel, address = (v.strip() for v in row)
+            pseudonym = pseudonymise(customer)
+            if pseudonym in first_line:  # which of two addresses is the person's? not ours to guess
+                problem = "customer_id", f"the same customer as line {first_line[pseudonym]}: one row per customer"
+            else:
+                first_line[pseudonym] = line
+                table[pseudonym] = Contact(name, language, channel, address)
         if problem is not None:
             if reported < 20:  # name the line and column, never the person's data
                 problems.items.append(ConfigProblem(Location(file, line, 1), problem[0], problem[1]))
             reported += 1
-            continue
-        customer, name, language, channel, address = (v.strip() for v in row)
-        table[pseudonymise(customer)] = Contact(name, language, channel, address)
     if reported > 20:
         problems.items.append(ConfigProblem(Location(file, 1, 1), "", f"{reported - 20} more bad rows"))
     return table
