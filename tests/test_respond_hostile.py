@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from auditd.config.located import Problems
 from auditd.enrich.pseudonym import create_key_file
 from auditd.respond.contacts import ContactError, load_contacts, read_manifests
+from auditd.respond.contain import run_command
 from auditd.respond.settings import ContactSettings, ContainAction, HttpContacts, ManifestSettings, Webhook
 
 from respond_helpers import UTC, Clock, World, alert
 
+REPO = Path(__file__).resolve().parents[1]
 HEADER = "customer_id,name,language,channel,address\n"
 
 
@@ -228,3 +235,47 @@ def test_a_customer_listed_twice_in_the_contacts_is_a_located_problem_not_a_sile
     assert [str(p) for p in problems.items] == [
         f"{path}:4:1: customer_id: the same customer as line 2: one row per customer"]
     assert "alice" not in str(problems.items[0]).lower()
+
+
+CHATTY = """
+import sys
+chunk = b"x" * (1 << 20)
+for _ in range(400):  # 400 MB on stdout, then a clean exit
+    sys.stdout.buffer.write(chunk)
+"""
+
+MEASURE = """
+import json, resource, sys
+from auditd.respond.contain import run_command
+outcome = run_command([sys.executable, sys.argv[1]], {"actor": "E1"}, 60.0)
+print(json.dumps({"ok": outcome.ok, "stdout": len(outcome.detail["stdout"]),
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_a_contain_command_that_prints_400_mb_keeps_only_its_head_in_memory(tmp_path):
+    (tmp_path / "chatty.py").write_text(CHATTY)
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "chatty.py")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = json.loads(done.stdout)
+    assert result["ok"] and result["stdout"] == 2000
+    assert result["rss_mb"] < 200, result  # the daemon's process, not the command's output
+
+
+def test_a_contain_command_whose_escaped_child_holds_its_output_ends_at_its_timeout(tmp_path):
+    pid_file = tmp_path / "escaped.pid"
+    script = tmp_path / "escape.py"
+    script.write_text(  # a child in a session of its own (out of reach of the group kill) keeps stdout open
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n")
+    started = time.monotonic()
+    try:
+        outcome = run_command([sys.executable, str(script)], {"actor": "E1"}, 1.0)
+        took = time.monotonic() - started
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert outcome.detail.get("timed_out") is True and not outcome.ok
+    assert took < 10, took  # not the escaped child's 30 s

@@ -16,9 +16,10 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from auditd.respond.contacts import http_call
 from auditd.respond.settings import ContainAction
@@ -55,17 +56,48 @@ def run_command(argv: list[str], values: dict[str, Any], timeout_s: float) -> Ou
                                 env=env, shell=False, start_new_session=True, close_fds=True)
     except OSError as exc:
         return Outcome(False, {"error": f"cannot start {argv[0]}: {exc.strerror or exc}"})
+    # not communicate(): it keeps all the output (a chatty command's gigabytes in the
+    # daemon's memory) and, after the kill, waits for every holder of the pipes to close them
+    out, err = _Head(proc.stdout), _Head(proc.stderr)
+    threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
     try:
-        out, err = proc.communicate(data, timeout=timeout_s)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        out, err = proc.communicate()
+        proc.wait()
         return Outcome(False, {"timed_out": True, "timeout_s": timeout_s, "exit_status": proc.returncode,
                                "seconds": round(time.monotonic() - started, 3)})
     return Outcome(proc.returncode == 0, {
         "exit_status": proc.returncode, "seconds": round(time.monotonic() - started, 3),
-        "stdout": out.decode("utf-8", "replace")[:OUTPUT_LIMIT], "stderr": err.decode("utf-8", "replace")[:OUTPUT_LIMIT],
+        "stdout": out.text(), "stderr": err.text(),
     })
+
+
+def _feed(stdin: IO[bytes], data: bytes) -> None:
+    try:
+        stdin.write(data)
+        stdin.close()
+    except OSError:  # the command does not read its stdin, or has gone
+        pass
+
+
+class _Head:
+    """A pipe read to its end on a thread of its own, keeping only its first OUTPUT_LIMIT bytes."""
+
+    def __init__(self, pipe: IO[bytes]):
+        self._kept = bytearray()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[bytes]) -> None:
+        with pipe:
+            while chunk := pipe.read1(1 << 16):  # type: ignore[attr-defined]
+                if len(self._kept) < OUTPUT_LIMIT * 4:  # a character is at most four bytes
+                    self._kept += chunk[:OUTPUT_LIMIT * 4 - len(self._kept)]
+
+    def text(self) -> str:
+        self._thread.join(1.0)  # a child of the command may hold the pipe open long after it exited
+        return bytes(self._kept).decode("utf-8", "replace")[:OUTPUT_LIMIT]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
