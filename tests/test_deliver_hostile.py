@@ -259,3 +259,42 @@ def test_an_smtp_server_that_trickles_its_replies_times_out_and_holds_up_nothing
         server.close()
     assert reports, "the deliver run was still waiting for the SMTP server's greeting after 20 s"
     assert reports[0].retried == 2 and outbox_states(conn) == {"pending": 2}
+
+
+class _Verbose(BaseHTTPRequestHandler):
+    """A kept-alive gateway whose every answer is 100 KB (more than a sender reads of it)."""
+
+    protocol_version = "HTTP/1.1"
+    received: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802
+        self.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = json.dumps({"id": f"R{len(self.received)}", "log": "x" * 100_000}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        try:
+            self.wfile.write(answer)
+        except OSError:  # the sender read what it needed and hung up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_gateway_with_long_answers_gets_each_message_once_and_each_is_delivered(tmp_path):
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    add_customers(conn, tmp_path, 4, incident_id=incident, channel="sms")
+    _Verbose.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Verbose)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/send"
+        channels = ChannelSettings(sms=GatewaySettings(url=url, timeout_s=5.0))
+        report = deliverer(DeliverSettings(channels=channels, retry=SLOW_RETRY), tmp_path).run(conn)
+    finally:
+        server.shutdown()
+    assert report.delivered == 4 and report.retried == 0
+    assert len(_Verbose.received) == 4  # none sent, taken, and recorded as a failure to be sent again

@@ -71,8 +71,8 @@ class HttpPoster:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             return Result.retry(f"HTTP error: {type(exc).__name__}: {exc}"[:200], maybe_sent=sent)
-        if (response.getheader("Connection") or "").lower() == "close":
-            self.close()
+        if (response.getheader("Connection") or "").lower() == "close" or not response.isclosed():
+            self.close()  # not closed: an answer longer than we read, whose rest would be read as the next answer
         return _result(response.status, answer, response.getheader("X-Request-Id"), body)
 
     def _connect(self) -> http.client.HTTPConnection:
