@@ -279,3 +279,55 @@ def test_a_contain_command_whose_escaped_child_holds_its_output_ends_at_its_time
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert outcome.detail.get("timed_out") is True and not outcome.ok
     assert took < 10, took  # not the escaped child's 30 s
+
+
+def test_a_contact_endpoint_that_fails_once_delays_the_customer_notices_and_loses_none(tmp_path):
+    from types import SimpleNamespace
+
+    from auditd.respond import people
+
+    asked: list[str] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the second look-up meets a restart of the customer system
+            asked.append(self.path)
+            if len(asked) == 2:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = json.dumps({"name": "Carol", "language": "en", "channel": "email",
+                               "address": f"c{len(asked)}@example.com"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    crm = _serve(Flaky)
+    t0 = dt.datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+    try:
+        world = World(tmp_path, Clock(t0), directory=SimpleNamespace(employees={}))
+        url = f"http://127.0.0.1:{crm.server_port}/contact/{{pseudonym}}"
+        world.rebuild(contacts=ContactSettings(http=HttpContacts(url=url, timeout_s=2)))
+        subjects = tuple(world.pseudonymiser(f"C{i:08d}") for i in range(5))
+        (change,) = world.apply([alert(1, t0, actor="E10055", kind="match", severity="critical", subjects=subjects,
+                                       categories=("identity",), sensitive=True, record_count=5)])
+        world.run()
+        incident = change.incident_id
+        people.done(world.conn, world.correlator, incident, "draft-customer-notice", "alice", world.clock())
+        people.approve(world.conn, world.correlator, incident, "approve-customer-notice", "bob", world.clock())
+        world.clock.advance(minutes=5)
+        first = world.run()
+        step = world.step(incident, "notify-customers")
+        assert step.state == "pending" and f"{incident}/notify-customers" in first.waiting
+        assert world.conn.execute("SELECT COUNT(*) FROM notices WHERE audience = 'customers'").fetchone() == (0,)
+        world.clock.advance(minutes=5)
+        world.run()
+    finally:
+        crm.shutdown()
+    step = world.step(incident, "notify-customers")
+    assert step.state == "done" and step.result["recipients"] == 5
+    assert world.conn.execute("SELECT COUNT(*) FROM notices WHERE audience = 'customers'").fetchone() == (5,)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from auditd.correlate import Correlator, StepTrace, changelog
 from auditd.correlate.model import IncidentChange
 from auditd.respond import steps as table
-from auditd.respond.contacts import ContactBook, read_manifests
+from auditd.respond.contacts import ContactBook, ContactError, read_manifests
 from auditd.respond.contain import payload, run_action
 from auditd.respond.due import Due
 from auditd.respond.notices import RenderingStopped, render_announcement, render_customers, render_internal
@@ -68,6 +68,7 @@ class RunReport:
     late: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # the contact source did not answer: rendered at the next run
     changes: int = 0
 
 
@@ -249,6 +250,14 @@ class Responder:
                 self._fire_one(conn, row, now, report)
             except RenderingStopped:
                 return  # the daemon stops; the step stays pending and renders again at the next run
+            except ContactError as exc:
+                # the contact source is down, slow or answered an error for one of the customers:
+                # that is not the step's failure (a failed step is never rendered again, and every
+                # customer would go without a notice); nothing of the rendering is kept, the step
+                # stays pending, renders again at the next run, and escalates if it falls overdue
+                log.warning("contact source did not answer; the step renders again at the next run",
+                            extra={"incident": row.incident_id, "step": row.step_id, "error": str(exc)})
+                report.waiting.append(f"{row.incident_id}/{row.step_id}")
             except Exception as exc:  # one step's failure must not stop the others
                 if hold_reason(exc) is not None:
                     # the store or the disk is full: the step did not fail, it could not be
