@@ -203,3 +203,22 @@ def test_an_unconfigured_channel_fails_and_says_what_to_configure(tmp_path):
     deliverer(DeliverSettings(retry=FAST), tmp_path).run(conn)
     state, error = conn.execute("SELECT state, last_error FROM outbox").fetchone()
     assert state == "failed" and "deliver.channels.sms" in error
+
+
+def test_a_secret_with_a_line_break_or_control_character_is_refused_at_load(tmp_path, monkeypatch):
+    """A gateway token from the environment with an embedded newline reached http.client,
+    whose ValueError made every message retry as 'channel error: ValueError' and fail."""
+    from auditd.deliver.secrets import SecretError, read_secret
+    from auditd.deliver.settings import Secret
+
+    monkeypatch.setenv("NEO_TEST_TOKEN", "abc\ndef")
+    with pytest.raises(SecretError, match="NEO_TEST_TOKEN holds a line break"):
+        read_secret(Secret(env="NEO_TEST_TOKEN"))
+    monkeypatch.setenv("NEO_TEST_TOKEN", "  abc-def\n")  # surrounding blanks: trimmed, as before
+    assert read_secret(Secret(env="NEO_TEST_TOKEN")).reveal() == "abc-def"
+    token = tmp_path / "token"
+    token.write_bytes(b"abc\x00def\n")
+    token.chmod(0o600)
+    with pytest.raises(SecretError, match="control character"):
+        read_secret(Secret(file=str(token)))
+    assert "abc" not in str(pytest.raises(SecretError, read_secret, Secret(file=str(token))).value)
