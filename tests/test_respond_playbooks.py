@@ -13,7 +13,7 @@ from auditd.cli import main
 from auditd.config.located import Problems
 from auditd.errors import ConfigError
 from auditd.respond import RespondSettings, load_playbooks, playbook_paths
-from auditd.respond.playbook import SHIPPED_PLAYBOOKS, Step
+from auditd.respond.playbook import SHIPPED_PLAYBOOKS, Step, sample_problems
 from auditd.respond.render import Templates
 from auditd.runtime import load_runtime
 from auditd.workdays import WorkingCalendar
@@ -48,7 +48,8 @@ def test_the_samples_of_each_shipped_playbook_hold(path):
     problems = Problems()
     playbook = load_playbooks([path], problems, template_exists=TEMPLATES.exists).by_tier[path.stem]
     assert playbook.samples, f"{path.name} carries no samples"
-    for sample in playbook.samples:
+    assert list(sample_problems(playbook, WorkingCalendar(), ZONE)) == []
+    for sample in playbook.samples:  # the same, computed here on its own
         discovered = dt.datetime.fromisoformat(sample.discovered_at)
         planned = {s.id for s in playbook.steps if s.when == "always" or sample.band_reached}
         for step_id, expected in sample.due.items():
@@ -56,6 +57,38 @@ def test_the_samples_of_each_shipped_playbook_hold(path):
             step = playbook.step(step_id)
             assert _due(step, discovered, sample.cii) == dt.datetime.fromisoformat(expected), (path.name, step_id)
         assert not planned & set(sample.absent)
+
+
+def test_an_operators_playbook_whose_samples_its_steps_contradict_is_refused_where_they_are(tmp_path):
+    """Only the shipped playbooks' samples were ever checked (by this suite): an
+    operator's sample saying the regulator is told within 4 h, under steps that give
+    24 h, loaded without a word."""
+    path = tmp_path / "T4.yaml"
+    path.write_text(textwrap.dedent("""\
+        playbook: T4
+        steps:
+          - {id: notify-regulator, kind: task, title: Tell the regulator, due: 24h}
+          - {id: police, kind: task, title: Police, due: 24h, when: band_reached}
+        samples:
+          - discovered_at: "2026-11-02T10:00:00+08:00"
+            due: {notify-regulator: "2026-11-02T14:00:00+08:00"}
+            absent: [police]
+          - discovered_at: "2026-11-02T10:00:00+08:00"
+            band_reached: true
+            due: {notify-regulator: "2026-11-03T10:00:00+08:00"}
+            absent: [police]
+          - discovered_at: "yesterday"
+        """))
+    problems = Problems()
+    playbooks = load_playbooks([path], problems, calendar=WorkingCalendar(), zone=ZONE)
+    assert [str(p) for p in problems.items] == [
+        f"{path}:7:29: samples[0].due.notify-regulator: expected 2026-11-02T14:00:00+08:00, "
+        "the steps give 2026-11-03T10:00:00+08:00",
+        f"{path}:12:13: samples[1].absent: step 'police' is planned for this sample",
+        f"{path}:13:20: samples[2].discovered_at: expected an ISO 8601 time with its offset, "
+        "e.g. 2026-11-02T10:00:00+08:00",
+    ]
+    assert playbooks.get("T4") is None  # refused: a reload keeps the set in force
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -39,7 +39,7 @@ def build_responder(settings: RespondSettings, problems: Problems, *, calendar: 
         if not templates.exists(name):
             problems.add(referrer, ("respond", "templates"), f"template {name!r} missing in zh-CN or en")
     playbooks = load_playbooks(playbook_paths(settings), problems, referrer=referrer, actions=settings.contain,
-                               template_exists=templates.exists)
+                               template_exists=templates.exists, calendar=calendar, zone=zone)
     contacts = ContactBook()
     if pseudonymise is not None:
         contacts = load_contacts(settings.contacts, pseudonymise, problems, referrer=referrer)

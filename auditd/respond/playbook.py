@@ -27,18 +27,20 @@ approval of it may not be.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 from auditd.config.located import Doc, Problems, load_yaml_file
 from auditd.config.typed import MISSING, Duration, convert, key
 from auditd.correlate.settings import TIERS
 from auditd.respond.due import Due
 from auditd.respond.settings import Audience, Channel
+from auditd.workdays import WorkingCalendar
 
 KINDS = ("notify", "contain", "task", "approval", "report", "announce", "escalate")
 AUTOMATIC = frozenset({"notify", "contain", "report", "announce", "escalate"})
@@ -126,8 +128,9 @@ class Escalation:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """A worked example the test suite runs: an incident discovered at `discovered_at`
-    (with the flags given) has these steps due at these local times."""
+    """A worked example `check` (and every load) holds the steps to: an incident
+    discovered at `discovered_at` (with the flags given) has these steps due at these
+    local times, on the configured working-day calendar."""
 
     discovered_at: str  # ISO 8601 with offset
     cii: bool = False
@@ -227,12 +230,51 @@ def _files(paths: Iterable[Path], problems: Problems, referrer: Doc | None) -> l
     return found
 
 
+def sample_problems(playbook: Playbook, calendar: WorkingCalendar,
+                    zone: dt.tzinfo) -> Iterator[tuple[tuple, str]]:
+    """(key path, problem) for each of the playbook's samples that its steps contradict:
+    a due time the steps do not give on `calendar`, a step planned that should be absent."""
+    for i, sample in enumerate(playbook.samples):
+        try:
+            discovered = dt.datetime.fromisoformat(sample.discovered_at)
+        except ValueError:
+            discovered = None
+        if discovered is None or discovered.tzinfo is None:
+            yield ("samples", i, "discovered_at"), ("expected an ISO 8601 time with its offset, "
+                                                    "e.g. 2026-11-02T10:00:00+08:00")
+            continue
+        planned = {s.id for s in playbook.steps if s.when == "always" or sample.band_reached}
+        for step_id, expected in sample.due.items():
+            step = playbook.step(step_id)
+            if step is None or step_id not in planned:
+                yield ("samples", i, "due", step_id), f"step {step_id!r} is not planned for this sample"
+                continue
+            if step.anchor != "discovery":
+                yield ("samples", i, "due", step_id), f"step {step_id!r} is due after the resolution, not the discovery"
+                continue
+            try:
+                wanted = dt.datetime.fromisoformat(expected)
+            except ValueError:
+                wanted = None
+            if wanted is None or wanted.tzinfo is None:
+                yield ("samples", i, "due", step_id), "expected an ISO 8601 time with its offset"
+                continue
+            due = step.due_cii if sample.cii and step.due_cii is not None else step.due
+            found = due.after(discovered, calendar, zone)
+            if found != wanted:
+                yield (("samples", i, "due", step_id),
+                       f"expected {expected}, the steps give {found.astimezone(wanted.tzinfo).isoformat()}")
+        for step_id in sorted(planned & set(sample.absent)):
+            yield ("samples", i, "absent"), f"step {step_id!r} is planned for this sample"
+
+
 def load_playbooks(paths: Iterable[Path], problems: Problems, *, referrer: Doc | None = None,
                    actions: Iterable[str] = (), template_exists: Callable[[str], bool] = lambda name: True,
-                   ) -> PlaybookSet:
+                   calendar: WorkingCalendar | None = None, zone: dt.tzinfo | None = None) -> PlaybookSet:
     """Every playbook file in `paths` (files, or folders of *.yaml), later files replacing
     a tier's earlier playbook; cross-checked against the configured contain actions and
-    the templates. Problems are added to `problems` (the caller raises)."""
+    the templates, and (given a calendar and zone) its samples against its steps.
+    Problems are added to `problems` (the caller raises)."""
     actions = frozenset(actions) | frozenset(STANDARD_ACTIONS)
     by_tier: dict[str, Playbook] = {}
     for path in _files(paths, problems, referrer):
@@ -256,6 +298,9 @@ def load_playbooks(paths: Iterable[Path], problems: Problems, *, referrer: Doc |
             if step.template is not None and not template_exists(step.template):
                 problems.add(doc, ("steps", i, "template"),
                              f"no template {step.template!r} in both languages (zh-CN and en)")
+        if calendar is not None and zone is not None and len(problems.items) == before:
+            for key_path, problem in sample_problems(playbook, calendar, zone):
+                problems.add(doc, key_path, problem)
         if len(problems.items) == before:
             by_tier[playbook.playbook] = Playbook(playbook.playbook, playbook.steps, playbook.description,
                                                   playbook.escalation, playbook.samples, file=str(path))
