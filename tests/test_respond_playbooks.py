@@ -191,3 +191,13 @@ def test_check_exits_78_on_a_bad_playbook_and_a_reload_keeps_the_old_set(tmp_pat
     assert "T4.yaml:3:57: steps[0].owner: expected a string" in str(caught.value)
     assert main(["check", "-c", str(config)]) == 78
     assert "T4.yaml:3:57" in capsys.readouterr().err
+
+
+def test_the_shipped_samples_do_not_refuse_a_deployment_whose_holidays_move_their_clocks():
+    class EveryDayOff(WorkingCalendar):
+        def add_working_days(self, day, n):
+            return day + dt.timedelta(days=7 * n)
+
+    problems = Problems()
+    playbooks = load_playbooks([SHIPPED_PLAYBOOKS], problems, calendar=EveryDayOff(), zone=ZONE)
+    assert problems.items == [] and len(playbooks) == 6
