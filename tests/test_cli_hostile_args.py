@@ -5,6 +5,7 @@ IsADirectoryError) or answering wrongly."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -236,11 +237,35 @@ def test_a_read_command_on_a_broken_config_does_not_say_nothing_was_started(conf
     """After a bad edit the daemon runs on with its last good config; 'nothing was started'
     from `status` read as if it had stopped."""
     ran(config)
-    config.write_text(config.read_text().replace("sources:", "sorces:"))
+    good = config.read_text()
+    config.write_text(good.replace("sources:", "sorces:"))
     result = neo("status", "-c", str(config))
     assert result.returncode == 78 and "did you mean 'sources'?" in result.stderr
     assert "nothing was started" not in result.stderr
-    assert "a running daemon keeps the configuration it last loaded" in result.stderr
+    assert "the configuration it last loaded" in result.stderr and "fix this file, then reload" in result.stderr
+
+
+def test_status_on_a_broken_config_still_shows_what_the_store_says(config: Path) -> None:
+    """After a bad edit `status` read nothing at all, just when the operator wants to see
+    what the running daemon makes of things: it now shows the store its state_dir (or
+    --state-dir) names, then the problems, and exits 78 all the same."""
+    store = ran(config)
+    good = config.read_text()
+    config.write_text(good.replace("sources:", "sorces:"))
+    shown = neo("status", "-c", str(config))
+    assert shown.returncode == 78 and "Traceback" not in shown.stderr
+    assert "suppress" in shown.stdout.lower() and "did you mean 'sources'?" in shown.stderr
+    assert str(store) in shown.stderr
+    as_json = neo("status", "-c", str(config), "--json")
+    document = json.loads(as_json.stdout)
+    assert as_json.returncode == 78 and any("sorces" in p for p in document["config_problems"])
+    assert document["allowances"] and document["store_path"] == str(store), document
+    moved = config.parent / "moved"
+    store.parent.rename(moved)  # the file's state_dir no longer holds it: --state-dir does
+    nowhere = neo("status", "-c", str(config))
+    assert (nowhere.returncode, nowhere.stdout) == (78, "") and "the store it names was not read" in nowhere.stderr
+    elsewhere = neo("status", "-c", str(config), "--state-dir", str(moved))
+    assert elsewhere.returncode == 78 and str(moved) in elsewhere.stderr and elsewhere.stdout
 
 
 def test_a_responder_named_by_e_mail_is_told_how_to_name_them(config: Path) -> None:

@@ -76,6 +76,24 @@ def settings_and_store_path(args):
     return settings, (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
 
 
+def store_despite_problems(args, doc) -> Path | None:
+    """Where the store is when the config has problems elsewhere: `--state-dir`, or the
+    file's own `store.path` or `state_dir` when they are plain text (relative to it). None
+    when neither says. `status` reads the store through this after a bad edit, which is
+    when the operator most wants to see what the running daemon made of it."""
+    if args.state_dir:
+        return args.state_dir / "neo-auditd.db"
+    data = doc.data if doc is not None and isinstance(doc.data, dict) else {}
+    store = data.get("store")
+    named = store.get("path") if isinstance(store, dict) else None
+    if isinstance(named, str) and named:
+        return Path(args.config).parent / named
+    state_dir = data.get("state_dir")
+    if isinstance(state_dir, str) and state_dir:
+        return Path(args.config).parent / state_dir / "neo-auditd.db"
+    return None
+
+
 def shown_id_scrubber(settings):
     """`pseudonym.id_patterns` over text a command shows: each raw customer id becomes its
     pseudonym, or "[customer id]" when the key cannot be read here; None without patterns."""

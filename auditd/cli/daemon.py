@@ -8,9 +8,9 @@ from pathlib import Path
 
 from auditd.cli.common import (
     config_arg, config_error, date_arg, json_out, print_warnings, rule_ids, settings_and_store_path,
-    state_arg, store_reader, workers_arg,
+    state_arg, store_despite_problems, store_reader, workers_arg,
 )
-from auditd.errors import ConfigError
+from auditd.errors import EX_CONFIG, ConfigError
 
 
 def _environment_checks(runtime, today, *, cluster: bool):
@@ -79,10 +79,16 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     import datetime as dt
 
+    from auditd.config.located import Problems
     from auditd.ops.status import StatusError, collect_status
     from auditd.ops.status_text import render_status
+    from auditd.settings import load_settings
 
-    settings, store_path = settings_and_store_path(args)
+    problems = Problems()
+    settings, doc = load_settings(args.config, problems)
+    if settings is None:
+        return _status_despite_problems(args, doc, ConfigError(problems.items))
+    store_path = (args.state_dir / "neo-auditd.db") if args.state_dir else settings.store_path
     _, ruleset = rule_ids(settings)  # their exceptions, listed beside the store's suppressions
     try:
         status = collect_status(store_path, settings, dt.datetime.now(dt.timezone.utc), ruleset=ruleset)
@@ -94,6 +100,39 @@ def cmd_status(args) -> int:
     else:
         print(render_status(status, settings.zone))
     return 0
+
+
+def _status_despite_problems(args, doc, error: ConfigError) -> int:
+    """`status` after a bad edit of the config: what the store says (the running daemon
+    goes on with the configuration it last loaded), then the problems; exit 78 all the
+    same, so that a script sees the file must be fixed before a reload."""
+    import datetime as dt
+
+    import msgspec
+
+    from auditd.config.typed import DEFAULT_ZONE
+    from auditd.ops.status import StatusError, collect_status
+    from auditd.ops.status_text import render_status
+
+    store_path = store_despite_problems(args, doc)
+    outcome = ("the store it names was not read (a running daemon keeps the configuration it last loaded; "
+               "fix this file, then reload)")
+    if store_path is None or not store_path.is_file():
+        return config_error(error, args.json, outcome=outcome)
+    try:
+        status = collect_status(store_path, None, dt.datetime.now(dt.timezone.utc))
+    except StatusError:
+        return config_error(error, args.json, outcome=outcome)
+    if args.json:
+        json_out(msgspec.to_builtins(status) | {"config_problems": [str(p) for p in error.problems]})
+    else:
+        print(render_status(status, DEFAULT_ZONE))
+    for problem in error.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{len(error.problems)} problem(s) in {args.config}: the status above is the store's at {store_path}, "
+          f"as the running daemon keeps it with the configuration it last loaded (times in "
+          f"{DEFAULT_ZONE.key}); fix this file, then reload", file=sys.stderr)
+    return EX_CONFIG
 
 
 def cmd_replay(args) -> int:
