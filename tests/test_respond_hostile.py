@@ -237,6 +237,21 @@ def test_a_customer_listed_twice_in_the_contacts_is_a_located_problem_not_a_sile
     assert "alice" not in str(problems.items[0]).lower()
 
 
+def test_a_contact_with_a_control_character_is_a_located_bad_row_an_address_may_run_over_lines(tmp_path):
+    """A NUL or an escape in a customer's name reached gateways, terminals and letters as
+    it was; only the e-mail channel refused it, at sending time."""
+    path = tmp_path / "contacts.csv"
+    path.write_text(HEADER + "C00000001,Eve\x1b[2J,en,sms,+8613800000000\n"
+                    "C00000002,Bob\x00,en,email,bob@example.com\n"
+                    'C00000003,Carol,en,letter,"1 Road\nKunming"\n', encoding="utf-8")
+    problems = Problems()
+    book = load_contacts(ContactSettings(csv=path), lambda raw: "p:" + raw, problems)
+    assert [str(p) for p in problems.items] == [
+        f"{path}:2:1: name: holds a control character (a line break only in an address)",
+        f"{path}:3:1: name: holds a control character (a line break only in an address)"]
+    assert len(book) == 1 and book.lookup("p:C00000003").address == "1 Road\nKunming"
+
+
 CHATTY = """
 import sys
 chunk = b"x" * (1 << 20)
@@ -332,3 +347,12 @@ def test_a_contact_endpoint_that_fails_once_delays_the_customer_notices_and_lose
     step = world.step(incident, "notify-customers")
     assert step.state == "done" and step.result["recipients"] == 5
     assert world.conn.execute("SELECT COUNT(*) FROM notices WHERE audience = 'customers'").fetchone() == (5,)
+
+
+def test_a_contact_endpoint_answer_with_a_control_character_is_no_contact():
+    from auditd.respond.contacts import _contact_from
+
+    answer = {"name": "Eve", "language": "en", "channel": "letter", "address": "1 Road\nKunming"}
+    assert _contact_from(answer).address == "1 Road\nKunming"
+    assert _contact_from(answer | {"name": "Eve\x1b]0;pwned\x07"}) is None
+    assert _contact_from(answer | {"address": "1 Road\x00"}) is None

@@ -46,6 +46,8 @@ from auditd.respond.settings import CHANNELS, LANGUAGES, ContactSettings, Manife
 log = logging.getLogger("neo_auditd.respond")
 
 CSV_COLUMNS = ("customer_id", "name", "language", "channel", "address")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_ADDRESS = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")  # \n and \r separate its lines
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
@@ -195,6 +197,8 @@ def _contact_from(body: object) -> Contact | None:
         return None
     if values["language"] not in LANGUAGES or values["channel"] not in CHANNELS:
         return None
+    if any((_CONTROL_IN_ADDRESS if k == "address" else _CONTROL).search(v) for k, v in values.items()):
+        return None  # as a CSV row with one: not a contact to use
     return Contact(values["name"].strip(), values["language"], values["channel"], values["address"].strip())
 
 
@@ -261,6 +265,10 @@ def _row_problem(row: list[str]) -> tuple[str, str] | None:
     for column, value in zip(CSV_COLUMNS, row):
         if not value.strip():
             return column, "must not be empty"
+        if (_CONTROL_IN_ADDRESS if column == "address" else _CONTROL).search(value):
+            # a NUL or an escape reaches a gateway, a terminal or a letter as it is;
+            # only a postal address may run over lines
+            return column, "holds a control character (a line break only in an address)"
     if row[2].strip() not in LANGUAGES:
         return "language", f"unknown language (valid: {', '.join(LANGUAGES)})"
     if row[3].strip() not in CHANNELS:
