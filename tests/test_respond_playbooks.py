@@ -201,3 +201,24 @@ def test_the_shipped_samples_do_not_refuse_a_deployment_whose_holidays_move_thei
     problems = Problems()
     playbooks = load_playbooks([SHIPPED_PLAYBOOKS], problems, calendar=EveryDayOff(), zone=ZONE)
     assert problems.items == [] and len(playbooks) == 6
+
+
+@pytest.mark.parametrize("discovered", ["9999-12-31T10:00:00+08:00", "9999-12-31T23:00:00-08:00"])
+def test_a_sample_at_the_ends_of_the_calendar_is_a_located_problem_not_a_traceback(tmp_path, capsys, discovered):
+    folder = tmp_path / "playbooks.d"
+    folder.mkdir()
+    (folder / "T4.yaml").write_text(textwrap.dedent(f"""\
+        playbook: T4
+        steps:
+          - {{id: only, kind: task, title: Only, due: 24h}}
+        samples:
+          - discovered_at: "{discovered}"
+            due: {{only: "2026-11-02T14:00:00+08:00"}}
+        """))
+    problems = Problems()
+    load_playbooks([folder], problems, calendar=WorkingCalendar(), zone=ZONE)
+    assert [str(p) for p in problems.items] == [
+        f"{folder / 'T4.yaml'}:5:20: samples[0].discovered_at: the due time of step 'only' after this time "
+        "is out of the calendar's range"]
+    assert main(["check", "-c", str(_config(tmp_path, folder))]) == 78
+    assert "T4.yaml:5:20: samples[0].discovered_at" in capsys.readouterr().err

@@ -260,10 +260,15 @@ def sample_problems(playbook: Playbook, calendar: WorkingCalendar,
                 yield ("samples", i, "due", step_id), "expected an ISO 8601 time with its offset"
                 continue
             due = step.due_cii if sample.cii and step.due_cii is not None else step.due
-            found = due.after(discovered, calendar, zone)
+            try:  # a time near year 1 or 9999 has no due time: a located problem, not a traceback
+                found = due.after(discovered, calendar, zone)
+                given = found.astimezone(wanted.tzinfo).isoformat()
+            except (OverflowError, ValueError):
+                yield (("samples", i, "discovered_at"),
+                       f"the due time of step {step_id!r} after this time is out of the calendar's range")
+                continue
             if found != wanted:
-                yield (("samples", i, "due", step_id),
-                       f"expected {expected}, the steps give {found.astimezone(wanted.tzinfo).isoformat()}")
+                yield (("samples", i, "due", step_id), f"expected {expected}, the steps give {given}")
         for step_id in sorted(planned & set(sample.absent)):
             yield ("samples", i, "absent"), f"step {step_id!r} is planned for this sample"
 
