@@ -293,3 +293,12 @@ def test_a_broken_pipe_that_is_not_stdout_s_is_not_taken_for_a_reader_that_had_e
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert result.returncode not in (0, 141) and "BrokenPipeError" in result.stderr, result
+
+
+def test_status_on_a_broken_config_whose_store_path_cannot_be_looked_at_exits_78(config: Path) -> None:
+    """The fallback's is_file() raised on the broken file's own store.path (too long for the
+    system, or in a folder this user may not enter): a traceback and exit 1, not 78."""
+    config.write_text(config.read_text() + f"store: {{path: {'x' * 300}}}\n")
+    result = neo("status", "-c", str(config))
+    assert result.returncode == 78 and "Traceback" not in result.stderr
+    assert "store.path" in result.stderr and "the store it names was not read" in result.stderr

@@ -117,7 +117,12 @@ def _status_despite_problems(args, doc, error: ConfigError) -> int:
     store_path = store_despite_problems(args, doc)
     outcome = ("the store it names was not read (a running daemon keeps the configuration it last loaded; "
                "fix this file, then reload)")
-    if store_path is None or not store_path.is_file():
+    try:
+        # the broken file's own path: too long, or in a folder this user may not enter
+        found = store_path is not None and store_path.is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
         return config_error(error, args.json, outcome=outcome)
     try:
         status = collect_status(store_path, None, dt.datetime.now(dt.timezone.utc))
