@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,24 @@ def test_status_on_a_broken_config_whose_store_path_cannot_be_looked_at_exits_78
     result = neo("status", "-c", str(config))
     assert result.returncode == 78 and "Traceback" not in result.stderr
     assert "store.path" in result.stderr and "the store it names was not read" in result.stderr
+
+
+def test_a_one_shot_commands_log_line_escapes_control_characters_like_its_other_output() -> None:
+    """The stderr handler for one-shot commands was set up before stderr was wrapped in
+    EscapedText: a peer's reply in a 'message failed' line (error=...) reached the
+    terminal raw, escape sequences and all; Python's bare last-resort line had gone through it."""
+    code = textwrap.dedent("""\
+        import logging, sys
+        import auditd.cli.daemon as daemon
+        def fake(args):
+            logging.getLogger("auditd.deliver.worker").error(
+                "message failed", extra={"outbox_id": 7, "error": "550 \\x1b]0;owned\\x07\\x1b[2J"})
+            return 0
+        daemon.cmd_status = fake
+        from auditd.cli import main
+        sys.exit(main(["status", "-c", "unused.yaml"]))
+        """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "message failed" in result.stderr and "outbox_id=7" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr

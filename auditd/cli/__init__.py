@@ -64,9 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything this program creates (store, WAL, quarantine, keys, reviews) holds or
     # guards personal information: its user's alone, also outside systemd's UMask=0077.
     make_private()
-    setup_command_logging()
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = EscapedText(stdout), EscapedText(stderr)
+    setup_command_logging()  # after the wrap: a peer's reply in a log line is escaped like all else
     try:
         code = args.func(args)
         stdout.flush()  # a reader that went away (`| head`) is found here, not at exit
