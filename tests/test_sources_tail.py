@@ -876,3 +876,26 @@ def test_lag_bytes_reports_what_is_written_but_not_read(rig):
     r.poll(max_records=4)
     (checkpoint,) = r.store.checkpoints.values()
     assert r.tailer.lag_bytes() == {str(r.log): r.log.stat().st_size - checkpoint.offset}
+
+
+def test_an_orphan_that_had_read_only_the_shared_header_does_not_claim_an_older_compressed_rotation(rig):
+    """CSV logs all start with the same header: the orphan of a file read no further than it
+    agrees with every compressed rotation by its head and tail sample alone. Matched to the
+    first in name order (dateext: the older one), that one's lines, read before, were read
+    again, and its own lines, only in the newer .gz, were never read."""
+    r = rig(header=b"ts,user,action\n")
+    r.start_file()
+    r.write(10)
+    r.drain()
+    os.rename(r.log, r.root / "access.log-20261101")  # read to its end while the daemon ran
+    r.start_file()
+    r.drain()  # the new file: only its header read
+    r.tailer.stop()
+    r.write(5)  # while the daemon is down: written, rotated, and both rotations compressed
+    os.rename(r.log, r.root / "access.log-20261102")
+    r.start_file()
+    compress_rotated(r, "access.log-20261101")
+    compress_rotated(r, "access.log-20261102")
+    r.tailer = r.new_tailer()
+    r.drain()
+    assert r.read() == Counter(r.written)

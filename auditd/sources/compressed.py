@@ -94,18 +94,33 @@ class CompressedContinuation:
             wanted = digest(head)
             candidates = sorted((o for o in orphans if o.identity is not None and o.identity.head_hash == wanted
                                  and o.offset >= len(head)), key=lambda o: (o.offset, not o.tail_hash))
+            weak: Orphan | None = None  # continued by the bytes around its head alone
             for orphan in candidates:
                 window.keep_from = orphan.offset - SAMPLE_BYTES
                 window.trim()
                 while window.end < orphan.offset and next(blocks, None) is not None:
                     pass
                 if window.end < orphan.offset:
-                    return None  # shorter than this orphan's offset, and than every one after it
+                    break  # shorter than this orphan's offset, and than every one after it
                 if _continues(orphan, window, path, len(head)):
-                    return cls(fd, path, orphan, window, blocks, framer, limits), orphan
+                    if orphan.tail_hash and orphan.offset - len(head) >= DISTINCT_SAMPLE_BYTES:
+                        return cls(fd, path, orphan, window, blocks, framer, limits), orphan
+                    # An orphan that had read no more than a shared first line (a CSV header)
+                    # agrees with every rotation of its file: one that had read this one further
+                    # is the better claim (else its lines are read twice, the weak one's lost).
+                    weak = weak or orphan
+            if weak is None:
+                return None
+            window = _Window()  # the stream again, from its start, up to the weak one's offset
+            blocks = window.feed(gunzip_blocks(fd, limits))
+            window.keep_from = weak.offset - SAMPLE_BYTES
+            while window.end < weak.offset and next(blocks, None) is not None:
+                pass
+            if window.end < weak.offset:
+                return None
+            return cls(fd, path, weak, window, blocks, framer, limits), weak
         except StreamProblem:
             return None
-        return None
 
     def read(self, source: str, budget: int) -> Batch:
         """The next records, at most `budget`; the last batch forgets the orphan's key."""
