@@ -177,3 +177,15 @@ def test_profile_stays_small(tmp_path):
     commit(conn, state)
     (size,) = conn.execute("SELECT length(value) FROM detector_state WHERE key = 'E1'").fetchone()
     assert size < 900 and not math.isnan(size)
+
+
+def test_an_event_stamped_far_in_the_future_does_not_blind_the_key(tmp_path):
+    # one forged line stamped 2099 opened the key's bucket in 2099: every real event
+    # after it was "late" (an earlier bucket) and ignored, the spike included
+    rules, _ = rules_from(tmp_path, BASELINE.format(min_days=2, floor=50, extra=""), memory_conn())
+    run(rules, workday_history(3))
+    forged = ev(dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc), "forged", record_count=1)
+    assert run(rules, [forged]) == []
+    assert run(rules, workday_history(1, first=3)) == []
+    spikes = [ev(day(4, 12, m), f"s{m}", record_count=200) for m in range(0, 50, 10)]
+    assert len(run(rules, spikes)) == 1

@@ -250,3 +250,20 @@ def test_the_fast_subnet_of_an_address_is_what_ipaddress_gives(value):
     else:
         expected = str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
     assert subnet(value) == expected
+
+
+def test_a_first_event_stamped_far_in_the_future_does_not_keep_the_key_learning(tmp_path):
+    # the learning period ran from the key's first event *as it arrived*: one forged line
+    # stamped 2099 left the key learning until 2099, and nothing new of it alerted
+    rules, _ = rules_from(tmp_path, FIRST_SEEN.format(field="neo.data.categories", extra=""), memory_conn())
+    forged = ev(dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc), "f", categories=("order",))
+    assert run(rules, [forged] + [ev(days(d), f"l{d}", categories=("order",)) for d in range(4)]) == []
+    (alert,) = run(rules, [ev(days(4), "loc", categories=("location",))])
+    assert "'location' new for user.id E1" in alert.reason
+
+
+def test_an_off_hours_alert_stamped_far_in_the_future_does_not_silence_the_key(tmp_path):
+    rules, _ = rules_from(tmp_path, OFF_HOURS.format(params="{shift: true}"), memory_conn())
+    forged = ev(dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc), "f", actor_off_shift=True)
+    assert len(run(rules, [forged])) == 1
+    assert len(run(rules, [ev(days(1), "real", actor_off_shift=True)])) == 1

@@ -212,3 +212,20 @@ def test_sample_sequences_run_on_fresh_state(tmp_path):
     run(rules, exports(0, 1))  # state the daemon built: samples must not see it
     results = run_samples(rules)
     assert [r.ok for r in results] == [True, True], results
+
+
+def test_an_alert_stamped_far_in_the_future_does_not_silence_the_key(tmp_path):
+    # hostile log lines stamped 2099 made the key alert "in 2099": its quiet time
+    # (realert) then ran until 2099, and no real burst of the key alerted again
+    import datetime as dt
+
+    future = dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc)
+    BURST = ["search", "search", "export", "export", "export", "read", "read", "read", "read"]
+    for text in (THRESHOLD.format(extra=""), DISTINCT, SEQUENCE.format(ordered="true")):
+        rules, _ = rules_from(tmp_path, text, memory_conn())
+        forged = [ev(future + minutes(i), f"f{i}", action=a, subject_ids=(f"x{i}",))
+                  for i, a in enumerate(BURST)]
+        assert run(rules, forged)  # the forged burst alerts, at its own time
+        real = [ev(minutes(i), f"r{i}", action=a, subject_ids=(f"p{i}",))
+                for i, a in enumerate(BURST)]
+        assert run(rules, real), text.splitlines()[0]  # the real burst still alerts

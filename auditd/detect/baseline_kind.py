@@ -42,7 +42,9 @@ stands in (a new hire, or an actor who never exported before, is compared with t
 role). Worth it where the role's members are alike (how often they export), not where
 their volume varies with the work (records an hour).
 One alert per key and bucket; it cites the bucket's first event and the one that
-crossed the bound.
+crossed the bound. An event of an earlier bucket is late, and its bucket history,
+unless it is more than two days before the open one: then the open bucket is the
+wrong one (a line stamped far in the future opened it) and is dropped unlearned.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ from auditd.event import AccessEvent
 _SCALE = 2048.0  # log2 code steps per doubling: 16 bits reach 2**32
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _PEER = "peer" + KEY_SEPARATOR
+# an event this many days before the key's open bucket is not late: the open bucket is
+# the wrong one (a forged line stamped 2099 opened it, and every real event after it would
+# be "late" and ignored). The bucket reopens at the event's time, the wrong one unlearned.
+_LATE_DAYS = 2
 
 
 def encode(x: float) -> int:
@@ -326,12 +332,13 @@ class _Baseline:
                 prof = profiles[key] = state.get(key) or Profile()
             event = events[pos]
             if bucket != prof.bucket:
-                if bucket < prof.bucket:
+                stale = bucket < prof.bucket - _LATE_DAYS * per_day
+                if bucket < prof.bucket and not stale:
                     continue  # a late event of a closed bucket: its bucket is history
                 self.offset = None
                 bucket = self.local_bucket(event)
                 peer = self.peer(event)
-                if prof.bucket >= 0:
+                if prof.bucket >= 0 and not stale:
                     if bucket // per_day != prof.bucket // per_day:
                         prof.days += 1
                     self.close(prof, peer, bucket)

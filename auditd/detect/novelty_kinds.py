@@ -112,7 +112,7 @@ class FirstSeenKind:
             """The chunk's events in order; a key's values are read once per chunk, and
             a value tuple already known for the key in this chunk costs one test."""
             found: list[tuple[int, Verdict]] = []
-            keys = columns.keys(params.group_by, key_of, positions)
+            keys, seconds = columns.keys(params.group_by, key_of, positions), columns.seconds(positions)
             entries: dict[str, tuple[Seen, set]] = {}  # key -> its state, the value tuples it knows
             state.prefetch(distinct_at(keys, positions))
             for pos in positions:
@@ -125,7 +125,8 @@ class FirstSeenKind:
                     continue
                 entry = entries.get(key)
                 try:
-                    if entry is not None and entry[0].events >= min_events and raw in entry[1]:
+                    if (entry is not None and entry[0].events >= min_events and raw in entry[1]
+                            and seconds[pos] >= entry[0].since):
                         continue  # the common case: these values known already, nothing to write
                 except TypeError:  # values that cannot be remembered as they are: hashed one by one
                     raw = None
@@ -138,6 +139,11 @@ class FirstSeenKind:
                         seen = Seen(since=event.timestamp.timestamp())
                     entry = entries[key] = (seen, set())
                 seen = entry[0]
+                if seconds[pos] < seen.since:
+                    # the learning runs from the key's earliest event, not its first to arrive:
+                    # one forged line stamped 2099 would keep the key learning until then
+                    seen.since = seconds[pos]
+                    state.put(key, seen)
                 if seen.events < min_events:
                     seen.events += 1
                     state.put(key, seen)
@@ -260,7 +266,7 @@ class OffHoursKind:
                 return None
             t = event.timestamp.timestamp()
             q = state.get(key)
-            if q is not None and t - q.alerted < quiet:
+            if q is not None and abs(t - q.alerted) < quiet:  # not silenced by an alert stamped 2099
                 q.count += 1
                 state.put(key, q)
                 return None

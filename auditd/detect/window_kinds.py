@@ -18,7 +18,8 @@ window), after Sigma's correlation rules so that those map onto them:
 
 Time is the events' own (a replay finds what tailing found); the window slides with
 each event. A window that fired is emptied, and the key stays quiet for `realert`
-(default: the timespan), so one burst is one alert. The alert cites the window's
+(default: the timespan) either side of the alert, so one burst is one alert, and an
+alert stamped far in the future (a forged line) does not silence the key until then. The alert cites the window's
 events (at most `cite` of them) and its id is derived from them, so a batch read again
 after a crash raises the same alert, never a second one.
 
@@ -138,7 +139,7 @@ class ThresholdKind:
                     if w is None:
                         w = Window()
                     windows[key] = w
-                if slide(w, events[pos], t) and t - w.alerted >= quiet:
+                if slide(w, events[pos], t) and abs(t - w.alerted) >= quiet:
                     found.append((pos, fire(key, w, t)))
             for key, w in windows.items():
                 state.put(key, w)
@@ -191,7 +192,7 @@ class ThresholdKind:
                 if len(p.parts) > params.max_partitions:
                     del p.parts[0], p.windows[0]
                 i = len(p.parts) - 1
-                if slide(w, event, t) and t - p.alerted >= quiet:
+                if slide(w, event, t) and abs(t - p.alerted) >= quiet:
                     n = len(w.values) if params.distinct is not None else len(w.times)
                     cited = _unique(w.ids, params.cite)
                     p.windows[i], p.alerted = Window(), t
@@ -402,7 +403,10 @@ class SequenceKind:
                     drop = max(drop, len(times) - steps[j][1] - _MARGIN)
                     if drop > 0:
                         del times[:drop], ids[:drop]
-                cited = chain(p, t) if (not ordered or last in hit) and t - p.alerted >= quiet else None
+                # quiet either side of the last alert: an alert stamped far ahead (a forged line of
+                # 2099) must not silence the key until then
+                quiet_now = abs(t - p.alerted) < quiet
+                cited = chain(p, t) if (not ordered or last in hit) and not quiet_now else None
                 if cited is None:
                     continue
                 held[key] = Progress([[] for _ in steps], [[] for _ in steps], alerted=t)
