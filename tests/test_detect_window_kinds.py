@@ -169,6 +169,8 @@ def test_unordered_sequence_takes_any_order(tmp_path):
 
 @pytest.mark.parametrize("params, message", [
     ("{gte: 1, timespan: 10m}", "params.gte: must be at least 2"),
+    # a window keeps up to gte entries per key: 100,000,000 let one flooded key grow without bound
+    ("{gte: 100000000, timespan: 10m}", "params.gte: must be at most 10,000"),
     ("{gte: 3}", "params.timespan: missing required key 'timespan'"),
     ("{gte: 3, timespan: 10m, distinct: neo.data.subjects}", "params.distinct: unknown field 'neo.data.subjects'"),
     ("{gte: 3, timespan: 10m, group_by: [user.idd]}", "params.group_by[0]: unknown field 'user.idd'"),
