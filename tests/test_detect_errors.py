@@ -258,3 +258,19 @@ def test_all_errors_are_collected_before_failing(tmp_path: Path) -> None:
 def test_switching_off_an_undefined_rule(tmp_path: Path) -> None:
     got = only(errors(tmp_path, "- rule: nope\n  enabled: false\n"))
     assert got.startswith("rules1.yaml:1:9: [0].rule: cannot change rule 'nope': it is not defined")
+
+
+@pytest.mark.parametrize("kind,params", [
+    ("sequence", "{timespan: 5m, max_keys: 0, steps: [{name: a, where: {event.action: read}},"
+                 " {name: b, where: {event.action: export}}]}"),
+    ("baseline", "{max_keys: -1}"),
+    ("first_seen", "{field: source.ip, max_keys: 0}"),
+    ("off_hours", "{max_keys: -5}"),
+])
+def test_a_behaviour_rule_of_no_keys_is_refused(tmp_path: Path, kind: str, params: str) -> None:
+    # only threshold checked max_keys: the others loaded with 0 or -1 and kept one key,
+    # evicting every other actor's state at each batch (a rule that silently sees nothing)
+    text = GOOD_RULE.replace("  desc: d\n", f"  desc: d\n  kind: {kind}\n  params: {params}\n")
+    got = only(errors(tmp_path, text))
+    assert got.startswith("rules1.yaml:4:"), got
+    assert "params.max_keys: must be at least 1" in got

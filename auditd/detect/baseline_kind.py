@@ -118,6 +118,8 @@ class BaselineParams:
                 yield name, "must be above 0 and at most 1"
         if not self.group_by:
             yield "group_by", "name at least one field"
+        if self.max_keys < 1:
+            yield "max_keys", "must be at least 1"
 
 
 class Profile(msgspec.Struct, array_like=True, gc=False):

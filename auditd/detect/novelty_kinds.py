@@ -74,6 +74,8 @@ class FirstSeenParams:
             yield "transform", f"'subnet' needs an address field; {self.field.name} is not one"
         if not self.group_by:
             yield "group_by", "name at least one field"
+        if self.max_keys < 1:
+            yield "max_keys", "must be at least 1"
 
 
 class Seen(msgspec.Struct, array_like=True, gc=False):
@@ -217,6 +219,8 @@ class OffHoursParams:
     def check(self):
         if not (self.shift or self.rest_days or self.hours is not None):
             yield "", "enable at least one of shift, rest_days, hours"
+        if self.max_keys < 1:
+            yield "max_keys", "must be at least 1"
 
 
 class Quiet(msgspec.Struct, array_like=True, gc=False):

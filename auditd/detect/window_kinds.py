@@ -327,6 +327,8 @@ class SequenceParams:
             yield "timespan", "must be longer than zero"
         if not self.group_by:
             yield "group_by", "name at least one field"
+        if self.max_keys < 1:
+            yield "max_keys", "must be at least 1"
 
 
 class Progress(msgspec.Struct, array_like=True, gc=False):
