@@ -250,8 +250,11 @@ def _guard_sources(settings: Settings, config_path: Path, doc, problems: Problem
     for i, source in enumerate(settings.sources):
         for j, pattern in enumerate(source.paths):
             static = os.path.realpath(static_directory(os.path.abspath(pattern))[0])
+            # what it matches now, as far as 10,000; a symlink among them is not the glob's
+            # reach but a file in the log folder, refused (and shown in status) when read:
+            # one planted there must not block every start and reload
             own = next((m for m in itertools.islice(glob.iglob(str(pattern), recursive=True), 10_000)
-                        if protected.refuses(os.path.realpath(m))), None)  # what it matches now, as far as 10,000
+                        if not os.path.islink(m) and protected.refuses(os.path.realpath(m))), None)
             if protected.refuses(static) or protected.refuses(os.path.realpath(pattern)) or own is not None:
                 problems.add(doc, ("sources", i, "paths", j),
                              "reaches into the daemon's own files (state directory, keys, configuration"

@@ -67,3 +67,14 @@ def test_no_import_points_up_the_map():
 def test_the_check_sees_a_backward_import():
     tree = ast.parse("from auditd.service import serve\nif TYPE_CHECKING:\n    from auditd.cli import main\n")
     assert _imports(tree) == [(1, "service")]
+
+
+def test_the_store_s_write_transactions_are_all_store_sqlite_immediate():
+    """One transaction helper (it rolls back only a transaction still open, and a failed
+    COMMIT too); suppressions wrote their own BEGIN IMMEDIATE / ROLLBACK, which hid a
+    full disk's error behind 'no transaction is active'. The store's migrations, and the
+    cluster rules' private in-memory stores, keep their own."""
+    own = [path.relative_to(REPO) for path in PACKAGE.rglob("*.py")
+           if "BEGIN IMMEDIATE" in path.read_text(encoding="utf-8")
+           and path.relative_to(PACKAGE).parts[0] != "store"]
+    assert own == []

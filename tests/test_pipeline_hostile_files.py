@@ -210,3 +210,27 @@ def test_the_daemon_run_as_a_user_runs_it(deployment):
         assert proc.wait(timeout=60) == 0
     text = (deployment / "daemon.log").read_text()
     assert "not reading" in text and "a FIFO" in text and "symlink to" in text and TOKEN not in text
+
+
+def test_a_symlink_to_the_key_planted_in_the_log_folder_blocks_no_start_or_reload(deployment):
+    """A hostile trial: `access.log.3 -> pseudonym.key` in the log folder made `check`,
+    every start and every reload fail with exit 78, for anyone who can write there. The
+    link is refused when read, like any link out of the folder; the config stands."""
+    config = deployment / "config.yaml"
+    config.write_text(config.read_text().replace("logs/access.log,", "'logs/access.log*',"))
+    os.symlink(deployment / "pseudonym.key", deployment / "logs" / "access.log.3")
+    out = subprocess.run([sys.executable, "-m", "auditd.cli", "check", "-c", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    runtime = load_runtime(config)
+    (source,) = runtime.settings.sources
+    store = Store(runtime.settings.store_path)
+    store.open()
+    tailer = FileTailer(source, runtime.framers["crm"](), {}, first_start=True)
+    try:
+        records = [r for _ in range(3) for batch in tailer.poll(1000) for r in batch.records]
+    finally:
+        tailer.stop()
+        store.close()
+    key = (deployment / "pseudonym.key").read_bytes().strip()
+    assert records and not any(key in r for r in records)

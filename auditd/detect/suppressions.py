@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditd.detect.resolve import near
 from auditd.event import FIELDS, AccessEvent
+from auditd.store.sqlite import immediate
 from auditd.store.times import from_db, to_db
 
 if TYPE_CHECKING:
@@ -92,30 +93,20 @@ def add(conn: sqlite3.Connection, *, rule_id: str, match: dict[str, Any], owner:
             raise SuppressionError(f"no rule '{rule_id}'{near(rule_id, known)}")
     fields = list(match)
     values = [typed_value(f, match[f]) for f in fields]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         cur = conn.execute(
             "INSERT INTO suppressions (rule_id, fields, match_values, owner, reason, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (rule_id, json.dumps(fields), json.dumps(values, ensure_ascii=False), owner.strip(), reason.strip(),
              to_db(now), to_db(expires_at)))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return int(cur.lastrowid)
 
 
 def remove(conn: sqlite3.Connection, suppression_id: int, *, by: str, now: dt.datetime) -> bool:
     """Mark a suppression removed; False when there is no such active one."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         cur = conn.execute("UPDATE suppressions SET removed_at = ?, removed_by = ? WHERE id = ? AND removed_at IS NULL",
                            (to_db(now), by, suppression_id))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return cur.rowcount == 1
 
 
