@@ -476,3 +476,22 @@ def test_the_deliver_process_takes_the_fleets_lease_only_while_the_daemon_reads_
     assert isinstance(lease, FleetDeliveries) and lease.agent == "host-a" and context.fleet() is lease
     service.fleet.set(True, None)  # a reload without the elastic section
     assert context.fleet() is None
+
+
+def test_the_deliver_lock_is_taken_on_a_full_disk(tmp_path, monkeypatch):
+    """A trial on a genuinely full disk: the deliver process crash-looped on ENOSPC from
+    writing its pid into deliver.lock, a courtesy for whoever waits on the lock."""
+    import errno
+
+    (tmp_path / "state").mkdir()
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)  # the one write a full disk refuses here
+    held = DeliverLock(tmp_path / "state" / "neo-auditd.db")
+    assert held.try_acquire()
+    try:
+        assert not DeliverLock(tmp_path / "state" / "neo-auditd.db").try_acquire()  # and it is held
+    finally:
+        held.release()

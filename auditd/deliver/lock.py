@@ -37,8 +37,11 @@ class DeliverLock:
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message of one that waits
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message of one that waits
+        except OSError:  # a full disk: the lock is ours all the same; only its holder goes unsaid
+            pass
         self._fd = fd
         return True
 
