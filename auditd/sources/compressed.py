@@ -23,7 +23,7 @@ from auditd.sources.base import Batch, Checkpoint, Framer
 from auditd.sources.identity import SAMPLE_BYTES, digest, is_rotated_name
 from auditd.sources.tracking import DISTINCT_SAMPLE_BYTES, Orphan
 from auditd.sources.wholefile import (
-    GZIP_MAGIC, Limits, Piece, StreamProblem, gunzip_blocks, past_resume, stream_pieces,
+    GZIP_MAGIC, Limits, Piece, StreamProblem, gunzip_blocks, stream_pieces, take_pieces,
 )
 
 
@@ -124,28 +124,9 @@ class CompressedContinuation:
 
     def read(self, source: str, budget: int) -> Batch:
         """The next records, at most `budget`; the last batch forgets the orphan's key."""
-        records: list[bytes] = []
-        offsets: list[int] = []
-        rejected = []
-        end = self.position
-        while len(records) < budget:
-            piece = self._piece or next(self._pieces, None)
-            self._piece = None
-            if piece is None:
-                self.done = True
-                break
-            piece = past_resume(piece, self.position)
-            room = budget - len(records)
-            if len(piece.records) > room:
-                records += piece.records[:room]
-                offsets += piece.offsets[:room]
-                self._piece = Piece(piece.records[room:], piece.offsets[room:], piece.end, piece.rejected)
-                end = piece.offsets[room]
-                break
-            records += piece.records
-            offsets += piece.offsets
-            rejected += piece.rejected
-            end = piece.end
+        taken = take_pieces(self._pieces, self._piece, self.position, budget)
+        records, offsets, rejected, end = taken.records, taken.offsets, taken.rejected, taken.end
+        self._piece, self.done = taken.held, taken.done
         self.position = end
         checkpoint = Checkpoint(source, self.key, self.path, end, tail_hash=digest(self._window.before(end)))
         self._window.keep_from = end - SAMPLE_BYTES

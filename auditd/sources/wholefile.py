@@ -370,27 +370,11 @@ class WholeFileReader:
         return st.st_size > 0 and now - candidate.quiet_since >= self._quiet_s
 
     def _next_batch(self, place: Place, candidate: _Candidate, budget: int) -> Batch | None:
-        records: list[bytes] = []
-        offsets: list[int] = []
-        rejected: list[Rejected] = []
-        end = candidate.resume_at
-        while len(records) < budget:
-            piece = candidate.piece or next(candidate.reading, None)
-            candidate.piece = None
-            if piece is None:
-                return self._finish(place, candidate, records, offsets, rejected)
-            piece = past_resume(piece, candidate.resume_at)
-            room = budget - len(records)
-            if len(piece.records) > room:  # the rest waits for the next batch
-                records += piece.records[:room]
-                offsets += piece.offsets[:room]
-                candidate.piece = Piece(piece.records[room:], piece.offsets[room:], piece.end, piece.rejected)
-                end = piece.offsets[room]
-                break
-            records += piece.records
-            offsets += piece.offsets
-            rejected += piece.rejected
-            end = piece.end
+        taken = take_pieces(candidate.reading, candidate.piece, candidate.resume_at, budget)
+        records, offsets, rejected, end = taken.records, taken.offsets, taken.rejected, taken.end
+        candidate.piece = taken.held
+        if taken.done:
+            return self._finish(place, candidate, records, offsets, rejected)
         candidate.resume_at = end
         checkpoint = Checkpoint(self._name, candidate.key, candidate.path, end)
         return Batch(self._name, candidate.path, candidate.key, records, offsets, checkpoint, rejected=rejected)
@@ -410,6 +394,43 @@ class WholeFileReader:
         del self._candidates[place]
         os.close(candidate.fd)
         self._settled[place] = _Settled(candidate.size, candidate.mtime_ns, candidate.key, candidate.path)
+
+
+@dataclass(slots=True)
+class Taken:
+    """The records of the next pieces, as many as a budget allows (`take_pieces`)."""
+
+    records: list[bytes]
+    offsets: list[int]
+    rejected: list[Rejected]
+    end: int  # where the records after these start
+    held: Piece | None  # what is left of a piece cut at the budget
+    done: bool  # the pieces ran out
+
+
+def take_pieces(pieces: Iterator[Piece], held: Piece | None, resume_at: int, budget: int) -> Taken:
+    """At most `budget` records from `held`, then `pieces`, past what was committed before
+    `resume_at`; a piece cut at the budget is held for the next call."""
+    taken = Taken([], [], [], resume_at, None, False)
+    while len(taken.records) < budget:
+        piece = held or next(pieces, None)
+        held = None
+        if piece is None:
+            taken.done = True
+            break
+        piece = past_resume(piece, resume_at)
+        room = budget - len(taken.records)
+        if len(piece.records) > room:  # the rest waits for the next batch
+            taken.records += piece.records[:room]
+            taken.offsets += piece.offsets[:room]
+            taken.held = Piece(piece.records[room:], piece.offsets[room:], piece.end, piece.rejected)
+            taken.end = piece.offsets[room]
+            break
+        taken.records += piece.records
+        taken.offsets += piece.offsets
+        taken.rejected += piece.rejected
+        taken.end = piece.end
+    return taken
 
 
 def past_resume(piece: Piece, resume_at: int) -> Piece:
