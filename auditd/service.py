@@ -471,7 +471,7 @@ class Daemon:
         now = time.monotonic()
         if self.metrics is not None and now - self._last_lag >= LAG_EVERY_S:
             self._last_lag = now
-            self.metrics.set_lags(file_lags(self.store.conn))
+            self.metrics.set_lags(file_lags(self.store.conn, self.pipeline.runtime.settings.sources))
         if now - self._last_runstate >= RUNSTATE_EVERY_S:  # renewed, so status can tell a stale one
             self._last_runstate = now
             self.runstate.set()

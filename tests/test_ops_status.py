@@ -130,6 +130,47 @@ def test_collects_what_the_store_knows(store: Store, logs: dict[str, Path]) -> N
         assert value.utcoffset() == dt.timedelta(0)
 
 
+def test_files_the_globs_match_without_a_checkpoint_count_whole(store: Store, tmp_path: Path) -> None:
+    """A daemon holding back before its first commit (a full disk) has read nothing into
+    the store: `status` must show every matched file as unread, not "LAG 0 B"."""
+    folder = tmp_path / "live"
+    folder.mkdir()
+    (folder / "access.log").write_bytes(b"x" * 700)
+    (folder / "access.log.1").write_bytes(b"y" * 300)  # a rotation the glob also matches
+    (folder / "other.txt").write_bytes(b"z" * 50)  # not matched
+    os.symlink(tmp_path / "state", folder / "access.log.2")  # never followed by status
+    os.mkfifo(folder / "access.log.3")
+    source = FileSourceSettings(name="app", paths=(folder / "access*.log",), format="jsonl")
+    settings = Settings(state_dir=tmp_path / "state", sources=[source], pseudonym=None)
+
+    status = collect_status(store.path, settings, NOW)
+    (app,) = status.sources
+    assert app.lag_bytes == 1000
+    assert sorted((f.path, f.offset, f.lag_bytes, f.checkpointed) for f in app.files) == [
+        (str(folder / "access.log"), 0, 700, False), (str(folder / "access.log.1"), 0, 300, False)]
+    text = render_status(status)
+    app_row = next(line for line in text.splitlines() if line.strip().startswith("app "))
+    assert app_row.split()[-2:] == ["1000", "B"]
+    assert any("access.log.1" in line and "nothing yet" in line for line in text.splitlines())
+
+    # start_at: end at the very first start skips what is there: no backlog to show
+    skipping = Settings(state_dir=tmp_path / "state", pseudonym=None,
+                        sources=[FileSourceSettings(name="app", paths=source.paths, format="jsonl",
+                                                    start_at="end")])
+    assert collect_status(store.path, skipping, NOW).sources[0].lag_bytes == 0
+
+    # once a file is checkpointed (by path or, after a rename, by inode) it counts from there
+    with store.transaction() as conn:
+        store.save_checkpoints(conn, [checkpoint_for("app", folder / "access.log", 650)])
+    os.rename(folder / "access.log", folder / "access.log-20261102")
+    (folder / "access.log").write_bytes(b"w" * 20)
+    status = collect_status(store.path, settings, NOW)
+    assert sorted((f.path, f.lag_bytes, f.checkpointed) for f in status.sources[0].files) == [
+        (str(folder / "access.log"), 20, False), (str(folder / "access.log-20261102"), 50, True),
+        (str(folder / "access.log.1"), 300, False)]
+    assert collect_status(store.path, skipping, NOW).sources[0].lag_bytes == 20 + 50 + 300  # not a first start
+
+
 def test_json_round_trip_for_the_cli(store: Store, logs: dict[str, Path]) -> None:
     fill(store, logs)
     status = collect_status(store.path, None, NOW)

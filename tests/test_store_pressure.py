@@ -228,6 +228,30 @@ def test_a_read_only_quarantine_folder_holds_back_and_the_file_catches_up(tmp_pa
         subprocess.run(["umount", str(folder)], check=False)
 
 
+def test_holding_back_before_the_first_commit_shows_the_whole_file_as_lag(tmp_path):
+    """Full before anything was committed, so no checkpoint yet: `status` still shows the
+    whole unread file as the source's lag, not "0 B". (A fresh store is already past a
+    1 MiB cap: SQLite keeps the pages it has and refuses the first new one.)"""
+    daemon = Daemon(tmp_path, max_bytes=1024 * 1024)
+    try:
+        wait_for(lambda: daemon.events() == 0, "the daemon to be up")
+        daemon.append(0, 3000)
+        wait_for(lambda: daemon.status().get("daemon", {}).get("state") == "holding_back", "status to hold back")
+        assert daemon.events() == 0
+        (crm,) = daemon.status()["sources"]
+        size = daemon.log.stat().st_size
+        assert crm["lag_bytes"] == size
+        assert [(f["path"], f["lag_bytes"], f["checkpointed"]) for f in crm["files"]] == [
+            (str(daemon.log), size, False)]
+        assert "nothing yet" in daemon.status_text()
+        daemon.write_config(None)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: daemon.events() == 3000, "every line once the store takes writes")
+        wait_for(lambda: daemon.status()["sources"][0]["lag_bytes"] == 0, "the lag to drop to 0")
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_storage_errors_are_told_apart_from_damage_and_bugs():
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorcode = 13  # as the sqlite3 module sets it

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from auditd.ops import runstate
 from auditd.ops.cluster_rules import read_costs
 from auditd.ops.shipping import ElasticStatus, collect_elastic_status
 from auditd.sources.base import SourceReport
+from auditd.sources.globs import PathMatcher
 from auditd.sources.identity import FileIdentity
 from auditd.store.health import read_check
 from auditd.store.sqlite import SOURCE_REPORT_KEY
@@ -71,6 +73,7 @@ class FileLag(msgspec.Struct, frozen=True, kw_only=True):
     offset: int  # committed: everything before it is in the store
     size: int
     lag_bytes: int
+    checkpointed: bool = True  # False: matched by the source's globs, nothing of it committed yet
 
 
 class RefusedFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -257,21 +260,63 @@ def overdue_steps(conn: sqlite3.Connection, now: dt.datetime) -> int | None:
         return None
 
 
-def file_lags(conn: sqlite3.Connection) -> list[FileLag]:
-    """Lag of every checkpointed file still on disk under the path it was last seen at."""
+def file_lags(conn: sqlite3.Connection, sources: Sequence[Any] = ()) -> list[FileLag]:
+    """Lag of every checkpointed file still on disk under the path it was last seen at,
+    then of the regular files the globs of `sources` match: one a checkpoint knows by its
+    inode (renamed by a rotation) counts from that checkpoint, one no checkpoint knows
+    counts whole -- a daemon holding back before its first commit (a full disk), or
+    behind on a new file, shows its true backlog, not "0 B". Files a first start skips
+    (``start_at: end`` while the store has no checkpoint at all) and files the last scan
+    refused are not counted."""
     out: list[FileLag] = []
+    places: dict[str, dict[tuple[int, int], int]] = {}  # source -> (device, inode) -> committed offset
+    whole_paths: dict[str, set[str]] = {}  # source -> paths of checkpoints without an inode (whole files)
+    shown: set[tuple[str, int, int]] = set()
+
+    def lag_of(source: str, path: str, st: os.stat_result, offset: int) -> None:
+        # Smaller than the offset: truncated in place (copytruncate); all of it is unread.
+        lag = st.st_size - offset if st.st_size >= offset else st.st_size
+        out.append(FileLag(source=source, path=path, offset=offset, size=st.st_size, lag_bytes=lag))
+        shown.add((source, st.st_dev, st.st_ino))
+
     rows = conn.execute("SELECT source, fingerprint, path, offset FROM checkpoints ORDER BY source, path")
     for source, fingerprint, path, offset in rows:
+        identity = FileIdentity.parse(fingerprint)
+        if identity is None:
+            whole_paths.setdefault(source, set()).add(path)
+        else:
+            places.setdefault(source, {})[(identity.device, identity.inode)] = offset
         try:
             st = os.stat(path)
         except OSError:
             continue  # rotated away or deleted: nothing left to read there
-        identity = FileIdentity.parse(fingerprint)
         if identity is not None and (identity.device, identity.inode) != (st.st_dev, st.st_ino):
             continue  # the path now holds another file (after rotation); not this checkpoint's
-        # Smaller than the offset: truncated in place (copytruncate); all of it is unread.
-        lag = st.st_size - offset if st.st_size >= offset else st.st_size
-        out.append(FileLag(source=source, path=path, offset=offset, size=st.st_size, lag_bytes=lag))
+        lag_of(source, path, st, offset)
+    first_start = not places and not whole_paths
+    scans = _scans(conn) if sources else {}
+    for source in sources:
+        patterns = getattr(source, "paths", None)
+        if not patterns or (first_start and getattr(source, "start_at", "beginning") == "end"):
+            continue
+        known = places.get(source.name, {})
+        scan = scans.get(source.name)
+        refused = {r.path for r in scan.refused} if scan is not None else set()
+        for path in PathMatcher(patterns).scan():
+            if path in refused or path in whole_paths.get(source.name, ()):
+                continue
+            try:
+                st = os.lstat(path)  # a symlink is judged by the tailer (guard.py), not followed here
+            except OSError:
+                continue
+            place = (st.st_dev, st.st_ino)
+            if not stat.S_ISREG(st.st_mode) or (source.name, *place) in shown:
+                continue
+            if place in known:
+                lag_of(source.name, path, st, known[place])
+            else:
+                out.append(FileLag(source=source.name, path=path, offset=0, size=st.st_size,
+                                   lag_bytes=st.st_size, checkpointed=False))
     return out
 
 
@@ -324,7 +369,7 @@ def collect_status(store_path: Path, settings: Settings | None, now: dt.datetime
         return Status(
             generated_at=now.astimezone(dt.timezone.utc),
             store_path=str(store_path),
-            sources=_sources(conn, configured),
+            sources=_sources(conn, configured, settings.sources if settings is not None else ()),
             rules_loaded=rules_loaded,
             open_incidents=open_incidents_by_tier(incident_counts(conn)),
             playbook_steps_overdue=overdue_steps(conn, now),
@@ -367,13 +412,13 @@ def outbox_status(conn: sqlite3.Connection) -> OutboxStatus | None:
                         oldest_waiting=outbox.oldest_open(conn), failed_messages=failed)
 
 
-def _sources(conn: sqlite3.Connection, configured: list[str] | None) -> list[SourceStatus]:
+def _sources(conn: sqlite3.Connection, configured: list[str] | None, sources: Sequence[Any] = ()) -> list[SourceStatus]:
     stats = {}
     if table_exists(conn, "source_stats"):
         rows = conn.execute("SELECT source, events, quarantined, skipped, last_event_at FROM source_stats")
         stats = {row[0]: row[1:] for row in rows}
     lags: dict[str, list[FileLag]] = {}
-    for lag in file_lags(conn) if table_exists(conn, "checkpoints") else []:
+    for lag in file_lags(conn, sources) if table_exists(conn, "checkpoints") else []:
         lags.setdefault(lag.source, []).append(lag)
     scans = _scans(conn)
     # configured sources in config order first, then any the config no longer names

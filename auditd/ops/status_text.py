@@ -32,7 +32,8 @@ def render_status(status: Status, zone: ZoneInfo = DEFAULT_ZONE) -> str:
     if status.sources:
         lines += _indent(_table(("SOURCE", "EVENTS", "QUARANTINED", "SKIPPED", "LAST EVENT", "LAG"),
                                 [_source_row(s, status.generated_at, zone) for s in status.sources]))
-        files = [(f.source, f.path, f"{f.offset:,}", f"{f.size:,}", _bytes(f.lag_bytes))
+        files = [(f.source, f.path, f"{f.offset:,}" if f.checkpointed else "nothing yet", f"{f.size:,}",
+                  _bytes(f.lag_bytes))
                  for s in status.sources for f in s.files]
         if files:
             lines += ["", "files:"] + _indent(_table(("SOURCE", "PATH", "COMMITTED", "SIZE", "LAG"), files))
