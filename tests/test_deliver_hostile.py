@@ -184,6 +184,20 @@ def test_a_fifo_where_a_letter_is_written_blocks_nothing(tmp_path):
     assert stat.S_ISREG(os.lstat(letter).st_mode) and oct(os.lstat(letter).st_mode)[-3:] == "600"
 
 
+def _deliver_through(gateway: type[BaseHTTPRequestHandler], conn, tmp_path, *, timeout_s: float):
+    """One deliver run whose SMS channel is `gateway`, served on loopback for the run."""
+    gateway.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), gateway)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/send"
+        channels = ChannelSettings(sms=GatewaySettings(url=url, timeout_s=timeout_s))
+        return deliverer(DeliverSettings(channels=channels, retry=SLOW_RETRY), tmp_path).run(conn)
+    finally:
+        server.shutdown()
+
+
 class _ClosingGateway(BaseHTTPRequestHandler):
     """An HTTP/1.0 gateway: no Content-Length, the answer ends when it closes the connection."""
 
@@ -204,15 +218,7 @@ def test_a_gateway_that_closes_after_each_answer_delivers_each_message_once(tmp_
     conn = open_store(tmp_path / "neo.db")
     incident, _ = add_incident(conn)
     add_customers(conn, tmp_path, 3, incident_id=incident, channel="sms")
-    _ClosingGateway.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingGateway)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/send"
-        channels = ChannelSettings(sms=GatewaySettings(url=url, timeout_s=2.0))
-        report = deliverer(DeliverSettings(channels=channels, retry=SLOW_RETRY), tmp_path).run(conn)
-    finally:
-        server.shutdown()
+    report = _deliver_through(_ClosingGateway, conn, tmp_path, timeout_s=2.0)
     assert report.delivered == 3 and len(_ClosingGateway.received) == 3
     receipts = sorted(json.loads(r)["response_id"] for (r,) in conn.execute("SELECT receipt FROM outbox"))
     assert receipts == ["M1", "M2", "M3"]
@@ -286,15 +292,6 @@ def test_a_gateway_with_long_answers_gets_each_message_once_and_each_is_delivere
     conn = open_store(tmp_path / "neo.db")
     incident, _ = add_incident(conn)
     add_customers(conn, tmp_path, 4, incident_id=incident, channel="sms")
-    _Verbose.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Verbose)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/send"
-        channels = ChannelSettings(sms=GatewaySettings(url=url, timeout_s=5.0))
-        report = deliverer(DeliverSettings(channels=channels, retry=SLOW_RETRY), tmp_path).run(conn)
-    finally:
-        server.shutdown()
+    report = _deliver_through(_Verbose, conn, tmp_path, timeout_s=5.0)
     assert report.delivered == 4 and report.retried == 0
     assert len(_Verbose.received) == 4  # none sent, taken, and recorded as a failure to be sent again

@@ -66,6 +66,26 @@ def _serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     return server
 
 
+class _Trickling(BaseHTTPRequestHandler):
+    """An endpoint that sends its answer one byte every 0.2 s: each read succeeds, the
+    answer never completes."""
+
+    def do_GET(self):  # noqa: N802
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(200):
+                self.wfile.write(b"X")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
 def test_a_contact_endpoint_that_redirects_elsewhere_is_not_followed(tmp_path):
     asked: list[str] = []
 
@@ -107,21 +127,7 @@ def test_a_contact_endpoint_that_redirects_elsewhere_is_not_followed(tmp_path):
 
 
 def test_a_contact_endpoint_that_trickles_its_answer_fails_within_its_timeout(tmp_path):
-    class Trickling(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                for _ in range(200):
-                    self.wfile.write(b"X")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    crm = _serve(Trickling)
+    crm = _serve(_Trickling)
     outcome: list[object] = []
 
     def ask() -> None:
@@ -185,21 +191,7 @@ def test_a_contain_webhook_redirected_to_a_login_page_fails_and_escalates(tmp_pa
 
 
 def test_a_contain_webhook_that_trickles_its_answer_fails_at_its_timeout(tmp_path):
-    class Trickling(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                for _ in range(200):
-                    self.wfile.write(b"X")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    iam = _serve(Trickling)
+    iam = _serve(_Trickling)
     t0 = dt.datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
     done: list[object] = []
     try:
