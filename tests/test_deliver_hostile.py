@@ -171,7 +171,7 @@ def test_a_fifo_where_a_letter_is_written_blocks_nothing(tmp_path):
     conn, d, [key] = _letters(tmp_path)
     folder = tmp_path / "spool" / dt.date.today().isoformat()
     folder.mkdir(parents=True)
-    os.mkfifo(folder / f".{_file_name(key)}.html.tmp")
+    os.mkfifo(folder / f".{_file_name(key)}.html.{os.getpid()}.tmp")  # the temporary name this run takes
     os.symlink(tmp_path / "neo.db", folder / f"{_file_name(key)}.html")  # the letter's own name: replaced
     reports: list = []
     runner = threading.Thread(target=lambda: reports.append(d.run(open_store(tmp_path / "neo.db"))), daemon=True)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from auditd.deliver import outbox
 from auditd.deliver.backoff import RateLimiter, RetryPolicy
 from auditd.deliver.channels.base import Channel, Result
-from auditd.deliver.channels.files import write_private
+from auditd.respond.render import write_private
 from auditd.deliver.message import BodyError, Outgoing, read_body
 from auditd.deliver.outbox import Notice, Outcome, Planned, Row
 from auditd.deliver.settings import DeliverSettings, Route

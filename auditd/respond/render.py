@@ -20,6 +20,7 @@ pipeline's batches wait for.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -114,12 +115,14 @@ def private_dir(path: Path) -> Path:
     finally:
         os.umask(old)
     if path.is_symlink() or not path.is_dir():
-        raise OSError(f"{path} is not a folder of our own")
+        raise OSError(errno.ENOTDIR, "the folder is a link or not a folder", str(path))
     return path
 
 
 def write_private(path: Path, data: bytes) -> str:
-    """Write `data` to `path` (mode 0600) atomically; returns its SHA-256."""
+    """Write `data` to `path` (mode 0600) through a temporary file renamed into place;
+    returns its SHA-256. Nothing someone put in the folder is written through: a folder
+    that is a link is refused, a link at `path` is replaced, never followed."""
     private_dir(path.parent)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     digest = _write_synced(temp, data)
@@ -128,10 +131,18 @@ def write_private(path: Path, data: bytes) -> str:
 
 
 def _write_synced(path: Path, data: bytes) -> str:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, 0o600)
+    """Write a new file `path` (0600) and sync it. A name already taken (a link, a FIFO
+    that would block the writer for ever, a crashed run's leftover) is removed and the
+    file made anew (O_EXCL | O_NOFOLLOW): never opened through."""
     try:
-        os.write(fd, data)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -15,7 +15,6 @@ regulator's portal, the company site's announcements) and answers with the folde
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import html
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from auditd.deliver.channels.base import Report, Result
 from auditd.deliver.message import Outgoing
 from auditd.respond.contacts import open_regular
+from auditd.respond.render import write_private
 
 
 def weasyprint_available() -> bool:
@@ -41,29 +41,6 @@ def _safe(text: str) -> str:
 
 def _file_name(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `path` (mode 0600) through a temporary file renamed into place. Whatever
-    someone put in the folder is never written through: a folder that is a link is
-    refused (letters would land where the link points), and a temporary name already
-    taken (a link, a FIFO that would block the deliver process for ever, a leftover) is
-    removed and made anew."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.parent.is_symlink() or not path.parent.is_dir():
-        raise OSError(errno.ENOTDIR, "the folder is a link or not a folder", str(path.parent))
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 LETTER_CSS = """
