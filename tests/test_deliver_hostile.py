@@ -57,6 +57,29 @@ def test_a_name_or_address_with_line_breaks_fails_alone_and_injects_no_header(tm
     assert all("evil" not in r.data.decode("utf-8", "replace") for r in received)
 
 
+@pytest.mark.parametrize("process", [True, False], ids=["child-process", "in-thread"])
+def test_a_chinese_name_with_an_ideographic_space_is_sent_a_unicode_line_separator_is_not(
+        tmp_path, password_file, process):
+    """Printable text of any script is a name; what would end a line (U+2028, NEL) is not."""
+    conn = open_store(tmp_path / "neo.db")
+    incident, _ = add_incident(conn)
+    people = {"p:000001": ("张\u3000三", "zhang@mail.example"),
+              "p:000002": ("Trudy\u2028Bcc: x@evil.example", "trudy@mail.example"),
+              "p:000003": ("Nel\x85Bcc: x@evil.example", "nel@mail.example")}
+    for recipient, (name, address) in people.items():
+        add_notice(conn, tmp_path, incident_id=incident, step_id="notify-customers", recipient=recipient,
+                   name=name, address=address)
+    with SmtpServer(tmp_path) as server:
+        settings = email_settings(server, password_file)
+        settings = dataclasses.replace(settings, channels=ChannelSettings(
+            email=dataclasses.replace(settings.channels.email, process=process)))
+        report = deliverer(settings, tmp_path).run(conn)
+        received = list(server.received)
+    assert [r.recipients for r in received] == [["zhang@mail.example"]]
+    assert report.delivered == 1 and report.failed == 2
+    assert all("evil" not in r.data.decode("utf-8", "replace") for r in received)
+
+
 class Trickler:
     """A raw HTTP receiver on loopback that reads the request, then answers one byte at a
     time, slower than any timeout would notice per read (a slowloris in reverse)."""

@@ -7,14 +7,13 @@ a traceback's locals or a status page that prints a settings object cannot leak 
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 
 from auditd.deliver.settings import Secret
+from auditd.respond.contacts import CONTROL
 
 MAX_SECRET_BYTES = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a header or URL would be refused (ValueError) or split by one
 
 
 class SecretValue:
@@ -48,7 +47,7 @@ def read_secret(ref: Secret) -> SecretValue:
         value = os.environ.get(ref.env)
         if value is None or not value.strip():
             raise SecretError(f"environment variable {ref.env} is not set")
-        if _CONTROL.search(value.strip()):  # it goes into a header or a URL: one line, as a file's first
+        if CONTROL.search(value.strip()):  # it goes into a header or a URL: one line, as a file's first
             raise SecretError(f"environment variable {ref.env} holds a line break or another control "
                               f"character; a secret is one line")
         return SecretValue(value.strip(), f"env {ref.env}")
@@ -75,6 +74,6 @@ def read_secret(ref: Secret) -> SecretValue:
         raise SecretError(f"{path} is not UTF-8 text") from None
     if not text:
         raise SecretError(f"{path} is empty")
-    if _CONTROL.search(text):
+    if CONTROL.search(text):
         raise SecretError(f"{path}: its first line holds a control character; a secret is printable text")
     return SecretValue(text, f"file {path}")

@@ -46,8 +46,11 @@ from auditd.respond.settings import CHANNELS, LANGUAGES, ContactSettings, Manife
 log = logging.getLogger("neo_auditd.respond")
 
 CSV_COLUMNS = ("customer_id", "name", "language", "channel", "address")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_IN_ADDRESS = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")  # \n and \r separate its lines
+# Control characters, C0 and C1, and the Unicode line and paragraph separators: in what a
+# customer typed, one would break a header, a CSV row or a line of a letter. Printable
+# text of any script passes, the ideographic space (U+3000) of a Chinese name included.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_IN_ADDRESS = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")  # \n, \r: its lines
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
@@ -197,7 +200,7 @@ def _contact_from(body: object) -> Contact | None:
         return None
     if values["language"] not in LANGUAGES or values["channel"] not in CHANNELS:
         return None
-    if any((_CONTROL_IN_ADDRESS if k == "address" else _CONTROL).search(v) for k, v in values.items()):
+    if any((_CONTROL_IN_ADDRESS if k == "address" else CONTROL).search(v) for k, v in values.items()):
         return None  # as a CSV row with one: not a contact to use
     return Contact(values["name"].strip(), values["language"], values["channel"], values["address"].strip())
 
@@ -265,7 +268,7 @@ def _row_problem(row: list[str]) -> tuple[str, str] | None:
     for column, value in zip(CSV_COLUMNS, row):
         if not value.strip():
             return column, "must not be empty"
-        if (_CONTROL_IN_ADDRESS if column == "address" else _CONTROL).search(value):
+        if (_CONTROL_IN_ADDRESS if column == "address" else CONTROL).search(value):
             # a NUL or an escape reaches a gateway, a terminal or a letter as it is;
             # only a postal address may run over lines
             return column, "holds a control character (a line break only in an address)"

@@ -28,7 +28,7 @@ from auditd.deliver.channels.base import Report, Result
 from auditd.deliver.message import Outgoing, message_id
 from auditd.deliver.secrets import SecretValue
 from auditd.deliver.settings import EmailSettings
-from auditd.respond.contacts import open_regular
+from auditd.respond.contacts import CONTROL, open_regular
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 CHUNK = 50  # messages per hand-over to the SMTP session (and per wake-up of this thread)
@@ -105,7 +105,7 @@ class EmailChannel:
             if not message.address:
                 report(message, Result.failed("no e-mail address"))
                 continue
-            if not (_printable(message.address) and _printable(message.name or "")):
+            if CONTROL.search(message.address) or CONTROL.search(message.name or ""):
                 # what a customer typed as their name or address: a line break in it would
                 # add headers (a Reply-To of the typist's choosing) to an official notice
                 report(message, Result.failed("the recipient's name or address holds control characters"))
@@ -185,10 +185,6 @@ class EmailChannel:
             ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
             maintype, subtype = ctype.split("/", 1)
             mail.add_attachment(data, maintype=maintype, subtype=subtype, filename=Path(path).name)
-
-
-def _printable(text: str) -> bool:
-    return text.isprintable()
 
 
 def _needs_base64(text: str) -> bool:
