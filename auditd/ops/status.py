@@ -260,14 +260,15 @@ def overdue_steps(conn: sqlite3.Connection, now: dt.datetime) -> int | None:
         return None
 
 
-def file_lags(conn: sqlite3.Connection, sources: Sequence[Any] = ()) -> list[FileLag]:
+def file_lags(conn: sqlite3.Connection, sources: Sequence[Any] = (),
+              scans: dict[str, ScanStatus] | None = None) -> list[FileLag]:
     """Lag of every checkpointed file still on disk under the path it was last seen at,
     then of the regular files the globs of `sources` match: one a checkpoint knows by its
     inode (renamed by a rotation) counts from that checkpoint, one no checkpoint knows
     counts whole -- a daemon holding back before its first commit (a full disk), or
     behind on a new file, shows its true backlog, not "0 B". Files a first start skips
     (``start_at: end`` while the store has no checkpoint at all) and files the last scan
-    refused are not counted."""
+    refused are not counted (`scans`: their reports, when the caller has read them)."""
     out: list[FileLag] = []
     places: dict[str, dict[tuple[int, int], int]] = {}  # source -> (device, inode) -> committed offset
     whole_paths: dict[str, set[str]] = {}  # source -> paths of checkpoints without an inode (whole files)
@@ -294,7 +295,8 @@ def file_lags(conn: sqlite3.Connection, sources: Sequence[Any] = ()) -> list[Fil
             continue  # the path now holds another file (after rotation); not this checkpoint's
         lag_of(source, path, st, offset)
     first_start = not places and not whole_paths
-    scans = _scans(conn) if sources else {}
+    if scans is None:
+        scans = _scans(conn) if sources else {}
     for source in sources:
         patterns = getattr(source, "paths", None)
         if not patterns or (first_start and getattr(source, "start_at", "beginning") == "end"):
@@ -417,10 +419,10 @@ def _sources(conn: sqlite3.Connection, configured: list[str] | None, sources: Se
     if table_exists(conn, "source_stats"):
         rows = conn.execute("SELECT source, events, quarantined, skipped, last_event_at FROM source_stats")
         stats = {row[0]: row[1:] for row in rows}
-    lags: dict[str, list[FileLag]] = {}
-    for lag in file_lags(conn, sources) if table_exists(conn, "checkpoints") else []:
-        lags.setdefault(lag.source, []).append(lag)
     scans = _scans(conn)
+    lags: dict[str, list[FileLag]] = {}
+    for lag in file_lags(conn, sources, scans) if table_exists(conn, "checkpoints") else []:
+        lags.setdefault(lag.source, []).append(lag)
     # configured sources in config order first, then any the config no longer names
     names = list(configured or []) + sorted((set(stats) | set(lags)) - set(configured or []))
     out = []
