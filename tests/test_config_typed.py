@@ -108,6 +108,14 @@ def test_a_misspelt_required_key_is_one_problem_not_two():
         "/etc/neo/config.yaml:2:9: inner.prot: unknown key 'prot' (did you mean 'port'?) (valid keys: mode, port)"]
 
 
+def test_a_required_key_in_the_wrong_case_is_one_problem_not_two():
+    problems = Problems()
+    doc = parse_yaml("name: a\ninner: {PORT: 25}\n", "/etc/neo/config.yaml", problems)
+    assert convert(Outer, doc.data, doc, (), problems) is MISSING
+    assert [str(p) for p in problems.shown] == [
+        "/etc/neo/config.yaml:2:9: inner.PORT: unknown key 'PORT' (did you mean 'port'?) (valid keys: mode, port)"]
+
+
 def test_yaml_indentation_errors_say_to_check_the_indentation():
     problems = Problems()
     assert parse_yaml("a:\n  b: 1\n    c: 2\n", "f.yaml", problems) is None

@@ -37,16 +37,22 @@ MAX_DURATION_S = 100 * 366 * 86400.0
 MAX_INT = 2**63 - 1
 
 
-def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
-    """' (did you mean 'x'?)' for a near miss among the choices, else ''."""
+def near_miss(value: Any, choices: Iterable[Any]) -> str | None:
+    """The choice `value` most likely meant (the same but for case, or close), else None."""
     if not isinstance(value, str):
-        return ""
+        return None
     names = [str(c) for c in choices]
     by_case = {n.casefold(): n for n in names}
     if value.casefold() in by_case:
-        return f" (did you mean {by_case[value.casefold()]!r}?)"
+        return by_case[value.casefold()]
     close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """' (did you mean 'x'?)' for a near miss among the choices, else ''."""
+    meant = near_miss(value, choices)
+    return f" (did you mean {meant!r}?)" if meant is not None else ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -292,10 +298,11 @@ def _convert_dataclass(cls: type, value: Any, doc: Doc, path: PathKey, problems:
     for key in value:
         if key not in known:
             valid = ", ".join(sorted(known))
-            hint = did_you_mean(key, known) or _indent_hint(cls, key, path)
+            meant = near_miss(key, known)
+            hint = f" (did you mean {meant!r}?)" if meant is not None else _indent_hint(cls, key, path)
             problems.add(doc, path + (key,), f"unknown key '{key}'{hint} (valid keys: {valid})", at_key=True)
-            if isinstance(key, str):
-                misspelt.update(difflib.get_close_matches(key, [str(k) for k in known], n=1, cutoff=0.6))
+            if meant is not None:
+                misspelt.add(meant)
     kwargs: dict[str, Any] = {}
     broken = False
     before = len(problems.items)
