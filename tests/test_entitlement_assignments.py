@@ -183,6 +183,42 @@ def test_http_errors_raise(http_url):
         HttpAssignments("http://127.0.0.1:9/assignee/{id}", timeout_s=0.5).assignee("O1")
 
 
+class TricklingServer(BaseHTTPRequestHandler):
+    """Answers 200 and then one byte of body every 0.2 s: each read is quick, the answer never whole."""
+
+    def do_GET(self):
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(500):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client gave up, as intended
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_service_that_trickles_its_answer_fails_within_the_timeout_not_per_read():
+    """The lookup runs on the pipeline's thread: a socket timeout counts per read, so
+    without a deadline on the whole answer this service would hold the pipeline ~100 s."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TricklingServer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        lookup = HttpAssignments(f"http://127.0.0.1:{server.server_address[1]}/assignee/{{id}}", timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(AssignmentLookupError, match="unreachable"):
+            lookup.assignee("O1")
+        assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_cache_in_front_of_a_real_server(http_url):
     now = [0.0]
     lookup = CachedAssignments(HttpAssignments(http_url, timeout_s=2.0), size=2, ttl_s=60, error_ttl_s=5,

@@ -37,6 +37,7 @@ from typing import Protocol
 from auditd.config.located import read_regular_file, regular_file_stat
 from auditd.entitlement.settings import AssignmentSettings
 from auditd.errors import NeoError
+from auditd.httpcall import answer_within
 
 log = logging.getLogger("neo_auditd.entitlement")
 
@@ -240,7 +241,10 @@ class HttpAssignments:
             if self._idle:
                 return self._idle.pop(), True
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self.timeout_s), False
+        conn = cls(self._host, self._port, timeout=self.timeout_s)
+        # the whole answer within timeout_s: a service trickling it would hold the pipeline
+        conn.response_class = answer_within(self.timeout_s)  # type: ignore[assignment]
+        return conn, False
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:

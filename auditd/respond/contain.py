@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
-from auditd.respond.contacts import http_call
+from auditd.httpcall import http_call
 from auditd.respond.settings import ContainAction
 
 OUTPUT_LIMIT = 2000  # characters of stdout/stderr kept on the timeline

@@ -24,7 +24,7 @@ from typing import Any
 from auditd.deliver.channels.base import Report, Result, transient_status
 from auditd.deliver.message import Outgoing
 from auditd.deliver.secrets import SecretValue
-from auditd.respond.contacts import answer_within
+from auditd.httpcall import answer_within
 
 MAX_ANSWER_BYTES = 64 * 1024
 
