@@ -33,6 +33,16 @@ HOSTILE = {
 }
 
 
+def _mail(conn, tmp_path, password_file, *, process: bool):
+    """One deliver run over a real SMTP server on loopback: its report and what arrived."""
+    with SmtpServer(tmp_path) as server:
+        settings = email_settings(server, password_file)
+        settings = dataclasses.replace(settings, channels=ChannelSettings(
+            email=dataclasses.replace(settings.channels.email, process=process)))
+        report = deliverer(settings, tmp_path).run(conn)
+        return report, list(server.received)
+
+
 @pytest.mark.parametrize("process", [True, False], ids=["child-process", "in-thread"])
 def test_a_name_or_address_with_line_breaks_fails_alone_and_injects_no_header(tmp_path, password_file, process):
     conn = open_store(tmp_path / "neo.db")
@@ -42,12 +52,7 @@ def test_a_name_or_address_with_line_breaks_fails_alone_and_injects_no_header(tm
                    name=name, address=address)
     add_notice(conn, tmp_path, incident_id=incident, step_id="notify-customers", recipient="p:000004",
                name="Bob", address="bob@mail.example")
-    with SmtpServer(tmp_path) as server:
-        settings = email_settings(server, password_file)
-        settings = dataclasses.replace(settings, channels=ChannelSettings(
-            email=dataclasses.replace(settings.channels.email, process=process)))
-        report = deliverer(settings, tmp_path).run(conn)
-        received = list(server.received)
+    report, received = _mail(conn, tmp_path, password_file, process=process)
     # the good customer's notice is not held hostage by the others in its batch
     assert [r.recipients for r in received] == [["bob@mail.example"]]
     assert report.delivered == 1 and report.failed == 3
@@ -69,12 +74,7 @@ def test_a_chinese_name_with_an_ideographic_space_is_sent_a_unicode_line_separat
     for recipient, (name, address) in people.items():
         add_notice(conn, tmp_path, incident_id=incident, step_id="notify-customers", recipient=recipient,
                    name=name, address=address)
-    with SmtpServer(tmp_path) as server:
-        settings = email_settings(server, password_file)
-        settings = dataclasses.replace(settings, channels=ChannelSettings(
-            email=dataclasses.replace(settings.channels.email, process=process)))
-        report = deliverer(settings, tmp_path).run(conn)
-        received = list(server.received)
+    report, received = _mail(conn, tmp_path, password_file, process=process)
     assert [r.recipients for r in received] == [["zhang@mail.example"]]
     assert report.delivered == 1 and report.failed == 2
     assert all("evil" not in r.data.decode("utf-8", "replace") for r in received)
