@@ -51,12 +51,13 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, folder: Path, *, max_bytes: int | None = None, quarantine: Path | None = None,
-                 notify: Manager | None = None, workers: int = 1):
+                 notify: Manager | None = None, workers: int = 1, lines_at_start: int = 0):
         self.folder = folder
         create_key_file(folder / "pseudonym.key")
         (folder / "logs").mkdir()
         self.log = folder / "logs" / "access.log"
         self.log.touch()
+        self.append(0, lines_at_start)  # in the file before the daemon reads: its first batch is whole
         self.port = free_port()
         self.quarantine = quarantine
         self.config = folder / "config.yaml"
@@ -232,10 +233,12 @@ def test_holding_back_before_the_first_commit_shows_the_whole_file_as_lag(tmp_pa
     """Full before anything was committed, so no checkpoint yet: `status` still shows the
     whole unread file as the source's lag, not "0 B". (A fresh store is already past a
     1 MiB cap: SQLite keeps the pages it has and refuses the first new one.)"""
-    daemon = Daemon(tmp_path, max_bytes=1024 * 1024)
+    # The lines are there before the daemon starts: its first batch (200 events, ~100 KB)
+    # needs new pages. One appended later might be read a few lines at a time, and a
+    # batch of a dozen fits the free room of the store's existing 64 KiB pages.
+    daemon = Daemon(tmp_path, max_bytes=1024 * 1024, lines_at_start=3000)
     try:
-        wait_for(lambda: daemon.events() == 0, "the daemon to be up")
-        daemon.append(0, 3000)
+        wait_for(lambda: daemon.events() == 0, "the store to be there")
         wait_for(lambda: daemon.status().get("daemon", {}).get("state") == "holding_back", "status to hold back")
         assert daemon.events() == 0
         (crm,) = daemon.status()["sources"]
